@@ -1,0 +1,36 @@
+"""The project's exceptions: one root, a few precise children.
+
+The API maps each to a status code in one place (``service/errors.py``).
+"""
+
+from __future__ import annotations
+
+
+class HPOError(Exception):
+    """Root of every error finetune-hpo raises on purpose."""
+
+
+class SpecError(HPOError):
+    """A study spec, or a value checked against one, is invalid.
+
+    Args:
+        message: What is wrong.
+        loc: Where, as a path into the request body (e.g. ``("search_space", "lora_r")``).
+    """
+
+    def __init__(self, message: str, *, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+
+
+class StudyNotFound(HPOError):
+    """No study of that name exists for this owner."""
+
+
+class StudyConflict(HPOError):
+    """The request conflicts with the study's current state (duplicate name, bad transition)."""
+
+
+class StorageUnavailable(HPOError):
+    """The database cannot be reached right now."""

@@ -1,0 +1,157 @@
+"""Builds Optuna samplers, pruners and parameter suggestions from a study spec.
+
+The API (dry-run checks, enqueue validation), the worker and the simulator all go through
+this module, so a study searches the same way wherever it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution as OptunaCategorical
+from optuna.distributions import FloatDistribution as OptunaFloat
+from optuna.distributions import IntDistribution as OptunaInt
+
+from hpo.errors import SpecError
+from hpo.spec import (
+    CategoricalDistribution,
+    CmaEsSamplerSpec,
+    Distribution,
+    FloatDistribution,
+    GPSamplerSpec,
+    GridSamplerSpec,
+    HyperbandPrunerSpec,
+    MedianPrunerSpec,
+    NopPrunerSpec,
+    PercentilePrunerSpec,
+    PrunerSpec,
+    QMCSamplerSpec,
+    RandomSamplerSpec,
+    SamplerSpec,
+    StudySpec,
+    SuccessiveHalvingPrunerSpec,
+    TPESamplerSpec,
+)
+
+
+def to_optuna_distribution(dist: Distribution) -> BaseDistribution:
+    """The Optuna distribution equivalent to a spec distribution."""
+    if isinstance(dist, FloatDistribution):
+        return OptunaFloat(dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return OptunaCategorical(dist.choices)
+    return OptunaInt(dist.low, dist.high, log=dist.log, step=dist.step)
+
+
+def optuna_distributions(spec: StudySpec) -> dict[str, BaseDistribution]:
+    return {name: to_optuna_distribution(d) for name, d in spec.search_space.items()}
+
+
+def suggest_params(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """Sample every searched hyperparameter of ``spec`` on ``trial``."""
+    return {
+        name: trial._suggest(name, dist)  # noqa: SLF001 - one call for every distribution type
+        for name, dist in optuna_distributions(spec).items()
+    }
+
+
+def check_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate a (partial) configuration against the search space; return it normalised.
+
+    Raises:
+        SpecError: A name is not searched or a value lies outside its distribution.
+    """
+    dists = optuna_distributions(spec)
+    checked: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in dists:
+            raise SpecError(
+                f"{name!r} is not in the study's search space {sorted(dists)}.",
+                loc=("params", name),
+            )
+        dist = dists[name]
+        if isinstance(dist, OptunaInt) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = not isinstance(value, bool) or isinstance(dist, OptunaCategorical)
+        try:
+            ok = ok and dist._contains(dist.to_internal_repr(value))  # noqa: SLF001
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise SpecError(f"{value!r} is outside {dist}.", loc=("params", name))
+        checked[name] = value
+    return checked
+
+
+def build_sampler(
+    sampler: SamplerSpec, spec: StudySpec | None = None
+) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a spec names. ``spec`` is needed for the grid sampler."""
+    if isinstance(sampler, TPESamplerSpec):
+        return optuna.samplers.TPESampler(
+            seed=sampler.seed,
+            n_startup_trials=sampler.n_startup_trials,
+            multivariate=sampler.multivariate,
+            constant_liar=sampler.constant_liar,
+        )
+    if isinstance(sampler, RandomSamplerSpec):
+        return optuna.samplers.RandomSampler(seed=sampler.seed)
+    if isinstance(sampler, GridSamplerSpec):
+        if spec is None:
+            raise SpecError("the grid sampler needs the search space", loc=("sampler",))
+        grid = {name: d.values() for name, d in spec.search_space.items()}
+        return optuna.samplers.GridSampler(grid, seed=sampler.seed)  # type: ignore[arg-type]
+    if isinstance(sampler, CmaEsSamplerSpec):
+        return optuna.samplers.CmaEsSampler(
+            seed=sampler.seed, n_startup_trials=sampler.n_startup_trials, warn_independent_sampling=False
+        )
+    if isinstance(sampler, GPSamplerSpec):
+        return optuna.samplers.GPSampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
+    if isinstance(sampler, QMCSamplerSpec):
+        return optuna.samplers.QMCSampler(
+            seed=sampler.seed, qmc_type=sampler.qmc_type, scramble=sampler.scramble,
+            warn_independent_sampling=False,
+        )
+    raise SpecError(f"unknown sampler {sampler!r}", loc=("sampler",))
+
+
+def build_pruner(pruner: PrunerSpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner a spec names."""
+    if isinstance(pruner, MedianPrunerSpec | PercentilePrunerSpec):
+        percentile = 50.0 if isinstance(pruner, MedianPrunerSpec) else pruner.percentile
+        return optuna.pruners.PercentilePruner(
+            percentile,
+            n_startup_trials=pruner.n_startup_trials,
+            n_warmup_steps=pruner.n_warmup_steps,
+            interval_steps=pruner.interval_steps,
+            n_min_trials=pruner.n_min_trials,
+        )
+    if isinstance(pruner, SuccessiveHalvingPrunerSpec):
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_resource,
+            reduction_factor=pruner.reduction_factor,
+            min_early_stopping_rate=pruner.min_early_stopping_rate,
+        )
+    if isinstance(pruner, HyperbandPrunerSpec):
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource,
+            max_resource=pruner.max_resource,
+            reduction_factor=pruner.reduction_factor,
+        )
+    if isinstance(pruner, NopPrunerSpec):
+        return optuna.pruners.NopPruner()
+    raise SpecError(f"unknown pruner {pruner!r}", loc=("pruner",))
+
+
+def load_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage | str
+) -> optuna.Study:
+    """The Optuna study of ``spec`` with the sampler and pruner the spec asks for."""
+    return optuna.load_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=build_sampler(spec.sampler, spec),
+        pruner=build_pruner(spec.pruner),
+    )

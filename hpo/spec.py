@@ -1,0 +1,463 @@
+"""The study spec: one set of pydantic models shared by the API, the worker and the simulator.
+
+A spec is strict (unknown keys are rejected), self-checking (cross-field rules run after
+init) and stored as ``model_dump(mode="json")``. Importing this module must stay cheap: no
+FastAPI, no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Scalar = bool | int | float | str | None
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MAX_TRIALS = 100_000
+MAX_GRID_SIZE = 100_000
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+)
+LORA_TARGETS = ("attention", "mlp", "all-linear")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- search-space distributions ------------------------------------------------------------
+
+
+class FloatDistribution(_Strict):
+    type: Literal["float"] = "float"
+    low: FiniteFloat
+    high: FiniteFloat
+    log: bool = False
+    step: FiniteFloat | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatDistribution:
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high, but got low={self.low}, high={self.high}.")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, but got low={self.low}.")
+        if self.log and self.step is not None:
+            raise ValueError("step and log=true cannot be used together.")
+        if self.step is not None:
+            n = (self.high - self.low) / self.step
+            if n > MAX_GRID_SIZE or abs(n - round(n)) > 1e-8 * max(1.0, n):
+                raise ValueError(
+                    f"step must divide high - low into at most {MAX_GRID_SIZE} steps, "
+                    f"but got step={self.step} for [{self.low}, {self.high}]."
+                )
+        return self
+
+    def values(self) -> list[float] | None:
+        """The finite set of values, or None for a continuous range."""
+        if self.step is None:
+            return None
+        n = round((self.high - self.low) / self.step)
+        return [self.low + i * self.step for i in range(n + 1)]
+
+
+class IntDistribution(_Strict):
+    type: Literal["int"] = "int"
+    low: int = Field(ge=-(10**9), le=10**9)
+    high: int = Field(ge=-(10**9), le=10**9)
+    step: int = Field(default=1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntDistribution:
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high, but got low={self.low}, high={self.high}.")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, but got low={self.low}.")
+        if self.log and self.step != 1:
+            raise ValueError(f"log=true needs step=1, but got step={self.step}.")
+        if (self.high - self.low) % self.step:
+            raise ValueError(
+                f"step must divide high - low, but got step={self.step} for "
+                f"[{self.low}, {self.high}]."
+            )
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class CategoricalDistribution(_Strict):
+    type: Literal["categorical"] = "categorical"
+    choices: list[Scalar] = Field(min_length=1, max_length=256)
+
+    @field_validator("choices")
+    @classmethod
+    def _check_choices(cls, choices: list[Scalar]) -> list[Scalar]:
+        for choice in choices:
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError(f"choices must be finite, but got {choice}.")
+            if isinstance(choice, str) and len(choice) > 256:
+                raise ValueError("choices must be strings of at most 256 characters.")
+        keys = [(type(c).__name__, c) for c in choices]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"choices must be unique, but got {choices}.")
+        return choices
+
+    def values(self) -> list[Scalar]:
+        return list(self.choices)
+
+
+Distribution = Annotated[
+    FloatDistribution | IntDistribution | CategoricalDistribution, Field(discriminator="type")
+]
+
+
+# --- the hyperparameters we know how to apply ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What values a known hyperparameter accepts."""
+
+    kind: Literal["float", "int", "str"]
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is not acceptable, or None when it is."""
+        if self.kind == "str":
+            if value not in self.choices:
+                return f"must be one of {list(self.choices)}, but got {value!r}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a number, but got {value!r}"
+        if self.kind == "int" and not float(value).is_integer():
+            return f"must be an integer, but got {value!r}"
+        if not math.isfinite(value):
+            return f"must be finite, but got {value!r}"
+        if self.low is not None and (
+            value < self.low or (not self.low_inclusive and value == self.low)
+        ):
+            op = ">=" if self.low_inclusive else ">"
+            return f"must be {op} {self.low}, but got {value!r}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high}, but got {value!r}"
+        return None
+
+
+KNOWN_PARAMS: dict[str, ParamInfo] = {
+    "learning_rate": ParamInfo("float", 0.0, 1.0, low_inclusive=False),
+    "per_device_train_batch_size": ParamInfo("int", 1, 4096),
+    "num_train_epochs": ParamInfo("float", 0.0, 100.0, low_inclusive=False),
+    "warmup_ratio": ParamInfo("float", 0.0, 0.99),
+    "weight_decay": ParamInfo("float", 0.0, 1.0),
+    "lora_r": ParamInfo("int", 1, 1024),
+    "lr_scheduler_type": ParamInfo("str", choices=LR_SCHEDULERS),
+    "lora_alpha": ParamInfo("float", 0.0, 8192.0, low_inclusive=False),
+    "lora_dropout": ParamInfo("float", 0.0, 0.9),
+    "lora_target_modules": ParamInfo("str", choices=LORA_TARGETS),
+    "gradient_accumulation_steps": ParamInfo("int", 1, 1024),
+    "max_grad_norm": ParamInfo("float", 0.0, 1000.0),
+    "max_seq_length": ParamInfo("int", 8, 131072),
+}
+# Fixed-only training settings (HF ``TrainingArguments`` names) that are safe to expose.
+EXTRA_TRAINING_ARGS: dict[str, ParamInfo | type] = {
+    "seed": ParamInfo("int", 0, 2**32 - 1),
+    "adam_beta1": ParamInfo("float", 0.0, 0.9999),
+    "adam_beta2": ParamInfo("float", 0.0, 0.99999),
+    "adam_epsilon": ParamInfo("float", 0.0, 1.0, low_inclusive=False),
+    "label_smoothing_factor": ParamInfo("float", 0.0, 0.99),
+    "optim": ParamInfo("str", choices=("adamw_torch", "adamw_torch_fused", "adafactor", "sgd")),
+    "bf16": bool,
+    "fp16": bool,
+    "gradient_checkpointing": bool,
+    "group_by_length": bool,
+}
+DEFAULT_SEARCH_SPACE: dict[str, FloatDistribution | IntDistribution | CategoricalDistribution] = {
+    "learning_rate": FloatDistribution(low=1e-5, high=5e-4, log=True),
+    "per_device_train_batch_size": CategoricalDistribution(choices=[4, 8, 16, 32]),
+    "num_train_epochs": IntDistribution(low=1, high=3),
+    "warmup_ratio": FloatDistribution(low=0.0, high=0.1),
+    "weight_decay": FloatDistribution(low=0.0, high=0.1),
+    "lora_r": CategoricalDistribution(choices=[4, 8, 16, 32, 64]),
+}
+
+
+def check_distribution(name: str, dist: Distribution) -> None:
+    """Raise ValueError when ``dist`` can produce a value that ``name`` does not accept."""
+    if name not in KNOWN_PARAMS:
+        raise ValueError(
+            f"unknown hyperparameter {name!r}; known ones are {sorted(KNOWN_PARAMS)}."
+        )
+    info = KNOWN_PARAMS[name]
+    if isinstance(dist, CategoricalDistribution):
+        candidates: list[Any] = list(dist.choices)
+    elif info.kind == "str":
+        raise ValueError(f"{name} takes a categorical distribution of {list(info.choices)}.")
+    elif info.kind == "int" and isinstance(dist, FloatDistribution):
+        raise ValueError(f"{name} is an integer: use type 'int' or 'categorical'.")
+    else:
+        candidates = [dist.low, dist.high]
+    for value in candidates:
+        problem = info.check(value)
+        if problem:
+            raise ValueError(f"{name} {problem}.")
+
+
+# --- the parts of a spec ---------------------------------------------------------------------
+
+
+class ModelSpec(_Strict):
+    name_or_path: str = Field(min_length=1, max_length=512)
+    task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
+    revision: str | None = Field(default=None, max_length=128, pattern=r"^[\w.\-/]+$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class DatasetSpec(_Strict):
+    path: str = Field(min_length=1, max_length=1024)
+    format: Literal["auto", "jsonl", "csv", "disk"] = "auto"
+    text_field: str = Field(default="text", min_length=1, max_length=128)
+    label_field: str | None = Field(default=None, min_length=1, max_length=128)
+    validation_split: str | None = Field(default=None, min_length=1, max_length=128)
+    validation_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    max_train_examples: int | None = Field(default=None, ge=1, le=10**8)
+    max_eval_examples: int = Field(default=256, ge=1, le=10**6)
+
+
+class ObjectiveSpec(_Strict):
+    metric: str = Field(default="eval_loss", pattern=r"^eval_[a-z0-9_]{1,64}$")
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class _SeededSampler(_Strict):
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+
+class TPESamplerSpec(_SeededSampler):
+    type: Literal["tpe"] = "tpe"
+    n_startup_trials: int = Field(default=10, ge=0, le=10_000)
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+class RandomSamplerSpec(_SeededSampler):
+    type: Literal["random"] = "random"
+
+
+class GridSamplerSpec(_SeededSampler):
+    type: Literal["grid"] = "grid"
+
+
+class CmaEsSamplerSpec(_SeededSampler):
+    type: Literal["cmaes"] = "cmaes"
+    n_startup_trials: int = Field(default=1, ge=0, le=10_000)
+
+
+class GPSamplerSpec(_SeededSampler):
+    type: Literal["gp"] = "gp"
+    n_startup_trials: int = Field(default=10, ge=0, le=10_000)
+
+
+class QMCSamplerSpec(_SeededSampler):
+    type: Literal["qmc"] = "qmc"
+    qmc_type: Literal["sobol", "halton"] = "sobol"
+    scramble: bool = True
+
+
+SamplerSpec = Annotated[
+    TPESamplerSpec
+    | RandomSamplerSpec
+    | GridSamplerSpec
+    | CmaEsSamplerSpec
+    | GPSamplerSpec
+    | QMCSamplerSpec,
+    Field(discriminator="type"),
+]
+
+
+class _ThresholdPruner(_Strict):
+    n_startup_trials: int = Field(default=5, ge=0, le=10_000)
+    n_warmup_steps: int = Field(default=0, ge=0)
+    interval_steps: int = Field(default=1, ge=1)
+    n_min_trials: int = Field(default=1, ge=1, le=10_000)
+
+
+class MedianPrunerSpec(_ThresholdPruner):
+    type: Literal["median"] = "median"
+
+
+class PercentilePrunerSpec(_ThresholdPruner):
+    type: Literal["percentile"] = "percentile"
+    percentile: float = Field(default=25.0, ge=0.0, le=100.0)
+
+
+class SuccessiveHalvingPrunerSpec(_Strict):
+    type: Literal["successive_halving"] = "successive_halving"
+    min_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+    min_early_stopping_rate: int = Field(default=0, ge=0, le=100)
+
+    @field_validator("min_resource")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"min_resource must be >= 1 or 'auto', but got {value}.")
+        return value
+
+
+class HyperbandPrunerSpec(_Strict):
+    type: Literal["hyperband"] = "hyperband"
+    min_resource: int = Field(default=1, ge=1)
+    max_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> HyperbandPrunerSpec:
+        if isinstance(self.max_resource, int) and self.max_resource <= self.min_resource:
+            raise ValueError(
+                f"max_resource must be > min_resource, but got {self.max_resource} "
+                f"<= {self.min_resource}."
+            )
+        return self
+
+
+class NopPrunerSpec(_Strict):
+    type: Literal["none"] = "none"
+
+
+PrunerSpec = Annotated[
+    MedianPrunerSpec
+    | PercentilePrunerSpec
+    | SuccessiveHalvingPrunerSpec
+    | HyperbandPrunerSpec
+    | NopPrunerSpec,
+    Field(discriminator="type"),
+]
+
+
+class BudgetSpec(_Strict):
+    max_trials: int = Field(default=20, ge=1, le=MAX_TRIALS)
+    timeout_s: float | None = Field(default=None, gt=0, le=90 * 86400)
+    max_gpu_hours: float | None = Field(default=None, gt=0, le=1e6)
+    max_failures_in_a_row: int = Field(default=5, ge=1, le=1000)
+
+
+class EvaluationSpec(_Strict):
+    """Where trials report: every ``every_examples`` training examples seen.
+
+    Intermediate values are reported at step = examples seen, a fidelity axis that is the
+    same for every batch size and accumulation, so pruners compare like with like.
+    """
+
+    every_examples: int = Field(default=256, ge=1, le=10**9)
+
+
+# --- the study spec ---------------------------------------------------------------------------
+
+
+class StudySpec(_Strict):
+    """Everything a study needs: what to fine-tune, on what, over which space, how to search."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=2000)
+    model: ModelSpec
+    dataset: DatasetSpec
+    search_space: dict[str, Distribution] = Field(
+        default_factory=lambda: dict(DEFAULT_SEARCH_SPACE), min_length=1, max_length=64
+    )
+    training: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
+    objective: ObjectiveSpec = ObjectiveSpec()
+    sampler: SamplerSpec = TPESamplerSpec()
+    pruner: PrunerSpec = SuccessiveHalvingPrunerSpec()
+    budget: BudgetSpec = BudgetSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_names(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        for name, dist in space.items():
+            check_distribution(name, dist)
+        return space
+
+    @field_validator("training")
+    @classmethod
+    def _known_training(cls, training: dict[str, Scalar]) -> dict[str, Scalar]:
+        for key, value in training.items():
+            rule = KNOWN_PARAMS.get(key) or EXTRA_TRAINING_ARGS.get(key)
+            if rule is None:
+                known = sorted([*KNOWN_PARAMS, *EXTRA_TRAINING_ARGS])
+                raise ValueError(f"unknown training setting {key!r}; known ones are {known}.")
+            if rule is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{key} must be true or false, but got {value!r}.")
+                continue
+            assert isinstance(rule, ParamInfo)
+            problem = rule.check(value)
+            if problem:
+                raise ValueError(f"{key} {problem}.")
+        return training
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudySpec:
+        both = sorted(set(self.search_space) & set(self.training))
+        if both:
+            raise ValueError(f"{both} are both searched and fixed in training; choose one.")
+        if self.model.task == "sequence-classification" and self.dataset.label_field is None:
+            raise ValueError("dataset.label_field is required for sequence-classification.")
+        builtin_task = BUILTIN_TASKS.get(self.model.name_or_path)
+        if builtin_task and builtin_task != self.model.task:
+            raise ValueError(
+                f"model {self.model.name_or_path} is a {builtin_task} model, "
+                f"but task is {self.model.task!r}."
+            )
+        if self.sampler.type == "grid":
+            size = grid_size(self.search_space)
+            if size is None:
+                raise ValueError(
+                    "the grid sampler needs a finite space: give every float a step or use "
+                    "categorical choices."
+                )
+            if size > MAX_GRID_SIZE:
+                raise ValueError(f"the grid has {size} points; at most {MAX_GRID_SIZE}.")
+        return self
+
+    def fixed(self, name: str, default: Any = None) -> Any:
+        """A non-searched setting's value from ``training``."""
+        return self.training.get(name, default)
+
+
+BUILTIN_TASKS = {
+    "builtin:tiny-llama": "causal-lm",
+    "builtin:tiny-encoder": "sequence-classification",
+}
+
+
+def grid_size(space: dict[str, Distribution]) -> int | None:
+    """Number of points in the space's grid, or None when a dimension is continuous."""
+    size = 1
+    for dist in space.values():
+        values = dist.values()
+        if values is None:
+            return None
+        size *= len(values)
+    return size
+
+
+def is_valid_name(name: str) -> bool:
+    return re.match(NAME_PATTERN, name) is not None

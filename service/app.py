@@ -1,0 +1,46 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.orm import sessionmaker
+
+from hpo.db import make_engine
+from hpo.settings import Settings, get_settings
+from hpo.storage import make_storage
+from service.errors import install_error_handlers
+from service.routes import health, studies
+
+MAX_BODY_BYTES = 1_000_000
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the database is opened at startup, not at import."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+        app.state.storage = make_storage(settings)
+        yield
+        app.state.storage.remove_session()
+        app.state.storage.engine.dispose()
+        engine.dispose()
+
+    app = FastAPI(
+        title="finetune-hpo",
+        summary="Hyperparameter search for fine-tuning language models.",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(studies.router)
+    return app

@@ -1,0 +1,73 @@
+"""One place that maps errors to status codes and JSON bodies; no HTML, no stack traces."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
+
+from hpo.errors import SpecError, StorageUnavailable, StudyConflict, StudyNotFound
+
+log = logging.getLogger(__name__)
+
+
+def _validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "detail": [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in errors
+        ]
+    }
+
+
+async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(_validation_body(list(exc.errors())), status_code=422)
+
+
+async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
+    error = {"loc": ["body", *exc.loc], "msg": exc.message, "type": "spec_error"}
+    return JSONResponse(_validation_body([error]), status_code=422)
+
+
+async def _not_found(_: Request, exc: StudyNotFound) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _conflict(_: Request, exc: StudyConflict) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return JSONResponse(
+        {"detail": "database unavailable, try again shortly"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _request_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(SpecError, _spec_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StudyNotFound, _not_found)  # type: ignore[arg-type]
+    app.add_exception_handler(StudyConflict, _conflict)  # type: ignore[arg-type]
+    app.add_exception_handler(StorageUnavailable, _unavailable)
+    app.add_exception_handler(OperationalError, _unavailable)
+    app.add_exception_handler(HTTPException, _http)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,166 @@
+"""Shared fixtures: a real PostgreSQL (or SQLite) database per test and the real app over HTTP."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import psycopg2
+import pytest
+import uvicorn
+from sqlalchemy.orm import sessionmaker
+
+from hpo.db import make_engine, session_scope
+from hpo.migrate import upgrade
+from hpo.settings import Settings
+from hpo.storage import make_storage
+from service.app import create_app
+from service.auth import create_token
+from tests.pg import PostgresCluster, _free_port
+
+TEMPLATE = "hpo_template"
+
+
+def _admin(url: str) -> psycopg2.extensions.connection:
+    conn = psycopg2.connect(url.replace("postgresql+psycopg2", "postgresql"))
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster | None]:
+    if os.environ.get("HPO_TEST_DATABASE_URL"):
+        yield None
+        return
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(pg_cluster: PostgresCluster | None) -> str:
+    return os.environ.get("HPO_TEST_DATABASE_URL") or pg_cluster.url()  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> str:
+    """A database with our migrations and Optuna's tables applied, copied for each test."""
+    with closing(_admin(pg_admin_url)) as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        cur.execute(f"CREATE DATABASE {TEMPLATE}")
+    url = pg_admin_url.rsplit("/", 1)[0] + f"/{TEMPLATE}"
+    upgrade(url)
+    storage = make_storage(Settings(database_url=url))
+    storage.engine.dispose()
+    return url
+
+
+def new_pg_database(admin_url: str, *, template: str | None) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with closing(_admin(admin_url)) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str, pg_template: str) -> str:
+    """A fresh, migrated PostgreSQL database for one test."""
+    return new_pg_database(pg_admin_url, template=TEMPLATE)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each API test runs on PostgreSQL and on the embedded SQLite default."""
+    return request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        auth="enabled",
+        artifact_dir=tmp_path / "artifacts",
+        cache_dir=tmp_path / "cache",
+    )
+
+
+class ApiServer:
+    """The real app under uvicorn on a free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ApiServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("API server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def token(self, owner: str) -> str:
+        engine = make_engine(self.settings.database_url)
+        try:
+            with session_scope(sessionmaker(engine)) as session:
+                return create_token(session, name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner)
+        finally:
+            engine.dispose()
+
+    def client(self, owner: str | None = "alice") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(owner)}"} if owner else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[ApiServer]:
+    with ApiServer(settings) as server:
+        yield server
+
+
+@pytest.fixture
+def client(api: ApiServer) -> Iterator[httpx.Client]:
+    with api.client("alice") as c:
+        yield c
+
+
+def minimal_spec(name: str = "demo", **overrides: object) -> dict[str, object]:
+    spec: dict[str, object] = {
+        "name": name,
+        "model": {"name_or_path": "builtin:tiny-llama"},
+        "dataset": {"path": "builtin:demo-text"},
+    }
+    spec.update(overrides)
+    return spec
+
+
+SpecFactory = Callable[..., dict[str, object]]
+
+
+@pytest.fixture
+def make_spec() -> SpecFactory:
+    return minimal_spec
