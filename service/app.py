@@ -12,6 +12,7 @@ from hpo.db import make_engine
 from hpo.settings import Settings, get_settings
 from hpo.storage import make_storage
 from service.errors import install_error_handlers
+from service.limits import ContentLengthLimit
 from service.routes import health, studies
 
 MAX_BODY_BYTES = 1_000_000
@@ -38,9 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Hyperparameter search for fine-tuning language models.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     install_error_handlers(app)
+    app.add_middleware(ContentLengthLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(studies.router)
     return app
