@@ -105,13 +105,19 @@ def build_sampler(
         return optuna.samplers.GridSampler(grid, seed=sampler.seed)  # type: ignore[arg-type]
     if isinstance(sampler, CmaEsSamplerSpec):
         return optuna.samplers.CmaEsSampler(
-            seed=sampler.seed, n_startup_trials=sampler.n_startup_trials, warn_independent_sampling=False
+            seed=sampler.seed,
+            n_startup_trials=sampler.n_startup_trials,
+            warn_independent_sampling=False,
         )
     if isinstance(sampler, GPSamplerSpec):
-        return optuna.samplers.GPSampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
+        return optuna.samplers.GPSampler(
+            seed=sampler.seed, n_startup_trials=sampler.n_startup_trials
+        )
     if isinstance(sampler, QMCSamplerSpec):
         return optuna.samplers.QMCSampler(
-            seed=sampler.seed, qmc_type=sampler.qmc_type, scramble=sampler.scramble,
+            seed=sampler.seed,
+            qmc_type=sampler.qmc_type,
+            scramble=sampler.scramble,
             warn_independent_sampling=False,
         )
     raise SpecError(f"unknown sampler {sampler!r}", loc=("sampler",))
@@ -145,9 +151,7 @@ def build_pruner(pruner: PrunerSpec) -> optuna.pruners.BasePruner:
     raise SpecError(f"unknown pruner {pruner!r}", loc=("pruner",))
 
 
-def load_study(
-    spec: StudySpec, storage: optuna.storages.BaseStorage | str
-) -> optuna.Study:
+def load_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str) -> optuna.Study:
     """The Optuna study of ``spec`` with the sampler and pruner the spec asks for."""
     return optuna.load_study(
         study_name=spec.name,

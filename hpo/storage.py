@@ -33,4 +33,3 @@ def make_storage(settings: Settings) -> RDBStorage:
                 max_retry=settings.max_retries
             ),
         )
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import optuna
@@ -113,16 +114,18 @@ def delete_study(session: Session, storage: BaseStorage, *, record: StudyRecord)
 
     In this order a failure leaves our row, so the DELETE can be repeated.
     """
-    try:
+    with contextlib.suppress(KeyError):  # Optuna's half may already be gone
         storage.delete_study(storage.get_study_id_from_name(record.name))
-    except KeyError:
-        pass  # Optuna's half is already gone
     session.delete(record)
     session.flush()
 
 
 def enqueue_trial(
-    storage: BaseStorage, *, record: StudyRecord, params: dict[str, Any], user_attrs: dict[str, Any]
+    storage: BaseStorage,
+    *,
+    record: StudyRecord,
+    params: dict[str, Any],
+    user_attrs: dict[str, Any],
 ) -> None:
     """Queue a configuration to be tried before the sampler proposes new ones."""
     study = optuna.load_study(study_name=record.name, storage=storage)

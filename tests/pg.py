@@ -64,9 +64,7 @@ class PostgresCluster:
         self.start()
 
     def _run(self, cmd: list[str]) -> None:
-        subprocess.run(
-            cmd, check=True, preexec_fn=self.demote, cwd=self.root, capture_output=True
-        )
+        subprocess.run(cmd, check=True, preexec_fn=self.demote, cwd=self.root, capture_output=True)
 
     def _ctl(self, action: str) -> None:
         options = (
@@ -74,8 +72,17 @@ class PostgresCluster:
             "-c max_connections=300 -c fsync=off -c synchronous_commit=off"
         )
         self._run(
-            [self.pg_ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-w",
-             "-o", options, action]
+            [
+                self.pg_ctl,
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "log"),
+                "-w",
+                "-o",
+                options,
+                action,
+            ]
         )
 
     def start(self) -> None:

@@ -24,46 +24,98 @@ MALFORMED: list[tuple[dict[str, object], str, str]] = [
     (minimal_spec(model={**LLAMA, "task": "translation"}), "task", "causal-lm"),
     (minimal_spec(surprise=1), "surprise", "not permitted"),
     (minimal_spec(model={**LLAMA, "tokenizer": "x"}), "tokenizer", "not permitted"),
-    (minimal_spec(**space(learning_rate={"type": "float", "low": 1e-3, "high": 1e-5})),
-     "search_space", "low must be < high"),
-    (minimal_spec(**space(learning_rate={"type": "float", "low": 0.0, "high": 1e-3,
-                                         "log": True})), "search_space", "log=true needs low > 0"),
-    (minimal_spec(**space(lora_r={"type": "int", "low": 4, "high": 10, "step": 4})),
-     "search_space", "step must divide"),
-    (minimal_spec(**space(lora_r={"type": "categorical", "choices": []})),
-     "choices", "at least 1"),
-    (minimal_spec(**space(lora_r={"type": "categorical", "choices": [[4], {"a": 1}]})),
-     "choices", "valid"),
-    (minimal_spec(**space(momentum={"type": "float", "low": 0.1, "high": 0.9})),
-     "search_space", "unknown hyperparameter 'momentum'; known ones are"),
-    (minimal_spec(**space(lora_r={"type": "normal", "low": 1, "high": 2})),
-     "search_space", "does not match any of the expected tags"),
-    (minimal_spec(**space(lora_r={"type": "int", "low": 0, "high": 8})),
-     "search_space", "lora_r must be >= 1"),
-    (minimal_spec(**space(lr_scheduler_type={"type": "categorical",
-                                             "choices": ["cosine", "zigzag"]})),
-     "search_space", "must be one of"),
-    (minimal_spec(**space(per_device_train_batch_size={"type": "float", "low": 1, "high": 8})),
-     "search_space", "is an integer"),
+    (
+        minimal_spec(**space(learning_rate={"type": "float", "low": 1e-3, "high": 1e-5})),
+        "search_space",
+        "low must be < high",
+    ),
+    (
+        minimal_spec(
+            **space(learning_rate={"type": "float", "low": 0.0, "high": 1e-3, "log": True})
+        ),
+        "search_space",
+        "log=true needs low > 0",
+    ),
+    (
+        minimal_spec(**space(lora_r={"type": "int", "low": 4, "high": 10, "step": 4})),
+        "search_space",
+        "step must divide",
+    ),
+    (
+        minimal_spec(**space(lora_r={"type": "categorical", "choices": []})),
+        "choices",
+        "at least 1",
+    ),
+    (
+        minimal_spec(**space(lora_r={"type": "categorical", "choices": [[4], {"a": 1}]})),
+        "choices",
+        "valid",
+    ),
+    (
+        minimal_spec(**space(momentum={"type": "float", "low": 0.1, "high": 0.9})),
+        "search_space",
+        "unknown hyperparameter 'momentum'; known ones are",
+    ),
+    (
+        minimal_spec(**space(lora_r={"type": "normal", "low": 1, "high": 2})),
+        "search_space",
+        "does not match any of the expected tags",
+    ),
+    (
+        minimal_spec(**space(lora_r={"type": "int", "low": 0, "high": 8})),
+        "search_space",
+        "lora_r must be >= 1",
+    ),
+    (
+        minimal_spec(
+            **space(lr_scheduler_type={"type": "categorical", "choices": ["cosine", "zigzag"]})
+        ),
+        "search_space",
+        "must be one of",
+    ),
+    (
+        minimal_spec(**space(per_device_train_batch_size={"type": "float", "low": 1, "high": 8})),
+        "search_space",
+        "is an integer",
+    ),
     (minimal_spec(sampler={"type": "grid"}), "body", "finite space"),
     (minimal_spec(sampler={"type": "annealing"}), "sampler", "does not match"),
     (minimal_spec(pruner={"type": "percentile", "percentile": 150}), "percentile", "less than"),
     (minimal_spec(budget={"max_trials": 10**9}), "max_trials", "less than or equal"),
     (minimal_spec(budget={"max_trials": 0}), "max_trials", "greater than or equal"),
-    (minimal_spec(training={"learning_rate": 0.5, "trust_remote_code": True}),
-     "training", "unknown training setting 'trust_remote_code'"),
+    (
+        minimal_spec(training={"learning_rate": 0.5, "trust_remote_code": True}),
+        "training",
+        "unknown training setting 'trust_remote_code'",
+    ),
     (minimal_spec(training={"lora_r": 8}), "body", "both searched and fixed"),
-    (minimal_spec(model={"name_or_path": "builtin:tiny-encoder",
-                         "task": "sequence-classification"}), "body", "label_field is required"),
-    (minimal_spec(model={"name_or_path": "builtin:tiny-llama",
-                         "task": "sequence-classification"},
-                  dataset={**TEXT, "label_field": "label"}), "body", "is a causal-lm model"),
+    (
+        minimal_spec(
+            model={"name_or_path": "builtin:tiny-encoder", "task": "sequence-classification"}
+        ),
+        "body",
+        "label_field is required",
+    ),
+    (
+        minimal_spec(
+            model={"name_or_path": "builtin:tiny-llama", "task": "sequence-classification"},
+            dataset={**TEXT, "label_field": "label"},
+        ),
+        "body",
+        "is a causal-lm model",
+    ),
     (minimal_spec(description="d" * 2001), "description", "at most 2000"),
     (minimal_spec(dataset={**TEXT, "validation_fraction": 0.9}), "validation_fraction", "0.5"),
-    (minimal_spec(pruner={"type": "hyperband", "min_resource": 10, "max_resource": 5}),
-     "pruner", "max_resource must be > min_resource"),
-    (minimal_spec(**space(learning_rate={"type": "float", "low": 1e-5, "high": "big"})),
-     "high", "valid number"),
+    (
+        minimal_spec(pruner={"type": "hyperband", "min_resource": 10, "max_resource": 5}),
+        "pruner",
+        "max_resource must be > min_resource",
+    ),
+    (
+        minimal_spec(**space(learning_rate={"type": "float", "low": 1e-5, "high": "big"})),
+        "high",
+        "valid number",
+    ),
     (minimal_spec(search_space={}), "search_space", "at least 1"),
 ]
 
@@ -75,9 +127,9 @@ def test_malformed_spec_is_422_naming_the_field(
     response = client.post("/studies", json=body)
     assert response.status_code == 422, response.text
     errors = response.json()["detail"]
-    assert any(
-        where in [str(part) for part in e["loc"]] and why in e["msg"] for e in errors
-    ), errors
+    assert any(where in [str(part) for part in e["loc"]] and why in e["msg"] for e in errors), (
+        errors
+    )
     assert client.get("/studies").json()["count"] == 0
 
 

@@ -112,9 +112,7 @@ def list_trials(
     storage: StorageDep,
     offset: Offset = 0,
     limit: Limit = 50,
-    state: Annotated[
-        str | None, Query(pattern="^(complete|pruned|fail|running|waiting)$")
-    ] = None,
+    state: Annotated[str | None, Query(pattern="^(complete|pruned|fail|running|waiting)$")] = None,
 ) -> Page[TrialPublic]:
     record = crud.get_study(session, name=name, owner=owner)
     study_id = _optuna_id(storage, record.name)

@@ -1,0 +1,122 @@
+"""The ``hpo`` command: serve the API, run workers, manage the database and tokens."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from hpo.settings import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="The service's own tables (Alembic).")
+token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="Defaults to HPO_DATABASE_URL.")
+]
+
+
+def _settings(database_url: str | None) -> Settings:
+    base = get_settings()
+    return (
+        base.model_copy(update={"database_url": Settings(database_url=database_url).database_url})
+        if database_url
+        else base
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
+    """Apply migrations up to REVISION."""
+    from hpo.migrate import upgrade
+
+    upgrade(_settings(database_url).database_url, revision)
+
+
+@db_app.command("downgrade")
+def db_downgrade(database_url: DatabaseUrl = None, revision: str = "base") -> None:
+    """Revert migrations down to REVISION."""
+    from hpo.migrate import downgrade
+
+    downgrade(_settings(database_url).database_url, revision)
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    owner: Annotated[str | None, typer.Option(help="Owner of the studies; default NAME.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from sqlalchemy.orm import sessionmaker
+
+    from hpo.db import make_engine, session_scope
+    from hpo.errors import HPOError
+    from service.auth import create_token
+
+    engine = make_engine(_settings(database_url).database_url)
+    try:
+        with session_scope(sessionmaker(engine)) as session:
+            token = create_token(session, name=name, owner=owner or name)
+    except HPOError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(token)
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    migrate: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run migrations (unless --no-migrate) and serve the REST API."""
+    import uvicorn
+
+    from hpo.migrate import upgrade
+    from service.app import create_app
+
+    settings = _settings(database_url)
+    if migrate:
+        upgrade(settings.database_url)
+    uvicorn.run(create_app(settings), host=host, port=port)
+
+
+@app.command()
+def worker(
+    database_url: DatabaseUrl = None,
+    study: Annotated[list[str] | None, typer.Option(help="Only these studies.")] = None,
+    device: Annotated[str, typer.Option(help="cuda:0, cpu, ...")] = "cpu",
+    max_trials: Annotated[int | None, typer.Option(help="Exit after N trials.")] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after SECONDS without a trial to run.")
+    ] = None,
+) -> None:
+    """Pull trials of running studies and fine-tune them on DEVICE."""
+    from worker.loop import Worker
+
+    _log_to_stderr()
+    settings = _settings(database_url)
+    Worker(
+        settings, device=device, studies=study, max_trials=max_trials, idle_exit=idle_exit
+    ).run()
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    for noisy in ("httpx", "transformers", "datasets", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    app()

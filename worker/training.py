@@ -1,0 +1,216 @@
+"""One trial's fine-tune: params -> TrainingArguments + LoraConfig -> HF Trainer."""
+
+from __future__ import annotations
+
+import gc
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from hpo.spec import StudySpec
+from worker.callbacks import FidelityCallback
+from worker.data import Splits
+from worker.models import LoadedModel, target_modules
+
+DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 1,
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "lora_r": 8,
+    "lr_scheduler_type": "linear",
+    "lora_dropout": 0.0,
+    "lora_target_modules": "attention",
+    "gradient_accumulation_steps": 1,
+    "max_grad_norm": 1.0,
+    "max_seq_length": 256,
+    "seed": 42,
+}
+
+
+def trial_settings(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Defaults, overridden by the study's fixed ``training``, overridden by sampled params."""
+    settings = {**DEFAULTS, **spec.training, **params}
+    settings.setdefault("lora_alpha", 2 * settings["lora_r"])
+    return settings
+
+
+def lora_config(settings: dict[str, Any], loaded: LoadedModel, task: str) -> LoraConfig:
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
+        r=int(settings["lora_r"]),
+        lora_alpha=float(settings["lora_alpha"]),
+        lora_dropout=float(settings["lora_dropout"]),
+        target_modules=target_modules(loaded.model, settings["lora_target_modules"]),
+    )
+
+
+def total_steps(settings: dict[str, Any], n_train: int) -> int:
+    per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
+    return max(1, math.ceil(settings["num_train_epochs"] * math.ceil(n_train / per_step)))
+
+
+def _scheduler_kwargs(settings: dict[str, Any], steps: int) -> dict[str, Any]:
+    name = settings["lr_scheduler_type"]
+    if name == "warmup_stable_decay":
+        return {"num_decay_steps": max(1, steps // 5)}
+    if name == "cosine_with_min_lr":
+        return {"min_lr_rate": 0.1}
+    return {}
+
+
+def training_arguments(
+    settings: dict[str, Any],
+    *,
+    out_dir: str,
+    device: torch.device,
+    n_train: int,
+    wants_logits: bool,
+) -> TrainingArguments:
+    cuda = device.type == "cuda"
+    steps = total_steps(settings, n_train)
+    optional = {
+        k: settings[k]
+        for k in ("adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor", "optim")
+        if k in settings
+    }
+    return TrainingArguments(
+        output_dir=out_dir,
+        learning_rate=float(settings["learning_rate"]),
+        per_device_train_batch_size=int(settings["per_device_train_batch_size"]),
+        per_device_eval_batch_size=max(32, int(settings["per_device_train_batch_size"])),
+        gradient_accumulation_steps=int(settings["gradient_accumulation_steps"]),
+        num_train_epochs=float(settings["num_train_epochs"]),
+        warmup_steps=float(settings["warmup_ratio"]),
+        weight_decay=float(settings["weight_decay"]),
+        lr_scheduler_type=settings["lr_scheduler_type"],
+        lr_scheduler_kwargs=_scheduler_kwargs(settings, steps),
+        max_grad_norm=float(settings["max_grad_norm"]),
+        seed=int(settings["seed"]),
+        bf16=bool(settings.get("bf16", cuda and torch.cuda.is_bf16_supported())),
+        fp16=bool(settings.get("fp16", False)),
+        gradient_checkpointing=bool(settings.get("gradient_checkpointing", False)),
+        use_cpu=not cuda,
+        eval_strategy="no",  # FidelityCallback decides when to evaluate
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        prediction_loss_only=not wants_logits,
+        include_num_input_tokens_seen=True,
+        dataloader_pin_memory=cuda,
+        **optional,
+    )
+
+
+def _accuracy(pred: EvalPrediction) -> dict[str, float]:
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    return {"accuracy": float((np.argmax(logits, axis=-1) == pred.label_ids).mean())}
+
+
+@dataclass
+class TrainResult:
+    value: float
+    examples_seen: int
+    tokens_seen: int
+    train_loss: float
+    train_seconds: float
+
+
+def train_trial(
+    trial: optuna.Trial,
+    *,
+    spec: StudySpec,
+    settings: dict[str, Any],
+    loaded: LoadedModel,
+    splits: Splits,
+    device: torch.device,
+    stop: threading.Event,
+    extra_callbacks: list[TrainerCallback] = (),  # type: ignore[assignment]
+    keep_adapter: Callable[[float, PeftModel], None] | None = None,
+) -> TrainResult:
+    """Train a fresh LoRA adapter on the cached base model; the base model is left untouched.
+
+    Raises:
+        optuna.TrialPruned: The pruner stopped the trial, or the loss diverged.
+    """
+    task = spec.model.task
+    set_seed(int(settings["seed"]))
+    peft_model = get_peft_model(loaded.model, lora_config(settings, loaded, task))
+    per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
+    n_train = len(splits.train)
+    fidelity = FidelityCallback(
+        trial,
+        metric=spec.objective.metric,
+        every_examples=spec.evaluation.every_examples,
+        examples_per_step=per_step,
+        max_examples=math.ceil(settings["num_train_epochs"] * n_train),
+        stop=stop,
+    )
+    wants_logits = spec.objective.metric == "eval_accuracy"
+    if task == "causal-lm":
+        collator: Any = DataCollatorForLanguageModeling(loaded.tokenizer, mlm=False)
+    else:
+        collator = DataCollatorWithPadding(loaded.tokenizer)
+    trainer: Trainer | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpo-trial-") as out_dir:
+            trainer = Trainer(
+                model=peft_model,
+                args=training_arguments(
+                    settings,
+                    out_dir=out_dir,
+                    device=device,
+                    n_train=n_train,
+                    wants_logits=wants_logits,
+                ),
+                train_dataset=splits.train,
+                eval_dataset=splits.eval,
+                data_collator=collator,
+                compute_metrics=_accuracy if wants_logits else None,
+                callbacks=[fidelity, *extra_callbacks],
+            )
+            trainer.remove_callback(PrinterCallback)  # our worker logs one line per event
+            started = time.perf_counter()
+            output = trainer.train()
+            if fidelity.examples_seen(trainer.state) not in fidelity.reported:
+                trainer.evaluate()
+            train_seconds = time.perf_counter() - started
+            assert fidelity.last_value is not None
+            if keep_adapter is not None:
+                keep_adapter(fidelity.last_value, peft_model)
+            return TrainResult(
+                value=fidelity.last_value,
+                examples_seen=fidelity.examples_seen(trainer.state),
+                tokens_seen=int(trainer.state.num_input_tokens_seen),
+                train_loss=float(output.training_loss),
+                train_seconds=train_seconds,
+            )
+    finally:
+        del trainer
+        peft_model.unload()  # removes the LoRA layers, restoring the cached base model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
