@@ -99,6 +99,10 @@ def worker(
     idle_exit: Annotated[
         float | None, typer.Option(help="Exit after SECONDS without a trial to run.")
     ] = None,
+    cpu_threads: Annotated[
+        int | None,
+        typer.Option(help="Torch CPU threads; give each of K local CPU workers cores/K."),
+    ] = None,
 ) -> None:
     """Pull trials of running studies and fine-tune them on DEVICE."""
     from worker.loop import Worker
@@ -106,7 +110,12 @@ def worker(
     _log_to_stderr()
     settings = _settings(database_url)
     Worker(
-        settings, device=device, studies=study, max_trials=max_trials, idle_exit=idle_exit
+        settings,
+        device=device,
+        studies=study,
+        max_trials=max_trials,
+        idle_exit=idle_exit,
+        cpu_threads=cpu_threads,
     ).run()
 
 

@@ -86,36 +86,39 @@ def check_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_sampler(
-    sampler: SamplerSpec, spec: StudySpec | None = None
+    sampler: SamplerSpec, spec: StudySpec | None = None, *, seed_offset: int = 0
 ) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler a spec names. ``spec`` is needed for the grid sampler."""
+    """The Optuna sampler a spec names. ``spec`` is needed for the grid sampler.
+
+    Each process that samples for one study must pass its own ``seed_offset``: samplers
+    with equal seeds in parallel workers would propose the same configurations.
+    """
+    seed = None if sampler.seed is None else (sampler.seed + seed_offset) % 2**32
     if isinstance(sampler, TPESamplerSpec):
         return optuna.samplers.TPESampler(
-            seed=sampler.seed,
+            seed=seed,
             n_startup_trials=sampler.n_startup_trials,
             multivariate=sampler.multivariate,
             constant_liar=sampler.constant_liar,
         )
     if isinstance(sampler, RandomSamplerSpec):
-        return optuna.samplers.RandomSampler(seed=sampler.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if isinstance(sampler, GridSamplerSpec):
         if spec is None:
             raise SpecError("the grid sampler needs the search space", loc=("sampler",))
         grid = {name: d.values() for name, d in spec.search_space.items()}
-        return optuna.samplers.GridSampler(grid, seed=sampler.seed)  # type: ignore[arg-type]
+        return optuna.samplers.GridSampler(grid, seed=seed)  # type: ignore[arg-type]
     if isinstance(sampler, CmaEsSamplerSpec):
         return optuna.samplers.CmaEsSampler(
-            seed=sampler.seed,
+            seed=seed,
             n_startup_trials=sampler.n_startup_trials,
             warn_independent_sampling=False,
         )
     if isinstance(sampler, GPSamplerSpec):
-        return optuna.samplers.GPSampler(
-            seed=sampler.seed, n_startup_trials=sampler.n_startup_trials
-        )
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
     if isinstance(sampler, QMCSamplerSpec):
         return optuna.samplers.QMCSampler(
-            seed=sampler.seed,
+            seed=seed,
             qmc_type=sampler.qmc_type,
             scramble=sampler.scramble,
             warn_independent_sampling=False,
@@ -151,11 +154,13 @@ def build_pruner(pruner: PrunerSpec) -> optuna.pruners.BasePruner:
     raise SpecError(f"unknown pruner {pruner!r}", loc=("pruner",))
 
 
-def load_study(spec: StudySpec, storage: optuna.storages.BaseStorage | str) -> optuna.Study:
+def load_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage | str, *, seed_offset: int = 0
+) -> optuna.Study:
     """The Optuna study of ``spec`` with the sampler and pruner the spec asks for."""
     return optuna.load_study(
         study_name=spec.name,
         storage=storage,
-        sampler=build_sampler(spec.sampler, spec),
+        sampler=build_sampler(spec.sampler, spec, seed_offset=seed_offset),
         pruner=build_pruner(spec.pruner),
     )

@@ -185,7 +185,6 @@ EXTRA_TRAINING_ARGS: dict[str, ParamInfo | type] = {
     "bf16": bool,
     "fp16": bool,
     "gradient_checkpointing": bool,
-    "group_by_length": bool,
 }
 DEFAULT_SEARCH_SPACE: dict[str, FloatDistribution | IntDistribution | CategoricalDistribution] = {
     "learning_rate": FloatDistribution(low=1e-5, high=5e-4, log=True),

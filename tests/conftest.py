@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -23,6 +24,7 @@ from hpo.storage import make_storage
 from service.app import create_app
 from service.auth import create_token
 from tests.pg import PostgresCluster, _free_port
+from tests.workers import start_worker
 
 TEMPLATE = "hpo_template"
 
@@ -87,14 +89,31 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("pg_url" if request.param == "postgresql" else "sqlite_url")
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built-in models are built once per test session and shared by every worker."""
+    return tmp_path_factory.mktemp("hpo-cache")
+
+
+def _settings(url: str, tmp_path: Path, cache_dir: Path) -> Settings:
     return Settings(
-        database_url=database_url,
+        database_url=url,
         auth="enabled",
         artifact_dir=tmp_path / "artifacts",
-        cache_dir=tmp_path / "cache",
+        cache_dir=cache_dir,
+        heartbeat_interval=1,
+        grace_period=4,
     )
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, model_cache_dir: Path) -> Settings:
+    return _settings(database_url, tmp_path, model_cache_dir)
+
+
+@pytest.fixture
+def pg_settings(pg_url: str, tmp_path: Path, model_cache_dir: Path) -> Settings:
+    return _settings(pg_url, tmp_path, model_cache_dir)
 
 
 class ApiServer:
@@ -143,6 +162,12 @@ def api(settings: Settings) -> Iterator[ApiServer]:
 
 
 @pytest.fixture
+def pg_api(pg_settings: Settings) -> Iterator[ApiServer]:
+    with ApiServer(pg_settings) as server:
+        yield server
+
+
+@pytest.fixture
 def client(api: ApiServer) -> Iterator[httpx.Client]:
     with api.client("alice") as c:
         yield c
@@ -164,3 +189,20 @@ SpecFactory = Callable[..., dict[str, object]]
 @pytest.fixture
 def make_spec() -> SpecFactory:
     return minimal_spec
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``hpo worker`` processes; any still alive at teardown are killed."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(settings: Settings, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        proc = start_worker(settings, tmp_path / f"{name}.log", *args, **env)
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import socket
 import time
 import uuid
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,7 @@ class Worker:
         max_trials: int | None = None,
         idle_exit: float | None = None,
         poll_interval: float = 1.0,
+        cpu_threads: int | None = None,
     ) -> None:
         self.settings = settings
         self.studies = studies
@@ -76,12 +79,18 @@ class Worker:
         self.ctx = WorkerContext(
             settings=settings,
             device=torch_device,
-            worker_id=f"{hostname}-{uuid.uuid4().hex[:8]}",
+            worker_id=f"{hostname}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
             hostname=hostname,
             models=ModelCache(device=torch_device, cache_dir=settings.cache_dir),
             data=DataCache(settings.cache_dir),
         )
         self.trials_run = 0
+        # One Study (and sampler) per study for the worker's life: a sampler rebuilt for
+        # every trial would restart its random stream and propose the same configs again.
+        self._studies: dict[tuple[int, str], optuna.Study] = {}
+        self._seed_offset = zlib.crc32(self.ctx.worker_id.encode())
+        if cpu_threads is not None:
+            torch.set_num_threads(cpu_threads)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -138,7 +147,10 @@ class Worker:
         found = []
         for record in records:
             spec = StudySpec.model_validate(record.spec)
-            study = load_study(spec, self.storage)
+            key = (record.id, record.name)
+            if key not in self._studies:
+                self._studies[key] = load_study(spec, self.storage, seed_offset=self._seed_offset)
+            study = self._studies[key]
             fail_stale_trials(study)  # trials of dead workers free their budget slot
             counts = trial_counts(self.storage, study._study_id)  # noqa: SLF001
             if self._budget_spent(record, spec, study, counts):

@@ -91,7 +91,14 @@ def training_arguments(
     steps = total_steps(settings, n_train)
     optional = {
         k: settings[k]
-        for k in ("adam_beta1", "adam_beta2", "adam_epsilon", "label_smoothing_factor", "optim")
+        for k in (
+            "adam_beta1",
+            "adam_beta2",
+            "adam_epsilon",
+            "label_smoothing_factor",
+            "optim",
+            "gradient_checkpointing",
+        )
         if k in settings
     }
     return TrainingArguments(
@@ -109,7 +116,6 @@ def training_arguments(
         seed=int(settings["seed"]),
         bf16=bool(settings.get("bf16", cuda and torch.cuda.is_bf16_supported())),
         fp16=bool(settings.get("fp16", False)),
-        gradient_checkpointing=bool(settings.get("gradient_checkpointing", False)),
         use_cpu=not cuda,
         eval_strategy="no",  # FidelityCallback decides when to evaluate
         save_strategy="no",

@@ -1,0 +1,89 @@
+"""Helpers for tests that run real ``hpo worker`` processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.settings import Settings
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HPO_DATABASE_URL=settings.database_url,
+        HPO_CACHE_DIR=str(settings.cache_dir),
+        HPO_ARTIFACT_DIR=str(settings.artifact_dir),
+        HPO_HEARTBEAT_INTERVAL=str(settings.heartbeat_interval),
+        HPO_GRACE_PERIOD=str(settings.grace_period),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def start_worker(settings: Settings, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """``hpo worker --device cpu ARGS`` as its own process, logging to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hpo",
+                "worker",
+                "--device",
+                "cpu",
+                "--cpu-threads",
+                "1",
+                *args,
+            ],
+            env=worker_env(settings, **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def trials(settings: Settings, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=settings.database_url).get_trials()
+
+
+def small_study(name: str, **overrides: Any) -> dict[str, Any]:
+    """A study whose trials take a second or two on the tiny model on CPU."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "model": {"name_or_path": "builtin:tiny-llama"},
+        "dataset": {
+            "path": "builtin:demo-text",
+            "max_train_examples": 256,
+            "max_eval_examples": 64,
+        },
+        "search_space": {
+            "learning_rate": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True},
+            "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16]},
+            "lora_r": {"type": "categorical", "choices": [4, 8]},
+        },
+        "training": {"num_train_epochs": 1, "max_seq_length": 32},
+        "sampler": {"type": "tpe", "seed": 7, "n_startup_trials": 4},
+        "pruner": {"type": "percentile", "percentile": 25.0, "n_startup_trials": 2},
+        "budget": {"max_trials": 8},
+        "evaluation": {"every_examples": 64},
+    }
+    spec.update(overrides)
+    return spec
