@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -117,6 +118,43 @@ def worker(
         idle_exit=idle_exit,
         cpu_threads=cpu_threads,
     ).run()
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Folder for the database and adapters.")] = Path(
+        "hpo-demo"
+    ),
+    database_url: DatabaseUrl = None,
+    workers: int = 2,
+    trials: int = 16,
+) -> None:
+    """Run a demo study end to end on this machine (tiny local model, CPU, no network)."""
+    from rich.console import Console
+
+    from hpo.demo import run_demo
+
+    console = Console()
+    result = run_demo(
+        workdir=workdir, database_url=database_url, workers=workers, trials=trials, console=console
+    )
+    counts = result.counts
+    console.print(
+        f"finished {counts.finished} trials ({counts.complete} complete, {counts.pruned} pruned, "
+        f"{counts.fail} failed)"
+    )
+    if result.best_params is None:
+        console.print("[red]no trial completed[/]; see the worker logs in", workdir)
+        raise typer.Exit(1)
+    console.print(f"[bold green]best eval_loss[/] {result.best_value:.4f}")
+    for key, value in result.best_params.items():
+        console.print(f"  {key} = {value}")
+    console.print(f"best adapter: {result.adapter or 'not saved'}")
+    db = database_url or f"sqlite:///{(workdir / 'hpo.db').resolve()}"
+    console.print(
+        "open the dashboard: "
+        f"optuna-dashboard {db} --artifact-dir {(workdir / 'artifacts').resolve()}"
+    )
 
 
 def _log_to_stderr() -> None:

@@ -1,0 +1,156 @@
+"""``hpo demo``: a whole study on this machine, on the embedded SQLite default, in minutes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from sqlalchemy.orm import sessionmaker
+
+from hpo.db import make_engine, session_scope
+from hpo.migrate import upgrade
+from hpo.progress import TrialCounts, best_trial, trial_counts
+from hpo.settings import Settings
+from hpo.spec import DEFAULT_SEARCH_SPACE, StudySpec
+from hpo.storage import make_storage
+
+
+def demo_spec(name: str, *, trials: int) -> StudySpec:
+    """The six core hyperparameters on the tiny local Llama and the demo text."""
+    return StudySpec(
+        name=name,
+        description="hpo demo: LoRA on a tiny local Llama (CPU)",
+        model={"name_or_path": "builtin:tiny-llama"},
+        dataset={"path": "builtin:demo-text", "max_train_examples": 384, "max_eval_examples": 96},
+        search_space={
+            **DEFAULT_SEARCH_SPACE,
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 2e-2, "log": True},
+            "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+        },
+        training={"max_seq_length": 40},
+        sampler={"type": "tpe", "n_startup_trials": 6},
+        budget={"max_trials": trials},
+        evaluation={"every_examples": 128},
+    )
+
+
+@dataclass
+class DemoResult:
+    study: str
+    counts: TrialCounts
+    best_value: float | None
+    best_params: dict[str, object] | None
+    adapter: Path | None
+
+
+def _table(
+    name: str, counts: TrialCounts, best: float | None, elapsed: float, total: int
+) -> Table:
+    table = Table(title=f"study {name}", show_header=True)
+    for col in (
+        "finished",
+        "complete",
+        "pruned",
+        "failed",
+        "running",
+        "best eval_loss",
+        "elapsed",
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{counts.finished}/{total}",
+        str(counts.complete),
+        str(counts.pruned),
+        str(counts.fail),
+        str(counts.running),
+        "-" if best is None else f"{best:.4f}",
+        f"{elapsed:.0f}s",
+    )
+    return table
+
+
+def run_demo(
+    *, workdir: Path, database_url: str | None, workers: int, trials: int, console: Console
+) -> DemoResult:
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = Settings()
+    settings = base.model_copy(
+        update={
+            "database_url": Settings(
+                database_url=database_url or f"sqlite:///{workdir / 'hpo.db'}"
+            ).database_url,
+            "artifact_dir": workdir / "artifacts",
+            "auth": "disabled",
+        }
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    upgrade(settings.database_url)
+    name = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    spec = demo_spec(name, trials=trials)
+    storage = make_storage(settings)
+    engine = make_engine(settings.database_url)
+    from service.crud import create_study  # the same code path as POST /studies
+
+    with session_scope(sessionmaker(engine)) as session:
+        create_study(session, storage, spec=spec, owner="local")
+    engine.dispose()
+    console.print(f"[bold]study[/] {name} · {trials} trials · {workers} CPU workers · {workdir}")
+
+    env = dict(
+        os.environ,
+        HPO_DATABASE_URL=settings.database_url,
+        HPO_ARTIFACT_DIR=str(settings.artifact_dir),
+        HPO_CACHE_DIR=str(settings.cache_dir),
+    )
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = []
+    for i in range(workers):
+        log = (workdir / f"worker-{i}.log").open("ab")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "hpo", "worker", "--study", name, "--device", "cpu",
+                 "--cpu-threads", str(threads), "--idle-exit", "2"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+    study_id = storage.get_study_id_from_name(name)
+    started = time.monotonic()
+    try:
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                counts = trial_counts(storage, study_id)
+                best = best_trial(storage, study_id)
+                live.update(
+                    _table(name, counts, best.value if best else None,
+                           time.monotonic() - started, trials)
+                )  # fmt: skip
+                if all(p.poll() is not None for p in procs):
+                    break
+                time.sleep(0.5)
+        console.print()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
+    best = best_trial(storage, study_id)
+    adapter = None
+    if best is not None and best.user_attrs.get("adapter_artifact_id"):
+        adapter = settings.artifact_dir / str(best.user_attrs["adapter_artifact_id"])
+    return DemoResult(
+        study=name,
+        counts=trial_counts(storage, study_id),
+        best_value=best.value if best else None,
+        best_params=best.params if best else None,
+        adapter=adapter,
+    )
