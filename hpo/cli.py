@@ -9,12 +9,14 @@ from typing import Annotated
 
 import typer
 
+from hpo.cli_study import study_app
 from hpo.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="The service's own tables (Alembic).")
 token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
 app.add_typer(db_app, name="db")
+app.add_typer(study_app, name="study")
 app.add_typer(token_app, name="token")
 
 DatabaseUrl = Annotated[

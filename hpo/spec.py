@@ -240,7 +240,7 @@ class DatasetSpec(_Strict):
 
 
 class ObjectiveSpec(_Strict):
-    metric: str = Field(default="eval_loss", pattern=r"^eval_[a-z0-9_]{1,64}$")
+    metric: Literal["eval_loss", "eval_accuracy"] = "eval_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
@@ -419,6 +419,8 @@ class StudySpec(_Strict):
             raise ValueError(f"{both} are both searched and fixed in training; choose one.")
         if self.model.task == "sequence-classification" and self.dataset.label_field is None:
             raise ValueError("dataset.label_field is required for sequence-classification.")
+        if self.objective.metric == "eval_accuracy" and self.model.task == "causal-lm":
+            raise ValueError("objective eval_accuracy needs task sequence-classification.")
         builtin_task = BUILTIN_TASKS.get(self.model.name_or_path)
         if builtin_task and builtin_task != self.model.task:
             raise ValueError(

@@ -33,7 +33,12 @@ def test_create_get_list(client: httpx.Client, make_spec: SpecFactory) -> None:
 def test_create_makes_the_optuna_study(
     api: ApiServer, client: httpx.Client, make_spec: SpecFactory
 ) -> None:
-    spec = make_spec("opt", objective={"metric": "eval_accuracy", "direction": "maximize"})
+    spec = make_spec(
+        "opt",
+        model={"name_or_path": "builtin:tiny-encoder", "task": "sequence-classification"},
+        dataset={"path": "builtin:demo-classification", "label_field": "label"},
+        objective={"metric": "eval_accuracy", "direction": "maximize"},
+    )
     assert client.post("/studies", json=spec).status_code == 201
     study = optuna.load_study(study_name="opt", storage=api.settings.database_url)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE

@@ -117,6 +117,12 @@ MALFORMED: list[tuple[dict[str, object], str, str]] = [
         "valid number",
     ),
     (minimal_spec(search_space={}), "search_space", "at least 1"),
+    (
+        minimal_spec(objective={"metric": "eval_accuracy", "direction": "maximize"}),
+        "body",
+        "eval_accuracy needs task sequence-classification",
+    ),
+    (minimal_spec(objective={"metric": "eval_bleu"}), "metric", "eval_loss"),
 ]
 
 
