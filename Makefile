@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(BIN)/pip install -q torch==2.13.0
 
 install: $(BIN)/activate
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[worker]'
 
 install-dev: $(BIN)/activate
 	$(BIN)/pip install -q -e '.[dev]'
