@@ -1,0 +1,178 @@
+"""Simulate a study on recorded learning curves: W asynchronous workers, a simulated clock.
+
+Each simulated worker asks trials through the same sampler/pruner factory the real worker
+uses, replays the configuration's recorded validation curve point by point (each point costs
+its recorded or modelled device-seconds), reports each point, stops when pruned and tells the
+final value. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+
+from hpo.factory import build_pruner, build_sampler, suggest_params
+from hpo.spec import Distribution, StudySpec
+
+CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
+
+
+class NotRecorded(KeyError):
+    """The objective has no curve for these params: the trial fails at no cost."""
+
+
+class CurveObjective(Protocol):
+    """Anything with a search space and a recorded curve per configuration.
+
+    ``curve(params)`` returns the points a trial with ``params`` would report, in order, or
+    raises ``NotRecorded``; ``search_space`` is the space (spec distributions) the curves are
+    defined on.
+    """
+
+    search_space: dict[str, Distribution]
+
+    def curve(self, params: dict[str, Any]) -> list[CurvePoint]: ...
+
+
+@dataclass
+class SimTrial:
+    number: int
+    worker: int
+    params: dict[str, Any]
+    state: str
+    value: float | None
+    cost: float
+    start: float
+    end: float
+
+
+@dataclass
+class Simulation:
+    """The outcome: trials in the order they ended, and best-so-far against cost."""
+
+    trials: list[SimTrial] = field(default_factory=list)
+    total_cost: float = 0.0
+    # (cumulative device-seconds, best value) each time the best improved
+    best_curve: list[tuple[float, float]] = field(default_factory=list)
+
+    def cost_to_reach(self, target: float, *, minimize: bool = True) -> float:
+        """Device-seconds spent when a trial first finished at or better than ``target``."""
+        for cost, best in self.best_curve:
+            if (best <= target) if minimize else (best >= target):
+                return cost
+        return math.inf
+
+    def best_at(self, budget: float, *, minimize: bool = True) -> float | None:
+        """The best value known once ``budget`` device-seconds were spent."""
+        known = [best for cost, best in self.best_curve if cost <= budget]
+        return known[-1] if known else None
+
+
+@dataclass(order=True)
+class _Event:
+    time: float
+    worker: int
+    trial: Any = field(compare=False, default=None)
+    point: int = field(compare=False, default=0)
+
+
+def simulate(
+    spec: StudySpec,
+    objective: CurveObjective,
+    *,
+    workers: int,
+    seed: int,
+    max_cost: float | None = None,
+) -> Simulation:
+    """Run ``spec``'s sampler and pruner against ``objective`` with ``workers`` workers.
+
+    Stops after ``spec.budget.max_trials`` finished trials or once ``max_cost``
+    device-seconds were spent, whichever comes first.
+    """
+    sampler_spec = spec.sampler.model_copy(update={"seed": seed})
+    storage = optuna.storages.InMemoryStorage()
+    direction = spec.objective.direction
+    minimize = direction == "minimize"
+    optuna.create_study(storage=storage, study_name=spec.name, direction=direction)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        studies = [
+            optuna.load_study(
+                study_name=spec.name,
+                storage=storage,
+                sampler=build_sampler(sampler_spec, spec, seed_offset=w),
+                pruner=build_pruner(spec.pruner),
+            )
+            for w in range(workers)
+        ]
+    sim = Simulation()
+    curves: dict[int, list[CurvePoint]] = {}
+    started: dict[int, float] = {}
+    in_flight: dict[int, tuple[float, float]] = {}  # worker -> (point start, point cost)
+    finished = 0
+    queue: list[_Event] = []
+    best: float | None = None
+
+    def spent(now: float) -> float:
+        return sim.total_cost + sum(now - start for start, _ in in_flight.values())
+
+    def start_trial(worker: int, now: float) -> None:
+        while True:
+            trial = studies[worker].ask()
+            try:
+                curves[trial.number] = objective.curve(suggest_params(trial, spec))
+                break
+            except NotRecorded:
+                studies[worker].tell(trial, state=TrialState.FAIL)
+        started[trial.number] = now
+        schedule(worker, trial, 0, now)
+
+    def schedule(worker: int, trial: optuna.Trial, point: int, now: float) -> None:
+        cost = curves[trial.number][point][0]
+        in_flight[worker] = (now, cost)
+        heapq.heappush(queue, _Event(now + cost, worker, trial, point))
+
+    def end_trial(event: _Event, state: TrialState, value: float | None) -> None:
+        nonlocal finished, best
+        study = studies[event.worker]
+        study.tell(event.trial, value if state == TrialState.COMPLETE else None, state=state)
+        finished += 1
+        cost = sum(c for c, _ in curves[event.trial.number][: event.point + 1])
+        sim.trials.append(
+            SimTrial(event.trial.number, event.worker, event.trial.params, state.name.lower(),
+                     value, cost, started[event.trial.number], event.time)
+        )  # fmt: skip
+        if state == TrialState.COMPLETE and value is not None:
+            if best is None or (value < best if minimize else value > best):
+                best = value
+                sim.best_curve.append((spent(event.time), best))
+
+    for worker in range(workers):
+        start_trial(worker, 0.0)
+    while queue:
+        event = heapq.heappop(queue)
+        cost, value = curves[event.trial.number][event.point]
+        del in_flight[event.worker]
+        sim.total_cost += cost
+        event.trial.report(value, step=event.point + 1)
+        last = event.point + 1 == len(curves[event.trial.number])
+        if last:
+            values = [v for _, v in curves[event.trial.number]]
+            end_trial(event, TrialState.COMPLETE, min(values) if minimize else max(values))
+        elif event.trial.should_prune():
+            end_trial(event, TrialState.PRUNED, None)
+        else:
+            schedule(event.worker, event.trial, event.point + 1, event.time)
+            continue
+        running = len(in_flight)
+        over_budget = max_cost is not None and spent(event.time) >= max_cost
+        if finished + running < spec.budget.max_trials and not over_budget:
+            start_trial(event.worker, event.time)
+    return sim
