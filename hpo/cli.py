@@ -159,6 +159,57 @@ def demo(
     )
 
 
+@app.command()
+def simulate(
+    nmtlc: Annotated[Path, typer.Argument(help="Path to NMTLC's nmtlc.pkl.")],
+    spec_file: Annotated[
+        Path | None, typer.Option("--spec", help="Sampler/pruner from this spec file.")
+    ] = None,
+    sampler: str = "tpe",
+    pruner: str = "none",
+    workers: int = 8,
+    seeds: int = 5,
+    max_trials: int = 100,
+) -> None:
+    """Replay recorded LoRA curves (NMTLC) under a sampler and pruner with simulated workers."""
+    import optuna
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    from hpo.nmtlc import load_tasks
+    from hpo.simulate import simulate as run
+    from hpo.spec import StudySpec
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = yaml.safe_load(spec_file.read_text()) if spec_file else {}
+    table = Table("task", "seed", "trials", "pruned", "cost / grid", "cost to 1% / grid", "best")
+    for task in load_tasks(nmtlc):
+        spec = StudySpec.model_validate(
+            {
+                "sampler": {"type": sampler},
+                "pruner": {"type": pruner},
+                **{k: v for k, v in base.items() if k in ("sampler", "pruner")},
+                "name": "simulated",
+                "model": {"name_or_path": "recorded"},
+                "dataset": {"path": "recorded"},
+                "search_space": task.search_space,
+                "budget": {"max_trials": max_trials},
+            }
+        )
+        grid = task.full_grid_cost
+        for seed in range(seeds):
+            sim = run(spec, task, workers=workers, seed=seed, max_cost=1.5 * grid)
+            reach = sim.cost_to_reach(task.best_value * 1.01) / grid
+            table.add_row(
+                task.name, str(seed), str(len(sim.trials)),
+                str(sum(t.state == "pruned" for t in sim.trials)),
+                f"{sim.total_cost / grid:.3f}", f"{reach:.3f}",
+                f"{sim.best_curve[-1][1]:.4f}" if sim.best_curve else "-",
+            )  # fmt: skip
+    Console().print(table)
+
+
 def _log_to_stderr() -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"

@@ -63,7 +63,9 @@ class NMTLCTask:
 
     @staticmethod
     def _params(key: tuple[float, int, int]) -> dict[str, Any]:
-        return dict(zip(("learning_rate", "per_device_train_batch_size", "lora_r"), key, strict=True))
+        return dict(
+            zip(("learning_rate", "per_device_train_batch_size", "lora_r"), key, strict=True)
+        )
 
 
 def load_tasks(path: Path) -> list[NMTLCTask]:

@@ -18,7 +18,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from hpo.factory import build_pruner, build_sampler, suggest_params
+from hpo.factory import load_study, suggest_params
 from hpo.spec import Distribution, StudySpec
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
@@ -96,22 +96,15 @@ def simulate(
     Stops after ``spec.budget.max_trials`` finished trials or once ``max_cost``
     device-seconds were spent, whichever comes first.
     """
-    sampler_spec = spec.sampler.model_copy(update={"seed": seed})
+    spec = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": seed})})
     storage = optuna.storages.InMemoryStorage()
     direction = spec.objective.direction
     minimize = direction == "minimize"
     optuna.create_study(storage=storage, study_name=spec.name, direction=direction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        studies = [
-            optuna.load_study(
-                study_name=spec.name,
-                storage=storage,
-                sampler=build_sampler(sampler_spec, spec, seed_offset=w),
-                pruner=build_pruner(spec.pruner),
-            )
-            for w in range(workers)
-        ]
+        # Worker w samples exactly as a real worker whose seed offset is w would.
+        studies = [load_study(spec, storage, seed_offset=w) for w in range(workers)]
     sim = Simulation()
     curves: dict[int, list[CurvePoint]] = {}
     started: dict[int, float] = {}
@@ -149,10 +142,10 @@ def simulate(
             SimTrial(event.trial.number, event.worker, event.trial.params, state.name.lower(),
                      value, cost, started[event.trial.number], event.time)
         )  # fmt: skip
-        if state == TrialState.COMPLETE and value is not None:
-            if best is None or (value < best if minimize else value > best):
-                best = value
-                sim.best_curve.append((spent(event.time), best))
+        improved = best is None or (value < best if minimize else value > best)
+        if state == TrialState.COMPLETE and value is not None and improved:
+            best = value
+            sim.best_curve.append((spent(event.time), best))
 
     for worker in range(workers):
         start_trial(worker, 0.0)
