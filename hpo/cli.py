@@ -35,10 +35,13 @@ def _settings(database_url: str | None) -> Settings:
 
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
-    """Apply migrations up to REVISION."""
+    """Apply our migrations up to REVISION and let Optuna create its own tables."""
     from hpo.migrate import upgrade
+    from hpo.storage import make_storage
 
-    upgrade(_settings(database_url).database_url, revision)
+    settings = _settings(database_url)
+    upgrade(settings.database_url, revision)
+    make_storage(settings).engine.dispose()  # Optuna creates or checks its schema here
 
 
 @db_app.command("downgrade")
@@ -56,6 +59,7 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a token and print it once; only its hash is stored."""
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlalchemy.orm import sessionmaker
 
     from hpo.db import make_engine, session_scope
@@ -68,6 +72,13 @@ def token_create(
             token = create_token(session, name=name, owner=owner or name)
     except HPOError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except SQLAlchemyError as exc:
+        typer.echo(
+            f"error: {type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}"
+            " (has `hpo db upgrade` run on this database?)",
+            err=True,
+        )
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()

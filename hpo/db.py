@@ -113,7 +113,8 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.commit()
     except (OperationalError, DBAPIError) as exc:
         session.rollback()
-        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        missing_table = "no such table" in str(exc.orig)  # SQLite's word for "not migrated"
+        if (isinstance(exc, OperationalError) and not missing_table) or exc.connection_invalidated:
             raise StorageUnavailable(f"database unavailable: {exc.orig}") from exc
         raise
     except BaseException:

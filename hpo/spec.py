@@ -100,12 +100,17 @@ class IntDistribution(_Strict):
 
 class CategoricalDistribution(_Strict):
     type: Literal["categorical"] = "categorical"
-    choices: list[Scalar] = Field(min_length=1, max_length=256)
+    choices: list[Any] = Field(min_length=1, max_length=256)
 
     @field_validator("choices")
     @classmethod
-    def _check_choices(cls, choices: list[Scalar]) -> list[Scalar]:
+    def _check_choices(cls, choices: list[Any]) -> list[Scalar]:
         for choice in choices:
+            if not isinstance(choice, bool | int | float | str | None):
+                raise ValueError(
+                    "choices must be JSON scalars (string, number, boolean or null), "
+                    f"but got {choice!r}."
+                )
             if isinstance(choice, float) and not math.isfinite(choice):
                 raise ValueError(f"choices must be finite, but got {choice}.")
             if isinstance(choice, str) and len(choice) > 256:

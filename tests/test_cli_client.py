@@ -110,3 +110,18 @@ def test_classification_example_runs(pg_api: ApiServer) -> None:
         assert all(0.0 <= t.value <= 1.0 for t in trials)
         with pytest.raises(ApiError, match="409"):
             client.create_study(spec)
+
+
+def test_token_create_on_an_unmigrated_database_says_so(tmp_path: Path) -> None:
+    env = dict(os.environ, HPO_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}")
+    result = subprocess.run([sys.executable, "-m", "hpo", "token", "create", "bob"], env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1
+    assert "hpo db upgrade" in result.stderr
+    assert "Traceback" not in result.stderr
+    upgrade = subprocess.run([sys.executable, "-m", "hpo", "db", "upgrade"], env=env)
+    assert upgrade.returncode == 0
+    created = subprocess.run([sys.executable, "-m", "hpo", "token", "create", "bob"], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert created.returncode == 0
+    assert created.stdout.startswith("hpo_")
