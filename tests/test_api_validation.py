@@ -49,7 +49,7 @@ MALFORMED: list[tuple[dict[str, object], str, str]] = [
     (
         minimal_spec(**space(lora_r={"type": "categorical", "choices": [[4], {"a": 1}]})),
         "choices",
-        "valid",
+        "choices must be JSON scalars",
     ),
     (
         minimal_spec(**space(momentum={"type": "float", "low": 0.1, "high": 0.9})),
