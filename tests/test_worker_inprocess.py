@@ -97,3 +97,36 @@ def test_non_finite_eval_loss_prunes_with_a_reason(pg_settings: Settings) -> Non
         callback.on_evaluate(args, state, control, metrics={"eval_loss": math.nan})
     assert trial.user_attrs["prune_reason"] == "non_finite_loss"
     assert issubclass(NonFiniteLoss, optuna.TrialPruned)
+
+
+def test_paused_and_stopped_studies_get_no_trials(pg_api: ApiServer) -> None:
+    with pg_api.client() as client:
+        for name in ("held", "halted"):
+            assert client.post("/studies", json=small_study(name)).status_code == 201
+        client.post("/studies/held/pause")
+        client.post("/studies/halted/stop")
+        assert Worker(pg_api.settings, idle_exit=0.2, cpu_threads=1).run(handle_signals=False) == 0
+        client.post("/studies/held/resume")
+        worker = Worker(pg_api.settings, max_trials=1, cpu_threads=1)
+        assert worker.run(handle_signals=False) == 1
+        assert client.get("/studies/held").json()["trials"]["finished"] == 1
+        assert client.get("/studies/halted").json()["trials"]["finished"] == 0
+
+
+@pytest.mark.parametrize(
+    ("budget", "reason"),
+    [
+        ({"max_trials": 50, "max_gpu_hours": 1e-6}, "max_gpu_hours=1e-06 reached"),
+        ({"max_trials": 50, "timeout_s": 1e-3}, "timeout_s=0.001 reached"),
+    ],
+)
+def test_time_budgets_complete_the_study(
+    pg_api: ApiServer, budget: dict[str, float], reason: str
+) -> None:
+    with pg_api.client() as client:
+        assert client.post("/studies", json=small_study("timed", budget=budget)).status_code == 201
+        ran = Worker(pg_api.settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False)
+        study = client.get("/studies/timed").json()
+    assert ran == (1 if "max_gpu_hours" in budget else 0)
+    assert study["status"] == "completed"
+    assert study["status_reason"].startswith(reason)
