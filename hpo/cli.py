@@ -227,6 +227,9 @@ def _log_to_stderr() -> None:
     )
     for noisy in ("httpx", "transformers", "datasets", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our worker logs one line per event
 
 
 def main() -> None:

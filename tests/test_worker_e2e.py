@@ -83,7 +83,7 @@ def _running_trial_of(api: ApiServer, name: str, pid: int) -> optuna.trial.Froze
     for t in trials(api.settings, name):
         if (
             t.state == TrialState.RUNNING
-            and t.user_attrs.get("worker", "").split("-")[-2] == str(pid)
+            and f"-{pid}-" in t.user_attrs.get("worker", "")
             and t.intermediate_values
         ):
             return t

@@ -37,9 +37,6 @@ from worker.models import ModelCache
 from worker.objective import WorkerContext, make_objective
 
 log = logging.getLogger("hpo.worker")
-# Heartbeats and stale-trial handling are marked experimental; we rely on them on purpose.
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
 RETRIED_FROM_ATTR = "retried_from"
 
@@ -151,7 +148,9 @@ class Worker:
             if key not in self._studies:
                 self._studies[key] = load_study(spec, self.storage, seed_offset=self._seed_offset)
             study = self._studies[key]
-            fail_stale_trials(study)  # trials of dead workers free their budget slot
+            with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                fail_stale_trials(study)  # trials of dead workers free their budget slot
             counts = trial_counts(self.storage, study._study_id)  # noqa: SLF001
             if self._budget_spent(record, spec, study, counts):
                 continue
