@@ -102,7 +102,7 @@ def run_demo(
     from service.crud import create_study  # the same code path as POST /studies
 
     with session_scope(sessionmaker(engine)) as session:
-        create_study(session, storage, spec=spec, owner="local")
+        create_study(session, storage, spec=spec, owner="local", settings=settings)
     engine.dispose()
     console.print(f"[bold]study[/] {name} · {trials} trials · {workers} CPU workers · {workdir}")
 

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     heartbeat_interval: int = 10
     grace_period: int = 30
     max_retries: int = 3
+    # Where specs may point: datasets only under data_roots; models under model_roots or as
+    # hub ids. Lists are JSON in the environment: HPO_DATA_ROOTS='["/data", "/mnt/corpora"]'.
+    data_roots: list[Path] = Field(default_factory=lambda: [Path(".")])
+    model_roots: list[Path] = Field(default_factory=lambda: [Path(".")])
+    # Executing a model repository's own code is an operator's decision, never a spec's.
+    allow_trust_remote_code: bool = False
     # Fault injection for tests: trials whose params match this JSON object raise a CUDA OOM.
     inject_oom: str | None = None
 

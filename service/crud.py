@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 from hpo.db import StudyRecord, StudyStatus
 from hpo.errors import StudyConflict, StudyNotFound
 from hpo.factory import build_pruner, build_sampler
+from hpo.paths import check_spec_paths
+from hpo.settings import Settings
 from hpo.spec import StudySpec
 
 # Which status a transition may start from.
@@ -27,13 +29,15 @@ TRANSITIONS: dict[str, tuple[StudyStatus, ...]] = {
 
 
 def create_study(
-    session: Session, storage: BaseStorage, *, spec: StudySpec, owner: str
+    session: Session, storage: BaseStorage, *, spec: StudySpec, owner: str, settings: Settings
 ) -> StudyRecord:
     """Register ``spec`` and create its Optuna study, both or neither.
 
     Raises:
+        SpecError: The spec points outside the allowed data or model roots.
         StudyConflict: The name is taken (by any owner: Optuna study names are global).
     """
+    check_spec_paths(spec, settings)
     build_sampler(spec.sampler, spec)
     build_pruner(spec.pruner)
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:

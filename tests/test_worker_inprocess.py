@@ -29,7 +29,9 @@ def _register(settings: Settings, spec: dict[str, Any]) -> None:
     engine = make_engine(settings.database_url)
     storage = make_storage(settings)
     with session_scope(sessionmaker(engine)) as session:
-        create_study(session, storage, spec=StudySpec.model_validate(spec), owner="alice")
+        create_study(
+            session, storage, spec=StudySpec.model_validate(spec), owner="alice", settings=settings
+        )
     engine.dispose()
     storage.engine.dispose()
 

@@ -78,7 +78,11 @@ class Worker:
             device=torch_device,
             worker_id=f"{hostname}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
             hostname=hostname,
-            models=ModelCache(device=torch_device, cache_dir=settings.cache_dir),
+            models=ModelCache(
+                device=torch_device,
+                cache_dir=settings.cache_dir,
+                trust_remote_code=settings.allow_trust_remote_code,
+            ),
             data=DataCache(settings.cache_dir),
         )
         self.trials_run = 0

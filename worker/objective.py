@@ -18,6 +18,7 @@ from peft import PeftModel
 
 from hpo import artifacts
 from hpo.factory import suggest_params
+from hpo.paths import check_spec_paths
 from hpo.progress import best_trial
 from hpo.settings import Settings
 from hpo.spec import StudySpec
@@ -106,6 +107,7 @@ def make_objective(
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
         try:
+            check_spec_paths(spec, ctx.settings)  # the worker's own roots, not just the API's
             raw = ctx.data.raw(spec.dataset, spec.model)
             loaded = ctx.models.get(spec.model, num_labels=raw.num_labels)
             settings = trial_settings(spec, params)

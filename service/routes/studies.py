@@ -81,9 +81,13 @@ def _best(record: StudyRecord, storage: BaseStorage) -> FrozenTrial:
 
 @router.post("", status_code=201, response_model=StudyPublic)
 def create_study(
-    spec: StudySpec, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+    spec: StudySpec,
+    owner: CurrentOwner,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
 ) -> StudyPublic:
-    record = crud.create_study(session, storage, spec=spec, owner=owner)
+    record = crud.create_study(session, storage, spec=spec, owner=owner, settings=settings)
     return _public(record, storage)
 
 
