@@ -142,8 +142,8 @@ def simulate(
             SimTrial(event.trial.number, event.worker, event.trial.params, state.name.lower(),
                      value, cost, started[event.trial.number], event.time)
         )  # fmt: skip
-        improved = best is None or (value < best if minimize else value > best)
-        if state == TrialState.COMPLETE and value is not None and improved:
+        complete = state == TrialState.COMPLETE and value is not None
+        if complete and (best is None or (value < best if minimize else value > best)):
             best = value
             sim.best_curve.append((spent(event.time), best))
 
