@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
@@ -67,5 +68,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StudyConflict, _conflict)  # type: ignore[arg-type]
     app.add_exception_handler(StorageUnavailable, _unavailable)
     app.add_exception_handler(OperationalError, _unavailable)
+    app.add_exception_handler(StorageInternalError, _unavailable)
     app.add_exception_handler(HTTPException, _http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

@@ -20,7 +20,7 @@ import torch
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState, create_trial
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
@@ -209,14 +209,32 @@ class Worker:
                 lock.release()  # the trial is RUNNING now and counts against the budget
                 self._event("trial_start", study=spec.name, trial=trial.number)
 
-            study.optimize(
-                make_objective(self.ctx, spec, on_start=on_start), n_trials=1, catch=(Exception,)
-            )
+            try:
+                study.optimize(
+                    make_objective(self.ctx, spec, on_start=on_start),
+                    n_trials=1,
+                    catch=(Exception,),
+                )
+            except Exception as exc:
+                # Optuna's own bookkeeping failed (e.g. `tell` while the database is down).
+                # The trial stays RUNNING; its heartbeat stops, so it is failed and retried
+                # after the grace period. Back off if the database is the cause.
+                if not self._database_reachable():
+                    raise StorageUnavailable(f"database lost during a trial: {exc}") from exc
+                raise
         if "id" not in claimed:
             return False
         self.trials_run += 1
         trial = self.storage.get_trial(claimed["id"])
         self._after_trial(candidate, trial)
+        return True
+
+    def _database_reachable(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
         return True
 
     def _after_trial(self, candidate: Candidate, trial: FrozenTrial) -> None:
