@@ -1,0 +1,172 @@
+"""Bounded load on loopback: C concurrent clients list and read studies while W workers report.
+
+    python bench/load.py [--clients 50] [--workers 4] [--seconds 30]
+
+Starts its own PostgreSQL cluster, `hpo serve` and `hpo worker` processes, then stops them
+all. Writes bench/results/load.{md,json}: requests, errors, p50/p99 latency per route.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hpo.migrate import upgrade  # noqa: E402
+from hpo.settings import Settings  # noqa: E402
+from tests.pg import PostgresCluster, _free_port  # noqa: E402
+from tests.workers import small_study, start_worker, wait_until  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+ROUTES = ("GET /studies", "GET /studies/{name}", "GET /studies/{name}/trials")
+
+
+def run(*, clients: int, workers: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    """Run the load and return per-route latencies (ms), request and error counts."""
+    cluster = PostgresCluster()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        url = cluster.url()
+        upgrade(url)
+        settings = Settings(database_url=url, artifact_dir=workdir / "artifacts",
+                            cache_dir=workdir / "cache", heartbeat_interval=2,
+                            grace_period=20)  # fmt: skip
+        port = _free_port()
+        env = dict(os.environ, HPO_DATABASE_URL=url, HPO_ARTIFACT_DIR=str(settings.artifact_dir))
+        with (workdir / "api.log").open("wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hpo", "serve", "--port", str(port), "--no-migrate"],
+                env=env, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=60, what="the API")
+        token = subprocess.run(
+            [sys.executable, "-m", "hpo", "token", "create", "load"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        headers = {"Authorization": f"Bearer {token}"}
+        names = [f"load-{i}" for i in range(5)]
+        for name in names:
+            spec = small_study(name, budget={"max_trials": 10_000}, pruner={"type": "median"})
+            httpx.post(f"{base}/studies", json=spec, headers=headers).raise_for_status()
+        for i in range(workers):
+            procs.append(start_worker(settings, workdir / f"worker{i}.log"))
+        wait_until(lambda: httpx.get(f"{base}/studies/{names[0]}", headers=headers).json()
+                   ["trials"]["finished"] > 0, timeout=120, what="a finished trial")  # fmt: skip
+
+        latencies: dict[str, list[float]] = {r: [] for r in ROUTES}
+        errors: list[str] = []
+        lock = threading.Lock()
+        deadline = time.monotonic() + seconds
+
+        def client(k: int) -> None:
+            with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+                i = 0
+                while time.monotonic() < deadline:
+                    route = ROUTES[(k + i) % len(ROUTES)]
+                    name = names[(k + i) % len(names)]
+                    path = route.split(" ")[1].format(name=name)
+                    started = time.perf_counter()
+                    try:
+                        response = http.get(path, params={"limit": 50})
+                        ok = response.status_code == 200
+                        detail = f"{route} -> {response.status_code}"
+                    except httpx.HTTPError as exc:
+                        ok, detail = False, f"{route} -> {type(exc).__name__}"
+                    elapsed = (time.perf_counter() - started) * 1000
+                    with lock:
+                        latencies[route].append(elapsed)
+                        if not ok:
+                            errors.append(detail)
+                    i += 1
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        reported = sum(
+            httpx.get(f"{base}/studies/{n}", headers=headers).json()["trials"]["finished"]
+            for n in names
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        cluster.stop()
+    return {
+        "clients": clients,
+        "workers": workers,
+        "seconds": seconds,
+        "finished_trials_during_run": reported,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:10],
+        "routes": {
+            route: {
+                "requests": len(values),
+                "p50_ms": float(np.percentile(values, 50)) if values else None,
+                "p99_ms": float(np.percentile(values, 99)) if values else None,
+            }
+            for route, values in latencies.items()
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(clients=args.clients, workers=args.workers, seconds=args.seconds,
+                     workdir=Path(tmp))  # fmt: skip
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip()  # fmt: skip
+    result["commit"] = commit
+    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, loopback"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "load.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        "# API under load",
+        "",
+        f"Commit `{commit}`, {result['machine']}: {args.clients} concurrent clients for "
+        f"{args.seconds:.0f} s while {args.workers} CPU workers trained and reported "
+        f"({result['finished_trials_during_run']} trials finished in all). "
+        f"Errors: {result['errors']}.",
+        "",
+        "| route | requests | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+    ]
+    for route, r in result["routes"].items():
+        lines.append(f"| {route} | {r['requests']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+    (RESULTS / "load.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
