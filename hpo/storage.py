@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
+from optuna import Study
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial
 
 from hpo.settings import Settings
+
+RETRIED_FROM_ATTR = "retried_from"
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's bounded retry of a dead worker's trial, plus a ``retried_from`` user attr."""
+
+    def __call__(self, study: Study, trial: FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {**trial.user_attrs, RETRIED_FROM_ATTR: trial.number}
+        super().__call__(study, trial)
 
 
 def make_storage(settings: Settings) -> RDBStorage:
@@ -29,7 +43,5 @@ def make_storage(settings: Settings) -> RDBStorage:
             engine_kwargs=engine_kwargs,
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=settings.max_retries
-            ),
+            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=settings.max_retries),
         )

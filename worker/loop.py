@@ -30,7 +30,7 @@ from hpo.factory import load_study, optuna_distributions
 from hpo.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
 from hpo.settings import Settings
 from hpo.spec import StudySpec
-from hpo.storage import make_storage
+from hpo.storage import RETRIED_FROM_ATTR, make_storage
 from worker.data import DataCache
 from worker.locks import StudyLock
 from worker.models import ModelCache
@@ -38,7 +38,6 @@ from worker.objective import WorkerContext, make_objective
 
 log = logging.getLogger("hpo.worker")
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
-RETRIED_FROM_ATTR = "retried_from"
 
 
 @dataclass
