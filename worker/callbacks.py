@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -35,8 +36,10 @@ class FidelityCallback(TrainerCallback):
         examples_per_step: int,
         max_examples: int,
         stop: threading.Event,
+        on_train_begin: Callable[[], None] | None = None,
     ) -> None:
         self.trial = trial
+        self.on_begin = on_train_begin
         self.metric = metric
         self.every = every_examples
         self.per_step = examples_per_step
@@ -45,6 +48,10 @@ class FidelityCallback(TrainerCallback):
         self.pending: int | None = None
         self.reported: dict[int, float] = {}
         self.last_value: float | None = None
+
+    def on_train_begin(self, *_: Any, **__: Any) -> None:
+        if self.on_begin is not None:
+            self.on_begin()
 
     def examples_seen(self, state: TrainerState) -> int:
         return min(state.global_step * self.per_step, self.max_examples)

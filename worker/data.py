@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from hpo.spec import DatasetSpec, ModelSpec
 from worker import builtin
+from worker.models import freeze_long_lived
 
 datasets.disable_progress_bars()
 
@@ -113,4 +114,5 @@ class DataCache:
                 return split.map(encode, batched=True, remove_columns=drop)
 
             self._tokenized[key] = Splits(tokenize(raw.train), tokenize(raw.eval), raw.num_labels)
+            freeze_long_lived()
         return self._tokenized[key]

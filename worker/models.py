@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,16 @@ class LoadedModel:
     path: str
 
 
+def freeze_long_lived() -> None:
+    """Move what is alive now (base model, tokenizer, datasets) out of the GC's reach.
+
+    accelerate runs a full ``gc.collect()`` at every training start; walking the cached model
+    and data made that 0.2 s of every trial's setup on the tiny model (0.02 s once frozen).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def resolve_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
     if spec.dtype != "auto":
         return getattr(torch, spec.dtype)
@@ -68,6 +79,7 @@ class ModelCache:
         if self._key == key and self._loaded is not None:
             return self._loaded
         self.clear()
+        gc.unfreeze()  # let the previous model's objects be collected
         path = spec.name_or_path
         if builtin.is_builtin(path):
             path = str(builtin.resolve(path, self.cache_dir))
@@ -89,6 +101,7 @@ class ModelCache:
         model.to(self.device)
         self.load_count += 1
         self._key, self._loaded = key, LoadedModel(model, tokenizer, path)
+        freeze_long_lived()
         return self._loaded
 
     def clear(self) -> None:

@@ -114,7 +114,6 @@ def make_objective(
             splits = ctx.data.tokenized(
                 spec.dataset, spec.model, loaded.tokenizer, loaded.path, settings["max_seq_length"]
             )
-            trial.set_user_attr("setup_seconds", round(time.perf_counter() - started, 4))
             result = train_trial(
                 trial,
                 spec=spec,
@@ -125,6 +124,11 @@ def make_objective(
                 stop=ctx.stop,
                 extra_callbacks=[InjectOOM()] if _inject_oom(ctx.settings, params) else [],
                 keep_adapter=_adapter_keeper(ctx, spec, trial),
+                # setup = everything before the first training step: model, data, adapter,
+                # Trainer construction
+                on_train_begin=lambda: trial.set_user_attr(
+                    "setup_seconds", round(time.perf_counter() - started, 4)
+                ),
             )
             trial.set_user_attr("train_seconds", round(result.train_seconds, 4))
             trial.set_user_attr("examples_seen", result.examples_seen)

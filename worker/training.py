@@ -156,6 +156,7 @@ def train_trial(
     stop: threading.Event,
     extra_callbacks: list[TrainerCallback] = (),  # type: ignore[assignment]
     keep_adapter: Callable[[float, PeftModel], None] | None = None,
+    on_train_begin: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train a fresh LoRA adapter on the cached base model; the base model is left untouched.
 
@@ -174,6 +175,7 @@ def train_trial(
         examples_per_step=per_step,
         max_examples=math.ceil(settings["num_train_epochs"] * n_train),
         stop=stop,
+        on_train_begin=on_train_begin,
     )
     wants_logits = spec.objective.metric == "eval_accuracy"
     if task == "causal-lm":

@@ -1,0 +1,290 @@
+"""Per-trial overhead: our worker vs HF ``Trainer.hyperparameter_search(backend="optuna")``.
+
+    python bench/overhead.py [--trials 10] [--model tiny|small]
+
+Same tiny Llama, same tokenized data, the same configurations (learning rate, batch size,
+LoRA rank), CPU. HF re-creates the model through ``model_init`` every trial (the documented
+way, and the only way to search the LoRA rank there); our worker loads the base model once and
+swaps adapters. Setup = trial start until the first training step. Writes
+bench/results/overhead.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
+from sqlalchemy.orm import sessionmaker  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    DataCollatorForLanguageModeling,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from hpo.db import make_engine, session_scope  # noqa: E402
+from hpo.migrate import upgrade  # noqa: E402
+from hpo.settings import Settings  # noqa: E402
+from hpo.spec import DatasetSpec, ModelSpec, StudySpec  # noqa: E402
+from hpo.storage import make_storage  # noqa: E402
+from service.crud import create_study  # noqa: E402
+from worker import builtin  # noqa: E402
+from worker.data import DataCache  # noqa: E402
+from worker.loop import Worker  # noqa: E402
+from worker.models import ModelCache  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+MAX_TRAIN, MAX_EVAL, SEQ = 256, 64, 32
+CONFIGS = [
+    {"learning_rate": lr, "per_device_train_batch_size": bs, "lora_r": r}
+    for lr, bs, r in [
+        (1e-3, 8, 4),
+        (3e-3, 16, 8),
+        (1e-4, 8, 16),
+        (5e-3, 16, 4),
+        (2e-3, 8, 8),
+        (1e-3, 16, 16),
+        (3e-4, 8, 4),
+        (8e-3, 16, 8),
+        (5e-4, 8, 16),
+        (2e-3, 16, 4),
+    ]
+]
+
+
+def build_model(size: str, cache: Path) -> str:
+    """The tiny built-in Llama, or a wider and deeper one (~26M params) built from a config."""
+    tiny = builtin.resolve("builtin:tiny-llama", cache)
+    if size == "tiny":
+        return str(tiny)
+    out = cache / "small-llama"
+    if not out.exists():
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(tiny)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=512,
+            intermediate_size=1408,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def ours(workdir: Path, trials: int, model_path: str) -> list[dict[str, float]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        database_url=f"sqlite:///{workdir / 'ours.db'}",
+        artifact_dir=workdir / "artifacts",
+        cache_dir=workdir / "cache",
+        model_roots=[workdir.parent],
+    )
+    upgrade(settings.database_url)
+    spec = StudySpec.model_validate(
+        {
+            "name": "overhead",
+            "model": {"name_or_path": model_path},
+            "dataset": {
+                "path": "builtin:demo-text",
+                "max_train_examples": MAX_TRAIN,
+                "max_eval_examples": MAX_EVAL,
+            },
+            "search_space": {
+                "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+                "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16]},
+                "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+            },
+            "training": {"num_train_epochs": 1, "max_seq_length": SEQ},
+            "pruner": {"type": "none"},
+            "budget": {"max_trials": trials},
+            "evaluation": {"every_examples": MAX_TRAIN},
+        }
+    )
+    engine = make_engine(settings.database_url)
+    storage = make_storage(settings)
+    with session_scope(sessionmaker(engine)) as session:
+        create_study(session, storage, spec=spec, owner="bench", settings=settings)
+    study = optuna.load_study(study_name="overhead", storage=storage)
+    for config in CONFIGS[:trials]:
+        study.enqueue_trial(config)
+    Worker(settings, idle_exit=0.5, cpu_threads=torch.get_num_threads()).run(handle_signals=False)
+    done = optuna.load_study(study_name="overhead", storage=storage).trials
+    return [
+        {"setup_s": t.user_attrs["setup_seconds"], "total_s": t.duration.total_seconds()}
+        for t in done
+    ]
+
+
+class _Clock(TrainerCallback):
+    def __init__(self) -> None:
+        self.trial_start = 0.0
+        self.records: list[dict[str, float]] = []
+
+    def on_train_begin(self, *_: Any, **__: Any) -> None:
+        self.records.append({"setup_s": time.perf_counter() - self.trial_start})
+
+    def on_train_end(self, *_: Any, **__: Any) -> None:
+        self.records[-1]["total_s"] = time.perf_counter() - self.trial_start
+
+
+def hf(workdir: Path, trials: int, path: str) -> list[dict[str, float]]:
+    cache = workdir / "cache"
+    model_spec = ModelSpec(name_or_path=path)
+    data_spec = DatasetSpec(
+        path="builtin:demo-text", max_train_examples=MAX_TRAIN, max_eval_examples=MAX_EVAL
+    )
+    tokenizer = ModelCache(device=torch.device("cpu"), cache_dir=cache).get(model_spec).tokenizer
+    splits = DataCache(cache).tokenized(data_spec, model_spec, tokenizer, path, SEQ)
+    clock = _Clock()
+
+    def model_init(trial: optuna.Trial | None) -> torch.nn.Module:
+        if trial is None:  # the Trainer's own construction, before any trial
+            rank = 8
+        else:  # transformers calls model_init first in a trial, before hp_space
+            clock.trial_start = time.perf_counter()
+            rank = CONFIGS[trial.suggest_categorical("config", list(range(trials)))]["lora_r"]
+        base = AutoModelForCausalLM.from_pretrained(path)
+        config = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        )
+        return get_peft_model(base, config)
+
+    def hp_space(trial: optuna.Trial) -> dict[str, Any]:
+        index = trial.suggest_categorical("config", list(range(trials)))
+        config = CONFIGS[index]
+        return {
+            "learning_rate": config["learning_rate"],
+            "per_device_train_batch_size": config["per_device_train_batch_size"],
+        }
+
+    args = TrainingArguments(
+        output_dir=str(workdir / "hf"),
+        num_train_epochs=1,
+        eval_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        per_device_eval_batch_size=32,
+        logging_strategy="no",
+    )
+    trainer = Trainer(
+        model_init=model_init,
+        args=args,
+        train_dataset=splits.train,
+        eval_dataset=splits.eval,
+        callbacks=[clock],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+    sampler = optuna.samplers.GridSampler({"config": list(range(trials))})
+    trainer.hyperparameter_search(
+        hp_space=hp_space, backend="optuna", n_trials=trials, direction="minimize", sampler=sampler
+    )
+    return clock.records
+
+
+def _summary(records: list[dict[str, float]]) -> dict[str, float]:
+    rest = [r["setup_s"] for r in records[1:]]
+    return {
+        "trials": len(records),
+        "setup_first_s": records[0]["setup_s"],
+        "setup_rest_median_s": median(rest),
+        "total_s": sum(r["total_s"] for r in records),
+    }
+
+
+def _side(side: str, workdir: Path, trials: int, size: str) -> dict[str, float]:
+    """One side in a fresh process: neither may inherit the other's warm caches or GC state."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--only", side, "--trials", str(trials), "--model", size,
+         "--workdir", str(workdir)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--model", choices=("tiny", "small"), default="tiny")
+    parser.add_argument("--only", choices=("ours", "hf"))
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if args.only:
+        path = build_model(args.model, args.workdir / "models")
+        started = time.perf_counter()
+        run = ours if args.only == "ours" else hf
+        records = run(args.workdir / args.only, args.trials, path)
+        print(json.dumps({**_summary(records), "wall_s": time.perf_counter() - started}))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        build_model(args.model, workdir / "models")  # outside the timing
+        result: dict[str, Any] = {
+            "ours": _side("ours", workdir, args.trials, args.model),
+            "hf_hyperparameter_search": _side("hf", workdir, args.trials, args.model),
+        }
+    result["model"] = args.model
+    result["commit"] = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    result["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    o, h = result["ours"], result["hf_hyperparameter_search"]
+    result["setup_ratio_rest"] = o["setup_rest_median_s"] / h["setup_rest_median_s"]
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"overhead-{args.model}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    params = "79K" if args.model == "tiny" else "26M"
+    lines = [
+        f"# Per-trial overhead ({args.model} Llama, {params} params): finetune-hpo vs HF",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']}. {args.trials} configurations, "
+        f"{MAX_TRAIN} training examples each, CPU; each side in its own process. "
+        "Setup = trial start to first training step.",
+        "",
+        "| | setup, trial 1 (s) | setup, trials 2..N median (s) | sum of trials (s) | wall (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in (("finetune-hpo worker", o), ("HF hyperparameter_search + model_init", h)):
+        lines.append(
+            f"| {name} | {r['setup_first_s']:.3f} | {r['setup_rest_median_s']:.3f} | "
+            f"{r['total_s']:.2f} | {r['wall_s']:.2f} |"
+        )
+    lines += ["", f"Setup after the first trial: ours / HF = {result['setup_ratio_rest']:.3f}."]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
