@@ -38,6 +38,7 @@ def demo_spec(name: str, *, trials: int) -> StudySpec:
         },
         training={"max_seq_length": 40},
         sampler={"type": "tpe", "n_startup_trials": 6},
+        pruner={"type": "successive_halving"},  # the demo shows early stopping at work
         budget={"max_trials": trials},
         evaluation={"every_examples": 128},
     )

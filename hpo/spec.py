@@ -388,7 +388,9 @@ class StudySpec(_Strict):
     training: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
     objective: ObjectiveSpec = ObjectiveSpec()
     sampler: SamplerSpec = TPESamplerSpec()
-    pruner: PrunerSpec = SuccessiveHalvingPrunerSpec()
+    # No pruner by default: on recorded LoRA curves every pruner we tried cost more GPU time
+    # to reach a near-best fine-tune than it saved (bench/results/strategies.md).
+    pruner: PrunerSpec = NopPrunerSpec()
     budget: BudgetSpec = BudgetSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
 
