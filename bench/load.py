@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from hpo.migrate import upgrade  # noqa: E402
 from hpo.settings import Settings  # noqa: E402
 from tests.pg import PostgresCluster, _free_port  # noqa: E402
-from tests.workers import small_study, start_worker, wait_until  # noqa: E402
+from tests.workers import small_study, start_worker, wait_healthy, wait_until  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ROUTES = ("GET /studies", "GET /studies/{name}", "GET /studies/{name}/trials")
@@ -52,14 +52,7 @@ def run(*, clients: int, workers: int, seconds: float, workdir: Path) -> dict[st
                 [sys.executable, "-m", "hpo", "serve", "--port", str(port), "--no-migrate"],
                 env=env, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
         base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, timeout=60, what="the API")
+        wait_healthy(base)
         token = subprocess.run(
             [sys.executable, "-m", "hpo", "token", "create", "load"],
             env=env, capture_output=True, text=True, check=True,

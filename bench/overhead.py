@@ -75,23 +75,8 @@ def build_model(size: str, cache: Path) -> str:
         return str(tiny)
     out = cache / "small-llama"
     if not out.exists():
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        tokenizer = AutoTokenizer.from_pretrained(tiny)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=512,
-            intermediate_size=1408,
-            num_hidden_layers=8,
-            num_attention_heads=8,
-            num_key_value_heads=8,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        torch.manual_seed(0)
-        LlamaForCausalLM(config).save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        builtin.build_llama(out, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                            num_attention_heads=8, num_key_value_heads=8)  # fmt: skip
     return str(out)
 
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ApiServer, _free_port
-from tests.workers import small_study, trials, wait_until, worker_env
+from tests.workers import small_study, trials, wait_healthy, wait_until, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -94,14 +94,7 @@ def test_services_run_natively(pg_api: ApiServer, tmp_path: Path) -> None:
         _running(dash_cmd, process_env, tmp_path / "dashboard.log"),
     ):
         api = f"http://127.0.0.1:{api_port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{api}/healthz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(healthy, timeout=60, what="the api service")
+        wait_healthy(api)
         token = pg_api.token("compose")
         created = httpx.post(
             f"{api}/studies",

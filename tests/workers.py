@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import optuna
 
 from hpo.settings import Settings
@@ -87,3 +88,15 @@ def small_study(name: str, **overrides: Any) -> dict[str, Any]:
     }
     spec.update(overrides)
     return spec
+
+
+def wait_healthy(base_url: str, *, timeout: float = 60) -> None:
+    """Wait until the API at ``base_url`` answers ``/healthz`` with 200."""
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base_url}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, timeout=timeout, what=f"{base_url}/healthz")

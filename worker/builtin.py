@@ -98,19 +98,26 @@ def _tokenizer(kind: str):  # -> PreTrainedTokenizerFast
     )
 
 
-def _build_tiny_llama(out: Path) -> None:
+def build_llama(out: Path, **sizes: int) -> None:
+    """Save a randomly initialised (seed 0) Llama with the built-in tokenizer to ``out``.
+
+    ``sizes`` override LlamaConfig's sizes (hidden_size, num_hidden_layers, ...).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _tokenizer("llama")
     config = LlamaConfig(
+        **{
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+            **sizes,
+        },
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -152,7 +159,7 @@ def _write_jsonl(name: str) -> Callable[[Path], None]:
 
 
 BUILDERS: dict[str, tuple[Callable[[Path], None], str]] = {
-    "tiny-llama": (_build_tiny_llama, ""),
+    "tiny-llama": (build_llama, ""),
     "tiny-encoder": (_build_tiny_encoder, ""),
     "demo-text": (_write_jsonl("demo-text"), "data.jsonl"),
     "demo-classification": (_write_jsonl("demo-classification"), "data.jsonl"),
