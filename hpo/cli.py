@@ -166,7 +166,8 @@ def demo(
     db = database_url or f"sqlite:///{(workdir / 'hpo.db').resolve()}"
     console.print(
         "open the dashboard: "
-        f"optuna-dashboard {db} --artifact-dir {(workdir / 'artifacts').resolve()}"
+        f"optuna-dashboard {db} --artifact-dir {(workdir / 'artifacts').resolve()}",
+        soft_wrap=True,  # one line, so it can be copied as a command
     )
 
 
