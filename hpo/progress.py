@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 # A PRUNED copy of an out-of-memory trial that only tells samplers the config is infeasible;
 # it is not a finished trial and does not count against the budget.
@@ -42,7 +42,3 @@ def best_trial(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
         return storage.get_best_trial(study_id)
     except ValueError:
         return None
-
-
-def finished_states() -> tuple[TrialState, ...]:
-    return (TrialState.COMPLETE, TrialState.PRUNED)

@@ -8,7 +8,6 @@ FastAPI, no torch, no transformers.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -445,10 +444,6 @@ class StudySpec(_Strict):
                 raise ValueError(f"the grid has {size} points; at most {MAX_GRID_SIZE}.")
         return self
 
-    def fixed(self, name: str, default: Any = None) -> Any:
-        """A non-searched setting's value from ``training``."""
-        return self.training.get(name, default)
-
 
 BUILTIN_TASKS = {
     "builtin:tiny-llama": "causal-lm",
@@ -465,7 +460,3 @@ def grid_size(space: dict[str, Distribution]) -> int | None:
             return None
         size *= len(values)
     return size
-
-
-def is_valid_name(name: str) -> bool:
-    return re.match(NAME_PATTERN, name) is not None

@@ -68,6 +68,13 @@ def _rows(name: str, n: int = 2000) -> list[dict[str, object]]:
     return [_demo_classification(rng) for _ in range(n)]
 
 
+# kind -> the special tokens that open and close every sequence, with their roles
+FRAMES = {
+    "llama": (("[BOS]", "bos_token"), ("[EOS]", "eos_token")),
+    "bert": (("[CLS]", "cls_token"), ("[SEP]", "sep_token")),
+}
+
+
 def _tokenizer(kind: str):  # -> PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -75,26 +82,15 @@ def _tokenizer(kind: str):  # -> PreTrainedTokenizerFast
     vocab = {w: i for i, w in enumerate(_vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if kind == "llama":
-        tok.post_processor = processors.TemplateProcessing(
-            single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)]
-        )
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            bos_token="[BOS]",
-            eos_token="[EOS]",
-            pad_token="[PAD]",
-            unk_token="[UNK]",
-        )
+    (first, first_role), (last, last_role) = FRAMES[kind]
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 4), ("[SEP]", 5)]
+        single=f"{first} $A {last}", special_tokens=[(first, vocab[first]), (last, vocab[last])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        cls_token="[CLS]",
-        sep_token="[SEP]",
         pad_token="[PAD]",
         unk_token="[UNK]",
+        **{first_role: first, last_role: last},
     )
 
 
