@@ -1,12 +1,15 @@
-"""Read a study's trials from Optuna's storage: counts by state, the finished count, best."""
+"""Read a study's progress from Optuna's tables: counts by state, a page of trials, best."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
-from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import Float, cast, exists, func, select
+
+from hpo.optuna_tables import trial_user_attributes as attrs
+from hpo.optuna_tables import trials
 
 # A PRUNED copy of an out-of-memory trial that only tells samplers the config is infeasible;
 # it is not a finished trial and does not count against the budget.
@@ -30,10 +33,49 @@ class TrialCounts:
         return self.complete + self.pruned
 
 
-def trial_counts(storage: BaseStorage, study_id: int) -> TrialCounts:
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    counts = Counter(t.state.name.lower() for t in trials if not is_record(t))
+def trial_counts(storage: RDBStorage, study_id: int) -> TrialCounts:
+    """Trials by state, infeasible records left out: one aggregate query, any study size."""
+    is_a_record = exists().where(
+        attrs.c.trial_id == trials.c.trial_id, attrs.c.key == INFEASIBLE_RECORD_ATTR
+    )
+    query = (
+        select(trials.c.state, func.count())
+        .where(trials.c.study_id == study_id, ~is_a_record)
+        .group_by(trials.c.state)
+    )
+    with storage.engine.connect() as conn:
+        counts = {state.lower(): n for state, n in conn.execute(query)}
     return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
+
+
+def user_attr_sum(storage: RDBStorage, study_id: int, key: str) -> float:
+    """The sum of a numeric user attribute over a study's trials (e.g. ``device_seconds``)."""
+    query = (
+        select(func.coalesce(func.sum(cast(attrs.c.value_json, Float)), 0.0))
+        .join(trials, trials.c.trial_id == attrs.c.trial_id)
+        .where(trials.c.study_id == study_id, attrs.c.key == key)
+    )
+    with storage.engine.connect() as conn:
+        return float(conn.execute(query).scalar_one())
+
+
+def trial_page(
+    storage: RDBStorage,
+    study_id: int,
+    *,
+    offset: int,
+    limit: int,
+    state: TrialState | None = None,
+) -> tuple[list[FrozenTrial], int]:
+    """One page of a study's trials by number, and how many there are in all."""
+    where = [trials.c.study_id == study_id]
+    if state is not None:
+        where.append(trials.c.state == state.name)
+    page = select(trials.c.trial_id).where(*where).order_by(trials.c.number)
+    with storage.engine.connect() as conn:
+        ids = conn.scalars(page.offset(offset).limit(limit)).all()
+        total = conn.execute(select(func.count()).where(*where)).scalar_one()
+    return [storage.get_trial(trial_id) for trial_id in ids], total
 
 
 def best_trial(storage: BaseStorage, study_id: int) -> FrozenTrial | None:

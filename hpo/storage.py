@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import warnings
 
 from optuna import Study
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import select
 
+from hpo.optuna_tables import trial_heartbeats, trials
 from hpo.settings import Settings
 
 RETRIED_FROM_ATTR = "retried_from"
@@ -22,6 +25,53 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         trial = copy.copy(trial)
         trial.user_attrs = {**trial.user_attrs, RETRIED_FROM_ATTR: trial.number}
         super().__call__(study, trial)
+
+
+class HeartbeatStorage(RDBStorage):
+    """RDB storage whose trials can never be RUNNING without a heartbeat.
+
+    Optuna starts a trial's heartbeat thread only after ``ask`` (which samples), and its
+    stale-trial sweep skips RUNNING trials that have no heartbeat at all: a worker killed in
+    between would leave its trial RUNNING forever, holding a budget slot. Here the first
+    heartbeat is written as soon as a trial is RUNNING, and RUNNING trials that still have
+    none after the grace period (the process died between those two writes) count as stale.
+    """
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        # The private half is what Optuna's cache layer calls; the public one delegates to it.
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == TrialState.RUNNING:
+            self.record_heartbeat(trial._trial_id)  # noqa: SLF001
+        return trial
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: list[float] | None = None
+    ) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == TrialState.RUNNING:  # a WAITING (enqueued, retried) trial
+            self.record_heartbeat(trial_id)
+        return changed
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        # datetime_start is the creating worker's naive local time (Optuna's convention).
+        cutoff = dt.datetime.now() - dt.timedelta(seconds=grace)
+        orphans = (
+            select(trials.c.trial_id)
+            .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
+            .where(
+                trials.c.study_id == study_id,
+                trials.c.state == TrialState.RUNNING.name,
+                trials.c.datetime_start < cutoff,
+                trial_heartbeats.c.trial_id.is_(None),
+            )
+        )
+        with self.engine.connect() as conn:
+            found = conn.scalars(orphans).all()
+        return stale + [trial_id for trial_id in found if trial_id not in stale]
 
 
 def make_storage(settings: Settings) -> RDBStorage:
@@ -38,7 +88,7 @@ def make_storage(settings: Settings) -> RDBStorage:
     with warnings.catch_warnings():
         # Heartbeats and the retry callback are marked experimental; we rely on them on purpose.
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return RDBStorage(
+        return HeartbeatStorage(
             settings.database_url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=settings.heartbeat_interval,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session
 
 from hpo.db import session_scope
@@ -27,13 +27,13 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_storage(request: Request) -> BaseStorage:
+def get_storage(request: Request) -> RDBStorage:
     return request.app.state.storage
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_db)]
-StorageDep = Annotated[BaseStorage, Depends(get_storage)]
+StorageDep = Annotated[RDBStorage, Depends(get_storage)]
 
 
 def get_owner(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import optuna
 
+from hpo.progress import INFEASIBLE_RECORD_ATTR
 from hpo.spec import DEFAULT_SEARCH_SPACE
 from tests.conftest import ApiServer, SpecFactory
 
@@ -139,6 +140,21 @@ def test_trials_and_best_pages(
     assert detail["best_trial"] == 1
     assert detail["trials"]["complete"] == 3
     assert client.get("/studies/tri/trials", params={"state": "pruned"}).json()["count"] == 0
+    # Counts and pages are SQL over Optuna's tables: other studies and OOM records stay out.
+    client.post("/studies", json=make_spec("neighbour"))
+    optuna.load_study(study_name="neighbour", storage=api.settings.database_url).ask()
+    pruned = study.ask()
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, user_attrs={INFEASIBLE_RECORD_ATTR: 0}
+    ))  # fmt: skip
+    detail = client.get("/studies/tri").json()["trials"]
+    assert (detail["complete"], detail["pruned"], detail["running"]) == (3, 1, 0)
+    rest = client.get("/studies/tri/trials", params={"offset": 2, "limit": 2}).json()
+    assert rest["count"] == 5
+    assert [t["number"] for t in rest["data"]] == [2, 3]
+    pruned_page = client.get("/studies/tri/trials", params={"state": "pruned"}).json()
+    assert [t["number"] for t in pruned_page["data"]] == [3, 4]
 
 
 def test_health(api: ApiServer) -> None:

@@ -10,9 +10,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from sqlalchemy import text
 
+from hpo.storage import make_storage
 from tests.conftest import ApiServer
 from tests.workers import small_study, trials, wait_until
 from worker.loop import Worker
@@ -86,3 +90,32 @@ def test_repeated_kill_9_keeps_the_books(pg_api: ApiServer, spawn_worker: Spawn)
         assert original.state == TrialState.FAIL
         assert original.params == retry.params
         assert len(retry.system_attrs["retry_history"]) <= pg_api.settings.max_retries
+
+
+def test_a_trial_is_never_running_without_a_heartbeat(pg_api: ApiServer) -> None:
+    """A worker killed between creating its trial and starting the heartbeat thread (while it
+    samples) must not leave that trial RUNNING forever, holding a budget slot."""
+    with pg_api.client() as client:
+        spec = small_study("orphan", budget={"max_trials": 2}, pruner={"type": "none"})
+        assert client.post("/studies", json=spec).status_code == 201
+    url = pg_api.settings.database_url
+    heartbeats = "SELECT count(*) FROM trial_heartbeats WHERE trial_id = :id"
+    claimed = optuna.load_study(study_name="orphan", storage=make_storage(pg_api.settings))
+    claimed_id = claimed.ask()._trial_id  # noqa: SLF001
+    engine = RDBStorage(url).engine
+    with engine.connect() as conn:
+        assert conn.execute(text(heartbeats), {"id": claimed_id}).scalar() == 1
+        # Plain Optuna storage: the state a worker killed mid-`ask` left behind before the fix.
+        plain = optuna.load_study(study_name="orphan", storage=url)
+        orphan_id = plain.ask()._trial_id  # noqa: SLF001
+        assert conn.execute(text(heartbeats), {"id": orphan_id}).scalar() == 0
+    time.sleep(pg_api.settings.grace_period + 1)
+    ran = Worker(pg_api.settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False)
+    everything = trials(pg_api.settings, "orphan")
+    states = {t._trial_id: t.state for t in everything}  # noqa: SLF001
+    assert states[claimed_id] == states[orphan_id] == TrialState.FAIL
+    assert not [t for t in everything if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert ran == len([t for t in everything if t.state == TrialState.COMPLETE]) == 2
+    failed = sorted(t.number for t in everything if t.state == TrialState.FAIL)
+    retries = [t for t in everything if "retried_from" in t.user_attrs]
+    assert sorted(t.user_attrs["retried_from"] for t in retries) == failed

@@ -27,7 +27,13 @@ from sqlalchemy.orm import sessionmaker
 from hpo.db import StudyRecord, StudyStatus, make_engine, session_scope, utcnow
 from hpo.errors import StorageUnavailable
 from hpo.factory import load_study, optuna_distributions
-from hpo.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
+from hpo.progress import (
+    INFEASIBLE_RECORD_ATTR,
+    TrialCounts,
+    is_record,
+    trial_counts,
+    user_attr_sum,
+)
 from hpo.settings import Settings
 from hpo.spec import StudySpec
 from hpo.storage import RETRIED_FROM_ATTR, make_storage
@@ -173,8 +179,7 @@ class Worker:
             if (utcnow() - created).total_seconds() > budget.timeout_s:
                 reason = f"timeout_s={budget.timeout_s} reached"
         if reason is None and budget.max_gpu_hours is not None:
-            trials = study.get_trials(deepcopy=False)
-            hours = sum(t.user_attrs.get("device_seconds", 0.0) for t in trials) / 3600
+            hours = user_attr_sum(self.storage, study._study_id, "device_seconds") / 3600  # noqa: SLF001
             if hours >= budget.max_gpu_hours:
                 reason = f"max_gpu_hours={budget.max_gpu_hours} reached ({hours:.3f} used)"
         if reason is None:

@@ -6,14 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
-from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import artifacts
 from hpo.db import StudyRecord, StudyStatus
 from hpo.errors import StudyConflict, StudyNotFound
 from hpo.factory import check_params
-from hpo.progress import best_trial, trial_counts
+from hpo.progress import best_trial, trial_counts, trial_page
 from hpo.spec import StudySpec
 from service import crud
 from service.deps import CurrentOwner, SessionDep, SettingsDep, StorageDep
@@ -32,14 +32,14 @@ Offset = Annotated[int, Query(ge=0, le=10**7)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
-def _optuna_id(storage: BaseStorage, name: str) -> int | None:
+def _optuna_id(storage: RDBStorage, name: str) -> int | None:
     try:
         return storage.get_study_id_from_name(name)
     except KeyError:
         return None
 
 
-def _public(record: StudyRecord, storage: BaseStorage) -> StudyPublic:
+def _public(record: StudyRecord, storage: RDBStorage) -> StudyPublic:
     study_id = _optuna_id(storage, record.name)
     counts = trial_counts(storage, study_id) if study_id is not None else None
     best = best_trial(storage, study_id) if study_id is not None else None
@@ -71,7 +71,7 @@ def _trial_public(trial: FrozenTrial) -> TrialPublic:
     )
 
 
-def _best(record: StudyRecord, storage: BaseStorage) -> FrozenTrial:
+def _best(record: StudyRecord, storage: RDBStorage) -> FrozenTrial:
     study_id = _optuna_id(storage, record.name)
     best = best_trial(storage, study_id) if study_id is not None else None
     if best is None:
@@ -120,10 +120,11 @@ def list_trials(
 ) -> Page[TrialPublic]:
     record = crud.get_study(session, name=name, owner=owner)
     study_id = _optuna_id(storage, record.name)
-    states = (TrialState[state.upper()],) if state else None
-    trials = storage.get_all_trials(study_id, deepcopy=False, states=states) if study_id else []
-    page = trials[offset : offset + limit]
-    return Page[TrialPublic](data=[_trial_public(t) for t in page], count=len(trials))
+    if study_id is None:
+        return Page[TrialPublic](data=[], count=0)
+    page, count = trial_page(storage, study_id, offset=offset, limit=limit,
+                             state=TrialState[state.upper()] if state else None)  # fmt: skip
+    return Page[TrialPublic](data=[_trial_public(t) for t in page], count=count)
 
 
 @router.get("/{name}/best", response_model=TrialPublic)
