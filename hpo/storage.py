@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from optuna import Study
 from optuna.exceptions import ExperimentalWarning
@@ -35,7 +37,25 @@ class HeartbeatStorage(RDBStorage):
     between would leave its trial RUNNING forever, holding a budget slot. Here the first
     heartbeat is written as soon as a trial is RUNNING, and RUNNING trials that still have
     none after the grace period (the process died between those two writes) count as stale.
+
+    ``claiming(callback)`` runs ``callback`` the moment this process's next trial is RUNNING,
+    before the sampler runs: a worker holds its study's budget lock only that long.
     """
+
+    _on_claim: Callable[[], None] | None = None
+
+    @contextmanager
+    def claiming(self, callback: Callable[[], None]) -> Iterator[None]:
+        self._on_claim = callback
+        try:
+            yield
+        finally:
+            self._on_claim = None
+
+    def _claimed(self, trial_id: int) -> None:
+        self.record_heartbeat(trial_id)
+        if self._on_claim is not None:
+            self._on_claim()
 
     def _create_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None = None
@@ -43,7 +63,7 @@ class HeartbeatStorage(RDBStorage):
         # The private half is what Optuna's cache layer calls; the public one delegates to it.
         trial = super()._create_new_trial(study_id, template_trial)
         if trial.state == TrialState.RUNNING:
-            self.record_heartbeat(trial._trial_id)  # noqa: SLF001
+            self._claimed(trial._trial_id)  # noqa: SLF001
         return trial
 
     def set_trial_state_values(
@@ -51,7 +71,7 @@ class HeartbeatStorage(RDBStorage):
     ) -> bool:
         changed = super().set_trial_state_values(trial_id, state, values)
         if changed and state == TrialState.RUNNING:  # a WAITING (enqueued, retried) trial
-            self.record_heartbeat(trial_id)
+            self._claimed(trial_id)
         return changed
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
@@ -74,7 +94,7 @@ class HeartbeatStorage(RDBStorage):
         return stale + [trial_id for trial_id in found if trial_id not in stale]
 
 
-def make_storage(settings: Settings) -> RDBStorage:
+def make_storage(settings: Settings) -> HeartbeatStorage:
     """Optuna storage with heartbeats and bounded retries of trials whose worker died.
 
     Heartbeats only run inside ``Study.optimize``; a trial silent for ``grace_period``

@@ -24,7 +24,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from hpo.db import StudyRecord, StudyStatus, make_engine, session_scope, utcnow
+from hpo.db import StudyRecord, StudyStatus, session_scope, utcnow
 from hpo.errors import StorageUnavailable
 from hpo.factory import load_study, optuna_distributions
 from hpo.progress import (
@@ -40,7 +40,7 @@ from hpo.storage import RETRIED_FROM_ATTR, make_storage
 from worker.data import DataCache
 from worker.locks import StudyLock
 from worker.models import ModelCache
-from worker.objective import WorkerContext, make_objective
+from worker.objective import ObjectiveFactory, WorkerContext, make_objective
 
 log = logging.getLogger("hpo.worker")
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
@@ -67,15 +67,19 @@ class Worker:
         idle_exit: float | None = None,
         poll_interval: float = 1.0,
         cpu_threads: int | None = None,
+        objective_factory: ObjectiveFactory = make_objective,
     ) -> None:
         self.settings = settings
         self.studies = studies
         self.max_trials = max_trials
         self.idle_exit = idle_exit
         self.poll_interval = poll_interval
-        self.engine = make_engine(settings.database_url)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.storage = make_storage(settings)
+        # Our tables and Optuna's share one bounded pool: per worker, at most the study lock,
+        # a trial's reads and writes, and the heartbeat thread hold a connection at once.
+        self.engine = self.storage.engine
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.objective_factory = objective_factory
         torch_device = torch.device(device)
         hostname = socket.gethostname()
         self.ctx = WorkerContext(
@@ -131,7 +135,6 @@ class Worker:
 
     def close(self) -> None:
         self.storage.remove_session()
-        self.storage.engine.dispose()
         self.engine.dispose()
 
     def _run_next(self) -> bool:
@@ -203,22 +206,32 @@ class Worker:
     def _run_one(self, candidate: Candidate) -> bool:
         spec, study = candidate.spec, candidate.study
         claimed: dict[str, Any] = {}
+        # Coordination latencies, logged with the trial: claim = lock + budget check + ask,
+        # tell = from the objective's return until Optuna has stored the result.
+        marks = {"begin": time.perf_counter()}
         with StudyLock(self.engine, candidate.record.id) as lock:
             counts = trial_counts(self.storage, study._study_id)  # noqa: SLF001
             if counts.finished + counts.running >= spec.budget.max_trials:
                 return False
 
             def on_start(trial: optuna.Trial) -> None:
+                marks["started"] = time.perf_counter()
                 claimed["id"] = trial._trial_id  # noqa: SLF001
-                lock.release()  # the trial is RUNNING now and counts against the budget
                 self._event("trial_start", study=spec.name, trial=trial.number)
 
+            objective = self.objective_factory(self.ctx, spec, on_start=on_start)
+
+            def timed(trial: optuna.Trial) -> float:
+                try:
+                    return objective(trial)
+                finally:
+                    marks["returned"] = time.perf_counter()
+
             try:
-                study.optimize(
-                    make_objective(self.ctx, spec, on_start=on_start),
-                    n_trials=1,
-                    catch=(Exception,),
-                )
+                # The lock is released once the trial is RUNNING (it counts against the
+                # budget from then on), before the sampler runs.
+                with self.storage.claiming(lock.release):
+                    study.optimize(timed, n_trials=1, catch=(Exception,))
             except Exception as exc:
                 # Optuna's own bookkeeping failed (e.g. `tell` while the database is down).
                 # The trial stays RUNNING; its heartbeat stops, so it is failed and retried
@@ -229,8 +242,10 @@ class Worker:
         if "id" not in claimed:
             return False
         self.trials_run += 1
+        latency = {"claim_s": marks["started"] - marks["begin"],
+                   "tell_s": time.perf_counter() - marks["returned"]}  # fmt: skip
         trial = self.storage.get_trial(claimed["id"])
-        self._after_trial(candidate, trial)
+        self._after_trial(candidate, trial, latency)
         return True
 
     def _database_reachable(self) -> bool:
@@ -241,7 +256,9 @@ class Worker:
             return False
         return True
 
-    def _after_trial(self, candidate: Candidate, trial: FrozenTrial) -> None:
+    def _after_trial(
+        self, candidate: Candidate, trial: FrozenTrial, latency: dict[str, float]
+    ) -> None:
         spec, study = candidate.spec, candidate.study
         reason = trial.user_attrs.get("fail_reason")
         self._event(
@@ -253,6 +270,7 @@ class Worker:
             reason=reason or trial.user_attrs.get("prune_reason"),
             setup_s=trial.user_attrs.get("setup_seconds"),
             train_s=trial.user_attrs.get("train_seconds"),
+            **{k: round(v, 4) for k, v in latency.items()},
         )
         if trial.state != TrialState.FAIL:
             return

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import torch
@@ -87,6 +87,14 @@ def _adapter_keeper(
             trial.set_user_attr("adapter_error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
 
     return keep
+
+
+class ObjectiveFactory(Protocol):
+    """Builds a trial's objective; ``on_start`` must run once the trial is RUNNING."""
+
+    def __call__(
+        self, ctx: WorkerContext, spec: StudySpec, *, on_start: Callable[[optuna.Trial], None]
+    ) -> Callable[[optuna.Trial], float]: ...
 
 
 def make_objective(

@@ -1,0 +1,357 @@
+"""Coordination at scale: N worker processes run zero-cost trials against one PostgreSQL.
+
+    python bench/coordination.py [--workers 4 16 64] [--sizes 1000 10000] [--trials 512]
+
+Each process is the real ``worker.loop.Worker`` (same storage settings, heartbeat, budget lock,
+stale-trial sweep, sampler and pruner) whose objective trains nothing: it samples the study's
+parameters and reports 20 intermediate values, calling ``should_prune`` after each. The study
+holds SIZE finished trials (20 intermediate values each) before the run starts. Baseline: the
+same number of processes running a plain Optuna ask / report / tell loop with the same sampler
+and pruner on a plain ``RDBStorage`` (no heartbeat, no budget lock). Each (size, N, side) runs
+on a fresh copy of the pre-filled database. Writes bench/results/coordination.{md,json}.
+
+Latencies exclude each process's first trial, which also loads the study into Optuna's
+per-process trial cache (reported separately as "first claim").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+from optuna.distributions import (  # noqa: E402
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.storages import RDBStorage  # noqa: E402
+from optuna.trial import TrialState, create_trial  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from hpo.factory import load_study, optuna_distributions, suggest_params  # noqa: E402
+from hpo.migrate import upgrade  # noqa: E402
+from hpo.settings import Settings  # noqa: E402
+from hpo.spec import StudySpec  # noqa: E402
+from hpo.storage import make_storage  # noqa: E402
+from service.crud import create_study  # noqa: E402
+from tests.pg import PostgresCluster  # noqa: E402
+from worker.loop import Worker  # noqa: E402
+from worker.objective import WorkerContext  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+STEPS = 20
+NAME = "coordination"
+
+
+def _spec(max_trials: int) -> StudySpec:
+    """The default study: the six core hyperparameters, the default sampler and pruner."""
+    return StudySpec.model_validate({
+        "name": NAME,
+        "model": {"name_or_path": "builtin:tiny-llama"},
+        "dataset": {"path": "builtin:demo-text"},
+        "budget": {"max_trials": max_trials},
+    })  # fmt: skip
+
+
+def _loss(params: dict[str, Any]) -> float:
+    """A smooth synthetic objective, so the sampler has something to model."""
+    lr = math.log10(params.get("learning_rate", 1e-4))
+    return 1.0 + (lr + 3.5) ** 2 + 0.01 * params.get("weight_decay", 0.0)
+
+
+def _random_params(dists: dict[str, BaseDistribution], rng: random.Random) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, d in dists.items():
+        if isinstance(d, CategoricalDistribution):
+            params[name] = rng.choice(d.choices)
+        elif isinstance(d, IntDistribution):
+            params[name] = rng.randrange(d.low, d.high + 1, d.step)
+        elif isinstance(d, FloatDistribution) and d.log:
+            params[name] = math.exp(rng.uniform(math.log(d.low), math.log(d.high)))
+        else:
+            assert isinstance(d, FloatDistribution)
+            params[name] = rng.uniform(d.low, d.high)
+    return params
+
+
+def _prefill(url: str, spec: StudySpec, count: int, seed: int) -> None:
+    dists = optuna_distributions(spec)
+    rng = random.Random(seed)
+    study = optuna.load_study(study_name=NAME, storage=RDBStorage(url))
+    for _ in range(count):
+        params = _random_params(dists, rng)
+        value = _loss(params)
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE, params=params, distributions=dists, value=value,
+            intermediate_values={(s + 1) * 64: value + 1 / (s + 1) for s in range(STEPS)},
+        ))  # fmt: skip
+
+
+def _parallel(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> None:
+    """Forked processes: imports are shared, each opens its own connections."""
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=target, args=a) for a in argsets]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"{target.__name__} exited with {p.exitcode}")
+
+
+# --- one process of a run ---------------------------------------------------------------------
+
+
+def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], float]]:
+    def factory(
+        ctx: WorkerContext, spec: StudySpec, *, on_start: Callable[[optuna.Trial], None]
+    ) -> Callable[[optuna.Trial], float]:
+        def objective(trial: optuna.Trial) -> float:
+            on_start(trial)
+            value = _loss(suggest_params(trial, spec))
+            for s in range(STEPS):
+                started = time.perf_counter()
+                trial.report(value + 1 / (s + 1), (s + 1) * 64)
+                pruned = trial.should_prune()
+                reports.append(time.perf_counter() - started)
+                if pruned:
+                    raise optuna.TrialPruned()
+            return value
+
+        return objective
+
+    return factory
+
+
+class _Events(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trials: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = json.loads(record.getMessage())
+        if event["event"] == "trial_end":
+            self.trials.append({"claim": event["claim_s"], "tell": event["tell_s"],
+                                "end": time.time()})  # fmt: skip
+
+
+def _ours(url: str, out: str) -> None:
+    logger = logging.getLogger("hpo.worker")
+    events = _Events()
+    logger.addHandler(events)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    reports: list[float] = []
+    settings = Settings(database_url=url, heartbeat_interval=10, grace_period=60)
+    started = time.time()
+    worker = Worker(settings, idle_exit=1.0, poll_interval=0.1, cpu_threads=1,
+                    objective_factory=_zero_cost(reports))  # fmt: skip
+    worker.run(handle_signals=False)
+    claims = [t["claim"] for t in events.trials]
+    tells = [t["tell"] for t in events.trials]
+    ends = [t["end"] for t in events.trials]
+    _dump(out, started, claims, reports, tells, ends)
+
+
+def _plain(url: str, out: str, n_trials: int) -> None:
+    spec = _spec(10**5)
+    study = load_study(spec, RDBStorage(url))
+    asks, reports, tells, ends = [], [], [], []
+    started = time.time()
+    for _ in range(n_trials):
+        t0 = time.perf_counter()
+        trial = study.ask()
+        asks.append(time.perf_counter() - t0)
+        value = _loss(suggest_params(trial, spec))
+        state = TrialState.COMPLETE
+        for s in range(STEPS):
+            t0 = time.perf_counter()
+            trial.report(value + 1 / (s + 1), (s + 1) * 64)
+            pruned = trial.should_prune()
+            reports.append(time.perf_counter() - t0)
+            if pruned:
+                state = TrialState.PRUNED
+                break
+        t0 = time.perf_counter()
+        study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        tells.append(time.perf_counter() - t0)
+        ends.append(time.time())
+    _dump(out, started, asks, reports, tells, ends)
+
+
+def _dump(out: str, started: float, asks: list[float], reports: list[float],
+          tells: list[float], ends: list[float]) -> None:  # fmt: skip
+    Path(out).write_text(json.dumps({"started": started, "ask": asks, "report": reports,
+                                     "tell": tells, "ends": ends}))  # fmt: skip
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q) * 1000) if values else None
+
+
+def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trials: int,
+         size: int, tmp: Path) -> dict[str, Any]:  # fmt: skip
+    db = f"run_{side}_{workers}_{size}"
+    _create_db(cluster, db, template)
+    url = cluster.url(db)
+    outs = [str(tmp / f"{db}-{i}.json") for i in range(workers)]
+    if side == "ours":
+        _parallel(_ours, [(url, o) for o in outs])
+    else:
+        share = [trials // workers + (i < trials % workers) for i in range(workers)]
+        _parallel(_plain, [(url, o, n) for o, n in zip(outs, share, strict=True)])
+    parts = [json.loads(Path(o).read_text()) for o in outs]
+    first = [p["ask"][0] for p in parts if p["ask"]]
+    ask = [a for p in parts for a in p["ask"][1:]]
+    tell = [a for p in parts for a in p["tell"][1:]]
+    report = [r for p in parts for r in p["report"]]
+    ends = [e for p in parts for e in p["ends"]]
+    begin = min(p["started"] for p in parts)
+    storage = RDBStorage(url)
+    study_id = storage.get_study_id_from_name(NAME)
+    states = [t.state for t in storage.get_all_trials(study_id, deepcopy=False)]
+    storage.engine.dispose()
+    finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    return {
+        "side": side, "workers": workers, "study_size": size,
+        "new_trials": len(ends), "finished_in_db": finished,
+        "running_left": sum(s == TrialState.RUNNING for s in states),
+        "trials_per_s": len(ends) / (max(ends) - begin) if ends else 0.0,
+        "first_claim_ms_median": _ms(first, 50),
+        "ask_ms": {"p50": _ms(ask, 50), "p99": _ms(ask, 99)},
+        "report_ms": {"p50": _ms(report, 50), "p99": _ms(report, 99)},
+        "tell_ms": {"p50": _ms(tell, 50), "p99": _ms(tell, 99)},
+    }  # fmt: skip
+
+
+def _create_db(cluster: PostgresCluster, name: str, template: str | None) -> None:
+    admin = create_engine(cluster.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        )
+    admin.dispose()
+
+
+def _build_template(cluster: PostgresCluster, name: str, base: str | None, spec: StudySpec,
+                    add: int) -> None:  # fmt: skip
+    """A database holding the study with ``add`` more finished trials than ``base``."""
+    _create_db(cluster, name, base)
+    url = cluster.url(name)
+    if base is None:
+        upgrade(url)
+        storage = make_storage(Settings(database_url=url))
+        with Session(storage.engine) as session:
+            create_study(session, storage, spec=spec, owner="bench", settings=Settings())
+        storage.engine.dispose()
+    chunks = 4
+    _parallel(_prefill, [(url, spec, add // chunks + (i < add % chunks), hash((name, i)))
+                         for i in range(chunks)])  # fmt: skip
+
+
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Coordination at scale (zero-cost trials, PostgreSQL)",
+        "",
+        f"Commit `{meta['commit']}`, {meta['machine']}, PostgreSQL {meta['postgres']}, "
+        f"(fsync and synchronous_commit off, as in the test cluster), {meta['trials']} new "
+        f"trials per run, {STEPS} reports each, {meta['seconds']:.0f} s in all.",
+        "All processes share the machine's cores with the database server: at 64 processes "
+        "on 2 cores, latencies measure CPU queueing as much as coordination.",
+        "",
+        "`ours`: the real worker loop (budget lock + SQL count, stale sweep, heartbeat, "
+        "sampler and pruner of the default spec). `plain`: Optuna ask/report/tell, same "
+        "sampler and pruner, plain RDBStorage. ask = our claim (lock, budget check, stale "
+        "sweep, ask) vs plain `study.ask()`.",
+        "",
+        "| study size | side | workers | trials/s | ask p50 ms | ask p99 ms | report+prune "
+        "p50 ms | report+prune p99 ms | tell p50 ms | tell p99 ms | first claim ms | left "
+        "RUNNING |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [r["study_size"], r["side"], r["workers"], f"{r['trials_per_s']:.1f}"]
+        for key in ("ask_ms", "report_ms", "tell_ms"):
+            cells += [f"{r[key]['p50']:.1f}", f"{r[key]['p99']:.1f}"]
+        cells += [f"{r['first_claim_ms_median']:.0f}", r["running_left"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--trials", type=int, default=512)
+    parser.add_argument("--sides", nargs="+", default=["ours", "plain"])
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.time()
+    cluster = PostgresCluster()
+    rows = []
+    try:
+        admin = create_engine(cluster.url())
+        with admin.connect() as conn:
+            version = conn.execute(text("SHOW server_version")).scalar_one()
+        admin.dispose()
+        previous, have = None, 0
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in sorted(args.sizes):
+                template = f"size_{size}"
+                spec = _spec(size + args.trials)
+                _build_template(cluster, template, previous, spec, size - have)
+                if previous is not None:  # the spec row still has the smaller budget
+                    _set_budget(cluster.url(template), spec)
+                previous, have = template, size
+                for workers in args.workers:
+                    for side in args.sides:
+                        row = _run(cluster, template, side, workers, args.trials, size,
+                                   Path(tmp))  # fmt: skip
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
+    finally:
+        cluster.stop()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    meta = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "postgres": version, "trials": args.trials, "seconds": time.time() - started}  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "coordination.md").write_text(_markdown(rows, meta))
+    (RESULTS / "coordination.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(_markdown(rows, meta))
+
+
+def _set_budget(url: str, spec: StudySpec) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE hpo_studies SET spec = :spec WHERE name = :name"),
+                     {"spec": json.dumps(spec.model_dump(mode="json")), "name": NAME})  # fmt: skip
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
