@@ -6,7 +6,7 @@ import copy
 import datetime as dt
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from optuna import Study
 from optuna.exceptions import ExperimentalWarning
@@ -38,40 +38,44 @@ class HeartbeatStorage(RDBStorage):
     heartbeat is written as soon as a trial is RUNNING, and RUNNING trials that still have
     none after the grace period (the process died between those two writes) count as stale.
 
-    ``claiming(callback)`` runs ``callback`` the moment this process's next trial is RUNNING,
-    before the sampler runs: a worker holds its study's budget lock only that long.
+    ``claiming(gate)`` makes this process's trial claims (a new RUNNING trial, or a WAITING
+    one popped) happen inside ``gate()``: a worker holds its study's budget lock only around
+    the claim itself, not around Optuna's cache sync or the sampler.
     """
 
-    _on_claim: Callable[[], None] | None = None
+    _gate: Callable[[], AbstractContextManager[object]] | None = None
 
     @contextmanager
-    def claiming(self, callback: Callable[[], None]) -> Iterator[None]:
-        self._on_claim = callback
+    def claiming(self, gate: Callable[[], AbstractContextManager[object]]) -> Iterator[None]:
+        self._gate = gate
         try:
             yield
         finally:
-            self._on_claim = None
+            self._gate = None
 
-    def _claimed(self, trial_id: int) -> None:
-        self.record_heartbeat(trial_id)
-        if self._on_claim is not None:
-            self._on_claim()
+    def _claim(self) -> AbstractContextManager[object]:
+        return self._gate() if self._gate is not None else nullcontext()
 
     def _create_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None = None
     ) -> FrozenTrial:
         # The private half is what Optuna's cache layer calls; the public one delegates to it.
-        trial = super()._create_new_trial(study_id, template_trial)
-        if trial.state == TrialState.RUNNING:
-            self._claimed(trial._trial_id)  # noqa: SLF001
+        if template_trial is not None and template_trial.state != TrialState.RUNNING:
+            return super()._create_new_trial(study_id, template_trial)
+        with self._claim():
+            trial = super()._create_new_trial(study_id, template_trial)
+        self.record_heartbeat(trial._trial_id)  # noqa: SLF001
         return trial
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: list[float] | None = None
     ) -> bool:
-        changed = super().set_trial_state_values(trial_id, state, values)
-        if changed and state == TrialState.RUNNING:  # a WAITING (enqueued, retried) trial
-            self._claimed(trial_id)
+        if state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        with self._claim():  # a WAITING (enqueued, retried) trial is being claimed
+            changed = super().set_trial_state_values(trial_id, state, values)
+        if changed:
+            self.record_heartbeat(trial_id)
         return changed
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:

@@ -21,6 +21,8 @@ class Splits:
     train: datasets.Dataset
     eval: datasets.Dataset
     num_labels: int | None = None
+    # Token counts of the train examples, computed once: batches group similar lengths.
+    train_lengths: list[int] | None = None
 
 
 def _format(spec: DatasetSpec, path: Path) -> str:
@@ -113,6 +115,8 @@ class DataCache:
                 drop = [c for c in split.column_names if c not in keep]
                 return split.map(encode, batched=True, remove_columns=drop)
 
-            self._tokenized[key] = Splits(tokenize(raw.train), tokenize(raw.eval), raw.num_labels)
+            train = tokenize(raw.train)
+            lengths = [len(ids) for ids in train["input_ids"]]
+            self._tokenized[key] = Splits(train, tokenize(raw.eval), raw.num_labels, lengths)
             freeze_long_lived()
         return self._tokenized[key]

@@ -12,6 +12,8 @@ import time
 import uuid
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,10 @@ from worker.objective import ObjectiveFactory, WorkerContext, make_objective
 
 log = logging.getLogger("hpo.worker")
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
+
+
+class BudgetSpent(Exception):
+    """Raised inside the budget gate: the study had no free slot when this worker claimed."""
 
 
 @dataclass
@@ -203,42 +209,48 @@ class Worker:
 
     # --- one trial --------------------------------------------------------------------------
 
+    @contextmanager
+    def _budget_gate(self, candidate: Candidate) -> Iterator[None]:
+        """Held around a trial's claim: count, then RUNNING, under the study's lock, so the
+        count every worker sees includes every claimed trial."""
+        with StudyLock(self.engine, candidate.record.id):
+            counts = trial_counts(self.storage, candidate.study._study_id)  # noqa: SLF001
+            if counts.finished + counts.running >= candidate.spec.budget.max_trials:
+                raise BudgetSpent(candidate.spec.name)
+            yield
+
     def _run_one(self, candidate: Candidate) -> bool:
         spec, study = candidate.spec, candidate.study
         claimed: dict[str, Any] = {}
-        # Coordination latencies, logged with the trial: claim = lock + budget check + ask,
-        # tell = from the objective's return until Optuna has stored the result.
+        # Coordination latencies, logged with the trial: claim = budget gate + ask (cache
+        # sync, stale sweep, sampling), tell = from the objective's return until stored.
         marks = {"begin": time.perf_counter()}
-        with StudyLock(self.engine, candidate.record.id) as lock:
-            counts = trial_counts(self.storage, study._study_id)  # noqa: SLF001
-            if counts.finished + counts.running >= spec.budget.max_trials:
-                return False
 
-            def on_start(trial: optuna.Trial) -> None:
-                marks["started"] = time.perf_counter()
-                claimed["id"] = trial._trial_id  # noqa: SLF001
-                self._event("trial_start", study=spec.name, trial=trial.number)
+        def on_start(trial: optuna.Trial) -> None:
+            marks["started"] = time.perf_counter()
+            claimed["id"] = trial._trial_id  # noqa: SLF001
+            self._event("trial_start", study=spec.name, trial=trial.number)
 
-            objective = self.objective_factory(self.ctx, spec, on_start=on_start)
+        objective = self.objective_factory(self.ctx, spec, on_start=on_start)
 
-            def timed(trial: optuna.Trial) -> float:
-                try:
-                    return objective(trial)
-                finally:
-                    marks["returned"] = time.perf_counter()
-
+        def timed(trial: optuna.Trial) -> float:
             try:
-                # The lock is released once the trial is RUNNING (it counts against the
-                # budget from then on), before the sampler runs.
-                with self.storage.claiming(lock.release):
-                    study.optimize(timed, n_trials=1, catch=(Exception,))
-            except Exception as exc:
-                # Optuna's own bookkeeping failed (e.g. `tell` while the database is down).
-                # The trial stays RUNNING; its heartbeat stops, so it is failed and retried
-                # after the grace period. Back off if the database is the cause.
-                if not self._database_reachable():
-                    raise StorageUnavailable(f"database lost during a trial: {exc}") from exc
-                raise
+                return objective(trial)
+            finally:
+                marks["returned"] = time.perf_counter()
+
+        try:
+            with self.storage.claiming(lambda: self._budget_gate(candidate)):
+                study.optimize(timed, n_trials=1, catch=(Exception,))
+        except BudgetSpent:
+            return False
+        except Exception as exc:
+            # Optuna's own bookkeeping failed (e.g. `tell` while the database is down).
+            # The trial stays RUNNING; its heartbeat stops, so it is failed and retried
+            # after the grace period. Back off if the database is the cause.
+            if not self._database_reachable():
+                raise StorageUnavailable(f"database lost during a trial: {exc}") from exc
+            raise
         if "id" not in claimed:
             return False
         self.trials_run += 1

@@ -25,6 +25,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from hpo.spec import StudySpec
 from worker.callbacks import FidelityCallback
@@ -131,6 +132,24 @@ def training_arguments(
     )
 
 
+class LengthGroupedTrainer(Trainer):
+    """HF ``Trainer`` whose batches group examples of similar length (less padding).
+
+    HF's own ``group_by_length`` re-reads every example's length at each trial's start;
+    the worker's data cache has them already.
+    """
+
+    def __init__(self, *args: Any, train_lengths: list[int] | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_lengths = train_lengths
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.train_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(batch, lengths=self.train_lengths)
+
+
 def _accuracy(pred: EvalPrediction) -> dict[str, float]:
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     return {"accuracy": float((np.argmax(logits, axis=-1) == pred.label_ids).mean())}
@@ -185,8 +204,9 @@ def train_trial(
     trainer: Trainer | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="hpo-trial-") as out_dir:
-            trainer = Trainer(
+            trainer = LengthGroupedTrainer(
                 model=peft_model,
+                train_lengths=splits.train_lengths,
                 args=training_arguments(
                     settings,
                     out_dir=out_dir,
