@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,19 @@ def _parallel(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> No
 # --- one process of a run ---------------------------------------------------------------------
 
 
+def _report_curve(trial: optuna.Trial, value: float, reports: list[float]) -> bool:
+    """Report STEPS points of a made-up curve, timing each report + should_prune; True if
+    the pruner stopped the trial."""
+    for s in range(STEPS):
+        started = time.perf_counter()
+        trial.report(value + 1 / (s + 1), (s + 1) * 64)
+        pruned = trial.should_prune()
+        reports.append(time.perf_counter() - started)
+        if pruned:
+            return True
+    return False
+
+
 def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], float]]:
     def factory(
         ctx: WorkerContext, spec: StudySpec, *, on_start: Callable[[optuna.Trial], None]
@@ -130,13 +144,8 @@ def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], f
         def objective(trial: optuna.Trial) -> float:
             on_start(trial)
             value = _loss(suggest_params(trial, spec))
-            for s in range(STEPS):
-                started = time.perf_counter()
-                trial.report(value + 1 / (s + 1), (s + 1) * 64)
-                pruned = trial.should_prune()
-                reports.append(time.perf_counter() - started)
-                if pruned:
-                    raise optuna.TrialPruned()
+            if _report_curve(trial, value, reports):
+                raise optuna.TrialPruned()
             return value
 
         return objective
@@ -184,15 +193,8 @@ def _plain(url: str, out: str, n_trials: int) -> None:
         trial = study.ask()
         asks.append(time.perf_counter() - t0)
         value = _loss(suggest_params(trial, spec))
-        state = TrialState.COMPLETE
-        for s in range(STEPS):
-            t0 = time.perf_counter()
-            trial.report(value + 1 / (s + 1), (s + 1) * 64)
-            pruned = trial.should_prune()
-            reports.append(time.perf_counter() - t0)
-            if pruned:
-                state = TrialState.PRUNED
-                break
+        pruned = _report_curve(trial, value, reports)
+        state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         t0 = time.perf_counter()
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
         tells.append(time.perf_counter() - t0)
@@ -202,8 +204,9 @@ def _plain(url: str, out: str, n_trials: int) -> None:
 
 def _dump(out: str, started: float, asks: list[float], reports: list[float],
           tells: list[float], ends: list[float]) -> None:  # fmt: skip
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out).write_text(json.dumps({"started": started, "ask": asks, "report": reports,
-                                     "tell": tells, "ends": ends}))  # fmt: skip
+                                     "tell": tells, "ends": ends, "rss_mb": rss_mb}))  # fmt: skip
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -242,6 +245,7 @@ def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trial
         "running_left": sum(s == TrialState.RUNNING for s in states),
         "trials_per_s": len(ends) / (max(ends) - begin) if ends else 0.0,
         "first_claim_ms_median": _ms(first, 50),
+        "peak_rss_mb_max": max(p["rss_mb"] for p in parts),
         "ask_ms": {"p50": _ms(ask, 50), "p99": _ms(ask, 99)},
         "report_ms": {"p50": _ms(report, 50), "p99": _ms(report, 99)},
         "tell_ms": {"p50": _ms(tell, 50), "p99": _ms(tell, 99)},
@@ -286,18 +290,26 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "`ours`: the real worker loop (budget lock + SQL count, stale sweep, heartbeat, "
         "sampler and pruner of the default spec). `plain`: Optuna ask/report/tell, same "
         "sampler and pruner, plain RDBStorage. ask = our claim (lock, budget check, stale "
-        "sweep, ask) vs plain `study.ask()`.",
+        "sweep, ask) vs plain `study.ask()`. Percentiles leave out each process's first "
+        "trial, whose ask loads the whole study into Optuna's per-process trial cache ('first "
+        "claim'); trials/s counts from the first process start, so it includes that load.",
         "",
         "| study size | side | workers | trials/s | ask p50 ms | ask p99 ms | report+prune "
         "p50 ms | report+prune p99 ms | tell p50 ms | tell p99 ms | first claim ms | left "
-        "RUNNING |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "RUNNING | peak RSS per process MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['study_size']} | {r['side']} | {r['workers']} | "
+                         f"{r['error']} |" + " |" * 9)  # fmt: skip
+            continue
         cells = [r["study_size"], r["side"], r["workers"], f"{r['trials_per_s']:.1f}"]
         for key in ("ask_ms", "report_ms", "tell_ms"):
             cells += [f"{r[key]['p50']:.1f}", f"{r[key]['p99']:.1f}"]
-        cells += [f"{r['first_claim_ms_median']:.0f}", r["running_left"]]
+        rss = r.get("peak_rss_mb_max")
+        cells += [f"{r['first_claim_ms_median']:.0f}", r["running_left"],
+                  f"{rss:.0f}" if rss is not None else "-"]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -329,8 +341,12 @@ def main() -> None:
                 previous, have = template, size
                 for workers in args.workers:
                     for side in args.sides:
-                        row = _run(cluster, template, side, workers, args.trials, size,
-                                   Path(tmp))  # fmt: skip
+                        try:
+                            row = _run(cluster, template, side, workers, args.trials, size,
+                                       Path(tmp))  # fmt: skip
+                        except RuntimeError as exc:  # e.g. a process killed for memory
+                            row = {"side": side, "workers": workers, "study_size": size,
+                                   "error": str(exc)}  # fmt: skip
                         print(json.dumps(row), flush=True)
                         rows.append(row)
     finally:
@@ -338,7 +354,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
     meta = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "postgres": version, "trials": args.trials, "seconds": time.time() - started}  # fmt: skip
+            "postgres": version, "trials": args.trials,
+            "seconds": time.time() - started}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "coordination.md").write_text(_markdown(rows, meta))
     (RESULTS / "coordination.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -1,12 +1,12 @@
 """Per-trial overhead: our worker vs HF ``Trainer.hyperparameter_search(backend="optuna")``.
 
-    python bench/overhead.py [--trials 10] [--model tiny|small]
+    python bench/overhead.py [--trials 10] [--model tiny|small|medium]
 
-Same tiny Llama, same tokenized data, the same configurations (learning rate, batch size,
-LoRA rank), CPU. HF re-creates the model through ``model_init`` every trial (the documented
-way, and the only way to search the LoRA rank there); our worker loads the base model once and
-swaps adapters. Setup = trial start until the first training step. Writes
-bench/results/overhead.{md,json}.
+Same Llama (79K, 26M or 0.3B parameters, the larger built from a config), same tokenized
+data, the same configurations (learning rate, batch size, LoRA rank), CPU. HF re-creates the
+model through ``model_init`` every trial (the documented way, and the only way to search the
+LoRA rank there); our worker loads the base model once and swaps adapters. Setup = trial
+start until the first training step. Writes bench/results/overhead-{model}.{md,json}.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -50,7 +51,25 @@ from worker.loop import Worker  # noqa: E402
 from worker.models import ModelCache  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-MAX_TRAIN, MAX_EVAL, SEQ = 256, 64, 32
+SEQ = 32
+
+
+@dataclass(frozen=True)
+class Size:
+    label: str  # parameter count, for the report
+    llama: dict[str, int] | None  # LlamaConfig sizes; None = the built-in tiny Llama
+    train: int  # training examples per trial (fewer for larger models: CPU time)
+    eval: int
+
+
+SIZES = {
+    "tiny": Size("79K", None, 256, 64),
+    "small": Size("26M", {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
+                          "num_attention_heads": 8, "num_key_value_heads": 8}, 256, 64),
+    "medium": Size("0.3B", {"hidden_size": 1024, "intermediate_size": 2816,
+                            "num_hidden_layers": 24, "num_attention_heads": 16,
+                            "num_key_value_heads": 16}, 16, 16),
+}  # fmt: skip
 CONFIGS = [
     {"learning_rate": lr, "per_device_train_batch_size": bs, "lora_r": r}
     for lr, bs, r in [
@@ -69,18 +88,17 @@ CONFIGS = [
 
 
 def build_model(size: str, cache: Path) -> str:
-    """The tiny built-in Llama, or a wider and deeper one (~26M params) built from a config."""
-    tiny = builtin.resolve("builtin:tiny-llama", cache)
-    if size == "tiny":
-        return str(tiny)
-    out = cache / "small-llama"
+    """The tiny built-in Llama, or a wider and deeper one built from a config."""
+    llama = SIZES[size].llama
+    if llama is None:
+        return str(builtin.resolve("builtin:tiny-llama", cache))
+    out = cache / f"{size}-llama"
     if not out.exists():
-        builtin.build_llama(out, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                            num_attention_heads=8, num_key_value_heads=8)  # fmt: skip
+        builtin.build_llama(out, **llama)
     return str(out)
 
 
-def ours(workdir: Path, trials: int, model_path: str) -> list[dict[str, float]]:
+def ours(workdir: Path, trials: int, model_path: str, size: Size) -> list[dict[str, float]]:
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         database_url=f"sqlite:///{workdir / 'ours.db'}",
@@ -95,8 +113,8 @@ def ours(workdir: Path, trials: int, model_path: str) -> list[dict[str, float]]:
             "model": {"name_or_path": model_path},
             "dataset": {
                 "path": "builtin:demo-text",
-                "max_train_examples": MAX_TRAIN,
-                "max_eval_examples": MAX_EVAL,
+                "max_train_examples": size.train,
+                "max_eval_examples": size.eval,
             },
             "search_space": {
                 "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
@@ -106,7 +124,7 @@ def ours(workdir: Path, trials: int, model_path: str) -> list[dict[str, float]]:
             "training": {"num_train_epochs": 1, "max_seq_length": SEQ},
             "pruner": {"type": "none"},
             "budget": {"max_trials": trials},
-            "evaluation": {"every_examples": MAX_TRAIN},
+            "evaluation": {"every_examples": size.train},
         }
     )
     engine = make_engine(settings.database_url)
@@ -136,11 +154,11 @@ class _Clock(TrainerCallback):
         self.records[-1]["total_s"] = time.perf_counter() - self.trial_start
 
 
-def hf(workdir: Path, trials: int, path: str) -> list[dict[str, float]]:
+def hf(workdir: Path, trials: int, path: str, size: Size) -> list[dict[str, float]]:
     cache = workdir / "cache"
     model_spec = ModelSpec(name_or_path=path)
     data_spec = DatasetSpec(
-        path="builtin:demo-text", max_train_examples=MAX_TRAIN, max_eval_examples=MAX_EVAL
+        path="builtin:demo-text", max_train_examples=size.train, max_eval_examples=size.eval
     )
     tokenizer = ModelCache(device=torch.device("cpu"), cache_dir=cache).get(model_spec).tokenizer
     splits = DataCache(cache).tokenized(data_spec, model_spec, tokenizer, path, SEQ)
@@ -218,7 +236,7 @@ def _side(side: str, workdir: Path, trials: int, size: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--model", choices=("tiny", "small"), default="tiny")
+    parser.add_argument("--model", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--only", choices=("ours", "hf"))
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
@@ -227,7 +245,7 @@ def main() -> None:
         path = build_model(args.model, args.workdir / "models")
         started = time.perf_counter()
         run = ours if args.only == "ours" else hf
-        records = run(args.workdir / args.only, args.trials, path)
+        records = run(args.workdir / args.only, args.trials, path, SIZES[args.model])
         print(json.dumps({**_summary(records), "wall_s": time.perf_counter() - started}))
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,12 +268,12 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = f"overhead-{args.model}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    params = "79K" if args.model == "tiny" else "26M"
+    size = SIZES[args.model]
     lines = [
-        f"# Per-trial overhead ({args.model} Llama, {params} params): finetune-hpo vs HF",
+        f"# Per-trial overhead ({args.model} Llama, {size.label} params): finetune-hpo vs HF",
         "",
         f"Commit `{result['commit']}`, {result['machine']}. {args.trials} configurations, "
-        f"{MAX_TRAIN} training examples each, CPU; each side in its own process. "
+        f"{size.train} training examples each, CPU; each side in its own process. "
         "Setup = trial start to first training step.",
         "",
         "| | setup, trial 1 (s) | setup, trials 2..N median (s) | sum of trials (s) | wall (s) |",
