@@ -32,11 +32,14 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 class HeartbeatStorage(RDBStorage):
     """RDB storage whose trials can never be RUNNING without a heartbeat.
 
-    Optuna starts a trial's heartbeat thread only after ``ask`` (which samples), and its
+    Optuna starts a trial's heartbeat thread only after ``ask`` has created the trial, and its
     stale-trial sweep skips RUNNING trials that have no heartbeat at all: a worker killed in
     between would leave its trial RUNNING forever, holding a budget slot. Here the first
     heartbeat is written as soon as a trial is RUNNING, and RUNNING trials that still have
     none after the grace period (the process died between those two writes) count as stale.
+    What remains of ``ask`` after the first beat is ``get_trial`` and the sampler's
+    ``before_trial``; relative sampling (a GP fit) runs lazily at the first ``suggest``,
+    under Optuna's heartbeat, so a slow sampler does not get its trial failed as stale.
 
     ``claiming(gate)`` makes this process's trial claims (a new RUNNING trial, or a WAITING
     one popped) happen inside ``gate()``: a worker holds its study's budget lock only around

@@ -6,9 +6,11 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -119,3 +121,43 @@ def test_a_trial_is_never_running_without_a_heartbeat(pg_api: ApiServer) -> None
     failed = sorted(t.number for t in everything if t.state == TrialState.FAIL)
     retries = [t for t in everything if "retried_from" in t.user_attrs]
     assert sorted(t.user_attrs["retried_from"] for t in retries) == failed
+
+
+class _SlowSampler(optuna.samplers.RandomSampler):
+    """Relative sampling slower than the grace period (a GP fit on a big study)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(seed=0)
+        self.delay = delay
+
+    def infer_relative_search_space(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self.delay)
+        return super().infer_relative_search_space(*args, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_slow_sampling_keeps_its_trial(pg_api: ApiServer) -> None:
+    """A neighbour's stale sweep while this worker's sampler is still busy must not fail
+    the trial it has claimed: no gap between the claim's first heartbeat and Optuna's
+    heartbeat thread may be as long as sampling."""
+    settings = pg_api.settings
+    storage = make_storage(settings)
+    study = optuna.create_study(
+        study_name="slow-sampler", storage=storage, sampler=_SlowSampler(settings.grace_period + 3)
+    )
+    failed: list[list[int]] = []
+
+    def neighbour_sweeps() -> None:
+        neighbour = optuna.load_study(study_name="slow-sampler", storage=make_storage(settings))
+        wait_until(lambda: neighbour.get_trials(states=(TrialState.RUNNING,)), timeout=30,
+                   what="the claim")  # fmt: skip
+        time.sleep(settings.grace_period + 1)
+        optuna.storages.fail_stale_trials(neighbour)
+        failed.append([t.number for t in neighbour.get_trials(states=(TrialState.FAIL,))])
+
+    sweeper = threading.Thread(target=neighbour_sweeps)
+    sweeper.start()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    sweeper.join()
+    assert failed == [[]]
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
