@@ -94,6 +94,7 @@ def _run(args: tuple[str, str, int, int]) -> dict[str, Any]:
                     (c / grid, (v - task.best_value) / task.best_value) for c, v in sim.best_curve
                 ],  # fmt: skip
                 "trials": len(sim.trials),
+                "stalled": sim.stalled_workers > 0,
             }
         )
     return {"strategy": strategy, "workers": workers, "seed": seed, "tasks": results}
@@ -126,7 +127,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = [t["regret_at"][str(b)] for t in tasks]
             regrets[str(b)] = median([math.inf if v is None else v for v in vals])
         rows.append({"strategy": strategy, "workers": workers, "cost_to_target": costs,
-                     "median_regret_at": regrets, "runs": len(tasks)})  # fmt: skip
+                     "median_regret_at": regrets, "runs": len(tasks),
+                     "stalled": sum(t["stalled"] for t in tasks) / len(tasks)})  # fmt: skip
     return rows
 
 
@@ -155,6 +157,12 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             for c in (r["cost_to_target"][str(t)] for t in TARGETS)
         )
         lines.append(f"| {r['workers']} | {r['strategy']} | {cells} | {regrets} |")
+    stalled = [f"{r['strategy']} at {r['workers']} worker(s): {r['stalled']:.0%} of runs"
+               for r in rows if r["stalled"]]  # fmt: skip
+    if stalled:
+        lines += ["", "Runs where a worker stopped early because its sampler kept proposing "
+                  "configurations NMTLC has no curve for (269 of 270 are recorded): "
+                  + "; ".join(stalled) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,11 @@ class NotRecorded(KeyError):
     """The objective has no curve for these params: the trial fails at no cost."""
 
 
+# A sampler that ignores failed trials and converges (GP) can propose the same unrecorded
+# configuration forever; a worker that got this many in a row stops.
+MAX_UNRECORDED_IN_A_ROW = 100
+
+
 class CurveObjective(Protocol):
     """Anything with a search space and a recorded curve per configuration.
 
@@ -61,6 +66,8 @@ class Simulation:
     total_cost: float = 0.0
     # (cumulative device-seconds, best value) each time the best improved
     best_curve: list[tuple[float, float]] = field(default_factory=list)
+    # workers that stopped early: their sampler kept proposing unrecorded configurations
+    stalled_workers: int = 0
 
     def cost_to_reach(self, target: float, *, minimize: bool = True) -> float:
         """Device-seconds spent when a trial first finished at or better than ``target``."""
@@ -117,13 +124,16 @@ def simulate(
         return sim.total_cost + sum(now - start for start, _ in in_flight.values())
 
     def start_trial(worker: int, now: float) -> None:
-        while True:
+        for _ in range(MAX_UNRECORDED_IN_A_ROW):
             trial = studies[worker].ask()
             try:
                 curves[trial.number] = objective.curve(suggest_params(trial, spec))
                 break
             except NotRecorded:
                 studies[worker].tell(trial, state=TrialState.FAIL)
+        else:
+            sim.stalled_workers += 1
+            return
         started[trial.number] = now
         schedule(worker, trial, 0, now)
 

@@ -129,6 +129,18 @@ def test_unrecorded_configs_fail_at_no_cost() -> None:
     assert all(t.params["per_device_train_batch_size"] != 64 for t in sim.trials)
 
 
+class Nothing(Bowl):
+    def curve(self, params: dict[str, Any]) -> list[tuple[float, float]]:
+        raise NotRecorded("no run")
+
+
+@pytest.mark.parametrize("sampler", ["random", "gp"])
+def test_a_sampler_stuck_on_unrecorded_configs_ends_the_run(sampler: str) -> None:
+    sim = simulate(spec(sampler=sampler), Nothing(), workers=2, seed=0)
+    assert sim.stalled_workers == 2
+    assert sim.trials == [] and sim.total_cost == 0
+
+
 NMTLC = Path(
     os.environ.get(
         "HPO_NMTLC", Path(__file__).resolve().parents[2] / "shared/benchmarks/nmtlc/nmtlc.pkl"
