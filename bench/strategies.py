@@ -157,7 +157,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             for c in (r["cost_to_target"][str(t)] for t in TARGETS)
         )
         lines.append(f"| {r['workers']} | {r['strategy']} | {cells} | {regrets} |")
-    stalled = [f"{r['strategy']} at {r['workers']} worker(s): {r['stalled']:.0%} of runs"
+    stalled = [f"{r['strategy']} at {r['workers']} worker(s): "
+               f"{round(r['stalled'] * r['runs'])} of {r['runs']} runs"
                for r in rows if r["stalled"]]  # fmt: skip
     if stalled:
         lines += ["", "Runs where a worker stopped early because its sampler kept proposing "
@@ -184,8 +185,9 @@ def _plot(runs: list[dict[str, Any]], workers: int, out: Path) -> None:
             xs = [c for c, _ in t["curve"]]
             ys = [v for _, v in t["curve"]]
             idx = np.searchsorted(xs, grid, side="right") - 1
-            curves.append([ys[i] if i >= 0 else np.nan for i in idx])
-        ax.plot(grid, np.nanmedian(np.array(curves, dtype=float), axis=0), label=strategy)
+            # no finished trial yet counts as infinite regret, so the median never rises
+            curves.append([ys[i] if i >= 0 else np.inf for i in idx])
+        ax.plot(grid, np.median(np.array(curves, dtype=float), axis=0), label=strategy)
     ax.set_yscale("log")
     ax.set_xlabel("device cost / full-grid cost")
     ax.set_ylabel("median best-so-far regret (relative log-ppl)")
