@@ -128,7 +128,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             regrets[str(b)] = median([math.inf if v is None else v for v in vals])
         rows.append({"strategy": strategy, "workers": workers, "cost_to_target": costs,
                      "median_regret_at": regrets, "runs": len(tasks),
-                     "stalled": sum(t["stalled"] for t in tasks) / len(tasks)})  # fmt: skip
+                     "stalled_runs": sum(t["stalled"] for t in tasks)})  # fmt: skip
     return rows
 
 
@@ -157,9 +157,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             for c in (r["cost_to_target"][str(t)] for t in TARGETS)
         )
         lines.append(f"| {r['workers']} | {r['strategy']} | {cells} | {regrets} |")
-    stalled = [f"{r['strategy']} at {r['workers']} worker(s): "
-               f"{round(r['stalled'] * r['runs'])} of {r['runs']} runs"
-               for r in rows if r["stalled"]]  # fmt: skip
+    stalled = [f"{r['strategy']} at {r['workers']} worker(s): {r['stalled_runs']} of "
+               f"{r['runs']} runs" for r in rows if r["stalled_runs"]]  # fmt: skip
     if stalled:
         lines += ["", "Runs where a worker stopped early because its sampler kept proposing "
                   "configurations NMTLC has no curve for (269 of 270 are recorded): "

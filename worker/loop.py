@@ -222,8 +222,9 @@ class Worker:
     def _run_one(self, candidate: Candidate) -> bool:
         spec, study = candidate.spec, candidate.study
         claimed: dict[str, Any] = {}
-        # Coordination latencies, logged with the trial: claim = budget gate + ask (cache
-        # sync, stale sweep, sampling), tell = from the objective's return until stored.
+        # Coordination latencies, logged with the trial: claim = stale sweep + ask (cache sync,
+        # budget gate, trial row; Optuna samples lazily, inside the objective), tell = from
+        # the objective's return until stored.
         marks = {"begin": time.perf_counter()}
 
         def on_start(trial: optuna.Trial) -> None:
