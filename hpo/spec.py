@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Scalar = bool | int | float | str | None
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+PATH_PATTERN = r"^[^\x00]+$"  # no NUL: the OS refuses it in any path
 MAX_TRIALS = 100_000
 MAX_GRID_SIZE = 100_000
 LR_SCHEDULERS = (
@@ -225,14 +226,14 @@ def check_distribution(name: str, dist: Distribution) -> None:
 
 
 class ModelSpec(_Strict):
-    name_or_path: str = Field(min_length=1, max_length=512)
+    name_or_path: str = Field(min_length=1, max_length=512, pattern=PATH_PATTERN)
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     revision: str | None = Field(default=None, max_length=128, pattern=r"^[\w.\-/]+$")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 
 class DatasetSpec(_Strict):
-    path: str = Field(min_length=1, max_length=1024)
+    path: str = Field(min_length=1, max_length=1024, pattern=PATH_PATTERN)
     format: Literal["auto", "jsonl", "csv", "disk"] = "auto"
     text_field: str = Field(default="text", min_length=1, max_length=128)
     label_field: str | None = Field(default=None, min_length=1, max_length=128)

@@ -79,6 +79,9 @@ MALFORMED: list[tuple[dict[str, object], str, str]] = [
         "is an integer",
     ),
     (minimal_spec(sampler={"type": "grid"}), "body", "finite space"),
+    # a NUL byte once reached os.path.realpath and came back as a 500 (found by the fuzz test)
+    (minimal_spec(model={"name_or_path": "a\x00b"}), "name_or_path", "should match pattern"),
+    (minimal_spec(dataset={"path": "d\x00.jsonl"}), "path", "should match pattern"),
     (minimal_spec(sampler={"type": "annealing"}), "sampler", "does not match"),
     (minimal_spec(pruner={"type": "percentile", "percentile": 150}), "percentile", "less than"),
     (minimal_spec(budget={"max_trials": 10**9}), "max_trials", "less than or equal"),
