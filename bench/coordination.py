@@ -55,7 +55,7 @@ from hpo.migrate import upgrade  # noqa: E402
 from hpo.settings import Settings  # noqa: E402
 from hpo.spec import StudySpec  # noqa: E402
 from hpo.storage import make_storage  # noqa: E402
-from service.crud import create_study  # noqa: E402
+from hpo.studies import create_study  # noqa: E402
 from tests.pg import PostgresCluster  # noqa: E402
 from worker.loop import Worker  # noqa: E402
 from worker.objective import WorkerContext  # noqa: E402
@@ -139,7 +139,11 @@ def _report_curve(trial: optuna.Trial, value: float, reports: list[float]) -> bo
 
 def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], float]]:
     def factory(
-        ctx: WorkerContext, spec: StudySpec, *, on_start: Callable[[optuna.Trial], None]
+        ctx: WorkerContext,
+        spec: StudySpec,
+        *,
+        record_id: int,
+        on_start: Callable[[optuna.Trial], None],
     ) -> Callable[[optuna.Trial], float]:
         def objective(trial: optuna.Trial) -> float:
             on_start(trial)

@@ -44,7 +44,7 @@ from hpo.migrate import upgrade  # noqa: E402
 from hpo.settings import Settings  # noqa: E402
 from hpo.spec import DatasetSpec, ModelSpec, StudySpec  # noqa: E402
 from hpo.storage import make_storage  # noqa: E402
-from service.crud import create_study  # noqa: E402
+from hpo.studies import create_study  # noqa: E402
 from worker import builtin  # noqa: E402
 from worker.data import DataCache  # noqa: E402
 from worker.loop import Worker  # noqa: E402

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hpo.cli_study import study_app
 from hpo.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="The service's own tables (Alembic).")
@@ -52,24 +59,32 @@ def db_downgrade(database_url: DatabaseUrl = None, revision: str = "base") -> No
     downgrade(_settings(database_url).database_url, revision)
 
 
-@token_app.command("create")
-def token_create(
-    name: str,
-    owner: Annotated[str | None, typer.Option(help="Owner of the studies; default NAME.")] = None,
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Create a token and print it once; only its hash is stored."""
+DURATION = re.compile(r"^(\d+)([mhd])$")
+DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration(text: str | None) -> dt.timedelta | None:
+    if text is None:
+        return None
+    match = DURATION.match(text)
+    if match is None:
+        raise typer.BadParameter("give a number and m, h or d, e.g. 90m, 12h or 30d")
+    return dt.timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@contextmanager
+def _token_session(database_url: str | None) -> Iterator[Session]:
+    """A committed session for token commands; errors become one line and exit code 1."""
     from sqlalchemy.exc import SQLAlchemyError
     from sqlalchemy.orm import sessionmaker
 
     from hpo.db import make_engine, session_scope
     from hpo.errors import HPOError
-    from service.auth import create_token
 
     engine = make_engine(_settings(database_url).database_url)
     try:
-        with session_scope(sessionmaker(engine)) as session:
-            token = create_token(session, name=name, owner=owner or name)
+        with session_scope(sessionmaker(engine, expire_on_commit=False)) as session:
+            yield session
     except HPOError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -82,7 +97,57 @@ def token_create(
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    owner: Annotated[str | None, typer.Option(help="Owner of the studies; default NAME.")] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime such as 90m, 12h or 30d; default: none.")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from hpo.tokens import create_token
+
+    lifetime = _duration(expires_in)
+    with _token_session(database_url) as session:
+        token = create_token(session, name=name, owner=owner or name, expires_in=lifetime)
     typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(database_url: DatabaseUrl = None) -> None:
+    """Tokens by name, with owner, creation, expiry and revocation (never the token)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hpo.tokens import list_tokens
+
+    with _token_session(database_url) as session:
+        rows = list_tokens(session)
+    table = Table("name", "owner", "created", "expires", "revoked")
+    stamp = "%Y-%m-%d %H:%M"
+    for row in rows:
+        table.add_row(
+            row.name,
+            row.owner,
+            row.created_at.strftime(stamp),
+            row.expires_at.strftime(stamp) if row.expires_at else "-",
+            row.revoked_at.strftime(stamp) if row.revoked_at else "-",
+        )
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, database_url: DatabaseUrl = None) -> None:
+    """Revoke the token NAME: requests with it get 401 from now on."""
+    from hpo.tokens import revoke_token
+
+    with _token_session(database_url) as session:
+        revoke_token(session, name=name)
+    typer.echo(f"revoked {name}")
 
 
 @app.command()
@@ -121,7 +186,7 @@ def worker(
     """Pull trials of running studies and fine-tune them on DEVICE."""
     from worker.loop import Worker
 
-    _log_to_stderr()
+    log_to_stderr()
     settings = _settings(database_url)
     Worker(
         settings,
@@ -164,11 +229,14 @@ def demo(
         console.print(f"  {key} = {value}")
     console.print(f"best adapter: {result.adapter or 'not saved'}")
     db = database_url or f"sqlite:///{(workdir / 'hpo.db').resolve()}"
+    artifacts = (workdir / "artifacts").resolve()
+    console.print("to browse it in the dashboard, run (local only: no login)")
     console.print(
-        "open the dashboard: "
-        f"optuna-dashboard {db} --artifact-dir {(workdir / 'artifacts').resolve()}",
+        f"HPO_AUTH=disabled HPO_DATABASE_URL={db} HPO_ARTIFACT_DIR={artifacts} hpo serve",
         soft_wrap=True,  # one line, so it can be copied as a command
+        markup=False,
     )
+    console.print("and open http://127.0.0.1:8000/dashboard")
 
 
 @app.command()
@@ -222,7 +290,7 @@ def simulate(
     Console().print(table)
 
 
-def _log_to_stderr() -> None:
+def log_to_stderr() -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )

@@ -12,7 +12,17 @@ from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, ForeignKey, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -62,20 +72,27 @@ class ApiToken(Base):
     owner: Mapped[str] = mapped_column(String(128))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
-class WorkerRecord(Base):
-    """A worker process's last sign of life, for the fair study pick and for operators."""
+class ArtifactRecord(Base):
+    """An artifact a worker stored for a trial: the only way the API finds a file to serve.
 
-    __tablename__ = "hpo_workers"
+    Trial user attributes can be written by anything that reaches Optuna's tables; this row is
+    written by the worker that uploaded the file, so a path never comes from a trial.
+    """
 
-    id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    hostname: Mapped[str] = mapped_column(String(255))
-    device: Mapped[str] = mapped_column(String(64))
-    study_id: Mapped[int | None] = mapped_column(
-        ForeignKey("hpo_studies.id", ondelete="SET NULL"), default=None
+    __tablename__ = "hpo_artifacts"
+
+    artifact_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("hpo_studies.id", ondelete="CASCADE"), index=True
     )
-    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    trial_id: Mapped[int] = mapped_column(Integer, index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

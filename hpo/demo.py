@@ -16,12 +16,14 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy.orm import sessionmaker
 
+from hpo.artifacts import adapter_of
 from hpo.db import make_engine, session_scope
 from hpo.migrate import upgrade
 from hpo.progress import TrialCounts, best_trial, trial_counts
 from hpo.settings import Settings
 from hpo.spec import DEFAULT_SEARCH_SPACE, StudySpec
 from hpo.storage import make_storage
+from hpo.studies import create_study
 
 
 def demo_spec(name: str, *, trials: int) -> StudySpec:
@@ -100,11 +102,8 @@ def run_demo(
     spec = demo_spec(name, trials=trials)
     storage = make_storage(settings)
     engine = make_engine(settings.database_url)
-    from service.crud import create_study  # the same code path as POST /studies
-
-    with session_scope(sessionmaker(engine)) as session:
-        create_study(session, storage, spec=spec, owner="local", settings=settings)
-    engine.dispose()
+    with session_scope(sessionmaker(engine)) as session:  # the same code path as POST /studies
+        record_id = create_study(session, storage, spec=spec, owner="local", settings=settings).id
     console.print(f"[bold]study[/] {name} · {trials} trials · {workers} CPU workers · {workdir}")
 
     env = dict(
@@ -146,8 +145,11 @@ def run_demo(
                 p.wait(timeout=30)
     best = best_trial(storage, study_id)
     adapter = None
-    if best is not None and best.user_attrs.get("adapter_artifact_id"):
-        adapter = settings.artifact_dir / str(best.user_attrs["adapter_artifact_id"])
+    if best is not None:
+        with session_scope(sessionmaker(engine)) as session:
+            stored = adapter_of(session, study_id=record_id, trial_id=best._trial_id)  # noqa: SLF001
+            adapter = settings.artifact_dir / stored.artifact_id if stored else None
+    engine.dispose()
     return DemoResult(
         study=name,
         counts=trial_counts(storage, study_id),

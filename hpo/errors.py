@@ -32,5 +32,14 @@ class StudyConflict(HPOError):
     """The request conflicts with the study's current state (duplicate name, bad transition)."""
 
 
+class StudyBroken(HPOError):
+    """Our registration of a study exists but its Optuna study is gone (deleted or renamed
+    outside the service); DELETE removes the registration."""
+
+
+class TokenNotFound(HPOError):
+    """No API token of that name."""
+
+
 class StorageUnavailable(HPOError):
     """The database cannot be reached right now."""

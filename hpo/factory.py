@@ -13,6 +13,7 @@ from optuna.distributions import BaseDistribution
 from optuna.distributions import CategoricalDistribution as OptunaCategorical
 from optuna.distributions import FloatDistribution as OptunaFloat
 from optuna.distributions import IntDistribution as OptunaInt
+from optuna.trial import FrozenTrial
 
 from hpo.errors import SpecError
 from hpo.spec import (
@@ -85,15 +86,39 @@ def check_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+class NumberedQMCSampler(optuna.samplers.QMCSampler):
+    """Optuna's QMC sampler, with each trial's point of the sequence chosen by its number.
+
+    Optuna picks the next point with a study counter it reads and writes without a lock, so
+    workers sampling at the same moment get the same point. A trial number is unique by
+    construction: gaps (enqueued or retried trials) skip points, nothing repeats one.
+    """
+
+    _trial_number = 0
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        self._trial_number = trial.number
+        return super().sample_relative(study, trial, search_space)
+
+    def _find_sample_id(self, study: optuna.Study, search_space: dict[str, Any]) -> int:
+        return self._trial_number
+
+
 def build_sampler(
     sampler: SamplerSpec, spec: StudySpec | None = None, *, seed_offset: int = 0
 ) -> optuna.samplers.BaseSampler:
     """The Optuna sampler a spec names. ``spec`` is needed for the grid sampler.
 
     Each process that samples for one study must pass its own ``seed_offset``: samplers
-    with equal seeds in parallel workers would propose the same configurations.
+    with equal seeds in parallel workers would propose the same configurations. Grid and
+    QMC are the exception: they walk one shared sequence (grid ids, Sobol/Halton indices kept
+    in the study), which only means the same thing in every process under the same seed.
     """
-    seed = None if sampler.seed is None else (sampler.seed + seed_offset) % 2**32
+    shared = isinstance(sampler, GridSamplerSpec | QMCSamplerSpec)
+    offset = 0 if shared else seed_offset
+    seed = None if sampler.seed is None else (sampler.seed + offset) % 2**32
     if isinstance(sampler, TPESamplerSpec):
         return optuna.samplers.TPESampler(
             seed=seed,
@@ -117,7 +142,7 @@ def build_sampler(
     if isinstance(sampler, GPSamplerSpec):
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
     if isinstance(sampler, QMCSamplerSpec):
-        return optuna.samplers.QMCSampler(
+        return NumberedQMCSampler(
             seed=seed,
             qmc_type=sampler.qmc_type,
             scramble=sampler.scramble,

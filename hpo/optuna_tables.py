@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import column, table
 
+studies = table("studies", column("study_id"), column("study_name"))
 trials = table(
     "trials",
     column("trial_id"),
@@ -20,4 +21,7 @@ trials = table(
 trial_user_attributes = table(
     "trial_user_attributes", column("trial_id"), column("key"), column("value_json")
 )
-trial_heartbeats = table("trial_heartbeats", column("trial_id"))
+trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat"))
+trial_values = table(
+    "trial_values", column("trial_id"), column("objective"), column("value"), column("value_type")
+)

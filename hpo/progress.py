@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Float, cast, exists, func, select
+from sqlalchemy import Float, case, cast, exists, func, select
 
+from hpo.db import ArtifactRecord
 from hpo.optuna_tables import trial_user_attributes as attrs
-from hpo.optuna_tables import trials
+from hpo.optuna_tables import trial_values, trials
 
 # A PRUNED copy of an out-of-memory trial that only tells samplers the config is infeasible;
 # it is not a finished trial and does not count against the budget.
@@ -78,9 +80,39 @@ def trial_page(
     return [storage.get_trial(trial_id) for trial_id in ids], total
 
 
-def best_trial(storage: BaseStorage, study_id: int) -> FrozenTrial | None:
-    """The best COMPLETE trial, or None when no trial has completed."""
-    try:
-        return storage.get_best_trial(study_id)
-    except ValueError:
-        return None
+def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
+    """The best COMPLETE trial, or None when no trial has completed with a finite value.
+
+    Among equal values the trial with a stored adapter wins, then the earliest: ``/best`` and
+    ``/best/adapter`` always name the same trial, and a worker keeps an adapter whenever its
+    trial ties the best so far.
+    """
+    direction = storage.get_study_directions(study_id)[0]
+    value = trial_values.c.value
+    has_adapter = exists().where(ArtifactRecord.trial_id == trials.c.trial_id)
+    query = (
+        select(trials.c.trial_id)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE.name,
+            trial_values.c.objective == 0,
+            trial_values.c.value_type == "FINITE",
+        )
+        .order_by(
+            value.asc() if direction == StudyDirection.MINIMIZE else value.desc(),
+            case((has_adapter, 0), else_=1),
+            trials.c.number,
+        )
+        .limit(1)
+    )
+    with storage.engine.connect() as conn:
+        trial_id = conn.scalar(query)
+    return None if trial_id is None else storage.get_trial(trial_id)
+
+
+def is_better(value: float, than: float | None, direction: StudyDirection) -> bool:
+    """Whether ``value`` beats or ties ``than`` (None: nothing to beat yet)."""
+    if than is None:
+        return True
+    return value <= than if direction == StudyDirection.MINIMIZE else value >= than

@@ -34,10 +34,13 @@ class Settings(BaseSettings):
     # hub ids. Lists are JSON in the environment: HPO_DATA_ROOTS='["/data", "/mnt/corpora"]'.
     data_roots: list[Path] = Field(default_factory=lambda: [Path(".")])
     model_roots: list[Path] = Field(default_factory=lambda: [Path(".")])
+    # Failed token checks one client address may make per minute before it gets 429s.
+    auth_failures_per_minute: int = Field(default=30, ge=1)
+    # Check at registration that local datasets and models exist and parse. Turn off only where
+    # the API host cannot see the workers' files; workers then find the mistakes.
+    verify_inputs: bool = True
     # Executing a model repository's own code is an operator's decision, never a spec's.
     allow_trust_remote_code: bool = False
-    # Fault injection for tests: trials whose params match this JSON object raise a CUDA OOM.
-    inject_oom: str | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -8,7 +8,9 @@ FastAPI, no torch, no transformers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -225,11 +227,49 @@ def check_distribution(name: str, dist: Distribution) -> None:
 # --- the parts of a spec ---------------------------------------------------------------------
 
 
+BUILTIN_PREFIX = "builtin:"
+# Built locally by the worker (worker/builtin.py), never downloaded; models with their task.
+BUILTIN_MODELS = {
+    "builtin:tiny-llama": "causal-lm",
+    "builtin:tiny-encoder": "sequence-classification",
+}
+BUILTIN_DATASETS = ("builtin:demo-text", "builtin:demo-classification")
+GLOB_CHARACTERS = "*?[]{}"
+
+
+def _known_builtin(value: str, known: Iterable[str], what: str) -> str:
+    if value.startswith(BUILTIN_PREFIX) and value not in known:
+        raise ValueError(f"unknown built-in {what} {value!r}; known ones are {sorted(known)}.")
+    return value
+
+
 class ModelSpec(_Strict):
     name_or_path: str = Field(min_length=1, max_length=512, pattern=PATH_PATTERN)
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     revision: str | None = Field(default=None, max_length=128, pattern=r"^[\w.\-/]+$")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _builtin(cls, value: str) -> str:
+        return _known_builtin(value, BUILTIN_MODELS, "model")
+
+    @field_validator("revision")
+    @classmethod
+    def _no_parent(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value:
+            raise ValueError(f"revision must not contain '..', but got {value!r}.")
+        return value
+
+
+def dataset_format(declared: str, path: str, *, is_dir: bool) -> str | None:
+    """The format a dataset path is read as, or None when it cannot be told."""
+    if declared != "auto":
+        return declared
+    if is_dir:
+        return "disk"
+    suffix = PurePath(path).suffix
+    return {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(suffix)
 
 
 class DatasetSpec(_Strict):
@@ -243,10 +283,29 @@ class DatasetSpec(_Strict):
     max_train_examples: int | None = Field(default=None, ge=1, le=10**8)
     max_eval_examples: int = Field(default=256, ge=1, le=10**6)
 
+    @field_validator("path")
+    @classmethod
+    def _one_file(cls, value: str) -> str:
+        # The datasets library expands globs: a pattern could reach files the root check
+        # never saw. A dataset is exactly one file or folder.
+        if any(c in value for c in GLOB_CHARACTERS):
+            raise ValueError(
+                f"path must name one file or folder; glob characters {GLOB_CHARACTERS} are "
+                f"not allowed, but got {value!r}."
+            )
+        return _known_builtin(value, BUILTIN_DATASETS, "dataset")
+
 
 class ObjectiveSpec(_Strict):
     metric: Literal["eval_loss", "eval_accuracy"] = "eval_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
+    divergence_factor: float | None = Field(
+        default=3.0,
+        gt=1.0,
+        le=1000.0,
+        description="A loss above this many times the first batch's loss marks the trial "
+        "diverged: pruned with a reason, never a result. null turns the check off.",
+    )
 
 
 class _SeededSampler(_Strict):
@@ -295,10 +354,13 @@ SamplerSpec = Annotated[
 ]
 
 
+MAX_STEP = 10**12  # steps are training examples seen; far beyond any fine-tune
+
+
 class _ThresholdPruner(_Strict):
     n_startup_trials: int = Field(default=5, ge=0, le=10_000)
-    n_warmup_steps: int = Field(default=0, ge=0)
-    interval_steps: int = Field(default=1, ge=1)
+    n_warmup_steps: int = Field(default=0, ge=0, le=MAX_STEP)
+    interval_steps: int = Field(default=1, ge=1, le=MAX_STEP)
     n_min_trials: int = Field(default=1, ge=1, le=10_000)
 
 
@@ -313,22 +375,15 @@ class PercentilePrunerSpec(_ThresholdPruner):
 
 class SuccessiveHalvingPrunerSpec(_Strict):
     type: Literal["successive_halving"] = "successive_halving"
-    min_resource: int | Literal["auto"] = "auto"
+    min_resource: Annotated[int, Field(ge=1, le=MAX_STEP)] | Literal["auto"] = "auto"
     reduction_factor: int = Field(default=3, ge=2, le=100)
     min_early_stopping_rate: int = Field(default=0, ge=0, le=100)
-
-    @field_validator("min_resource")
-    @classmethod
-    def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"min_resource must be >= 1 or 'auto', but got {value}.")
-        return value
 
 
 class HyperbandPrunerSpec(_Strict):
     type: Literal["hyperband"] = "hyperband"
-    min_resource: int = Field(default=1, ge=1)
-    max_resource: int | Literal["auto"] = "auto"
+    min_resource: int = Field(default=1, ge=1, le=MAX_STEP)
+    max_resource: Annotated[int, Field(ge=1, le=MAX_STEP)] | Literal["auto"] = "auto"
     reduction_factor: int = Field(default=3, ge=2, le=100)
 
     @model_validator(mode="after")
@@ -428,7 +483,7 @@ class StudySpec(_Strict):
             raise ValueError("dataset.label_field is required for sequence-classification.")
         if self.objective.metric == "eval_accuracy" and self.model.task == "causal-lm":
             raise ValueError("objective eval_accuracy needs task sequence-classification.")
-        builtin_task = BUILTIN_TASKS.get(self.model.name_or_path)
+        builtin_task = BUILTIN_MODELS.get(self.model.name_or_path)
         if builtin_task and builtin_task != self.model.task:
             raise ValueError(
                 f"model {self.model.name_or_path} is a {builtin_task} model, "
@@ -444,12 +499,6 @@ class StudySpec(_Strict):
             if size > MAX_GRID_SIZE:
                 raise ValueError(f"the grid has {size} points; at most {MAX_GRID_SIZE}.")
         return self
-
-
-BUILTIN_TASKS = {
-    "builtin:tiny-llama": "causal-lm",
-    "builtin:tiny-encoder": "sequence-classification",
-}
 
 
 def grid_size(space: dict[str, Distribution]) -> int | None:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import datetime as dt
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from optuna import Study
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import select
+from sqlalchemy import exists, func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from hpo.optuna_tables import trial_heartbeats, trials
 from hpo.settings import Settings
 
 RETRIED_FROM_ATTR = "retried_from"
+FAIL_REASON_ATTR = "fail_reason"
+STALE_REASON = "stale: no heartbeat within the grace period (worker died or lost the database)"
+# What a failed trial says about its own end; a retry starts without them.
+OUTCOME_ATTRS = (FAIL_REASON_ATTR, "error")
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
@@ -25,7 +30,8 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 
     def __call__(self, study: Study, trial: FrozenTrial) -> None:
         trial = copy.copy(trial)
-        trial.user_attrs = {**trial.user_attrs, RETRIED_FROM_ATTR: trial.number}
+        kept = {k: v for k, v in trial.user_attrs.items() if k not in OUTCOME_ATTRS}
+        trial.user_attrs = {**kept, RETRIED_FROM_ATTR: trial.number}
         super().__call__(study, trial)
 
 
@@ -35,8 +41,10 @@ class HeartbeatStorage(RDBStorage):
     Optuna starts a trial's heartbeat thread only after ``ask`` has created the trial, and its
     stale-trial sweep skips RUNNING trials that have no heartbeat at all: a worker killed in
     between would leave its trial RUNNING forever, holding a budget slot. Here the first
-    heartbeat is written as soon as a trial is RUNNING, and RUNNING trials that still have
-    none after the grace period (the process died between those two writes) count as stale.
+    heartbeat is written as soon as a trial is RUNNING, and a sweep gives RUNNING trials that
+    still have none (the process died between those two writes) a heartbeat on the database's
+    clock, so Optuna's own check fails them one grace period later. Stale trials are failed
+    with ``fail_reason`` set.
     What remains of ``ask`` after the first beat is ``get_trial`` and the sampler's
     ``before_trial``; relative sampling (a GP fit) runs lazily at the first ``suggest``,
     under Optuna's heartbeat, so a slow sampler does not get its trial failed as stale.
@@ -67,7 +75,7 @@ class HeartbeatStorage(RDBStorage):
             return super()._create_new_trial(study_id, template_trial)
         with self._claim():
             trial = super()._create_new_trial(study_id, template_trial)
-        self.record_heartbeat(trial._trial_id)  # noqa: SLF001
+        self._first_beat(trial._trial_id)  # noqa: SLF001
         return trial
 
     def set_trial_state_values(
@@ -78,27 +86,40 @@ class HeartbeatStorage(RDBStorage):
         with self._claim():  # a WAITING (enqueued, retried) trial is being claimed
             changed = super().set_trial_state_values(trial_id, state, values)
         if changed:
-            self.record_heartbeat(trial_id)
+            self._first_beat(trial_id)
         return changed
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        self._adopt_orphans(study_id)
         stale = super()._get_stale_trial_ids(study_id)
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-        # datetime_start is the creating worker's naive local time (Optuna's convention).
-        cutoff = dt.datetime.now() - dt.timedelta(seconds=grace)
-        orphans = (
-            select(trials.c.trial_id)
-            .outerjoin(trial_heartbeats, trial_heartbeats.c.trial_id == trials.c.trial_id)
-            .where(
-                trials.c.study_id == study_id,
-                trials.c.state == TrialState.RUNNING.name,
-                trials.c.datetime_start < cutoff,
-                trial_heartbeats.c.trial_id.is_(None),
-            )
+        for trial_id in stale:
+            # Set while the trial is still RUNNING: Optuna refuses attrs on finished trials.
+            with contextlib.suppress(UpdateFinishedTrialError):
+                self.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, STALE_REASON)
+        return stale
+
+    def _adopt_orphans(self, study_id: int) -> None:
+        """Give RUNNING trials without a heartbeat one stamped with the database's clock.
+
+        Their worker died between the claim and its first beat; from now on Optuna's own stale
+        check fails them after the grace period. Nothing here reads a worker's clock, so nodes
+        with skewed clocks or other time zones cannot fail live trials or keep dead ones.
+        """
+        orphans = select(trials.c.trial_id, func.current_timestamp()).where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.RUNNING.name,
+            ~exists().where(trial_heartbeats.c.trial_id == trials.c.trial_id),
         )
-        with self.engine.connect() as conn:
-            found = conn.scalars(orphans).all()
-        return stale + [trial_id for trial_id in found if trial_id not in stale]
+        adopt = insert(trial_heartbeats).from_select(["trial_id", "heartbeat"], orphans)
+        # A worker beating for the first time at this instant wins the race; that is fine.
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+            conn.execute(adopt)
+
+    def _first_beat(self, trial_id: int) -> None:
+        try:
+            self.record_heartbeat(trial_id)
+        except IntegrityError:  # a sweeper adopted the trial a moment ago: beat on its row
+            self.record_heartbeat(trial_id)
 
 
 def make_storage(settings: Settings) -> HeartbeatStorage:

@@ -11,8 +11,9 @@ from sqlalchemy.orm import sessionmaker
 from hpo.db import make_engine
 from hpo.settings import Settings, get_settings
 from hpo.storage import make_storage
+from service import dashboard
 from service.errors import install_error_handlers
-from service.limits import ContentLengthLimit
+from service.limits import ContentLengthLimit, FailedAuthLimiter
 from service.routes import health, studies
 
 MAX_BODY_BYTES = 1_000_000
@@ -29,7 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = sessionmaker(engine, expire_on_commit=False)
         app.state.storage = make_storage(settings)
+        app.state.auth_limiter = FailedAuthLimiter(settings.auth_failures_per_minute)
+        app.state.dashboard = dashboard.Dashboard(settings=settings, storage=app.state.storage)
         yield
+        app.state.dashboard.close()
         app.state.storage.remove_session()
         app.state.storage.engine.dispose()
         engine.dispose()
@@ -39,9 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Hyperparameter search for fine-tuning language models.",
         version="0.1.0",
         lifespan=lifespan,
+        # A slash redirect would build its Location from the client's Host header.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.add_middleware(ContentLengthLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(dashboard.router)  # optuna-dashboard's paths and /login, /logout
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from hpo.db import session_scope
 from hpo.settings import Settings
-from service.auth import owner_of
+from hpo.tokens import owner_of
 
 LOCAL_OWNER = "local"
 _bearer = HTTPBearer(auto_error=False, description="A token from `hpo token create NAME`.")
@@ -32,24 +33,48 @@ def get_storage(request: Request) -> RDBStorage:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_db)]
+# scope="function": the commit runs when the route returns, before the response is sent, so a
+# client never acts on an answer whose write is not yet committed.
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 StorageDep = Annotated[RDBStorage, Depends(get_storage)]
 
 
+def authenticate(request: Request, session: Session, token: str | None) -> str:
+    """The owner of ``token``, or an HTTP 401/429 error.
+
+    Shared by the REST routes (bearer header) and the dashboard (header or login cookie).
+    """
+    settings: Settings = request.app.state.settings
+    if settings.auth == "disabled":
+        return LOCAL_OWNER
+    limiter = request.app.state.auth_limiter
+    client = request.client.host if request.client else "unknown"
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        raise HTTPException(
+            429,
+            "too many failed token checks from this address; try again later",
+            {"Retry-After": str(math.ceil(wait))},
+        )
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if token is None:
+        raise HTTPException(
+            401, "missing bearer token (Authorization: Bearer ...; the CLI reads HPO_TOKEN)",
+            challenge,
+        )  # fmt: skip
+    owner = owner_of(session, token)
+    if owner is None:
+        limiter.failed(client)
+        raise HTTPException(401, "invalid bearer token (unknown, revoked or expired)", challenge)
+    return owner
+
+
 def get_owner(
-    settings: SettingsDep,
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    if settings.auth == "disabled":
-        return LOCAL_OWNER
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is None:
-        raise HTTPException(401, "missing bearer token (Authorization: Bearer ...)", challenge)
-    owner = owner_of(session, credentials.credentials)
-    if owner is None:
-        raise HTTPException(401, "invalid bearer token", challenge)
-    return owner
+    return authenticate(request, session, credentials.credentials if credentials else None)
 
 
 CurrentOwner = Annotated[str, Depends(get_owner)]

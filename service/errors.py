@@ -12,7 +12,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from hpo.errors import SpecError, StorageUnavailable, StudyConflict, StudyNotFound
+from hpo.errors import SpecError, StorageUnavailable, StudyBroken, StudyConflict, StudyNotFound
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ async def _not_found(_: Request, exc: StudyNotFound) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
-async def _conflict(_: Request, exc: StudyConflict) -> JSONResponse:
+async def _conflict(_: Request, exc: StudyConflict | StudyBroken) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
@@ -66,6 +66,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, _spec_error)  # type: ignore[arg-type]
     app.add_exception_handler(StudyNotFound, _not_found)  # type: ignore[arg-type]
     app.add_exception_handler(StudyConflict, _conflict)  # type: ignore[arg-type]
+    app.add_exception_handler(StudyBroken, _conflict)  # type: ignore[arg-type]
     app.add_exception_handler(StorageUnavailable, _unavailable)
     app.add_exception_handler(OperationalError, _unavailable)
     app.add_exception_handler(StorageInternalError, _unavailable)

@@ -7,6 +7,9 @@ must declare their length: chunked uploads get 411, declared lengths over the li
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import OrderedDict, deque
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -43,3 +46,41 @@ class ContentLengthLimit:
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+
+class FailedAuthLimiter:
+    """At most ``limit`` failed token checks per client address in a sliding ``window_s``.
+
+    Tokens are 256-bit random, so this is not what stops guessing; it keeps a scanner from
+    hammering the token table and the logs. Past the limit every token check from that address
+    answers 429 until the window clears. Behind a reverse proxy all clients share its address:
+    raise the limit there (``HPO_AUTH_FAILURES_PER_MINUTE``).
+    """
+
+    def __init__(self, limit: int, *, window_s: float = 60.0, max_clients: int = 10_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_clients = max_clients
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try again, or None when it may try now."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._failures.get(client)
+            if failures is None:
+                return None
+            while failures and now - failures[0] > self.window_s:
+                failures.popleft()
+            if len(failures) < self.limit:
+                return None
+            return self.window_s - (now - failures[0])
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            failures = self._failures.pop(client, None) or deque()
+            failures.append(time.monotonic())
+            self._failures[client] = failures  # most recent last
+            while len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)

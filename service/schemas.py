@@ -66,6 +66,19 @@ class EnqueuePublic(BaseModel):
     state: str = "waiting"
 
 
-class HealthPublic(BaseModel):
-    status: str
-    database: str
+class ErrorPublic(BaseModel):
+    """Every error but a 422 answers this body."""
+
+    detail: str = Field(description="What went wrong, in one line a person can act on.")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where: a path into the request, e.g. body.name.")
+    msg: str
+    type: str | None
+
+
+class ValidationErrorPublic(BaseModel):
+    """A 422: each problem with the place it was found."""
+
+    detail: list[ValidationIssue]

@@ -21,8 +21,8 @@ from hpo.db import make_engine, session_scope
 from hpo.migrate import upgrade
 from hpo.settings import Settings
 from hpo.storage import make_storage
+from hpo.tokens import create_token
 from service.app import create_app
-from service.auth import create_token
 from tests.pg import PostgresCluster, _free_port
 from tests.workers import start_worker
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from hpo.db import ApiToken, make_engine, session_scope
-from service.auth import hash_token
+from hpo.tokens import hash_token
 from tests.conftest import ApiServer, SpecFactory
 
 STUDY_ROUTES = [
@@ -46,7 +46,7 @@ def test_missing_or_wrong_token_is_401(api: ApiServer, method: str, path: str) -
             method, path, json={}, headers={"Authorization": "Bearer hpo_not-a-token"}
         )
         assert wrong.status_code == 401
-        assert wrong.json() == {"detail": "invalid bearer token"}
+        assert wrong.json()["detail"].startswith("invalid bearer token")
 
 
 @pytest.mark.parametrize(("method", "path"), STUDY_ROUTES[2:])

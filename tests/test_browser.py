@@ -1,24 +1,25 @@
-"""optuna-dashboard, checked as a person would: headless Chromium renders a finished study."""
+"""optuna-dashboard, checked as a person would: headless Chromium signs in to the service with
+a token and renders a finished study."""
 
 from __future__ import annotations
 
-import json
+import functools
 import re
 import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from urllib.parse import quote
 
-import optuna_dashboard
 import pytest
 
-from hpo.settings import Settings
-from hpo.storage import make_storage
 from tests.conftest import ApiServer
+from tests.worker_process import oom_when
 from tests.workers import small_study
 from worker.loop import Worker
+from worker.objective import make_objective
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -28,10 +29,53 @@ pytestmark = [
     ),
 ]
 
+# Posts the token to /login as the login form does. Without ?next it submits the form and the
+# browser follows the service's redirect to /dashboard. With ?next it posts first, then opens
+# that page: synchronously, as headless Chromium's virtual time hangs on a navigation started
+# after the page has loaded. The post answers without CORS headers, so send() throws, but the
+# browser has kept the cookie.
+SIGN_IN = """<!doctype html>
+<form method="post" action="{api}/login"><input type="hidden" name="token" value="{token}">
+</form>
+<script>
+const form = document.forms[0];
+const next = new URLSearchParams(location.search).get("next");
+if (next === null) {{
+  form.submit();
+}} else {{
+  const post = new XMLHttpRequest();
+  post.open("POST", form.action, false);
+  post.withCredentials = true;
+  post.setRequestHeader("Content-Type", "application/x-www-form-urlencoded");
+  try {{ post.send(new URLSearchParams(new FormData(form)).toString()); }} catch {{}}
+  location.href = "{api}" + next;
+}}
+</script>
+"""
 
-class _Quiet(WSGIRequestHandler):
+
+class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *_: object) -> None:
         pass
+
+
+@pytest.fixture
+def sign_in_page(pg_api: ApiServer, tmp_path: Path) -> Iterator[str]:
+    """The sign-in page, served from loopback on another port.
+
+    A file:// page would not do: its requests are cross-site to the service, so the browser
+    keeps the SameSite=Strict login cookie off the redirect that follows the login.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    page = SIGN_IN.format(api=pg_api.base_url, token=pg_api.token("alice"))
+    (site / "sign-in.html").write_text(page)
+    handler = functools.partial(_Quiet, directory=str(site))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/sign-in.html"
+    server.shutdown()
+    server.server_close()
 
 
 def _render(url: str, profile: Path) -> str:
@@ -46,33 +90,33 @@ def _render(url: str, profile: Path) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
-@pytest.fixture
-def dashboard(pg_settings: Settings) -> Iterator[str]:
-    server = make_server(
-        "127.0.0.1", 0, optuna_dashboard.wsgi(make_storage(pg_settings)), handler_class=_Quiet
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
 def test_dashboard_shows_a_finished_study(
-    pg_api: ApiServer, dashboard: str, tmp_path: Path
+    pg_api: ApiServer, sign_in_page: str, tmp_path: Path
 ) -> None:
     spec = small_study("in-browser", budget={"max_trials": 2}, pruner={"type": "none"})
     oom = {"per_device_train_batch_size": 16, "lora_r": 4, "learning_rate": 1e-3}
     with pg_api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         assert client.post("/studies/in-browser/trials", json={"params": oom}).status_code == 201
-    settings = pg_api.settings.model_copy(
-        update={"inject_oom": json.dumps({"per_device_train_batch_size": 16})}
+        # Another owner's study, which alice's browser must not show.
+        with pg_api.client("bob") as bob:
+            assert bob.post("/studies", json=small_study("bobs-study")).status_code == 201
+    objective = functools.partial(
+        make_objective, extra_callbacks=oom_when({"per_device_train_batch_size": 16})
     )
-    Worker(settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False)
+    Worker(
+        pg_api.settings,
+        studies=["in-browser"],
+        idle_exit=0.5,
+        cpu_threads=1,
+        objective_factory=objective,
+    ).run(handle_signals=False)
 
-    home = _render(f"{dashboard}/dashboard", tmp_path / "profile")
+    home = _render(sign_in_page, tmp_path / "profile-home")
     assert "in-browser" in home
-    page = _render(f"{dashboard}/dashboard/studies/1/trials", tmp_path / "profile")
+    assert "bobs-study" not in home
+    trials_page = f"{sign_in_page}?next={quote('/dashboard/studies/1/trials')}"
+    page = _render(trials_page, tmp_path / "profile-trials")
     assert "in-browser" in page
     assert {"Trial 0", "Trial 1", "Trial 2"} <= set(re.findall(r"Trial \d+", page))
     # The first trial shown is the failed OOM one, with our user attrs

@@ -1,9 +1,9 @@
 """docker-compose.yml and the code cannot drift apart: each service's command runs natively.
 
 There is no Docker engine on CI machines, so this parses the compose file, fills in the
-environment from .env.example (pointing at the test PostgreSQL) and runs the api, dashboard
-and worker commands as processes. Only the bind address, port and device are swapped for
-local ones.
+environment from .env.example (pointing at the test PostgreSQL) and runs the api (which also
+serves optuna-dashboard) and worker commands as processes. Only the bind address, port and
+device are swapped for local ones.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ApiServer, _free_port
-from tests.workers import small_study, trials, wait_healthy, wait_until, worker_env
+from tests.workers import small_study, trials, wait_healthy, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -57,7 +57,11 @@ def _running(command: list[str], env: dict[str, str], log: Path) -> Iterator[sub
 
 def test_compose_shape() -> None:
     services = COMPOSE["services"]
-    assert set(services) == {"postgres", "api", "dashboard", "worker"}
+    assert set(services) == {"postgres", "api", "worker"}
+    # Only the api is published, on loopback: other machines reach it through a TLS proxy.
+    assert {name for name, s in services.items() if "ports" in s} == {"api"}
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
+    assert services["api"]["restart"] == services["worker"]["restart"] == "unless-stopped"
     assert "healthcheck" in services["postgres"]
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -78,9 +82,8 @@ def test_services_run_natively(pg_api: ApiServer, tmp_path: Path) -> None:
         "HPO_ARTIFACT_DIR": str(settings.artifact_dir),
     }
     process_env = {**worker_env(settings), **env}
-    api_port, dash_port = _free_port(), _free_port()
+    api_port = _free_port()
     api_cmd = _command("api", env, host="127.0.0.1", port=str(api_port))
-    dash_cmd = _command("dashboard", env, host="127.0.0.1", port=str(dash_port))
     worker_cmd = [
         *_command("worker", env, device="cpu"),
         "--max-trials",
@@ -89,28 +92,20 @@ def test_services_run_natively(pg_api: ApiServer, tmp_path: Path) -> None:
         "1",
     ]
 
-    with (
-        _running(api_cmd, process_env, tmp_path / "api.log"),
-        _running(dash_cmd, process_env, tmp_path / "dashboard.log"),
-    ):
+    with _running(api_cmd, process_env, tmp_path / "api.log"):
         api = f"http://127.0.0.1:{api_port}"
         wait_healthy(api)
-        token = pg_api.token("compose")
+        auth = {"Authorization": f"Bearer {pg_api.token('compose')}"}
         created = httpx.post(
             f"{api}/studies",
             json=small_study("composed", budget={"max_trials": 1}),
-            headers={"Authorization": f"Bearer {token}"},
+            headers=auth,
         )
         assert created.status_code == 201, created.text
-
-        def dashboard_studies() -> list[str]:
-            try:
-                body = httpx.get(f"http://127.0.0.1:{dash_port}/api/studies").json()
-            except (httpx.HTTPError, ValueError):
-                return []
-            return [s["study_name"] for s in body["study_summaries"]]
-
-        assert wait_until(dashboard_studies, timeout=60, what="the dashboard") == ["composed"]
+        # The api serves the dashboard, to its token holders only.
+        assert httpx.get(f"{api}/api/studies").status_code == 401
+        studies = httpx.get(f"{api}/api/studies", headers=auth).json()["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["composed"]
         worker = subprocess.run(
             worker_cmd, env=process_env, cwd=ROOT, capture_output=True, timeout=300
         )

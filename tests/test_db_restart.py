@@ -72,3 +72,8 @@ def test_restart_mid_study(
     assert not [t for t in after if t.state == TrialState.RUNNING]
     for number, values in before.items():
         assert values.items() <= after[number].intermediate_values.items()
+    # The outage is logged as what it was, not as Optuna's follow-up error from `tell`.
+    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
+    assert "UnboundLocalError" not in logs
+    outages = [line for line in logs.splitlines() if '"database_unavailable"' in line]
+    assert all("OperationalError" in line or "psycopg2" in line for line in outages), outages

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import signal
@@ -18,6 +20,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import text
 
+from hpo.settings import Settings
 from hpo.storage import make_storage
 from tests.conftest import ApiServer
 from tests.workers import small_study, trials, wait_until
@@ -40,17 +43,23 @@ def test_two_workers_racing_for_the_last_trial(pg_api: ApiServer, spawn_worker: 
     assert everything[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def test_unwritable_artifact_folder_keeps_the_trial(pg_api: ApiServer, tmp_path: Path) -> None:
+def test_unwritable_artifact_folder_keeps_the_trial(
+    pg_api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the artifact folder should be")
     settings = pg_api.settings.model_copy(update={"artifact_dir": blocker / "artifacts"})
     with pg_api.client() as client:
         spec = small_study("diskfull", budget={"max_trials": 2}, pruner={"type": "none"})
         assert client.post("/studies", json=spec).status_code == 201
-        assert Worker(settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False) == 2
+        with caplog.at_level(logging.INFO, logger="hpo.worker"):
+            assert Worker(settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False) == 2
         done = client.get("/studies/diskfull/trials").json()["data"]
         assert [t["state"] for t in done] == ["complete", "complete"]
         assert "NotADirectoryError" in done[0]["user_attrs"]["adapter_error"]
+        events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hpo.worker"]
+        logged = [e for e in events if e["event"] == "adapter_error"]
+        assert logged and "NotADirectoryError" in logged[0]["error"]
         assert client.get("/studies/diskfull").json()["status"] == "completed"
         missing = client.get("/studies/diskfull/best/adapter")
         assert missing.status_code == 404
@@ -111,16 +120,46 @@ def test_a_trial_is_never_running_without_a_heartbeat(pg_api: ApiServer) -> None
         plain = optuna.load_study(study_name="orphan", storage=url)
         orphan_id = plain.ask()._trial_id  # noqa: SLF001
         assert conn.execute(text(heartbeats), {"id": orphan_id}).scalar() == 0
-    time.sleep(pg_api.settings.grace_period + 1)
-    ran = Worker(pg_api.settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False)
+    # The worker sweeps at every poll: both dead trials are failed one grace period after it
+    # first sees them, then retried; it exits once idle for longer than that.
+    idle = 2 * pg_api.settings.grace_period + 2
+    ran = Worker(pg_api.settings, idle_exit=idle, cpu_threads=1).run(handle_signals=False)
     everything = trials(pg_api.settings, "orphan")
     states = {t._trial_id: t.state for t in everything}  # noqa: SLF001
     assert states[claimed_id] == states[orphan_id] == TrialState.FAIL
     assert not [t for t in everything if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert ran == len([t for t in everything if t.state == TrialState.COMPLETE]) == 2
-    failed = sorted(t.number for t in everything if t.state == TrialState.FAIL)
+    failed = [t for t in everything if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"].startswith("stale") for t in failed)
     retries = [t for t in everything if "retried_from" in t.user_attrs]
-    assert sorted(t.user_attrs["retried_from"] for t in retries) == failed
+    assert sorted(t.user_attrs["retried_from"] for t in retries) == sorted(
+        t.number for t in failed
+    )
+    assert not [t for t in retries if "fail_reason" in t.user_attrs]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("skew", [-3600, 3600], ids=["node-clock-behind", "node-clock-ahead"])
+def test_the_orphan_sweep_uses_the_database_clock(pg_settings: Settings, skew: int) -> None:
+    """A trial's datetime_start comes from the clock of the node that created it; the sweep
+    must not trust it. A node an hour behind must not get its fresh trial failed at once, and
+    a node an hour ahead must not keep a dead trial alive."""
+    storage = make_storage(pg_settings)
+    optuna.create_study(study_name="clocks", storage=storage)
+    plain = optuna.load_study(study_name="clocks", storage=pg_settings.database_url)
+    trial_id = plain.ask()._trial_id  # noqa: SLF001 - no heartbeat: its worker died
+    skewed = "UPDATE trials SET datetime_start = datetime_start + make_interval(secs => :s) "
+    with storage.engine.begin() as conn:
+        conn.execute(text(skewed + "WHERE trial_id = :id"), {"s": skew, "id": trial_id})
+    sweeper = optuna.load_study(study_name="clocks", storage=storage)
+
+    def state() -> TrialState:
+        optuna.storages.fail_stale_trials(sweeper)
+        return storage.get_trial(trial_id).state
+
+    assert state() == TrialState.RUNNING  # adopted with a heartbeat on the database's clock
+    wait_until(lambda: state() == TrialState.FAIL, timeout=60, what="the orphan to be failed")
+    assert storage.get_trial(trial_id).user_attrs["fail_reason"].startswith("stale")
 
 
 class _SlowSampler(optuna.samplers.RandomSampler):

@@ -8,7 +8,7 @@ from hpo.db import Base, make_engine
 from hpo.migrate import downgrade, upgrade
 from tests.conftest import new_pg_database
 
-OURS = {"hpo_studies", "hpo_tokens", "hpo_workers"}
+OURS = {"hpo_studies", "hpo_tokens", "hpo_artifacts"}
 
 
 def _tables(url: str) -> set[str]:

@@ -23,6 +23,7 @@ def rooted(settings: Settings, tmp_path: Path) -> Iterator[httpx.Client]:
     (data / "escape.jsonl").symlink_to(outside / "secret.jsonl")
     (models / "escape").symlink_to(outside)
     (models / "mine").mkdir()
+    (models / "mine" / "config.json").write_text('{"model_type": "llama"}')
     rooted_settings = settings.model_copy(update={"data_roots": [data], "model_roots": [models]})
     with ApiServer(rooted_settings) as api, api.client() as client:
         client.headers["x-root"] = str(tmp_path)
@@ -40,10 +41,10 @@ def _post(
     ("data", "why"),
     [
         ("{root}/data/../outside/secret.jsonl", "must not contain '..'"),
-        ("{root}/outside/secret.jsonl", "outside the allowed roots"),
-        ("/etc/passwd", "outside the allowed roots"),
-        ("{root}/data/escape.jsonl", "outside the allowed roots"),
-        ("relative/file.jsonl", "outside the allowed roots"),
+        ("{root}/outside/secret.jsonl", "outside the roots the operator allowed"),
+        ("/etc/passwd", "outside the roots the operator allowed"),
+        ("{root}/data/escape.jsonl", "outside the roots the operator allowed"),
+        ("relative/file.jsonl", "outside the roots the operator allowed"),
     ],
 )
 def test_dataset_paths_outside_the_roots_are_422(
@@ -59,8 +60,8 @@ def test_dataset_paths_outside_the_roots_are_422(
 @pytest.mark.parametrize(
     ("model", "why"),
     [
-        ("{root}/models/escape", "outside the allowed roots"),
-        ("{root}/outside", "outside the allowed roots"),
+        ("{root}/models/escape", "outside the roots the operator allowed"),
+        ("{root}/outside", "outside the roots the operator allowed"),
         ("../../models", "must not contain '..'"),
         ("org/../../etc", "must not contain '..'"),
     ],

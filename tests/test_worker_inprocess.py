@@ -16,10 +16,10 @@ from hpo.db import make_engine, session_scope
 from hpo.settings import Settings
 from hpo.spec import StudySpec
 from hpo.storage import make_storage
-from service.crud import create_study
+from hpo.studies import create_study
 from tests.conftest import ApiServer
 from tests.workers import small_study
-from worker.callbacks import FidelityCallback, NonFiniteLoss
+from worker.callbacks import Diverged, FidelityCallback
 from worker.loop import Worker
 
 pytestmark = pytest.mark.slow
@@ -54,9 +54,7 @@ def test_base_model_loaded_once_and_left_untouched(pg_settings: Settings) -> Non
     assert not [k for k in after if "lora" in k]
     assert all(torch.equal(before[k], after[k]) for k in before)
     done = optuna.load_study(study_name="reuse", storage=pg_settings.database_url).trials
-    setups = [t.user_attrs["setup_seconds"] for t in done]
-    assert len(setups) == 5
-    assert all(s >= 0 for s in setups)
+    assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE] * 5
 
 
 def test_repeated_same_error_fails_the_study(pg_api: ApiServer) -> None:
@@ -95,10 +93,9 @@ def test_non_finite_eval_loss_prunes_with_a_reason(pg_settings: Settings) -> Non
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
     callback.on_step_end(args, state, control)
     assert control.should_evaluate
-    with pytest.raises(NonFiniteLoss, match="nan"):
+    with pytest.raises(Diverged, match="nan"):
         callback.on_evaluate(args, state, control, metrics={"eval_loss": math.nan})
-    assert trial.user_attrs["prune_reason"] == "non_finite_loss"
-    assert issubclass(NonFiniteLoss, optuna.TrialPruned)
+    assert trial.user_attrs["prune_reason"].startswith("non_finite_loss")
 
 
 def test_paused_and_stopped_studies_get_no_trials(pg_api: ApiServer) -> None:

@@ -30,21 +30,22 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """``hpo worker --device cpu ARGS`` as its own process, logging to ``log``."""
+def start_worker(
+    settings: Settings, log: Path, *args: str, injected: bool = False, **env: str
+) -> subprocess.Popen[bytes]:
+    """``hpo worker --device cpu ARGS`` as its own process, logging to ``log``.
+
+    ``injected``: run ``tests.worker_process`` instead, whose options inject faults or a cheap
+    objective through the worker's objective factory.
+    """
+    command = (
+        ["-m", "tests.worker_process"]
+        if injected
+        else ["-m", "hpo", "worker", "--device", "cpu", "--cpu-threads", "1"]
+    )
     with log.open("ab") as out:
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hpo",
-                "worker",
-                "--device",
-                "cpu",
-                "--cpu-threads",
-                "1",
-                *args,
-            ],
+            [sys.executable, *command, *args],
             env=worker_env(settings, **env),
             stdout=out,
             stderr=subprocess.STDOUT,

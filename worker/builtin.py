@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-PREFIX = "builtin:"
+from hpo.spec import BUILTIN_PREFIX
+
 VERSION = "v1"
 NUMBERS = [
     "zero", "one", "two", "three", "four", "five", "six",
@@ -163,7 +164,7 @@ BUILDERS: dict[str, tuple[Callable[[Path], None], str]] = {
 
 
 def is_builtin(name: str) -> bool:
-    return name.startswith(PREFIX)
+    return name.startswith(BUILTIN_PREFIX)
 
 
 def resolve(name: str, cache_dir: Path) -> Path:
@@ -172,7 +173,7 @@ def resolve(name: str, cache_dir: Path) -> Path:
     Concurrent workers may race to build: each builds in a temporary folder and renames it
     into place; the first rename wins.
     """
-    key = name.removeprefix(PREFIX)
+    key = name.removeprefix(BUILTIN_PREFIX)
     if key not in BUILDERS:
         raise ValueError(f"unknown built-in {name!r}; known ones are {sorted(BUILDERS)}")
     build, inner = BUILDERS[key]

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 
@@ -16,8 +15,12 @@ class WorkerShutdown(Exception):
     """The worker was asked to stop (SIGTERM/SIGINT); the trial is re-queued."""
 
 
-class NonFiniteLoss(optuna.TrialPruned):
-    """Training diverged (NaN/inf loss): the trial is pruned with this reason."""
+class Diverged(optuna.TrialPruned):
+    """Training diverged (a NaN/inf loss, or one far above where it started): pruned, with
+    ``prune_reason`` saying which, so it neither looks like a result nor hides among them."""
+
+
+PRUNE_REASON_ATTR = "prune_reason"
 
 
 class FidelityCallback(TrainerCallback):
@@ -36,9 +39,13 @@ class FidelityCallback(TrainerCallback):
         examples_per_step: int,
         max_examples: int,
         stop: threading.Event,
+        divergence_factor: float | None = None,
         on_train_begin: Callable[[], None] | None = None,
     ) -> None:
         self.trial = trial
+        self.divergence_factor = divergence_factor
+        # The loss of the first batch, before any update (``logging_first_step``).
+        self.initial_loss: float | None = None
         self.on_begin = on_train_begin
         self.metric = metric
         self.every = every_examples
@@ -75,8 +82,11 @@ class FidelityCallback(TrainerCallback):
         **_: Any,
     ) -> None:
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            self._diverged(loss, state)
+        if loss is None:
+            return
+        if self.initial_loss is None and math.isfinite(loss):
+            self.initial_loss = loss
+        self._check_divergence(loss, state, what="training loss")
 
     def on_evaluate(
         self,
@@ -90,8 +100,7 @@ class FidelityCallback(TrainerCallback):
         if self.metric not in metrics:
             raise KeyError(f"evaluation produced no {self.metric!r}; it gave {sorted(metrics)}")
         value = float(metrics[self.metric])
-        if not math.isfinite(value):
-            self._diverged(value, state)
+        self._check_divergence(value, state, what=self.metric)
         step = self.pending if self.pending is not None else self.examples_seen(state)
         final = self.pending is None
         self.pending = None
@@ -101,15 +110,25 @@ class FidelityCallback(TrainerCallback):
         self.reported[step] = value
         self.trial.report(value, step)
         if not final and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at {step} examples with {self.metric}={value:.4g}")
+            reason = f"pruner: {self.metric}={value:.4g} at {step} examples"
+            self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+            raise optuna.TrialPruned(reason)
 
-    def _diverged(self, value: float, state: TrainerState) -> None:
-        self.trial.set_user_attr("prune_reason", "non_finite_loss")
-        raise NonFiniteLoss(f"loss became {value} after {self.examples_seen(state)} examples")
-
-
-class InjectOOM(TrainerCallback):
-    """Fault injection for tests: raise a CUDA out-of-memory error on the first step."""
-
-    def on_step_begin(self, *_: Any, **__: Any) -> None:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by HPO_INJECT_OOM)")
+    def _check_divergence(self, value: float, state: TrainerState, *, what: str) -> None:
+        seen = self.examples_seen(state)
+        if not math.isfinite(value):
+            reason = f"non_finite_loss: {what} became {value} after {seen} examples"
+        elif (
+            self.divergence_factor is not None
+            and what != "eval_accuracy"
+            and self.initial_loss is not None
+            and value > self.divergence_factor * self.initial_loss
+        ):
+            reason = (
+                f"diverged: {what} {value:.4g} after {seen} examples is more than "
+                f"{self.divergence_factor:g}x the starting loss {self.initial_loss:.4g}"
+            )
+        else:
+            return
+        self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        raise Diverged(reason)

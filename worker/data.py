@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from hpo.spec import DatasetSpec, ModelSpec
+from hpo.spec import DatasetSpec, ModelSpec, dataset_format
 from worker import builtin
 from worker.models import freeze_long_lived
 
@@ -25,24 +26,17 @@ class Splits:
     train_lengths: list[int] | None = None
 
 
-def _format(spec: DatasetSpec, path: Path) -> str:
-    if spec.format != "auto":
-        return spec.format
-    if path.is_dir():
-        return "disk"
-    if path.suffix in (".jsonl", ".json"):
-        return "jsonl"
-    if path.suffix == ".csv":
-        return "csv"
-    raise ValueError(f"cannot tell the format of {path}; set dataset.format")
-
-
 def load_splits(spec: DatasetSpec, *, task: str, cache_dir: Path) -> Splits:
     """Raw train/validation splits as the spec describes them."""
+    # The resolved path, exactly what the root check saw: never a pattern the library expands.
     path = Path(
-        builtin.resolve(spec.path, cache_dir) if builtin.is_builtin(spec.path) else spec.path
+        builtin.resolve(spec.path, cache_dir)
+        if builtin.is_builtin(spec.path)
+        else os.path.realpath(spec.path)
     )
-    fmt = _format(spec, path)
+    fmt = dataset_format(spec.format, str(path), is_dir=path.is_dir())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {path.name}; set dataset.format")
     if fmt == "disk":
         loaded: Any = datasets.load_from_disk(str(path))
     else:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import logging
 import os
 import signal
 import socket
@@ -26,30 +23,42 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
+from hpo import studies
+from hpo.budget import max_trials, spent_reason
 from hpo.db import StudyRecord, StudyStatus, session_scope, utcnow
 from hpo.errors import StorageUnavailable
 from hpo.factory import load_study, optuna_distributions
-from hpo.progress import (
-    INFEASIBLE_RECORD_ATTR,
-    TrialCounts,
-    is_record,
-    trial_counts,
-    user_attr_sum,
-)
+from hpo.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
 from hpo.settings import Settings
 from hpo.spec import StudySpec
-from hpo.storage import RETRIED_FROM_ATTR, make_storage
+from hpo.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
 from worker.data import DataCache
 from worker.locks import StudyLock
 from worker.models import ModelCache
 from worker.objective import ObjectiveFactory, WorkerContext, make_objective
 
-log = logging.getLogger("hpo.worker")
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
+MAX_BACKOFF_S = 30.0
 
 
 class BudgetSpent(Exception):
     """Raised inside the budget gate: the study had no free slot when this worker claimed."""
+
+
+class StudyGone(Exception):
+    """The study was deleted (or renamed) while this worker polled or trained it."""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first error of a chain: when Optuna's ``tell`` fails, its cleanup raises again
+    (``UnboundLocalError``), hiding what happened (the database error, the deleted study)."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 @dataclass
@@ -99,6 +108,8 @@ class Worker:
                 trust_remote_code=settings.allow_trust_remote_code,
             ),
             data=DataCache(settings.cache_dir),
+            storage=self.storage,
+            sessions=self.sessions,
         )
         self.trials_run = 0
         # One Study (and sampler) per study for the worker's life: a sampler rebuilt for
@@ -123,10 +134,11 @@ class Worker:
             try:
                 ran = self._run_next()
                 failures = 0
-            except INFRA_ERRORS as exc:
+            except Exception as exc:  # no study and no database outage may end the worker
                 failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
-                self._event("database_unavailable", error=str(exc)[:300], retry_in=delay)
+                delay = min(MAX_BACKOFF_S, 0.5 * 2**failures)
+                kind = "database_unavailable" if isinstance(exc, INFRA_ERRORS) else "worker_error"
+                self._event(kind, error=describe(root_cause(exc)), retry_in=delay)
                 self.ctx.stop.wait(delay)
                 continue
             if ran:
@@ -146,9 +158,7 @@ class Worker:
     def _run_next(self) -> bool:
         candidates = self._candidates()
         # Fair share: the study with the fewest running trials, then the least done.
-        candidates.sort(
-            key=lambda c: (c.counts.running, c.counts.finished / c.spec.budget.max_trials)
-        )
+        candidates.sort(key=lambda c: (c.counts.running, c.counts.finished / max_trials(c.spec)))
         return any(self._run_one(c) for c in candidates)
 
     # --- choosing a study -------------------------------------------------------------------
@@ -161,41 +171,64 @@ class Worker:
             records = list(session.scalars(query.order_by(StudyRecord.id)))
         found = []
         for record in records:
-            spec = StudySpec.model_validate(record.spec)
-            key = (record.id, record.name)
-            if key not in self._studies:
-                self._studies[key] = load_study(spec, self.storage, seed_offset=self._seed_offset)
-            study = self._studies[key]
-            with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                fail_stale_trials(study)  # trials of dead workers free their budget slot
-            counts = trial_counts(self.storage, study._study_id)  # noqa: SLF001
-            if self._budget_spent(record, spec, study, counts):
+            try:
+                candidate = self._candidate(record)
+            except StudyGone:
+                self._forget(record, trial=None)
                 continue
-            if counts.finished + counts.running < spec.budget.max_trials:
-                found.append(Candidate(record, spec, study, counts))
+            if candidate is not None:
+                found.append(candidate)
         return found
 
-    def _budget_spent(
-        self, record: StudyRecord, spec: StudySpec, study: optuna.Study, counts: TrialCounts
-    ) -> bool:
-        budget = spec.budget
-        reason = None
-        if counts.finished >= budget.max_trials:
-            reason = f"max_trials={budget.max_trials} reached"
-        elif budget.timeout_s is not None:
-            created = record.created_at.replace(tzinfo=record.created_at.tzinfo or dt.UTC)
-            if (utcnow() - created).total_seconds() > budget.timeout_s:
-                reason = f"timeout_s={budget.timeout_s} reached"
-        if reason is None and budget.max_gpu_hours is not None:
-            hours = user_attr_sum(self.storage, study._study_id, "device_seconds") / 3600  # noqa: SLF001
-            if hours >= budget.max_gpu_hours:
-                reason = f"max_gpu_hours={budget.max_gpu_hours} reached ({hours:.3f} used)"
-        if reason is None:
+    def _candidate(self, record: StudyRecord) -> Candidate | None:
+        spec = StudySpec.model_validate(record.spec)
+        key = (record.id, record.name)
+        if key not in self._studies:
+            try:
+                self._studies[key] = load_study(spec, self.storage, seed_offset=self._seed_offset)
+            except KeyError:
+                raise StudyGone(record.name) from None
+        study = self._studies[key]
+        if not self._study_exists(study, record):
+            raise StudyGone(record.name)
+        with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fail_stale_trials(study)  # trials of dead workers free their budget slot
+        counts = trial_counts(self.storage, study._study_id)  # noqa: SLF001
+        if spent_reason(self.storage, record, spec, counts) is not None:
+            self._finish_if_spent(record, study)
+            return None
+        if counts.finished + counts.running < max_trials(spec):
+            return Candidate(record, spec, study, counts)
+        return None
+
+    def _study_exists(self, study: optuna.Study, record: StudyRecord) -> bool:
+        try:
+            return self.storage.get_study_id_from_name(record.name) == study._study_id  # noqa: SLF001
+        except KeyError:
             return False
-        if counts.running == 0:
-            self._set_status(record, StudyStatus.COMPLETED, reason)
-        return True
+
+    def _forget(self, record: StudyRecord, *, trial: int | None) -> None:
+        """Drop a deleted study from this worker's cache; abandon its trial, if one ran."""
+        self._studies.pop((record.id, record.name), None)
+        self._event(
+            "study_gone",
+            study=record.name,
+            abandoned_trial=trial,
+            reason="the study was deleted or renamed; this worker goes on with the others",
+        )
+
+    def _finish_if_spent(self, record: StudyRecord, study: optuna.Study) -> None:
+        with session_scope(self.sessions) as session:
+            fresh = session.get(StudyRecord, record.id)
+            reason = fresh and studies.finish_if_spent(
+                session,
+                self.storage,
+                record=fresh,
+                study_id=study._study_id,  # noqa: SLF001
+            )
+        if reason:
+            self._event("study_completed", study=record.name, reason=reason)
 
     def _set_status(self, record: StudyRecord, status: StudyStatus, reason: str) -> None:
         with session_scope(self.sessions) as session:
@@ -215,7 +248,7 @@ class Worker:
         count every worker sees includes every claimed trial."""
         with StudyLock(self.engine, candidate.record.id):
             counts = trial_counts(self.storage, candidate.study._study_id)  # noqa: SLF001
-            if counts.finished + counts.running >= candidate.spec.budget.max_trials:
+            if counts.finished + counts.running >= max_trials(candidate.spec):
                 raise BudgetSpent(candidate.spec.name)
             yield
 
@@ -229,10 +262,12 @@ class Worker:
 
         def on_start(trial: optuna.Trial) -> None:
             marks["started"] = time.perf_counter()
-            claimed["id"] = trial._trial_id  # noqa: SLF001
+            claimed.update(id=trial._trial_id, number=trial.number)  # noqa: SLF001
             self._event("trial_start", study=spec.name, trial=trial.number)
 
-        objective = self.objective_factory(self.ctx, spec, on_start=on_start)
+        objective = self.objective_factory(
+            self.ctx, spec, record_id=candidate.record.id, on_start=on_start
+        )
 
         def timed(trial: optuna.Trial) -> float:
             try:
@@ -246,18 +281,28 @@ class Worker:
         except BudgetSpent:
             return False
         except Exception as exc:
-            # Optuna's own bookkeeping failed (e.g. `tell` while the database is down).
-            # The trial stays RUNNING; its heartbeat stops, so it is failed and retried
-            # after the grace period. Back off if the database is the cause.
+            # Optuna's own bookkeeping failed: `tell` with the database down, or the study
+            # deleted under the trial. A trial left RUNNING loses its heartbeat and is failed
+            # and retried after the grace period.
+            cause = root_cause(exc)
+            if not self._study_exists(study, candidate.record):
+                self._forget(candidate.record, trial=claimed.get("number"))
+                return False
             if not self._database_reachable():
-                raise StorageUnavailable(f"database lost during a trial: {exc}") from exc
+                raise StorageUnavailable(
+                    f"database lost during a trial: {describe(cause)}"
+                ) from exc
             raise
         if "id" not in claimed:
             return False
         self.trials_run += 1
         latency = {"claim_s": marks["started"] - marks["begin"],
                    "tell_s": time.perf_counter() - marks["returned"]}  # fmt: skip
-        trial = self.storage.get_trial(claimed["id"])
+        try:
+            trial = self.storage.get_trial(claimed["id"])
+        except KeyError:
+            self._forget(candidate.record, trial=claimed.get("number"))
+            return True
         self._after_trial(candidate, trial, latency)
         return True
 
@@ -273,7 +318,7 @@ class Worker:
         self, candidate: Candidate, trial: FrozenTrial, latency: dict[str, float]
     ) -> None:
         spec, study = candidate.spec, candidate.study
-        reason = trial.user_attrs.get("fail_reason")
+        reason = trial.user_attrs.get(FAIL_REASON_ATTR)
         self._event(
             "trial_end",
             study=spec.name,
@@ -286,6 +331,7 @@ class Worker:
             **{k: round(v, 4) for k, v in latency.items()},
         )
         if trial.state != TrialState.FAIL:
+            self._finish_if_spent(candidate.record, study)
             return
         if reason == "shutdown":
             study.enqueue_trial(trial.params, user_attrs={RETRIED_FROM_ATTR: trial.number})
@@ -301,7 +347,7 @@ class Worker:
             state=TrialState.PRUNED,
             params=trial.params,
             distributions={k: distributions[k] for k in trial.params},
-            user_attrs={INFEASIBLE_RECORD_ATTR: trial.number, "fail_reason": "oom"},
+            user_attrs={INFEASIBLE_RECORD_ATTR: trial.number, FAIL_REASON_ATTR: "oom"},
         )
         record.set_constraint("oom", 1.0)
         study.add_trial(record)
@@ -319,7 +365,7 @@ class Worker:
         if (
             len(recent) == limit
             and all(t.state == TrialState.FAIL for t in recent)
-            and all(t.user_attrs.get("fail_reason") == "error" for t in recent)
+            and all(t.user_attrs.get(FAIL_REASON_ATTR) == "error" for t in recent)
             and len(errors) == 1
         ):
             error = errors.pop()
@@ -328,5 +374,4 @@ class Worker:
             )
 
     def _event(self, event: str, **fields: Any) -> None:
-        line = {"event": event, "worker": self.ctx.worker_id, **fields}
-        log.info(json.dumps(line, default=str))
+        self.ctx.event(event, **fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import tempfile
 import threading
@@ -15,19 +16,25 @@ from typing import Any, Protocol
 import optuna
 import torch
 from peft import PeftModel
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import TrainerCallback
 
 from hpo import artifacts
+from hpo.budget import DEVICE_SECONDS_ATTR
+from hpo.db import session_scope
 from hpo.factory import suggest_params
 from hpo.paths import check_spec_paths
-from hpo.progress import best_trial
+from hpo.progress import best_trial, is_better
 from hpo.settings import Settings
 from hpo.spec import StudySpec
-from worker.callbacks import InjectOOM, WorkerShutdown
+from hpo.storage import FAIL_REASON_ATTR, HeartbeatStorage
+from worker.callbacks import WorkerShutdown
 from worker.data import DataCache
 from worker.models import ModelCache
 from worker.training import train_trial, trial_settings
 
 MAX_ERROR_CHARS = 2000
+log = logging.getLogger("hpo.worker")
 
 
 @dataclass
@@ -40,7 +47,13 @@ class WorkerContext:
     hostname: str
     models: ModelCache
     data: DataCache
+    storage: HeartbeatStorage
+    sessions: sessionmaker[Session]
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def event(self, event: str, **fields: Any) -> None:
+        """One JSON line per event in the worker's log, for people and log pipelines."""
+        log.info(json.dumps({"event": event, "worker": self.worker_id, **fields}, default=str))
 
 
 def fail_reason(exc: BaseException) -> str:
@@ -51,13 +64,6 @@ def fail_reason(exc: BaseException) -> str:
     return "error"
 
 
-def _inject_oom(settings: Settings, params: dict[str, Any]) -> bool:
-    if not settings.inject_oom:
-        return False
-    target = json.loads(settings.inject_oom)
-    return all(params.get(k) == v for k, v in target.items())
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -65,42 +71,63 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _adapter_keeper(
-    ctx: WorkerContext, spec: StudySpec, trial: optuna.Trial
+    ctx: WorkerContext, spec: StudySpec, trial: optuna.Trial, *, record_id: int
 ) -> Callable[[float, PeftModel], None]:
-    """Save the adapter when the trial beats the study's best so far; never fail the trial."""
+    """Save the adapter when the trial beats or ties the study's best so far (so the best
+    trial always has one); never fail the trial over it."""
 
     def keep(value: float, model: PeftModel) -> None:
-        best = best_trial(trial.storage, trial.study._study_id)  # noqa: SLF001
-        if best is not None and best.value is not None:
-            better = (
-                value < best.value
-                if spec.objective.direction == "minimize"
-                else value > best.value
-            )
-            if not better:
-                return
+        study_id = trial.study._study_id  # noqa: SLF001
+        best = best_trial(ctx.storage, study_id)
+        direction = ctx.storage.get_study_directions(study_id)[0]
+        if not is_better(value, best.value if best else None, direction):
+            return
         try:
-            with tempfile.TemporaryDirectory(prefix="hpo-adapter-") as tmp:
+            with (
+                tempfile.TemporaryDirectory(prefix="hpo-adapter-") as tmp,
+                session_scope(ctx.sessions) as session,
+            ):
                 model.save_pretrained(tmp)
-                artifacts.save_adapter(ctx.settings, trial, Path(tmp))
+                artifacts.save_adapter(
+                    ctx.settings, session, study_id=record_id, trial=trial, adapter_dir=Path(tmp)
+                )
         except Exception as exc:  # a full disk must not cost the trial its result
-            trial.set_user_attr("adapter_error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            trial.set_user_attr("adapter_error", error)
+            ctx.event("adapter_error", study=spec.name, trial=trial.number, error=error)
 
     return keep
 
 
+ExtraCallbacks = Callable[[dict[str, Any]], list[TrainerCallback]]
+
+
 class ObjectiveFactory(Protocol):
-    """Builds a trial's objective; ``on_start`` must run once the trial is RUNNING."""
+    """Builds a trial's objective for our study row ``record_id``; ``on_start`` must run once
+    the trial is RUNNING."""
 
     def __call__(
-        self, ctx: WorkerContext, spec: StudySpec, *, on_start: Callable[[optuna.Trial], None]
+        self,
+        ctx: WorkerContext,
+        spec: StudySpec,
+        *,
+        record_id: int,
+        on_start: Callable[[optuna.Trial], None],
     ) -> Callable[[optuna.Trial], float]: ...
 
 
 def make_objective(
-    ctx: WorkerContext, spec: StudySpec, *, on_start: Callable[[optuna.Trial], None]
+    ctx: WorkerContext,
+    spec: StudySpec,
+    *,
+    record_id: int,
+    on_start: Callable[[optuna.Trial], None],
+    extra_callbacks: ExtraCallbacks = lambda params: [],
 ) -> Callable[[optuna.Trial], float]:
-    """The objective for ``spec``; ``on_start`` runs once the trial is RUNNING."""
+    """The objective for ``spec``; ``on_start`` runs once the trial is RUNNING.
+
+    ``extra_callbacks(params)`` adds Trainer callbacks to a trial (tests inject faults here).
+    """
 
     def objective(trial: optuna.Trial) -> float:
         on_start(trial)
@@ -130,8 +157,8 @@ def make_objective(
                 splits=splits,
                 device=ctx.device,
                 stop=ctx.stop,
-                extra_callbacks=[InjectOOM()] if _inject_oom(ctx.settings, params) else [],
-                keep_adapter=_adapter_keeper(ctx, spec, trial),
+                extra_callbacks=extra_callbacks(params),
+                keep_adapter=_adapter_keeper(ctx, spec, trial, record_id=record_id),
                 # setup = everything before the first training step: model, data, adapter,
                 # Trainer construction
                 on_train_begin=lambda: trial.set_user_attr(
@@ -146,12 +173,12 @@ def make_objective(
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr("fail_reason", fail_reason(exc))
+            trial.set_user_attr(FAIL_REASON_ATTR, fail_reason(exc))
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
             raise
         finally:
             seconds = round(time.perf_counter() - started, 4)
-            trial.set_user_attr("device_seconds", seconds)
+            trial.set_user_attr(DEVICE_SECONDS_ATTR, seconds)
             if ctx.device.type == "cuda":
                 trial.set_user_attr("gpu_seconds", seconds)
             trial.set_user_attr("peak_memory_mb", round(_peak_memory_mb(ctx.device), 1))

@@ -7,7 +7,7 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,7 @@ def training_arguments(
         save_strategy="no",
         logging_strategy="steps",
         logging_steps=10,
+        logging_first_step=True,  # the untrained loss: the reference for divergence
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -173,7 +174,7 @@ def train_trial(
     splits: Splits,
     device: torch.device,
     stop: threading.Event,
-    extra_callbacks: list[TrainerCallback] = (),  # type: ignore[assignment]
+    extra_callbacks: Sequence[TrainerCallback] = (),
     keep_adapter: Callable[[float, PeftModel], None] | None = None,
     on_train_begin: Callable[[], None] | None = None,
 ) -> TrainResult:
@@ -194,6 +195,7 @@ def train_trial(
         examples_per_step=per_step,
         max_examples=math.ceil(settings["num_train_epochs"] * n_train),
         stop=stop,
+        divergence_factor=spec.objective.divergence_factor,
         on_train_begin=on_train_begin,
     )
     wants_logits = spec.objective.metric == "eval_accuracy"

@@ -2,54 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Query, Response
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import artifacts
+from hpo import artifacts, studies
 from hpo.db import StudyRecord, StudyStatus
 from hpo.errors import StudyConflict, StudyNotFound
 from hpo.factory import check_params
 from hpo.progress import best_trial, trial_counts, trial_page
-from hpo.spec import StudySpec
-from service import crud
+from hpo.spec import NAME_PATTERN, StudySpec
 from service.deps import CurrentOwner, SessionDep, SettingsDep, StorageDep
 from service.schemas import (
     EnqueuePublic,
     EnqueueRequest,
+    ErrorPublic,
     Page,
     StudyPublic,
     StudySummary,
     TrialCountsPublic,
     TrialPublic,
+    ValidationErrorPublic,
 )
 
-router = APIRouter(prefix="/studies", tags=["studies"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "Missing, invalid, revoked or expired token."},
+    404: {"model": ErrorPublic, "description": "No such study for this token's owner."},
+    409: {
+        "model": ErrorPublic,
+        "description": "The study's state forbids this (taken name, bad transition, or its "
+        "Optuna study was removed outside the service).",
+    },
+    422: {"model": ValidationErrorPublic, "description": "Invalid input; `loc` says where."},
+    429: {"model": ErrorPublic, "description": "Too many failed token checks from this client."},
+}
+router = APIRouter(prefix="/studies", tags=["studies"], responses=ERRORS)
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The study's name.")]
 Offset = Annotated[int, Query(ge=0, le=10**7)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
-def _optuna_id(storage: RDBStorage, name: str) -> int | None:
-    try:
-        return storage.get_study_id_from_name(name)
-    except KeyError:
-        return None
-
-
 def _public(record: StudyRecord, storage: RDBStorage) -> StudyPublic:
-    study_id = _optuna_id(storage, record.name)
-    counts = trial_counts(storage, study_id) if study_id is not None else None
-    best = best_trial(storage, study_id) if study_id is not None else None
+    study_id = studies.optuna_study_id(storage, record)
+    counts = trial_counts(storage, study_id)
+    best = best_trial(storage, study_id)
     return StudyPublic(
         **StudySummary.model_validate(record, from_attributes=True).model_dump(),
         spec=StudySpec.model_validate(record.spec),
-        trials=TrialCountsPublic(
-            **(counts.__dict__ if counts else dict.fromkeys(TrialCountsPublic.model_fields, 0)),
-            finished=counts.finished if counts else 0,
-        ),
+        trials=TrialCountsPublic(**counts.__dict__, finished=counts.finished),
         best_value=best.value if best else None,
         best_params=best.params if best else None,
         best_trial=best.number if best else None,
@@ -71,9 +76,14 @@ def _trial_public(trial: FrozenTrial) -> TrialPublic:
     )
 
 
+def _chunks(reader: BinaryIO, size: int = 2**20) -> Iterator[bytes]:
+    with reader:
+        while chunk := reader.read(size):
+            yield chunk
+
+
 def _best(record: StudyRecord, storage: RDBStorage) -> FrozenTrial:
-    study_id = _optuna_id(storage, record.name)
-    best = best_trial(storage, study_id) if study_id is not None else None
+    best = best_trial(storage, studies.optuna_study_id(storage, record))
     if best is None:
         raise StudyNotFound(f"study {record.name!r} has no completed trial yet")
     return best
@@ -87,7 +97,7 @@ def create_study(
     storage: StorageDep,
     settings: SettingsDep,
 ) -> StudyPublic:
-    record = crud.create_study(session, storage, spec=spec, owner=owner, settings=settings)
+    record = studies.create_study(session, storage, spec=spec, owner=owner, settings=settings)
     return _public(record, storage)
 
 
@@ -95,7 +105,7 @@ def create_study(
 def list_studies(
     owner: CurrentOwner, session: SessionDep, offset: Offset = 0, limit: Limit = 50
 ) -> Page[StudySummary]:
-    rows, count = crud.list_studies(session, owner=owner, offset=offset, limit=limit)
+    rows, count = studies.list_studies(session, owner=owner, offset=offset, limit=limit)
     return Page[StudySummary](
         data=[StudySummary.model_validate(r, from_attributes=True) for r in rows], count=count
     )
@@ -103,14 +113,18 @@ def list_studies(
 
 @router.get("/{name}", response_model=StudyPublic)
 def get_study(
-    name: str, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
 ) -> StudyPublic:
-    return _public(crud.get_study(session, name=name, owner=owner), storage)
+    record = studies.get_study(session, name=name, owner=owner)
+    studies.finish_if_spent(
+        session, storage, record=record, study_id=studies.optuna_study_id(storage, record)
+    )
+    return _public(record, storage)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialPublic])
 def list_trials(
-    name: str,
+    name: Name,
     owner: CurrentOwner,
     session: SessionDep,
     storage: StorageDep,
@@ -118,76 +132,97 @@ def list_trials(
     limit: Limit = 50,
     state: Annotated[str | None, Query(pattern="^(complete|pruned|fail|running|waiting)$")] = None,
 ) -> Page[TrialPublic]:
-    record = crud.get_study(session, name=name, owner=owner)
-    study_id = _optuna_id(storage, record.name)
-    if study_id is None:
-        return Page[TrialPublic](data=[], count=0)
-    page, count = trial_page(storage, study_id, offset=offset, limit=limit,
+    record = studies.get_study(session, name=name, owner=owner)
+    page, count = trial_page(storage, studies.optuna_study_id(storage, record),
+                             offset=offset, limit=limit,
                              state=TrialState[state.upper()] if state else None)  # fmt: skip
     return Page[TrialPublic](data=[_trial_public(t) for t in page], count=count)
 
 
 @router.get("/{name}/best", response_model=TrialPublic)
 def get_best(
-    name: str, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
 ) -> TrialPublic:
-    return _trial_public(_best(crud.get_study(session, name=name, owner=owner), storage))
+    return _trial_public(_best(studies.get_study(session, name=name, owner=owner), storage))
 
 
-@router.get("/{name}/best/adapter", response_class=FileResponse)
+@router.get(
+    "/{name}/best/adapter",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "The adapter, zipped."}},
+)
 def get_best_adapter(
-    name: str,
+    name: Name,
     owner: CurrentOwner,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
-) -> FileResponse:
-    best = _best(crud.get_study(session, name=name, owner=owner), storage)
-    path = artifacts.adapter_path(settings, best)
-    if path is None:
-        raise StudyNotFound(f"the best trial ({best.number}) of {name!r} has no saved adapter")
-    return FileResponse(path, filename=f"{name}-trial{best.number}-adapter.zip")
+) -> StreamingResponse:
+    record = studies.get_study(session, name=name, owner=owner)
+    best = _best(record, storage)
+    stored = artifacts.adapter_of(session, study_id=record.id, trial_id=best._trial_id)  # noqa: SLF001
+    missing = f"the best trial ({best.number}) of {name!r} has no saved adapter"
+    if stored is None:
+        why = best.user_attrs.get("adapter_error")
+        raise StudyNotFound(f"{missing}: {why}" if why else missing)
+    try:
+        reader = artifacts.open_artifact(settings, stored.artifact_id)
+    except ArtifactNotFound:
+        raise StudyNotFound(f"{missing}: its file is gone from the artifact store") from None
+    filename = f"{name}-trial{best.number}-adapter.zip"
+    return StreamingResponse(
+        _chunks(reader),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 @router.post("/{name}/trials", status_code=201, response_model=EnqueuePublic)
 def enqueue_trial(
-    name: str,
+    name: Name,
     body: EnqueueRequest,
     owner: CurrentOwner,
     session: SessionDep,
     storage: StorageDep,
 ) -> EnqueuePublic:
-    record = crud.get_study(session, name=name, owner=owner)
+    record = studies.get_study(session, name=name, owner=owner)
     if record.status not in (StudyStatus.RUNNING, StudyStatus.PAUSED):
         raise StudyConflict(f"study {name!r} is {record.status}; it takes no new trials")
     spec = StudySpec.model_validate(record.spec)
     params = check_params(spec, body.params)
-    crud.enqueue_trial(storage, record=record, params=params, user_attrs={"enqueued_by": owner})
+    studies.enqueue_trial(storage, record=record, params=params, user_attrs={"enqueued_by": owner})
     return EnqueuePublic(params=params)
 
 
 def _transition(name: str, owner: str, session: SessionDep, status: StudyStatus) -> StudySummary:
-    record = crud.get_study(session, name=name, owner=owner)
-    crud.set_status(session, record=record, status=status)
+    record = studies.get_study(session, name=name, owner=owner)
+    studies.set_status(session, record=record, status=status)
     return StudySummary.model_validate(record, from_attributes=True)
 
 
 @router.post("/{name}/pause", response_model=StudySummary)
-def pause(name: str, owner: CurrentOwner, session: SessionDep) -> StudySummary:
+def pause(name: Name, owner: CurrentOwner, session: SessionDep) -> StudySummary:
     return _transition(name, owner, session, StudyStatus.PAUSED)
 
 
 @router.post("/{name}/resume", response_model=StudySummary)
-def resume(name: str, owner: CurrentOwner, session: SessionDep) -> StudySummary:
+def resume(name: Name, owner: CurrentOwner, session: SessionDep) -> StudySummary:
     return _transition(name, owner, session, StudyStatus.RUNNING)
 
 
 @router.post("/{name}/stop", response_model=StudySummary)
-def stop(name: str, owner: CurrentOwner, session: SessionDep) -> StudySummary:
+def stop(name: Name, owner: CurrentOwner, session: SessionDep) -> StudySummary:
     return _transition(name, owner, session, StudyStatus.STOPPED)
 
 
 @router.delete("/{name}", status_code=204)
-def delete(name: str, owner: CurrentOwner, session: SessionDep, storage: StorageDep) -> Response:
-    crud.delete_study(session, storage, record=crud.get_study(session, name=name, owner=owner))
+def delete(
+    name: Name,
+    owner: CurrentOwner,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> Response:
+    record = studies.get_study(session, name=name, owner=owner)
+    studies.delete_study(session, storage, record=record, settings=settings)
     return Response(status_code=204)

@@ -1,4 +1,8 @@
-"""Create, read, change and delete studies: our row and Optuna's study kept in step."""
+"""Study operations: our row and Optuna's study kept in step. The API, CLI and demo call these.
+
+Names are global (Optuna study names are): registering a taken name is a conflict whoever
+holds it, and the answer does not say who.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,20 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError
-from optuna.storages import BaseStorage
+from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hpo.db import StudyRecord, StudyStatus
-from hpo.errors import StudyConflict, StudyNotFound
+from hpo import artifacts
+from hpo.budget import spent_reason
+from hpo.db import StudyRecord, StudyStatus, utcnow
+from hpo.errors import StudyBroken, StudyConflict, StudyNotFound
 from hpo.factory import build_pruner, build_sampler
 from hpo.paths import check_spec_paths
+from hpo.preflight import check_inputs
+from hpo.progress import trial_counts
 from hpo.settings import Settings
 from hpo.spec import StudySpec
 
@@ -29,15 +37,17 @@ TRANSITIONS: dict[str, tuple[StudyStatus, ...]] = {
 
 
 def create_study(
-    session: Session, storage: BaseStorage, *, spec: StudySpec, owner: str, settings: Settings
+    session: Session, storage: RDBStorage, *, spec: StudySpec, owner: str, settings: Settings
 ) -> StudyRecord:
-    """Register ``spec`` and create its Optuna study, both or neither.
+    """Register ``spec`` and create its Optuna study, both or neither; commits.
 
     Raises:
-        SpecError: The spec points outside the allowed data or model roots.
+        SpecError: The spec points outside the allowed roots, or at data or a model that
+            cannot be read as the spec says.
         StudyConflict: The name is taken (by any owner: Optuna study names are global).
     """
     check_spec_paths(spec, settings)
+    check_inputs(spec, settings)
     build_sampler(spec.sampler, spec)
     build_pruner(spec.pruner)
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
@@ -48,7 +58,7 @@ def create_study(
     try:
         study_id = storage.create_new_study([direction], spec.name)
     except DuplicatedStudyError as exc:
-        raise StudyConflict(f"an Optuna study named {spec.name!r} already exists") from exc
+        raise StudyConflict(f"a study named {spec.name!r} already exists") from exc
     record = StudyRecord(
         name=spec.name, owner=owner, spec=spec.model_dump(mode="json"), status=StudyStatus.RUNNING
     )
@@ -82,6 +92,23 @@ def get_study(session: Session, *, name: str, owner: str | None) -> StudyRecord:
     return record
 
 
+def optuna_study_id(storage: RDBStorage, record: StudyRecord) -> int:
+    """The id of the Optuna study behind our registration.
+
+    Raises:
+        StudyBroken: The Optuna study is gone (deleted or renamed outside the service).
+    """
+    try:
+        return storage.get_study_id_from_name(record.name)
+    except KeyError:
+        raise StudyBroken(
+            f"study {record.name!r} is registered but its Optuna study is gone (deleted or "
+            f"renamed outside the service, e.g. with optuna-dashboard on the database); "
+            f"DELETE /studies/{record.name} removes the registration so the name can be used "
+            "again"
+        ) from None
+
+
 def list_studies(
     session: Session, *, owner: str, offset: int, limit: int
 ) -> tuple[list[StudyRecord], int]:
@@ -113,11 +140,37 @@ def set_status(
     return record
 
 
-def delete_study(session: Session, storage: BaseStorage, *, record: StudyRecord) -> None:
-    """Remove the Optuna study with its trials, then our row.
+def finish_if_spent(
+    session: Session, storage: RDBStorage, *, record: StudyRecord, study_id: int
+) -> str | None:
+    """Mark a running study completed once its budget is spent and nothing runs; the reason.
+
+    Whoever notices first (a worker after its trial, or the API on a read) settles it, so the
+    status follows the budget even when the last worker exits on its own ``--max-trials``.
+    """
+    if record.status != StudyStatus.RUNNING:
+        return None
+    counts = trial_counts(storage, study_id)
+    reason = spent_reason(storage, record, StudySpec.model_validate(record.spec), counts)
+    if reason is None or counts.running:
+        return None
+    changed = session.execute(
+        update(StudyRecord)
+        .where(StudyRecord.id == record.id, StudyRecord.status == StudyStatus.RUNNING)
+        .values(status=StudyStatus.COMPLETED, status_reason=reason, updated_at=utcnow())
+    ).rowcount
+    session.refresh(record)
+    return reason if changed else None
+
+
+def delete_study(
+    session: Session, storage: RDBStorage, *, record: StudyRecord, settings: Settings
+) -> None:
+    """Remove the study's artifacts, its Optuna study with its trials, then our row.
 
     In this order a failure leaves our row, so the DELETE can be repeated.
     """
+    artifacts.remove_study_artifacts(settings, session, study_id=record.id)
     with contextlib.suppress(KeyError):  # Optuna's half may already be gone
         storage.delete_study(storage.get_study_id_from_name(record.name))
     session.delete(record)
@@ -125,12 +178,17 @@ def delete_study(session: Session, storage: BaseStorage, *, record: StudyRecord)
 
 
 def enqueue_trial(
-    storage: BaseStorage,
+    storage: RDBStorage,
     *,
     record: StudyRecord,
     params: dict[str, Any],
     user_attrs: dict[str, Any],
 ) -> None:
-    """Queue a configuration to be tried before the sampler proposes new ones."""
+    """Queue a configuration to be tried before the sampler proposes new ones.
+
+    Raises:
+        StudyBroken: The Optuna study is gone.
+    """
+    optuna_study_id(storage, record)
     study = optuna.load_study(study_name=record.name, storage=storage)
     study.enqueue_trial(params, user_attrs=user_attrs)

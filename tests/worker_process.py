@@ -1,0 +1,130 @@
+"""A real worker process for tests, with faults or a cheap objective injected through the
+worker's ``objective_factory`` seam (never through production settings).
+
+    python -m tests.worker_process [--inject-oom JSON] [--cheap] [--idle-exit S] [--study NAME]
+
+Settings come from the environment (``HPO_*``), as for ``hpo worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from transformers import TrainerCallback
+
+from hpo.cli import log_to_stderr
+from hpo.factory import optuna_distributions, suggest_params
+from hpo.settings import Settings
+from hpo.spec import StudySpec
+from worker.loop import Worker
+from worker.objective import ExtraCallbacks, WorkerContext, make_objective
+
+
+class RaiseOOM(TrainerCallback):
+    """A CUDA out-of-memory error on the first training step, as a too-large batch gives."""
+
+    def on_step_begin(self, *_: Any, **__: Any) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by a test)")
+
+
+def oom_when(match: dict[str, Any]) -> ExtraCallbacks:
+    """Trials whose params contain ``match`` run out of memory."""
+
+    def callbacks(params: dict[str, Any]) -> list[TrainerCallback]:
+        return [RaiseOOM()] if all(params.get(k) == v for k, v in match.items()) else []
+
+    return callbacks
+
+
+def _unit(dist: BaseDistribution, value: Any) -> float:
+    """Where ``value`` lies in its distribution, from 0 to 1 (log scale where it is log)."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.to_internal_repr(value) / max(1, len(dist.choices) - 1)
+    assert isinstance(dist, FloatDistribution | IntDistribution)
+    scale = math.log if dist.log else float
+    return (scale(value) - scale(dist.low)) / (scale(dist.high) - scale(dist.low))
+
+
+def _wait_for_workers(trial: optuna.Trial, n: int, *, timeout: float = 120.0) -> None:
+    """Block until ``n`` distinct workers have started a trial of this study."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = {t.user_attrs.get("worker") for t in trial.study.get_trials(deepcopy=False)}
+        if len(seen - {None}) >= n:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"fewer than {n} workers started a trial within {timeout}s")
+
+
+def cheap_objective(
+    ctx: WorkerContext,
+    spec: StudySpec,
+    *,
+    record_id: int,
+    on_start: Callable[[optuna.Trial], None],
+    barrier: int = 0,
+) -> Callable[[optuna.Trial], float]:
+    """No training: a smooth bowl over the space's unit cube (optimum inside), reported at
+    three fidelities. With ``barrier``, each worker's first trial waits until that many
+    workers are in, so a test can rely on them sampling side by side."""
+    distributions = optuna_distributions(spec)
+    waited: list[bool] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        on_start(trial)
+        params = suggest_params(trial, spec)
+        trial.set_user_attr("worker", ctx.worker_id)
+        if barrier and not waited:
+            _wait_for_workers(trial, barrier)
+            waited.append(True)
+        value = sum((_unit(distributions[k], v) - 0.37) ** 2 for k, v in params.items())
+        for step in (1, 2, 3):
+            trial.report(value + 1 / step, step)
+        return value
+
+    return objective
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--study", action="append")
+    parser.add_argument("--idle-exit", type=float)
+    parser.add_argument("--max-trials", type=int)
+    parser.add_argument("--inject-oom", type=json.loads)
+    parser.add_argument("--cheap", action="store_true")
+    parser.add_argument("--barrier", type=int, default=0)
+    args = parser.parse_args(argv)
+    factory: Any = make_objective
+    if args.cheap:
+        factory = functools.partial(cheap_objective, barrier=args.barrier)
+    elif args.inject_oom:
+        factory = functools.partial(make_objective, extra_callbacks=oom_when(args.inject_oom))
+    log_to_stderr()
+    Worker(
+        Settings(),
+        studies=args.study,
+        idle_exit=args.idle_exit,
+        max_trials=args.max_trials,
+        cpu_threads=1,
+        objective_factory=factory,
+    ).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
