@@ -1,6 +1,6 @@
 """Coordination at scale: N worker processes run zero-cost trials against one PostgreSQL.
 
-    python bench/coordination.py [--workers 4 16 64] [--sizes 1000 10000] [--trials 512]
+    python -m bench.coordination [--workers 4 16 64] [--sizes 1000 10000] [--trials 512]
 
 Each process is the real ``worker.loop.Worker`` (same storage settings, heartbeat, budget lock,
 stale-trial sweep, sampler and pruner) whose objective trains nothing: it samples the study's
@@ -23,10 +23,8 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import random
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,32 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState, create_trial
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from hpo.core.factory import load_study, optuna_distributions, suggest_params
+from hpo.core.migrate import upgrade
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from hpo.core.storage import make_storage
+from hpo.core.studies import create_study
+from tests.pg import PostgresCluster
+from worker.loop import Worker
+from worker.objective import WorkerContext
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import optuna  # noqa: E402
-from optuna.distributions import (  # noqa: E402
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-from optuna.storages import RDBStorage  # noqa: E402
-from optuna.trial import TrialState, create_trial  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-from hpo.factory import load_study, optuna_distributions, suggest_params  # noqa: E402
-from hpo.migrate import upgrade  # noqa: E402
-from hpo.settings import Settings  # noqa: E402
-from hpo.spec import StudySpec  # noqa: E402
-from hpo.storage import make_storage  # noqa: E402
-from hpo.studies import create_study  # noqa: E402
-from tests.pg import PostgresCluster  # noqa: E402
-from worker.loop import Worker  # noqa: E402
-from worker.objective import WorkerContext  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 STEPS = 20
 NAME = "coordination"
@@ -69,9 +58,9 @@ def _spec(max_trials: int) -> StudySpec:
     """The default study: the six core hyperparameters, the default sampler and pruner."""
     return StudySpec.model_validate({
         "name": NAME,
-        "model": {"name_or_path": "builtin:tiny-llama"},
-        "dataset": {"path": "builtin:demo-text"},
-        "budget": {"max_trials": max_trials},
+        "train": {"model": {"name_or_path": "builtin:tiny-llama"},
+                  "dataset": {"path": "builtin:demo-text"}},
+        "search": {"budget": {"max_trials": max_trials}},
     })  # fmt: skip
 
 
@@ -81,27 +70,12 @@ def _loss(params: dict[str, Any]) -> float:
     return 1.0 + (lr + 3.5) ** 2 + 0.01 * params.get("weight_decay", 0.0)
 
 
-def _random_params(dists: dict[str, BaseDistribution], rng: random.Random) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for name, d in dists.items():
-        if isinstance(d, CategoricalDistribution):
-            params[name] = rng.choice(d.choices)
-        elif isinstance(d, IntDistribution):
-            params[name] = rng.randrange(d.low, d.high + 1, d.step)
-        elif isinstance(d, FloatDistribution) and d.log:
-            params[name] = math.exp(rng.uniform(math.log(d.low), math.log(d.high)))
-        else:
-            assert isinstance(d, FloatDistribution)
-            params[name] = rng.uniform(d.low, d.high)
-    return params
-
-
 def _prefill(url: str, spec: StudySpec, count: int, seed: int) -> None:
-    dists = optuna_distributions(spec)
-    rng = random.Random(seed)
+    dists = optuna_distributions(spec.search)
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     study = optuna.load_study(study_name=NAME, storage=RDBStorage(url))
     for _ in range(count):
-        params = _random_params(dists, rng)
+        params = draws.ask(dists).params
         value = _loss(params)
         study.add_trial(create_trial(
             state=TrialState.COMPLETE, params=params, distributions=dists, value=value,
@@ -147,7 +121,7 @@ def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], f
     ) -> Callable[[optuna.Trial], float]:
         def objective(trial: optuna.Trial) -> float:
             on_start(trial)
-            value = _loss(suggest_params(trial, spec))
+            value = _loss(suggest_params(trial, spec.search))
             if _report_curve(trial, value, reports):
                 raise optuna.TrialPruned()
             return value
@@ -189,14 +163,14 @@ def _ours(url: str, out: str) -> None:
 
 def _plain(url: str, out: str, n_trials: int) -> None:
     spec = _spec(10**5)
-    study = load_study(spec, RDBStorage(url))
+    study = load_study(NAME, spec.search, RDBStorage(url))
     asks, reports, tells, ends = [], [], [], []
     started = time.time()
     for _ in range(n_trials):
         t0 = time.perf_counter()
         trial = study.ask()
         asks.append(time.perf_counter() - t0)
-        value = _loss(suggest_params(trial, spec))
+        value = _loss(suggest_params(trial, spec.search))
         pruned = _report_curve(trial, value, reports)
         state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         t0 = time.perf_counter()

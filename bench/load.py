@@ -1,6 +1,6 @@
 """Bounded load on loopback: C concurrent clients list and read studies while W workers report.
 
-    python bench/load.py [--clients 50] [--workers 4] [--seconds 30]
+    python -m bench.load [--clients 50] [--workers 4] [--seconds 30]
 
 Starts its own PostgreSQL cluster, `hpo serve` and `hpo worker` processes, then stops them
 all. Writes bench/results/load.{md,json}: requests, errors, p50/p99 latency per route.
@@ -23,14 +23,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from hpo.core.migrate import upgrade
+from hpo.core.settings import Settings
+from tests.pg import PostgresCluster, _free_port
+from tests.workers import small_study, start_worker, wait_healthy, wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hpo.migrate import upgrade  # noqa: E402
-from hpo.settings import Settings  # noqa: E402
-from tests.pg import PostgresCluster, _free_port  # noqa: E402
-from tests.workers import small_study, start_worker, wait_healthy, wait_until  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results"
 ROUTES = ("GET /studies", "GET /studies/{name}", "GET /studies/{name}/trials")
 

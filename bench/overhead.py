@@ -1,6 +1,6 @@
 """Per-trial overhead: our worker vs HF ``Trainer.hyperparameter_search(backend="optuna")``.
 
-    python bench/overhead.py [--trials 10] [--model tiny|small|medium]
+    python -m bench.overhead [--trials 10] [--model tiny|small|medium]
 
 Same Llama (79K, 26M or 0.3B parameters, the larger built from a config), same tokenized
 data, the same configurations (learning rate, batch size, LoRA rank), CPU. HF re-creates the
@@ -24,14 +24,10 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import optuna  # noqa: E402
-import torch  # noqa: E402
-from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
-from sqlalchemy.orm import sessionmaker  # noqa: E402
-from transformers import (  # noqa: E402
+import optuna
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import (
     AutoModelForCausalLM,
     DataCollatorForLanguageModeling,
     Trainer,
@@ -39,17 +35,18 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from hpo.db import make_engine, session_scope  # noqa: E402
-from hpo.migrate import upgrade  # noqa: E402
-from hpo.settings import Settings  # noqa: E402
-from hpo.spec import DatasetSpec, ModelSpec, StudySpec  # noqa: E402
-from hpo.storage import make_storage  # noqa: E402
-from hpo.studies import create_study  # noqa: E402
-from worker import builtin  # noqa: E402
-from worker.data import DataCache  # noqa: E402
-from worker.loop import Worker  # noqa: E402
-from worker.models import ModelCache  # noqa: E402
+from hpo.core.db import Database
+from hpo.core.migrate import upgrade
+from hpo.core.settings import Settings
+from hpo.core.spec import DatasetSpec, ModelSpec, StudySpec
+from hpo.core.storage import make_storage
+from hpo.core.studies import create_study
+from worker import builtin
+from worker.data import DataCache
+from worker.loop import Worker
+from worker.models import ModelCache
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SEQ = 32
 
@@ -110,26 +107,29 @@ def ours(workdir: Path, trials: int, model_path: str, size: Size) -> list[dict[s
     spec = StudySpec.model_validate(
         {
             "name": "overhead",
-            "model": {"name_or_path": model_path},
-            "dataset": {
-                "path": "builtin:demo-text",
-                "max_train_examples": size.train,
-                "max_eval_examples": size.eval,
+            "train": {
+                "model": {"name_or_path": model_path},
+                "dataset": {
+                    "path": "builtin:demo-text",
+                    "max_train_examples": size.train,
+                    "max_eval_examples": size.eval,
+                },
+                "training": {"num_train_epochs": 1, "max_seq_length": SEQ},
+                "evaluation": {"every_examples": size.train},
             },
-            "search_space": {
-                "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-                "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16]},
-                "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+            "search": {
+                "space": {
+                    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+                    "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16]},
+                    "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+                },
+                "pruner": {"type": "none"},
+                "budget": {"max_trials": trials},
             },
-            "training": {"num_train_epochs": 1, "max_seq_length": SEQ},
-            "pruner": {"type": "none"},
-            "budget": {"max_trials": trials},
-            "evaluation": {"every_examples": size.train},
         }
     )
-    engine = make_engine(settings.database_url)
     storage = make_storage(settings)
-    with session_scope(sessionmaker(engine)) as session:
+    with Database(settings.database_url) as db, db.session() as session:
         create_study(session, storage, spec=spec, owner="bench", settings=settings)
     study = optuna.load_study(study_name="overhead", storage=storage)
     for config in CONFIGS[:trials]:

@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -23,15 +22,12 @@ from statistics import median
 from typing import Any
 
 import numpy as np
+import optuna
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import optuna  # noqa: E402
-import torch  # noqa: E402
-
-from hpo.nmtlc import NMTLCTask, load_tasks  # noqa: E402
-from hpo.simulate import simulate  # noqa: E402
-from hpo.spec import StudySpec  # noqa: E402
+from hpo.core.spec import SearchSpec
+from hpo.nmtlc import NMTLCTask, load_tasks
+from hpo.simulate import simulate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = (0.01, 0.001)  # within 1% (the headline) and 0.1% of the task's best recorded loss
@@ -55,13 +51,10 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any], tuple[int, ...] | No
 }
 
 
-def _spec(task: NMTLCTask, sampler: dict[str, Any], pruner: dict[str, Any]) -> StudySpec:
-    return StudySpec.model_validate(
+def _search(task: NMTLCTask, sampler: dict[str, Any], pruner: dict[str, Any]) -> SearchSpec:
+    return SearchSpec.model_validate(
         {
-            "name": "sim",
-            "model": {"name_or_path": "recorded"},
-            "dataset": {"path": "recorded"},
-            "search_space": task.search_space,
+            "space": task.search_space,
             "sampler": sampler,
             "pruner": pruner,
             "budget": {"max_trials": 10_000},
@@ -77,7 +70,7 @@ def _run(args: tuple[str, str, int, int]) -> dict[str, Any]:
     results = []
     for task in load_tasks(Path(data)):
         grid = task.full_grid_cost
-        sim = simulate(_spec(task, sampler, pruner), task, workers=workers, seed=seed,
+        sim = simulate(_search(task, sampler, pruner), task, workers=workers, seed=seed,
                        max_cost=MAX_COST * grid)  # fmt: skip
         results.append(
             {

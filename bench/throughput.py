@@ -1,6 +1,6 @@
 """Throughput of one LoRA trial: the worker's training path vs plain HF ``Trainer`` defaults.
 
-    python bench/throughput.py [--model 1b|tiny] [--steps 40] [--batch 8] [--seq-len 1024]
+    python -m bench.throughput [--model 1b|tiny] [--steps 40] [--batch 8] [--seq-len 1024]
 
 Builds a Llama from a config (random init, no download; ``1b`` is TinyLlama-1.1B's shape) and
 synthetic token sequences of varied, realistic lengths, then trains one LoRA adapter over the
@@ -25,22 +25,18 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import datasets  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import torch  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-from transformers import (  # noqa: E402
+import datasets
+import numpy as np
+import optuna
+import torch
+from peft import get_peft_model
+from transformers import (
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     LlamaConfig,
@@ -51,13 +47,14 @@ from transformers import (  # noqa: E402
     TrainingArguments,
 )
 
-from hpo.settings import Settings  # noqa: E402
-from hpo.spec import StudySpec  # noqa: E402
-from worker import builtin  # noqa: E402
-from worker.data import Splits  # noqa: E402
-from worker.models import LoadedModel, resolve_dtype  # noqa: E402
-from worker.training import lora_config, train_trial, trial_settings  # noqa: E402
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from worker import builtin
+from worker.data import Splits
+from worker.models import LoadedModel, resolve_dtype
+from worker.training import lora_config, train_trial, trial_settings
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHAPES = {
     "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
@@ -146,13 +143,12 @@ def _sync(device: torch.device) -> None:
 def run_ours(args: argparse.Namespace, splits: Splits, tokenizer: Any,
              device: torch.device) -> dict[str, Any]:  # fmt: skip
     n_train = len(splits.train)
-    spec = StudySpec.model_validate({
-        "name": "throughput", "model": {"name_or_path": "builtin:tiny-llama"},
-        "dataset": {"path": "builtin:demo-text"},
+    spec = StudySpec.model_validate({"name": "throughput", "train": {
+        "model": {"name_or_path": "builtin:tiny-llama"}, "dataset": {"path": "builtin:demo-text"},
         "evaluation": {"every_examples": max(1, n_train // 4)},
         "training": {"max_seq_length": args.seq_len},
-    })  # fmt: skip
-    dtype = resolve_dtype(spec.model, device)
+    }})  # fmt: skip
+    dtype = resolve_dtype(spec.train.model, device)
     loaded = LoadedModel(_model(args.model, args.seq_len, dtype, device), tokenizer, "synthetic")
     settings = trial_settings(spec, {**LORA, "per_device_train_batch_size": args.batch})
     trial = optuna.create_study().ask()
@@ -192,9 +188,9 @@ def run_plain(args: argparse.Namespace, splits: Splits, tokenizer: Any,
               device: torch.device, out_dir: str) -> dict[str, Any]:  # fmt: skip
     model = _model(args.model, args.seq_len, torch.float32, device)
     loaded = LoadedModel(model, tokenizer, "synthetic")
-    settings = trial_settings(StudySpec.model_validate({
-        "name": "throughput", "model": {"name_or_path": "builtin:tiny-llama"},
-        "dataset": {"path": "builtin:demo-text"}}), LORA)  # fmt: skip
+    settings = trial_settings(StudySpec.model_validate({"name": "throughput", "train": {
+        "model": {"name_or_path": "builtin:tiny-llama"},
+        "dataset": {"path": "builtin:demo-text"}}}), LORA)  # fmt: skip
     peft = get_peft_model(model, lora_config(settings, loaded, "causal-lm"))
     timer = PhaseTimer()
     trainer = Trainer(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpo.cli_study import study_app
-from hpo.settings import Settings, get_settings
+from hpo.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -43,8 +43,8 @@ def _settings(database_url: str | None) -> Settings:
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
     """Apply our migrations up to REVISION and let Optuna create its own tables."""
-    from hpo.migrate import upgrade
-    from hpo.storage import make_storage
+    from hpo.core.migrate import upgrade
+    from hpo.core.storage import make_storage
 
     settings = _settings(database_url)
     upgrade(settings.database_url, revision)
@@ -54,7 +54,7 @@ def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None
 @db_app.command("downgrade")
 def db_downgrade(database_url: DatabaseUrl = None, revision: str = "base") -> None:
     """Revert migrations down to REVISION."""
-    from hpo.migrate import downgrade
+    from hpo.core.migrate import downgrade
 
     downgrade(_settings(database_url).database_url, revision)
 
@@ -76,27 +76,27 @@ def _duration(text: str | None) -> dt.timedelta | None:
 def _token_session(database_url: str | None) -> Iterator[Session]:
     """A committed session for token commands; errors become one line and exit code 1."""
     from sqlalchemy.exc import SQLAlchemyError
-    from sqlalchemy.orm import sessionmaker
 
-    from hpo.db import make_engine, session_scope
-    from hpo.errors import HPOError
+    from hpo.core.db import Database
+    from hpo.core.errors import HPOError
 
-    engine = make_engine(_settings(database_url).database_url)
+    db = Database(_settings(database_url).database_url)
     try:
-        with session_scope(sessionmaker(engine, expire_on_commit=False)) as session:
+        with db.session() as session:
             yield session
     except HPOError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
         typer.echo(
-            f"error: {type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}"
+            f"error: {type(cause).__name__}: {str(cause).splitlines()[0]}"
             " (has `hpo db upgrade` run on this database?)",
             err=True,
         )
         raise typer.Exit(1) from exc
     finally:
-        engine.dispose()
+        db.close()
 
 
 @token_app.command("create")
@@ -109,7 +109,7 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a token and print it once; only its hash is stored."""
-    from hpo.tokens import create_token
+    from hpo.core.tokens import create_token
 
     lifetime = _duration(expires_in)
     with _token_session(database_url) as session:
@@ -123,7 +123,7 @@ def token_list(database_url: DatabaseUrl = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from hpo.tokens import list_tokens
+    from hpo.core.tokens import list_tokens
 
     with _token_session(database_url) as session:
         rows = list_tokens(session)
@@ -143,7 +143,7 @@ def token_list(database_url: DatabaseUrl = None) -> None:
 @token_app.command("revoke")
 def token_revoke(name: str, database_url: DatabaseUrl = None) -> None:
     """Revoke the token NAME: requests with it get 401 from now on."""
-    from hpo.tokens import revoke_token
+    from hpo.core.tokens import revoke_token
 
     with _token_session(database_url) as session:
         revoke_token(session, name=name)
@@ -160,7 +160,7 @@ def serve(
     """Run migrations (unless --no-migrate) and serve the REST API."""
     import uvicorn
 
-    from hpo.migrate import upgrade
+    from hpo.core.migrate import upgrade
     from service.app import create_app
 
     settings = _settings(database_url)
@@ -228,7 +228,7 @@ def demo(
     for key, value in result.best_params.items():
         console.print(f"  {key} = {value}")
     console.print(f"best adapter: {result.adapter or 'not saved'}")
-    db = database_url or f"sqlite:///{(workdir / 'hpo.db').resolve()}"
+    db = database_url or f"sqlite:///{(workdir / 'hpo.core.db').resolve()}"
     artifacts = (workdir / "artifacts").resolve()
     console.print("to browse it in the dashboard, run (local only: no login)")
     console.print(
@@ -243,7 +243,7 @@ def demo(
 def simulate(
     nmtlc: Annotated[Path, typer.Argument(help="Path to NMTLC's nmtlc.pkl.")],
     spec_file: Annotated[
-        Path | None, typer.Option("--spec", help="Sampler/pruner from this spec file.")
+        Path | None, typer.Option("--spec", help="search.sampler/pruner from this spec file.")
     ] = None,
     sampler: str = "tpe",
     pruner: str = "none",
@@ -257,29 +257,26 @@ def simulate(
     from rich.console import Console
     from rich.table import Table
 
+    from hpo.core.spec import SearchSpec
     from hpo.nmtlc import load_tasks
     from hpo.simulate import simulate as run
-    from hpo.spec import StudySpec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = yaml.safe_load(spec_file.read_text()) if spec_file else {}
     table = Table("task", "seed", "trials", "pruned", "cost / grid", "cost to 1% / grid", "best")
     for task in load_tasks(nmtlc):
-        spec = StudySpec.model_validate(
+        search = SearchSpec.model_validate(
             {
                 "sampler": {"type": sampler},
                 "pruner": {"type": pruner},
-                **{k: v for k, v in base.items() if k in ("sampler", "pruner")},
-                "name": "simulated",
-                "model": {"name_or_path": "recorded"},
-                "dataset": {"path": "recorded"},
-                "search_space": task.search_space,
+                **{k: v for k, v in base.get("search", {}).items() if k in ("sampler", "pruner")},
+                "space": task.search_space,
                 "budget": {"max_trials": max_trials},
             }
         )
         grid = task.full_grid_cost
         for seed in range(seeds):
-            sim = run(spec, task, workers=workers, seed=seed, max_cost=1.5 * grid)
+            sim = run(search, task, workers=workers, seed=seed, max_cost=1.5 * grid)
             reach = sim.cost_to_reach(task.best_value * 1.01) / grid
             table.add_row(
                 task.name, str(seed), str(len(sim.trials)),

@@ -105,12 +105,11 @@ def show(name: str, as_json: AsJson = False) -> None:
         t = study.trials
         console.print(f"[bold]{study.name}[/] {study.status} {study.status_reason or ''}")
         console.print(
-            f"trials: {t.finished}/{study.spec.budget.max_trials} finished "
+            f"trials: {t.finished}/{study.spec.search.budget.max_trials} finished "
             f"({t.complete} complete, {t.pruned} pruned), {t.fail} failed, {t.running} running"
         )
-        console.print(
-            f"best {study.spec.objective.metric}: {study.best_value} {study.best_params or ''}"
-        )
+        metric = study.spec.search.objective.metric
+        console.print(f"best {metric}: {study.best_value} {study.best_params or ''}")
 
     _emit(study, as_json, human)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from hpo.errors import HPOError
-from hpo.spec import StudySpec
-from service.schemas import EnqueuePublic, Page, StudyPublic, StudySummary, TrialPublic
+from hpo.core.errors import HPOError
+from hpo.core.schemas import EnqueuePublic, Page, StudyPublic, StudySummary, TrialPublic
+from hpo.core.spec import StudySpec
 
 
 class ApiError(HPOError):

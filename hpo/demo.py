@@ -14,35 +14,45 @@ import optuna
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
-from sqlalchemy.orm import sessionmaker
 
-from hpo.artifacts import adapter_of
-from hpo.db import make_engine, session_scope
-from hpo.migrate import upgrade
-from hpo.progress import TrialCounts, best_trial, trial_counts
-from hpo.settings import Settings
-from hpo.spec import DEFAULT_SEARCH_SPACE, StudySpec
-from hpo.storage import make_storage
-from hpo.studies import create_study
+from hpo.core.artifacts import adapter_of
+from hpo.core.db import Database
+from hpo.core.migrate import upgrade
+from hpo.core.optuna_tables import trial_id
+from hpo.core.progress import TrialCounts, best_trial, trial_counts
+from hpo.core.settings import Settings
+from hpo.core.spec import DEFAULT_SEARCH_SPACE, StudySpec
+from hpo.core.storage import make_storage
+from hpo.core.studies import create_study
 
 
 def demo_spec(name: str, *, trials: int) -> StudySpec:
     """The six core hyperparameters on the tiny local Llama and the demo text."""
-    return StudySpec(
-        name=name,
-        description="hpo demo: LoRA on a tiny local Llama (CPU)",
-        model={"name_or_path": "builtin:tiny-llama"},
-        dataset={"path": "builtin:demo-text", "max_train_examples": 384, "max_eval_examples": 96},
-        search_space={
-            **DEFAULT_SEARCH_SPACE,
-            "learning_rate": {"type": "float", "low": 1e-4, "high": 2e-2, "log": True},
-            "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
-        },
-        training={"max_seq_length": 40},
-        sampler={"type": "tpe", "n_startup_trials": 6},
-        pruner={"type": "successive_halving"},  # the demo shows early stopping at work
-        budget={"max_trials": trials},
-        evaluation={"every_examples": 128},
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "description": "hpo demo: LoRA on a tiny local Llama (CPU)",
+            "train": {
+                "model": {"name_or_path": "builtin:tiny-llama"},
+                "dataset": {
+                    "path": "builtin:demo-text",
+                    "max_train_examples": 384,
+                    "max_eval_examples": 96,
+                },
+                "training": {"max_seq_length": 40},
+                "evaluation": {"every_examples": 128},
+            },
+            "search": {
+                "space": {
+                    **DEFAULT_SEARCH_SPACE,
+                    "learning_rate": {"type": "float", "low": 1e-4, "high": 2e-2, "log": True},
+                    "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+                },
+                "sampler": {"type": "tpe", "n_startup_trials": 6},
+                "pruner": {"type": "successive_halving"},  # the demo shows early stopping
+                "budget": {"max_trials": trials},
+            },
+        }
     )
 
 
@@ -90,7 +100,7 @@ def run_demo(
     settings = base.model_copy(
         update={
             "database_url": Settings(
-                database_url=database_url or f"sqlite:///{workdir / 'hpo.db'}"
+                database_url=database_url or f"sqlite:///{workdir / 'hpo.core.db'}"
             ).database_url,
             "artifact_dir": workdir / "artifacts",
             "auth": "disabled",
@@ -101,8 +111,8 @@ def run_demo(
     name = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     spec = demo_spec(name, trials=trials)
     storage = make_storage(settings)
-    engine = make_engine(settings.database_url)
-    with session_scope(sessionmaker(engine)) as session:  # the same code path as POST /studies
+    db = Database(settings.database_url)
+    with db.session() as session:  # the same code path as POST /studies
         record_id = create_study(session, storage, spec=spec, owner="local", settings=settings).id
     console.print(f"[bold]study[/] {name} · {trials} trials · {workers} CPU workers · {workdir}")
 
@@ -146,10 +156,10 @@ def run_demo(
     best = best_trial(storage, study_id)
     adapter = None
     if best is not None:
-        with session_scope(sessionmaker(engine)) as session:
-            stored = adapter_of(session, study_id=record_id, trial_id=best._trial_id)  # noqa: SLF001
+        with db.session() as session:
+            stored = adapter_of(session, study_id=record_id, trial_id=trial_id(best))
             adapter = settings.artifact_dir / stored.artifact_id if stored else None
-    engine.dispose()
+    db.close()
     return DemoResult(
         study=name,
         counts=trial_counts(storage, study_id),

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpo.core.spec import CategoricalDistribution, SearchSpace
 from hpo.simulate import CurvePoint, NotRecorded
-from hpo.spec import CategoricalDistribution, Distribution
 
 # Parameters in billions by family and hidden size (BLOOMZ 560M/1.7B/3B, XGLM 564M/1.7B/2.9B).
 PARAMS_B = {
@@ -35,13 +35,15 @@ class NMTLCTask:
     params_b: float
 
     @property
-    def search_space(self) -> dict[str, Distribution]:
+    def search_space(self) -> SearchSpace:
         lrs, batches, ranks = (sorted({key[i] for key in self.curves}) for i in range(3))
-        return {
-            "learning_rate": CategoricalDistribution(choices=lrs),
-            "per_device_train_batch_size": CategoricalDistribution(choices=batches),
-            "lora_r": CategoricalDistribution(choices=ranks),
-        }
+        return SearchSpace.model_validate(
+            {
+                "learning_rate": CategoricalDistribution(choices=lrs),
+                "per_device_train_batch_size": CategoricalDistribution(choices=batches),
+                "lora_r": CategoricalDistribution(choices=ranks),
+            }
+        )
 
     def curve(self, params: dict[str, Any]) -> list[CurvePoint]:
         batch = params["per_device_train_batch_size"]
@@ -54,7 +56,8 @@ class NMTLCTask:
 
     @property
     def best_value(self) -> float:
-        return min(min(c) for c in self.curves.values())
+        """The best final value of any configuration (a trial's value is its last point)."""
+        return min(c[-1] for c in self.curves.values())
 
     @property
     def full_grid_cost(self) -> float:
@@ -71,7 +74,7 @@ class NMTLCTask:
 def load_tasks(path: Path) -> list[NMTLCTask]:
     """The ten fine-tuning tasks of NMTLC; a repeated configuration keeps its first curve."""
     with path.open("rb") as f:
-        records = pickle.load(f)  # noqa: S301 - a local data file the caller names
+        records = pickle.load(f)  # a local data file the caller names, not user input
     tasks: dict[tuple[str, str, int], dict[tuple[float, int, int], list[float]]] = {}
     for r in records:
         if r.get("task") != "finetune":

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import optuna
+from matplotlib.figure import Figure
+from optuna.trial import TrialState, create_trial
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState, create_trial  # noqa: E402
-
-from hpo.factory import optuna_distributions  # noqa: E402
-from hpo.spec import StudySpec  # noqa: E402
-from service.schemas import TrialPublic  # noqa: E402
+from hpo.core.factory import optuna_distributions
+from hpo.core.progress import beats
+from hpo.core.schemas import TrialPublic
+from hpo.core.spec import StudySpec
 
 
 def best_so_far(trials: list[TrialPublic], *, maximize: bool) -> tuple[list[float], list[float]]:
     """Cumulative device hours (in trial order) and the best complete value at each point."""
-    hours, best, spent, current = [], [], 0.0, None
+    hours: list[float] = []
+    best: list[float] = []
+    spent, current = 0.0, None
     for trial in sorted(trials, key=lambda t: t.number):
         spent += float(trial.user_attrs.get("device_seconds", 0.0)) / 3600
-        if trial.state == "complete" and trial.value is not None:
-            better = current is None or (
-                trial.value > current if maximize else trial.value < current
-            )
-            current = trial.value if better else current
+        value = trial.value if trial.state == "complete" else None
+        if value is not None and beats(value, current, minimize=not maximize):
+            current = value
         if current is not None:
             hours.append(spent)
             best.append(current)
@@ -37,8 +35,13 @@ def importances(spec: StudySpec, trials: list[TrialPublic]) -> dict[str, float]:
     complete = [t for t in trials if t.state == "complete" and t.value is not None]
     if len(complete) < 2:
         return {}
-    distributions = optuna_distributions(spec)
-    study = optuna.create_study(direction=spec.objective.direction)
+    distributions = optuna_distributions(spec.search)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
+    try:
+        study = optuna.create_study(direction=spec.search.objective.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for t in complete:
         study.add_trial(
             create_trial(
@@ -52,11 +55,12 @@ def importances(spec: StudySpec, trials: list[TrialPublic]) -> dict[str, float]:
 
 
 def plot_study(spec: StudySpec, trials: list[TrialPublic], out: Path) -> Path:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    hours, best = best_so_far(trials, maximize=spec.objective.direction == "maximize")
+    fig = Figure(figsize=(11, 4))  # no pyplot: no GUI backend, no global figure state
+    left, right = fig.subplots(1, 2)
+    hours, best = best_so_far(trials, maximize=spec.search.objective.direction == "maximize")
     left.step(hours, best, where="post")
     left.set_xlabel("cumulative device hours")
-    left.set_ylabel(f"best {spec.objective.metric}")
+    left.set_ylabel(f"best {spec.search.objective.metric}")
     left.set_title(spec.name)
     ranked = importances(spec, trials)
     right.barh(list(ranked)[::-1], list(ranked.values())[::-1])
@@ -64,5 +68,4 @@ def plot_study(spec: StudySpec, trials: list[TrialPublic], out: Path) -> Path:
     right.set_title("parameter importances")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

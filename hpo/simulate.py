@@ -18,10 +18,12 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from hpo.factory import load_study, suggest_params
-from hpo.spec import Distribution, StudySpec
+from hpo.core.factory import load_study, suggest_params
+from hpo.core.progress import beats
+from hpo.core.spec import SearchSpace, SearchSpec
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
+STUDY = "simulated"
 
 
 class NotRecorded(KeyError):
@@ -41,7 +43,8 @@ class CurveObjective(Protocol):
     defined on.
     """
 
-    search_space: dict[str, Distribution]
+    @property
+    def search_space(self) -> SearchSpace: ...
 
     def curve(self, params: dict[str, Any]) -> list[CurvePoint]: ...
 
@@ -72,11 +75,11 @@ class Simulation:
     def cost_to_reach(self, target: float, *, minimize: bool = True) -> float:
         """Device-seconds spent when a trial first finished at or better than ``target``."""
         for cost, best in self.best_curve:
-            if (best <= target) if minimize else (best >= target):
+            if not beats(target, best, minimize=minimize):
                 return cost
         return math.inf
 
-    def best_at(self, budget: float, *, minimize: bool = True) -> float | None:
+    def best_at(self, budget: float) -> float | None:
         """The best value known once ``budget`` device-seconds were spent."""
         known = [best for cost, best in self.best_curve if cost <= budget]
         return known[-1] if known else None
@@ -91,27 +94,30 @@ class _Event:
 
 
 def simulate(
-    spec: StudySpec,
+    search: SearchSpec,
     objective: CurveObjective,
     *,
     workers: int,
     seed: int,
     max_cost: float | None = None,
 ) -> Simulation:
-    """Run ``spec``'s sampler and pruner against ``objective`` with ``workers`` workers.
+    """Run ``search``'s sampler and pruner against ``objective`` with ``workers`` workers.
 
-    Stops after ``spec.budget.max_trials`` finished trials or once ``max_cost``
+    A trial's value is its curve's last point, as a worker reports its final evaluation.
+    Stops after ``search.budget.max_trials`` finished trials or once ``max_cost``
     device-seconds were spent, whichever comes first.
     """
-    spec = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": seed})})
+    search = search.model_copy(
+        update={"sampler": search.sampler.model_copy(update={"seed": seed})}
+    )
     storage = optuna.storages.InMemoryStorage()
-    direction = spec.objective.direction
+    direction = search.objective.direction
     minimize = direction == "minimize"
-    optuna.create_study(storage=storage, study_name=spec.name, direction=direction)
+    optuna.create_study(storage=storage, study_name=STUDY, direction=direction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         # Worker w samples exactly as a real worker whose seed offset is w would.
-        studies = [load_study(spec, storage, seed_offset=w) for w in range(workers)]
+        studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
     sim = Simulation()
     curves: dict[int, list[CurvePoint]] = {}
     started: dict[int, float] = {}
@@ -127,7 +133,7 @@ def simulate(
         for _ in range(MAX_UNRECORDED_IN_A_ROW):
             trial = studies[worker].ask()
             try:
-                curves[trial.number] = objective.curve(suggest_params(trial, spec))
+                curves[trial.number] = objective.curve(suggest_params(trial, search))
                 break
             except NotRecorded:
                 studies[worker].tell(trial, state=TrialState.FAIL)
@@ -152,8 +158,11 @@ def simulate(
             SimTrial(event.trial.number, event.worker, event.trial.params, state.name.lower(),
                      value, cost, started[event.trial.number], event.time)
         )  # fmt: skip
-        complete = state == TrialState.COMPLETE and value is not None
-        if complete and (best is None or (value < best if minimize else value > best)):
+        if (
+            state == TrialState.COMPLETE
+            and value is not None
+            and beats(value, best, minimize=minimize)
+        ):
             best = value
             sim.best_curve.append((spent(event.time), best))
 
@@ -167,8 +176,7 @@ def simulate(
         event.trial.report(value, step=event.point + 1)
         last = event.point + 1 == len(curves[event.trial.number])
         if last:
-            values = [v for _, v in curves[event.trial.number]]
-            end_trial(event, TrialState.COMPLETE, min(values) if minimize else max(values))
+            end_trial(event, TrialState.COMPLETE, value)
         elif event.trial.should_prune():
             end_trial(event, TrialState.PRUNED, None)
         else:
@@ -176,6 +184,6 @@ def simulate(
             continue
         running = len(in_flight)
         over_budget = max_cost is not None and spent(event.time) >= max_cost
-        if finished + running < spec.budget.max_trials and not over_budget:
+        if finished + running < search.budget.max_trials and not over_budget:
             start_trial(event.worker, event.time)
     return sim

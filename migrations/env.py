@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from hpo.db import Base, make_engine
-from hpo.settings import get_settings
+from hpo.core.db import Base, make_engine
+from hpo.core.settings import get_settings
 
 VERSION_TABLE = "hpo_alembic_version"  # Optuna keeps its own alembic_version table
 

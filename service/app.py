@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy.orm import sessionmaker
 
-from hpo.db import make_engine
-from hpo.settings import Settings, get_settings
-from hpo.storage import make_storage
+from hpo.core.db import Database
+from hpo.core.settings import Settings, get_settings
+from hpo.core.storage import make_storage
 from service import dashboard
 from service.errors import install_error_handlers
 from service.limits import ContentLengthLimit, FailedAuthLimiter
@@ -25,10 +24,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url)
+        db = Database(settings.database_url)
         app.state.settings = settings
-        app.state.engine = engine
-        app.state.sessions = sessionmaker(engine, expire_on_commit=False)
+        app.state.engine = db.engine
+        app.state.sessions = db.sessions
         app.state.storage = make_storage(settings)
         app.state.auth_limiter = FailedAuthLimiter(settings.auth_failures_per_minute)
         app.state.dashboard = dashboard.Dashboard(settings=settings, storage=app.state.storage)
@@ -36,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dashboard.close()
         app.state.storage.remove_session()
         app.state.storage.engine.dispose()
-        engine.dispose()
+        db.close()
 
     app = FastAPI(
         title="finetune-hpo",

@@ -33,7 +33,7 @@ FORWARDED_ALLOW_IPS (default 127.0.0.1), so a client cannot fake it, and a TLS p
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import optuna_dashboard
 from a2wsgi import WSGIMiddleware
@@ -46,9 +46,9 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from hpo.artifacts import artifact_store
-from hpo.db import ArtifactRecord, session_scope
-from hpo.settings import Settings
+from hpo.core.artifacts import artifact_store
+from hpo.core.db import ArtifactRecord, session_scope
+from hpo.core.settings import Settings
 from service.dashboard_storage import OwnerScopedStorage
 from service.deps import SessionDep, authenticate
 
@@ -92,7 +92,9 @@ class Dashboard:
                 raise
             await RedirectResponse("/login", status_code=303)(scope, receive, send)
             return
-        await self._wsgi({**scope, _STUDIES_KEY: visible}, receive, send)
+        # a2wsgi types ASGI messages with TypedDicts of its own; Starlette's are plain dicts.
+        await self._wsgi(cast(Any, {**scope, _STUDIES_KEY: visible}), cast(Any, receive),
+                         cast(Any, send))  # fmt: skip
 
     def _authorize(self, request: Request) -> frozenset[int]:
         """The ids of the studies the request's owner may see.
@@ -136,7 +138,8 @@ class Dashboard:
 
     def _scoped_bottle(self, environ: Environ, start_response: StartResponse) -> IterableChunks:
         """Bottle on the storage scoped to the studies the gate allowed (none if it did not)."""
-        with self._storage.scoped(environ["asgi.scope"].get(_STUDIES_KEY, frozenset())):
+        scope = cast(dict[str, Any], environ)["asgi.scope"]  # a2wsgi adds the ASGI scope
+        with self._storage.scoped(scope.get(_STUDIES_KEY, frozenset())):
             return self._bottle(environ, start_response)
 
 
@@ -160,7 +163,7 @@ class _ToDashboard:
 
 router = APIRouter(include_in_schema=False)
 for _path in (*PAGE_PATHS, *DATA_PATHS):
-    router.add_route(_path, _ToDashboard())
+    router.add_route(_path, _ToDashboard())  # type: ignore[arg-type]  # an ASGI app endpoint
 
 _LOGIN_PAGE = """<!doctype html>
 <html lang="en">

@@ -22,8 +22,9 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
-from hpo.db import StudyRecord
-from hpo.optuna_tables import studies, trials
+from hpo.core import optuna_tables
+from hpo.core.db import StudyRecord
+from hpo.core.optuna_tables import studies, trials
 
 _visible: ContextVar[frozenset[int]] = ContextVar("dashboard_studies", default=frozenset())
 
@@ -76,7 +77,8 @@ class OwnerScopedStorage(BaseStorage):
 
     def get_all_studies(self) -> list[FrozenStudy]:
         visible = _visible.get()
-        return [s for s in self._storage.get_all_studies() if s._study_id in visible]
+        studies = self._storage.get_all_studies()
+        return [s for s in studies if optuna_tables.study_id(s) in visible]
 
     def get_study_id_from_name(self, study_name: str) -> int:
         return self._study(self._storage.get_study_id_from_name(study_name))

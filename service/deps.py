@@ -11,9 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session
 
-from hpo.db import session_scope
-from hpo.settings import Settings
-from hpo.tokens import owner_of
+from hpo.core.db import session_scope
+from hpo.core.settings import Settings
+from hpo.core.tokens import owner_of
 
 LOCAL_OWNER = "local"
 _bearer = HTTPBearer(auto_error=False, description="A token from `hpo token create NAME`.")

@@ -12,7 +12,13 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from hpo.errors import SpecError, StorageUnavailable, StudyBroken, StudyConflict, StudyNotFound
+from hpo.core.errors import (
+    SpecError,
+    StorageUnavailable,
+    StudyBroken,
+    StudyConflict,
+    StudyNotFound,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import httpx
 import psycopg2
 import pytest
 import uvicorn
-from sqlalchemy.orm import sessionmaker
 
-from hpo.db import make_engine, session_scope
-from hpo.migrate import upgrade
-from hpo.settings import Settings
-from hpo.storage import make_storage
-from hpo.tokens import create_token
+from hpo.core.db import Database
+from hpo.core.migrate import upgrade
+from hpo.core.settings import Settings
+from hpo.core.storage import make_storage
+from hpo.core.tokens import create_token
 from service.app import create_app
 from tests.pg import PostgresCluster, _free_port
+from tests.specs import minimal_spec
 from tests.workers import start_worker
 
 TEMPLATE = "hpo_template"
@@ -78,7 +78,7 @@ def pg_url(pg_admin_url: str, pg_template: str) -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    url = f"sqlite:///{tmp_path / 'hpo.core.db'}"
     upgrade(url)
     return url
 
@@ -143,12 +143,8 @@ class ApiServer:
         self.thread.join(timeout=10)
 
     def token(self, owner: str) -> str:
-        engine = make_engine(self.settings.database_url)
-        try:
-            with session_scope(sessionmaker(engine)) as session:
-                return create_token(session, name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner)
-        finally:
-            engine.dispose()
+        with Database(self.settings.database_url) as db, db.session() as session:
+            return create_token(session, name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner)
 
     def client(self, owner: str | None = "alice") -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(owner)}"} if owner else {}
@@ -171,16 +167,6 @@ def pg_api(pg_settings: Settings) -> Iterator[ApiServer]:
 def client(api: ApiServer) -> Iterator[httpx.Client]:
     with api.client("alice") as c:
         yield c
-
-
-def minimal_spec(name: str = "demo", **overrides: object) -> dict[str, object]:
-    spec: dict[str, object] = {
-        "name": name,
-        "model": {"name_or_path": "builtin:tiny-llama"},
-        "dataset": {"path": "builtin:demo-text"},
-    }
-    spec.update(overrides)
-    return spec
 
 
 SpecFactory = Callable[..., dict[str, object]]

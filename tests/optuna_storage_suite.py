@@ -20,8 +20,8 @@ were merged into one, and the things that build storages are replaced by the ada
 (ours, not Optuna's): ``STORAGE_MODES_HEARTBEAT``, ``StorageSupplier`` (from
 ``optuna.testing.storages``), ``create_rdb_storage`` (test_cached_storage.py) and
 ``get_storage`` (test_with_server.py). Left out: test_storages.py's ``storage`` fixture (see
-tests/test_optuna_storage_contract.py) and ``test_get_storage`` (it never touches a storage
-we build). This module is not collected by itself: tests/test_optuna_storage_contract.py
+tests/system/test_optuna_storage_contract.py) and ``test_get_storage`` (it never touches a storage
+we build). This module is not collected by itself: tests/system/test_optuna_storage_contract.py
 imports the tests and provides the database. When upgrading Optuna, re-copy from its sdist.
 """
 
@@ -72,8 +72,8 @@ from optuna.testing.tempfile_pool import NamedTemporaryFilePool
 from optuna.testing.threading import _TestableThread
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.settings import Settings
-from hpo.storage import HeartbeatStorage, make_storage
+from hpo.core.settings import Settings
+from hpo.core.storage import HeartbeatStorage, make_storage
 
 # =============================================================================================
 # Adapter (ours, not Optuna's): every storage these tests build is our HeartbeatStorage,
@@ -100,7 +100,9 @@ def use_database(url: str | None) -> None:
 def make_heartbeat_storage(**storage_kwargs: Any) -> HeartbeatStorage:
     """``make_storage``'s storage; RDBStorage arguments a test passes override its own."""
     if _database_url is None:
-        raise RuntimeError("no database: run these via tests/test_optuna_storage_contract.py")
+        raise RuntimeError(
+            "no database: run these via tests/system/test_optuna_storage_contract.py"
+        )
     storage = make_storage(
         Settings(
             database_url=_database_url,

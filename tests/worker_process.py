@@ -28,9 +28,9 @@ from optuna.distributions import (
 from transformers import TrainerCallback
 
 from hpo.cli import log_to_stderr
-from hpo.factory import optuna_distributions, suggest_params
-from hpo.settings import Settings
-from hpo.spec import StudySpec
+from hpo.core.factory import optuna_distributions, suggest_params
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
 from worker.loop import Worker
 from worker.objective import ExtraCallbacks, WorkerContext, make_objective
 
@@ -82,12 +82,12 @@ def cheap_objective(
     """No training: a smooth bowl over the space's unit cube (optimum inside), reported at
     three fidelities. With ``barrier``, each worker's first trial waits until that many
     workers are in, so a test can rely on them sampling side by side."""
-    distributions = optuna_distributions(spec)
+    distributions = optuna_distributions(spec.search)
     waited: list[bool] = []
 
     def objective(trial: optuna.Trial) -> float:
         on_start(trial)
-        params = suggest_params(trial, spec)
+        params = suggest_params(trial, spec.search)
         trial.set_user_attr("worker", ctx.worker_id)
         if barrier and not waited:
             _wait_for_workers(trial, barrier)

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import optuna
 
-from hpo.settings import Settings
+from hpo.core.settings import Settings
+from tests.specs import study_spec
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -66,17 +67,16 @@ def trials(settings: Settings, study: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=settings.database_url).get_trials()
 
 
-def small_study(name: str, **overrides: Any) -> dict[str, Any]:
+def small_study(name: str, **parts: Any) -> dict[str, Any]:
     """A study whose trials take a second or two on the tiny model on CPU."""
-    spec: dict[str, Any] = {
-        "name": name,
+    defaults: dict[str, Any] = {
         "model": {"name_or_path": "builtin:tiny-llama"},
         "dataset": {
             "path": "builtin:demo-text",
             "max_train_examples": 256,
             "max_eval_examples": 64,
         },
-        "search_space": {
+        "space": {
             "learning_rate": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True},
             "per_device_train_batch_size": {"type": "categorical", "choices": [8, 16]},
             "lora_r": {"type": "categorical", "choices": [4, 8]},
@@ -87,8 +87,7 @@ def small_study(name: str, **overrides: Any) -> dict[str, Any]:
         "budget": {"max_trials": 8},
         "evaluation": {"every_examples": 64},
     }
-    spec.update(overrides)
-    return spec
+    return study_spec(name, **{**defaults, **parts})
 
 
 def wait_healthy(base_url: str, *, timeout: float = 60) -> None:

@@ -14,8 +14,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from hpo.spec import BUILTIN_PREFIX
+from hpo.core.spec import BUILTIN_PREFIX
 
 VERSION = "v1"
 NUMBERS = [
@@ -104,16 +105,17 @@ def build_llama(out: Path, **sizes: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _tokenizer("llama")
+    shape: dict[str, Any] = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        **sizes,
+    }
     config = LlamaConfig(
-        **{
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 256,
-            **sizes,
-        },
+        **shape,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -138,8 +140,8 @@ def _build_tiny_encoder(out: Path) -> None:
         num_attention_heads=4,
         max_position_embeddings=128,
         pad_token_id=tokenizer.pad_token_id,
-        num_labels=2,
     )
+    config.num_labels = 2
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -10,7 +10,7 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from hpo.spec import DatasetSpec, ModelSpec, dataset_format
+from hpo.core.spec import DatasetSpec, ModelSpec, dataset_format
 from worker import builtin
 from worker.models import freeze_long_lived
 
@@ -61,10 +61,11 @@ def load_splits(spec: DatasetSpec, *, task: str, cache_dir: Path) -> Splits:
     if task == "sequence-classification":
         labels = sorted(set(train[spec.label_field]) | set(evaluation[spec.label_field]))
         index = {label: i for i, label in enumerate(labels)}
-        field = spec.label_field
+        label = spec.label_field
+        assert label is not None  # the spec requires it for classification
 
         def to_id(row: dict[str, Any]) -> dict[str, Any]:
-            return {"labels": index[row[field]]}
+            return {"labels": index[row[label]]}
 
         train, evaluation = train.map(to_id), evaluation.map(to_id)
         num_labels = len(labels)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import fcntl
 import zlib
 from pathlib import Path
+from typing import TextIO
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.engine import make_url
 
 _NAMESPACE = zlib.crc32(b"finetune-hpo") & 0x7FFFFFFF
@@ -22,8 +23,8 @@ class StudyLock:
     def __init__(self, engine: Engine, study_id: int) -> None:
         self.engine = engine
         self.study_id = study_id
-        self._conn = None
-        self._file = None
+        self._conn: Connection | None = None
+        self._file: TextIO | None = None
 
     def __enter__(self) -> StudyLock:
         url = make_url(str(self.engine.url))

@@ -21,17 +21,17 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
 
-from hpo import studies
-from hpo.budget import max_trials, spent_reason
-from hpo.db import StudyRecord, StudyStatus, session_scope, utcnow
-from hpo.errors import StorageUnavailable
-from hpo.factory import load_study, optuna_distributions
-from hpo.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
-from hpo.settings import Settings
-from hpo.spec import StudySpec
-from hpo.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
+from hpo.core import studies
+from hpo.core.budget import max_trials, spent_reason
+from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope, utcnow
+from hpo.core.errors import StorageUnavailable
+from hpo.core.factory import load_study, optuna_distributions
+from hpo.core.optuna_tables import study_id, trial_id
+from hpo.core.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
 from worker.data import DataCache
 from worker.locks import StudyLock
 from worker.models import ModelCache
@@ -93,7 +93,7 @@ class Worker:
         # Our tables and Optuna's share one bounded pool: per worker, at most the study lock,
         # a trial's reads and writes, and the heartbeat thread hold a connection at once.
         self.engine = self.storage.engine
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = Database(self.engine).sessions
         self.objective_factory = objective_factory
         torch_device = torch.device(device)
         hostname = socket.gethostname()
@@ -158,7 +158,9 @@ class Worker:
     def _run_next(self) -> bool:
         candidates = self._candidates()
         # Fair share: the study with the fewest running trials, then the least done.
-        candidates.sort(key=lambda c: (c.counts.running, c.counts.finished / max_trials(c.spec)))
+        candidates.sort(
+            key=lambda c: (c.counts.running, c.counts.finished / max_trials(c.spec.search))
+        )
         return any(self._run_one(c) for c in candidates)
 
     # --- choosing a study -------------------------------------------------------------------
@@ -185,7 +187,9 @@ class Worker:
         key = (record.id, record.name)
         if key not in self._studies:
             try:
-                self._studies[key] = load_study(spec, self.storage, seed_offset=self._seed_offset)
+                self._studies[key] = load_study(
+                    spec.name, spec.search, self.storage, seed_offset=self._seed_offset
+                )
             except KeyError:
                 raise StudyGone(record.name) from None
         study = self._studies[key]
@@ -194,17 +198,17 @@ class Worker:
         with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
             warnings.simplefilter("ignore", ExperimentalWarning)
             fail_stale_trials(study)  # trials of dead workers free their budget slot
-        counts = trial_counts(self.storage, study._study_id)  # noqa: SLF001
+        counts = trial_counts(self.storage, study_id(study))
         if spent_reason(self.storage, record, spec, counts) is not None:
             self._finish_if_spent(record, study)
             return None
-        if counts.finished + counts.running < max_trials(spec):
+        if counts.finished + counts.running < max_trials(spec.search):
             return Candidate(record, spec, study, counts)
         return None
 
     def _study_exists(self, study: optuna.Study, record: StudyRecord) -> bool:
         try:
-            return self.storage.get_study_id_from_name(record.name) == study._study_id  # noqa: SLF001
+            return self.storage.get_study_id_from_name(record.name) == study_id(study)
         except KeyError:
             return False
 
@@ -225,7 +229,7 @@ class Worker:
                 session,
                 self.storage,
                 record=fresh,
-                study_id=study._study_id,  # noqa: SLF001
+                study_id=study_id(study),
             )
         if reason:
             self._event("study_completed", study=record.name, reason=reason)
@@ -236,8 +240,9 @@ class Worker:
                 update(StudyRecord)
                 .where(StudyRecord.id == record.id, StudyRecord.status == StudyStatus.RUNNING)
                 .values(status=status, status_reason=reason, updated_at=utcnow())
-            ).rowcount
-        if changed:
+                .returning(StudyRecord.id)
+            ).first()
+        if changed is not None:
             self._event("study_" + status, study=record.name, reason=reason)
 
     # --- one trial --------------------------------------------------------------------------
@@ -247,8 +252,8 @@ class Worker:
         """Held around a trial's claim: count, then RUNNING, under the study's lock, so the
         count every worker sees includes every claimed trial."""
         with StudyLock(self.engine, candidate.record.id):
-            counts = trial_counts(self.storage, candidate.study._study_id)  # noqa: SLF001
-            if counts.finished + counts.running >= max_trials(candidate.spec):
+            counts = trial_counts(self.storage, study_id(candidate.study))
+            if counts.finished + counts.running >= max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
             yield
 
@@ -262,7 +267,7 @@ class Worker:
 
         def on_start(trial: optuna.Trial) -> None:
             marks["started"] = time.perf_counter()
-            claimed.update(id=trial._trial_id, number=trial.number)  # noqa: SLF001
+            claimed.update(id=trial_id(trial), number=trial.number)
             self._event("trial_start", study=spec.name, trial=trial.number)
 
         objective = self.objective_factory(
@@ -342,7 +347,7 @@ class Worker:
     def _record_infeasible(self, spec: StudySpec, study: optuna.Study, trial: FrozenTrial) -> None:
         """Tell samplers the config does not fit in memory: samplers skip FAILED trials, so
         add a PRUNED copy with a violated constraint (excluded from budget counts)."""
-        distributions = optuna_distributions(spec)
+        distributions = optuna_distributions(spec.search)
         record = create_trial(
             state=TrialState.PRUNED,
             params=trial.params,
@@ -353,7 +358,7 @@ class Worker:
         study.add_trial(record)
 
     def _check_failure_streak(self, candidate: Candidate) -> None:
-        limit = candidate.spec.budget.max_failures_in_a_row
+        limit = candidate.spec.search.budget.max_failures_in_a_row
         trials = [
             t
             for t in candidate.study.get_trials(deepcopy=False)

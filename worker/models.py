@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from hpo.spec import ModelSpec
+from hpo.core.spec import ModelSpec
 from worker import builtin
 
 ATTENTION_MODULES = {
@@ -98,7 +98,7 @@ class ModelCache:
                 path, dtype=dtype, num_labels=num_labels, **kwargs
             )
             model.config.pad_token_id = tokenizer.pad_token_id
-        model.to(self.device)
+        model.to(self.device)  # type: ignore[arg-type]  # transformers' stub misreads .to
         self.load_count += 1
         self._key, self._loaded = key, LoadedModel(model, tokenizer, path)
         freeze_long_lived()

@@ -15,19 +15,21 @@ from typing import Any, Protocol
 
 import optuna
 import torch
+from optuna.study import StudyDirection
 from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
-from hpo import artifacts
-from hpo.budget import DEVICE_SECONDS_ATTR
-from hpo.db import session_scope
-from hpo.factory import suggest_params
-from hpo.paths import check_spec_paths
-from hpo.progress import best_trial, is_better
-from hpo.settings import Settings
-from hpo.spec import StudySpec
-from hpo.storage import FAIL_REASON_ATTR, HeartbeatStorage
+from hpo.core import artifacts
+from hpo.core.budget import DEVICE_SECONDS_ATTR
+from hpo.core.db import session_scope
+from hpo.core.factory import suggest_params
+from hpo.core.optuna_tables import study_id
+from hpo.core.paths import check_spec_paths
+from hpo.core.progress import beats, best_trial
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from hpo.core.storage import FAIL_REASON_ATTR, HeartbeatStorage
 from worker.callbacks import WorkerShutdown
 from worker.data import DataCache
 from worker.models import ModelCache
@@ -77,10 +79,14 @@ def _adapter_keeper(
     trial always has one); never fail the trial over it."""
 
     def keep(value: float, model: PeftModel) -> None:
-        study_id = trial.study._study_id  # noqa: SLF001
-        best = best_trial(ctx.storage, study_id)
-        direction = ctx.storage.get_study_directions(study_id)[0]
-        if not is_better(value, best.value if best else None, direction):
+        sid = study_id(trial.study)
+        best = best_trial(ctx.storage, sid)
+        minimize = ctx.storage.get_study_directions(sid)[0] == StudyDirection.MINIMIZE
+        if (
+            best is not None
+            and best.value is not None
+            and beats(best.value, value, minimize=minimize)
+        ):
             return
         try:
             with (
@@ -132,7 +138,7 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         on_start(trial)
         started = time.perf_counter()
-        params = suggest_params(trial, spec)
+        params = suggest_params(trial, spec.search)
         for key, value in {
             "worker": ctx.worker_id,
             "hostname": ctx.hostname,
@@ -143,11 +149,15 @@ def make_objective(
             torch.cuda.reset_peak_memory_stats(ctx.device)
         try:
             check_spec_paths(spec, ctx.settings)  # the worker's own roots, not just the API's
-            raw = ctx.data.raw(spec.dataset, spec.model)
-            loaded = ctx.models.get(spec.model, num_labels=raw.num_labels)
+            raw = ctx.data.raw(spec.train.dataset, spec.train.model)
+            loaded = ctx.models.get(spec.train.model, num_labels=raw.num_labels)
             settings = trial_settings(spec, params)
             splits = ctx.data.tokenized(
-                spec.dataset, spec.model, loaded.tokenizer, loaded.path, settings["max_seq_length"]
+                spec.train.dataset,
+                spec.train.model,
+                loaded.tokenizer,
+                loaded.path,
+                settings["max_seq_length"],
             )
             result = train_trial(
                 trial,

@@ -27,43 +27,26 @@ from transformers import (
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from hpo.spec import StudySpec
+from hpo.core.hyperparameters import arguments, resolve
+from hpo.core.spec import StudySpec
 from worker.callbacks import FidelityCallback
 from worker.data import Splits
 from worker.models import LoadedModel, target_modules
 
-DEFAULTS: dict[str, Any] = {
-    "learning_rate": 2e-4,
-    "per_device_train_batch_size": 8,
-    "num_train_epochs": 1,
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "lora_r": 8,
-    "lr_scheduler_type": "linear",
-    "lora_dropout": 0.0,
-    "lora_target_modules": "attention",
-    "gradient_accumulation_steps": 1,
-    "max_grad_norm": 1.0,
-    "max_seq_length": 256,
-    "seed": 42,
-}
-
 
 def trial_settings(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
-    """Defaults, overridden by the study's fixed ``training``, overridden by sampled params."""
-    settings = {**DEFAULTS, **spec.training, **params}
-    settings.setdefault("lora_alpha", 2 * settings["lora_r"])
+    """Every setting of a trial: defaults < the study's fixed ``training`` < sampled params."""
+    settings = resolve(spec.train.training.values(), params)
+    if settings["lora_alpha"] is None:
+        settings["lora_alpha"] = 2.0 * settings["lora_r"]
     return settings
 
 
 def lora_config(settings: dict[str, Any], loaded: LoadedModel, task: str) -> LoraConfig:
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS,
-        r=int(settings["lora_r"]),
-        lora_alpha=float(settings["lora_alpha"]),
-        lora_dropout=float(settings["lora_dropout"]),
-        target_modules=target_modules(loaded.model, settings["lora_target_modules"]),
-    )
+    lora = arguments(settings, "lora")
+    lora["target_modules"] = target_modules(loaded.model, lora["target_modules"])
+    task_type = TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS
+    return LoraConfig(task_type=task_type, **lora)
 
 
 def total_steps(settings: dict[str, Any], n_train: int) -> int:
@@ -89,34 +72,13 @@ def training_arguments(
     wants_logits: bool,
 ) -> TrainingArguments:
     cuda = device.type == "cuda"
-    steps = total_steps(settings, n_train)
-    optional = {
-        k: settings[k]
-        for k in (
-            "adam_beta1",
-            "adam_beta2",
-            "adam_epsilon",
-            "label_smoothing_factor",
-            "optim",
-            "gradient_checkpointing",
-        )
-        if k in settings
-    }
+    trainer = arguments(settings, "trainer")
+    trainer.setdefault("bf16", cuda and torch.cuda.is_bf16_supported())
     return TrainingArguments(
         output_dir=out_dir,
-        learning_rate=float(settings["learning_rate"]),
-        per_device_train_batch_size=int(settings["per_device_train_batch_size"]),
-        per_device_eval_batch_size=max(32, int(settings["per_device_train_batch_size"])),
-        gradient_accumulation_steps=int(settings["gradient_accumulation_steps"]),
-        num_train_epochs=float(settings["num_train_epochs"]),
-        warmup_steps=float(settings["warmup_ratio"]),
-        weight_decay=float(settings["weight_decay"]),
-        lr_scheduler_type=settings["lr_scheduler_type"],
-        lr_scheduler_kwargs=_scheduler_kwargs(settings, steps),
-        max_grad_norm=float(settings["max_grad_norm"]),
-        seed=int(settings["seed"]),
-        bf16=bool(settings.get("bf16", cuda and torch.cuda.is_bf16_supported())),
-        fp16=bool(settings.get("fp16", False)),
+        **trainer,
+        per_device_eval_batch_size=max(32, settings["per_device_train_batch_size"]),
+        lr_scheduler_kwargs=_scheduler_kwargs(settings, total_steps(settings, n_train)),
         use_cpu=not cuda,
         eval_strategy="no",  # FidelityCallback decides when to evaluate
         save_strategy="no",
@@ -129,7 +91,6 @@ def training_arguments(
         prediction_loss_only=not wants_logits,
         include_num_input_tokens_seen=True,
         dataloader_pin_memory=cuda,
-        **optional,
     )
 
 
@@ -183,22 +144,22 @@ def train_trial(
     Raises:
         optuna.TrialPruned: The pruner stopped the trial, or the loss diverged.
     """
-    task = spec.model.task
-    set_seed(int(settings["seed"]))
+    task = spec.train.model.task
+    set_seed(settings["seed"])
     peft_model = get_peft_model(loaded.model, lora_config(settings, loaded, task))
     per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
     n_train = len(splits.train)
     fidelity = FidelityCallback(
         trial,
-        metric=spec.objective.metric,
-        every_examples=spec.evaluation.every_examples,
+        metric=spec.search.objective.metric,
+        every_examples=spec.train.evaluation.every_examples,
         examples_per_step=per_step,
         max_examples=math.ceil(settings["num_train_epochs"] * n_train),
         stop=stop,
-        divergence_factor=spec.objective.divergence_factor,
+        divergence_factor=spec.search.objective.divergence_factor,
         on_train_begin=on_train_begin,
     )
-    wants_logits = spec.objective.metric == "eval_accuracy"
+    wants_logits = spec.search.objective.metric == "eval_accuracy"
     if task == "causal-lm":
         collator: Any = DataCollatorForLanguageModeling(loaded.tokenizer, mlm=False)
     else:

@@ -11,14 +11,13 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import artifacts, studies
-from hpo.db import StudyRecord, StudyStatus
-from hpo.errors import StudyConflict, StudyNotFound
-from hpo.factory import check_params
-from hpo.progress import best_trial, trial_counts, trial_page
-from hpo.spec import NAME_PATTERN, StudySpec
-from service.deps import CurrentOwner, SessionDep, SettingsDep, StorageDep
-from service.schemas import (
+from hpo.core import artifacts, studies
+from hpo.core.db import StudyRecord, StudyStatus
+from hpo.core.errors import StudyConflict, StudyNotFound
+from hpo.core.factory import check_params
+from hpo.core.optuna_tables import trial_id
+from hpo.core.progress import best_trial, trial_counts, trial_page
+from hpo.core.schemas import (
     EnqueuePublic,
     EnqueueRequest,
     ErrorPublic,
@@ -29,6 +28,8 @@ from service.schemas import (
     TrialPublic,
     ValidationErrorPublic,
 )
+from hpo.core.spec import NAME_PATTERN, StudySpec
+from service.deps import CurrentOwner, SessionDep, SettingsDep, StorageDep
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorPublic, "description": "Missing, invalid, revoked or expired token."},
@@ -160,7 +161,7 @@ def get_best_adapter(
 ) -> StreamingResponse:
     record = studies.get_study(session, name=name, owner=owner)
     best = _best(record, storage)
-    stored = artifacts.adapter_of(session, study_id=record.id, trial_id=best._trial_id)  # noqa: SLF001
+    stored = artifacts.adapter_of(session, study_id=record.id, trial_id=trial_id(best))
     missing = f"the best trial ({best.number}) of {name!r} has no saved adapter"
     if stored is None:
         why = best.user_attrs.get("adapter_error")
@@ -189,7 +190,7 @@ def enqueue_trial(
     if record.status not in (StudyStatus.RUNNING, StudyStatus.PAUSED):
         raise StudyConflict(f"study {name!r} is {record.status}; it takes no new trials")
     spec = StudySpec.model_validate(record.spec)
-    params = check_params(spec, body.params)
+    params = check_params(spec.search, body.params)
     studies.enqueue_trial(storage, record=record, params=params, user_attrs={"enqueued_by": owner})
     return EnqueuePublic(params=params)
 

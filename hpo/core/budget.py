@@ -1,0 +1,41 @@
+"""When a study's budget is spent: finished trials, wall-clock time, device hours."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from optuna.storages import RDBStorage
+
+from hpo.core.db import StudyRecord, utcnow
+from hpo.core.progress import TrialCounts, user_attr_sum
+from hpo.core.spec import SearchSpec, StudySpec, grid_size
+
+DEVICE_SECONDS_ATTR = "device_seconds"
+
+
+def max_trials(search: SearchSpec) -> int:
+    """The number of trials the study runs: a grid has no more points than it has."""
+    if search.sampler.type == "grid":
+        size = grid_size(search.space)
+        if size is not None:
+            return min(search.budget.max_trials, size)
+    return search.budget.max_trials
+
+
+def spent_reason(
+    storage: RDBStorage, record: StudyRecord, spec: StudySpec, counts: TrialCounts
+) -> str | None:
+    """Why no new trial may start, or None while budget is left."""
+    budget = spec.search.budget
+    if counts.finished >= max_trials(spec.search):
+        return f"max_trials={max_trials(spec.search)} reached"
+    if budget.timeout_s is not None:
+        created = record.created_at.replace(tzinfo=record.created_at.tzinfo or dt.UTC)
+        if (utcnow() - created).total_seconds() > budget.timeout_s:
+            return f"timeout_s={budget.timeout_s} reached"
+    if budget.max_gpu_hours is not None:
+        study_id = storage.get_study_id_from_name(record.name)
+        hours = user_attr_sum(storage, study_id, DEVICE_SECONDS_ATTR) / 3600
+        if hours >= budget.max_gpu_hours:
+            return f"max_gpu_hours={budget.max_gpu_hours} reached ({hours:.3f} used)"
+    return None

@@ -1,0 +1,167 @@
+"""The service's own tables (SQLAlchemy 2.x) and how to open sessions on them.
+
+Alembic (``migrations/``) creates and changes these tables; Optuna owns its own tables in the
+same database. Our tables are prefixed ``hpo_`` so the two never collide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from hpo.core.errors import StorageUnavailable
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyStatus(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class StudyRecord(Base):
+    """A registered study: its spec, owner and lifecycle status."""
+
+    __tablename__ = "hpo_studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING)
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 hash is stored."""
+
+    __tablename__ = "hpo_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class ArtifactRecord(Base):
+    """An artifact a worker stored for a trial: the only way the API finds a file to serve.
+
+    Trial user attributes can be written by anything that reaches Optuna's tables; this row is
+    written by the worker that uploaded the file, so a path never comes from a trial.
+    """
+
+    __tablename__ = "hpo_artifacts"
+
+    artifact_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("hpo_studies.id", ondelete="CASCADE"), index=True
+    )
+    trial_id: Mapped[int] = mapped_column(Integer, index=True)
+    trial_number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with pooled connections checked before use (the database may restart)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_size", 5)
+    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_timeout", 10)
+    kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    return create_engine(url, **kwargs)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success, rolls back on error and always closes.
+
+    Raises:
+        StorageUnavailable: The database could not be reached.
+    """
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except (OperationalError, DBAPIError) as exc:
+        session.rollback()
+        missing_table = "no such table" in str(exc.orig)  # SQLite's word for "not migrated"
+        if (isinstance(exc, OperationalError) and not missing_table) or exc.connection_invalidated:
+            raise StorageUnavailable(f"database unavailable: {exc.orig}") from exc
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+class Database:
+    """Our tables' engine and sessions: ``with Database(url) as db, db.session() as s: ...``.
+
+    Pass an engine to share a pool (a worker shares Optuna storage's).
+    """
+
+    def __init__(self, url_or_engine: str | Engine) -> None:
+        self.engine = (
+            make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        )
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> AbstractContextManager[Session]:
+        """A session that commits on success (see ``session_scope``)."""
+        return session_scope(self.sessions)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

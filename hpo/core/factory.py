@@ -1,0 +1,194 @@
+"""Builds Optuna samplers, pruners and parameter suggestions from a study spec.
+
+The API (dry-run checks, enqueue validation), the worker and the simulator all go through
+this module, so a study searches the same way wherever it runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, assert_never
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution as OptunaCategorical
+from optuna.distributions import FloatDistribution as OptunaFloat
+from optuna.distributions import IntDistribution as OptunaInt
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial
+
+from hpo.core.errors import SpecError
+from hpo.core.spec import (
+    CategoricalDistribution,
+    CmaEsSamplerSpec,
+    Distribution,
+    FloatDistribution,
+    GPSamplerSpec,
+    GridSamplerSpec,
+    HyperbandPrunerSpec,
+    MedianPrunerSpec,
+    NopPrunerSpec,
+    PercentilePrunerSpec,
+    PrunerSpec,
+    QMCSamplerSpec,
+    RandomSamplerSpec,
+    SearchSpec,
+    SuccessiveHalvingPrunerSpec,
+    TPESamplerSpec,
+)
+
+
+def to_optuna_distribution(dist: Distribution) -> BaseDistribution:
+    """The Optuna distribution equivalent to a spec distribution."""
+    if isinstance(dist, FloatDistribution):
+        return OptunaFloat(dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return OptunaCategorical(dist.choices)
+    return OptunaInt(dist.low, dist.high, log=dist.log, step=dist.step)
+
+
+def optuna_distributions(search: SearchSpec) -> dict[str, BaseDistribution]:
+    return {name: to_optuna_distribution(d) for name, d in search.space.items()}
+
+
+def suggest_params(trial: optuna.Trial, search: SearchSpec) -> dict[str, Any]:
+    """Sample every searched hyperparameter on ``trial``."""
+    return {
+        name: trial._suggest(name, dist)  # noqa: SLF001 - one call for every distribution type
+        for name, dist in optuna_distributions(search).items()
+    }
+
+
+def check_params(search: SearchSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate a (partial) configuration against the search space; return it normalised.
+
+    Raises:
+        SpecError: A name is not searched or a value lies outside its distribution.
+    """
+    dists = optuna_distributions(search)
+    checked: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in dists:
+            raise SpecError(
+                f"{name!r} is not in the study's search space {sorted(dists)}.",
+                loc=("params", name),
+            )
+        dist = dists[name]
+        if isinstance(dist, OptunaInt) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = not isinstance(value, bool) or isinstance(dist, OptunaCategorical)
+        try:
+            ok = ok and dist._contains(dist.to_internal_repr(value))  # noqa: SLF001 - Optuna's range check
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise SpecError(f"{value!r} is outside {dist}.", loc=("params", name))
+        checked[name] = value
+    return checked
+
+
+class NumberedQMCSampler(optuna.samplers.QMCSampler):
+    """Optuna's QMC sampler, with each trial's point of the sequence chosen by its number.
+
+    Optuna picks the next point with a study counter it reads and writes without a lock, so
+    workers sampling at the same moment get the same point. A trial number is unique by
+    construction: gaps (enqueued or retried trials) skip points, nothing repeats one.
+    """
+
+    _trial_number = 0
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        self._trial_number = trial.number
+        return super().sample_relative(study, trial, search_space)
+
+    def _find_sample_id(self, study: optuna.Study, search_space: dict[str, Any]) -> int:
+        return self._trial_number
+
+
+def build_sampler(search: SearchSpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler ``search`` names.
+
+    Each process that samples for one study must pass its own ``seed_offset``: samplers
+    with equal seeds in parallel workers would propose the same configurations. Grid and
+    QMC are the exception: they walk one shared sequence (grid ids, Sobol/Halton indices kept
+    in the study), which only means the same thing in every process under the same seed.
+    """
+    sampler = search.sampler
+    shared = isinstance(sampler, GridSamplerSpec | QMCSamplerSpec)
+    offset = 0 if shared else seed_offset
+    seed = None if sampler.seed is None else (sampler.seed + offset) % 2**32
+    if isinstance(sampler, TPESamplerSpec):
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=sampler.n_startup_trials,
+            multivariate=sampler.multivariate,
+            constant_liar=sampler.constant_liar,
+        )
+    if isinstance(sampler, RandomSamplerSpec):
+        return optuna.samplers.RandomSampler(seed=seed)
+    if isinstance(sampler, GridSamplerSpec):
+        grid = {name: d.values() for name, d in search.space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if isinstance(sampler, CmaEsSamplerSpec):
+        return optuna.samplers.CmaEsSampler(
+            seed=seed,
+            n_startup_trials=sampler.n_startup_trials,
+            warn_independent_sampling=False,
+        )
+    if isinstance(sampler, GPSamplerSpec):
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
+    if isinstance(sampler, QMCSamplerSpec):
+        with warnings.catch_warnings():  # experimental in Optuna; chosen on purpose
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return NumberedQMCSampler(
+                seed=seed,
+                qmc_type=sampler.qmc_type,
+                scramble=sampler.scramble,
+                warn_independent_sampling=False,
+            )
+    assert_never(sampler)
+
+
+def build_pruner(pruner: PrunerSpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner a spec names."""
+    if isinstance(pruner, MedianPrunerSpec | PercentilePrunerSpec):
+        percentile = 50.0 if isinstance(pruner, MedianPrunerSpec) else pruner.percentile
+        return optuna.pruners.PercentilePruner(
+            percentile,
+            n_startup_trials=pruner.n_startup_trials,
+            n_warmup_steps=pruner.n_warmup_steps,
+            interval_steps=pruner.interval_steps,
+            n_min_trials=pruner.n_min_trials,
+        )
+    if isinstance(pruner, SuccessiveHalvingPrunerSpec):
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_resource,
+            reduction_factor=pruner.reduction_factor,
+            min_early_stopping_rate=pruner.min_early_stopping_rate,
+        )
+    if isinstance(pruner, HyperbandPrunerSpec):
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource,
+            max_resource=pruner.max_resource,
+            reduction_factor=pruner.reduction_factor,
+        )
+    assert isinstance(pruner, NopPrunerSpec)
+    return optuna.pruners.NopPruner()
+
+
+def load_study(
+    name: str,
+    search: SearchSpec,
+    storage: optuna.storages.BaseStorage | str,
+    *,
+    seed_offset: int = 0,
+) -> optuna.Study:
+    """The Optuna study ``name`` with the sampler and pruner ``search`` asks for."""
+    return optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=build_sampler(search, seed_offset=seed_offset),
+        pruner=build_pruner(search.pruner),
+    )

@@ -1,0 +1,305 @@
+"""Every setting a trial can search or fix, declared once: type, bounds, default, meaning, and
+where it goes (HF ``TrainingArguments``, PEFT ``LoraConfig``, or the data pipeline).
+
+The study spec (validation, the OpenAPI schema) and the worker (the arguments it builds) are
+both derived from ``HYPERPARAMETERS``; adding a setting is one entry here. Like a PEFT config
+field, each entry carries its help text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Target = Literal["trainer", "lora", "data"]
+Kind = type[float] | type[int] | type[str] | type[bool]
+
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "cosine_with_min_lr",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "warmup_stable_decay",
+)
+LORA_TARGETS = ("attention", "mlp", "all-linear")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd")
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One setting of a trial.
+
+    Args:
+        name: The name in specs (``search.space``, ``train.training``).
+        kind: Its Python type.
+        default: The value a trial uses when the study neither searches nor fixes it; None
+            leaves the library's own default (or a rule in the worker, e.g. LoRA alpha = 2r).
+        help: What it means, shown in the OpenAPI schema.
+        target: Where the worker applies it.
+        argument: Its name in ``TrainingArguments`` / ``LoraConfig`` when that differs.
+        low, high, low_inclusive: Numeric bounds.
+        choices: The accepted strings.
+        searchable: Whether a study may put it in its search space (else fixed only).
+    """
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    target: Target
+    argument: str | None = None
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    choices: tuple[str, ...] = ()
+    searchable: bool = True
+
+    @property
+    def key(self) -> str:
+        """The keyword the target library takes."""
+        return self.argument or self.name
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable, or None when it is."""
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        if self.kind is str:
+            ok = value in self.choices
+            return None if ok else f"must be one of {list(self.choices)}, but got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a number, but got {value!r}"
+        if self.kind is int and not float(value).is_integer():
+            return f"must be an integer, but got {value!r}"
+        if not math.isfinite(value):
+            return f"must be finite, but got {value!r}"
+        if self.low is not None and (
+            value < self.low or (not self.low_inclusive and value == self.low)
+        ):
+            return f"must be {'>=' if self.low_inclusive else '>'} {self.low}, but got {value!r}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high}, but got {value!r}"
+        return None
+
+    def cast(self, value: Any) -> Any:
+        """``value`` as this setting's type (searched ints may arrive as floats)."""
+        return value if value is None else self.kind(value)
+
+
+HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
+    # --- the optimiser and schedule (HF TrainingArguments) ------------------------------------
+    Hyperparameter(
+        "learning_rate",
+        float,
+        2e-4,
+        "Peak learning rate of the optimiser; for LoRA typically 1e-5 to 5e-4.",
+        "trainer",
+        low=0.0,
+        high=1.0,
+        low_inclusive=False,
+    ),
+    Hyperparameter(
+        "per_device_train_batch_size",
+        int,
+        8,
+        "Examples per forward pass on one device; memory-bound (too large runs out of memory).",
+        "trainer",
+        low=1,
+        high=4096,
+    ),
+    Hyperparameter(
+        "gradient_accumulation_steps",
+        int,
+        1,
+        "Forward passes per optimiser step (effective batch: batch x accumulation x devices).",
+        "trainer",
+        low=1,
+        high=1024,
+    ),
+    Hyperparameter(
+        "num_train_epochs",
+        float,
+        1.0,
+        "Passes over the training data (fractions allowed).",
+        "trainer",
+        low=0.0,
+        high=100.0,
+        low_inclusive=False,
+    ),
+    Hyperparameter(
+        "warmup_ratio",
+        float,
+        0.0,
+        "Share of the optimiser steps spent ramping the learning rate up from 0.",
+        "trainer",
+        argument="warmup_steps",
+        low=0.0,
+        high=0.99,
+    ),
+    Hyperparameter(
+        "lr_scheduler_type",
+        str,
+        "linear",
+        "How the learning rate moves after warmup (HF names; WSD decays over the last 20%).",
+        "trainer",
+        choices=LR_SCHEDULERS,
+    ),
+    Hyperparameter(
+        "weight_decay", float, 0.0, "Decoupled (AdamW) weight decay.", "trainer", low=0.0, high=1.0
+    ),
+    Hyperparameter(
+        "max_grad_norm",
+        float,
+        1.0,
+        "Clip gradients to this global norm (0 turns clipping off).",
+        "trainer",
+        low=0.0,
+        high=1000.0,
+    ),
+    Hyperparameter(
+        "seed",
+        int,
+        42,
+        "Seed of the trial's initialisation, dropout and data order.",
+        "trainer",
+        low=0,
+        high=2**32 - 1,
+        searchable=False,
+    ),
+    Hyperparameter(
+        "optim",
+        str,
+        None,
+        "Optimiser (HF name); default AdamW, fused on GPUs.",
+        "trainer",
+        choices=OPTIMIZERS,
+        searchable=False,
+    ),
+    Hyperparameter(
+        "adam_beta1",
+        float,
+        None,
+        "AdamW beta1.",
+        "trainer",
+        low=0.0,
+        high=0.9999,
+        searchable=False,
+    ),
+    Hyperparameter(
+        "adam_beta2",
+        float,
+        None,
+        "AdamW beta2.",
+        "trainer",
+        low=0.0,
+        high=0.99999,
+        searchable=False,
+    ),
+    Hyperparameter(
+        "adam_epsilon",
+        float,
+        None,
+        "AdamW epsilon.",
+        "trainer",
+        low=0.0,
+        high=1.0,
+        low_inclusive=False,
+        searchable=False,
+    ),
+    Hyperparameter(
+        "label_smoothing_factor",
+        float,
+        None,
+        "Label smoothing of the loss.",
+        "trainer",
+        low=0.0,
+        high=0.99,
+        searchable=False,
+    ),
+    Hyperparameter(
+        "bf16",
+        bool,
+        None,
+        "bfloat16 mixed precision; default on where the GPU supports it.",
+        "trainer",
+        searchable=False,
+    ),
+    Hyperparameter(
+        "fp16", bool, None, "float16 mixed precision (older GPUs).", "trainer", searchable=False
+    ),
+    Hyperparameter(
+        "gradient_checkpointing",
+        bool,
+        None,
+        "Recompute activations in the backward pass: less memory, slower steps.",
+        "trainer",
+        argument="activation_checkpointing",  # transformers 5's name for it
+        searchable=False,
+    ),
+    # --- the adapter (PEFT LoraConfig) ----------------------------------------------------------
+    Hyperparameter(
+        "lora_r",
+        int,
+        8,
+        "LoRA rank: adapter size, memory and speed.",
+        "lora",
+        argument="r",
+        low=1,
+        high=1024,
+    ),
+    Hyperparameter(
+        "lora_alpha",
+        float,
+        None,
+        "LoRA scale numerator (scale = alpha / r); default 2 x rank.",
+        "lora",
+        low=0.0,
+        high=8192.0,
+        low_inclusive=False,
+    ),
+    Hyperparameter(
+        "lora_dropout", float, 0.0, "Dropout on the LoRA path.", "lora", low=0.0, high=0.9
+    ),
+    Hyperparameter(
+        "lora_target_modules",
+        str,
+        "attention",
+        "Which linear layers get adapters: attention projections, MLP, or all linear layers.",
+        "lora",
+        argument="target_modules",
+        choices=LORA_TARGETS,
+    ),
+    # --- the data --------------------------------------------------------------------------------
+    Hyperparameter(
+        "max_seq_length",
+        int,
+        256,
+        "Tokens per example; longer examples are truncated.",
+        "data",
+        low=8,
+        high=131072,
+    ),
+)
+BY_NAME: dict[str, Hyperparameter] = {hp.name: hp for hp in HYPERPARAMETERS}
+SEARCHABLE: dict[str, Hyperparameter] = {hp.name: hp for hp in HYPERPARAMETERS if hp.searchable}
+
+
+def resolve(fixed: dict[str, Any], searched: dict[str, Any]) -> dict[str, Any]:
+    """A trial's value of every setting: defaults < the study's fixed ``training`` < the
+    trial's sampled params; cast to each setting's type."""
+    merged = {hp.name: hp.default for hp in HYPERPARAMETERS} | fixed | searched
+    return {name: BY_NAME[name].cast(value) for name, value in merged.items()}
+
+
+def arguments(settings: dict[str, Any], target: Target) -> dict[str, Any]:
+    """The keyword arguments ``settings`` give one library, under its own names; unset
+    (None) settings are left to the library's default."""
+    return {
+        hp.key: settings[hp.name]
+        for hp in HYPERPARAMETERS
+        if hp.target == target and settings.get(hp.name) is not None
+    }

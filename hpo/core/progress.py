@@ -1,0 +1,118 @@
+"""Read a study's progress from Optuna's tables: counts by state, a page of trials, best."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import Float, case, cast, exists, func, select
+
+from hpo.core.db import ArtifactRecord
+from hpo.core.optuna_tables import trial_user_attributes as attrs
+from hpo.core.optuna_tables import trial_values, trials
+
+# A PRUNED copy of an out-of-memory trial that only tells samplers the config is infeasible;
+# it is not a finished trial and does not count against the budget.
+INFEASIBLE_RECORD_ATTR = "infeasible_record_of"
+
+
+def is_record(trial: FrozenTrial) -> bool:
+    return INFEASIBLE_RECORD_ATTR in trial.user_attrs
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def trial_counts(storage: RDBStorage, study_id: int) -> TrialCounts:
+    """Trials by state, infeasible records left out: one aggregate query, any study size."""
+    is_a_record = exists().where(
+        attrs.c.trial_id == trials.c.trial_id, attrs.c.key == INFEASIBLE_RECORD_ATTR
+    )
+    query = (
+        select(trials.c.state, func.count())
+        .where(trials.c.study_id == study_id, ~is_a_record)
+        .group_by(trials.c.state)
+    )
+    with storage.engine.connect() as conn:
+        counts = {state.lower(): n for state, n in conn.execute(query)}
+    return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
+
+
+def user_attr_sum(storage: RDBStorage, study_id: int, key: str) -> float:
+    """The sum of a numeric user attribute over a study's trials (e.g. ``device_seconds``)."""
+    query = (
+        select(func.coalesce(func.sum(cast(attrs.c.value_json, Float)), 0.0))
+        .join(trials, trials.c.trial_id == attrs.c.trial_id)
+        .where(trials.c.study_id == study_id, attrs.c.key == key)
+    )
+    with storage.engine.connect() as conn:
+        return float(conn.execute(query).scalar_one())
+
+
+def trial_page(
+    storage: RDBStorage,
+    study_id: int,
+    *,
+    offset: int,
+    limit: int,
+    state: TrialState | None = None,
+) -> tuple[list[FrozenTrial], int]:
+    """One page of a study's trials by number, and how many there are in all."""
+    where = [trials.c.study_id == study_id]
+    if state is not None:
+        where.append(trials.c.state == state.name)
+    page = select(trials.c.trial_id).where(*where).order_by(trials.c.number)
+    with storage.engine.connect() as conn:
+        ids = conn.scalars(page.offset(offset).limit(limit)).all()
+        total = conn.execute(select(func.count()).where(*where)).scalar_one()
+    return [storage.get_trial(trial_id) for trial_id in ids], total
+
+
+def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
+    """The best COMPLETE trial, or None when no trial has completed with a finite value.
+
+    Among equal values the trial with a stored adapter wins, then the earliest: ``/best`` and
+    ``/best/adapter`` always name the same trial, and a worker keeps an adapter whenever its
+    trial ties the best so far.
+    """
+    direction = storage.get_study_directions(study_id)[0]
+    value = trial_values.c.value
+    has_adapter = exists().where(ArtifactRecord.trial_id == trials.c.trial_id)
+    query = (
+        select(trials.c.trial_id)
+        .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.COMPLETE.name,
+            trial_values.c.objective == 0,
+            trial_values.c.value_type == "FINITE",
+        )
+        .order_by(
+            value.asc() if direction == StudyDirection.MINIMIZE else value.desc(),
+            case((has_adapter, 0), else_=1),
+            trials.c.number,
+        )
+        .limit(1)
+    )
+    with storage.engine.connect() as conn:
+        trial_id = conn.scalar(query)
+    return None if trial_id is None else storage.get_trial(trial_id)
+
+
+def beats(value: float, than: float | None, *, minimize: bool) -> bool:
+    """Whether ``value`` is strictly better than ``than`` (None: nothing to beat yet)."""
+    if than is None:
+        return True
+    return value < than if minimize else value > than

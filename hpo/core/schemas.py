@@ -1,0 +1,84 @@
+"""API schemas: ``StudySpec`` is the input; these are the outputs and small request bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpo.core.spec import Scalar, StudySpec
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    count: int
+
+
+class TrialCountsPublic(BaseModel):
+    complete: int
+    pruned: int
+    fail: int
+    running: int
+    waiting: int
+    finished: int
+
+
+class StudySummary(BaseModel):
+    name: str
+    owner: str
+    status: str
+    status_reason: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class StudyPublic(StudySummary):
+    spec: StudySpec
+    trials: TrialCountsPublic
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_trial: int | None
+
+
+class TrialPublic(BaseModel):
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    intermediate_values: dict[int, float]
+    datetime_start: dt.datetime | None
+    datetime_complete: dt.datetime | None
+    duration_s: float | None
+    user_attrs: dict[str, Any]
+
+
+class EnqueueRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Scalar] = Field(min_length=1, max_length=64)
+
+
+class EnqueuePublic(BaseModel):
+    params: dict[str, Any]
+    state: str = "waiting"
+
+
+class ErrorPublic(BaseModel):
+    """Every error but a 422 answers this body."""
+
+    detail: str = Field(description="What went wrong, in one line a person can act on.")
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where: a path into the request, e.g. body.name.")
+    msg: str
+    type: str | None
+
+
+class ValidationErrorPublic(BaseModel):
+    """A 422: each problem with the place it was found."""
+
+    detail: list[ValidationIssue]

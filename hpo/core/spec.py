@@ -1,0 +1,537 @@
+"""The study spec: one set of pydantic models shared by the API, the worker and the simulator.
+
+A spec is strict (unknown keys are rejected), self-checking (cross-field rules run after
+init) and stored as ``model_dump(mode="json")``. Importing this module must stay cheap: no
+FastAPI, no torch, no transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from hpo.core.hyperparameters import BY_NAME, HYPERPARAMETERS, SEARCHABLE, Hyperparameter
+
+Scalar = bool | int | float | str | None
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+PATH_PATTERN = r"^[^\x00]+$"  # no NUL: the OS refuses it in any path
+MAX_TRIALS = 100_000
+MAX_GRID_SIZE = 100_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- search-space distributions ------------------------------------------------------------
+
+
+class FloatDistribution(_Strict):
+    type: Literal["float"] = "float"
+    low: FiniteFloat
+    high: FiniteFloat
+    log: bool = False
+    step: FiniteFloat | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatDistribution:
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high, but got low={self.low}, high={self.high}.")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, but got low={self.low}.")
+        if self.log and self.step is not None:
+            raise ValueError("step and log=true cannot be used together.")
+        if self.step is not None:
+            n = (self.high - self.low) / self.step
+            if n > MAX_GRID_SIZE or abs(n - round(n)) > 1e-8 * max(1.0, n):
+                raise ValueError(
+                    f"step must divide high - low into at most {MAX_GRID_SIZE} steps, "
+                    f"but got step={self.step} for [{self.low}, {self.high}]."
+                )
+        return self
+
+    def values(self) -> list[float] | None:
+        """The finite set of values, or None for a continuous range."""
+        if self.step is None:
+            return None
+        n = round((self.high - self.low) / self.step)
+        return [self.low + i * self.step for i in range(n + 1)]
+
+
+class IntDistribution(_Strict):
+    type: Literal["int"] = "int"
+    low: int = Field(ge=-(10**9), le=10**9)
+    high: int = Field(ge=-(10**9), le=10**9)
+    step: int = Field(default=1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> IntDistribution:
+        if not self.low < self.high:
+            raise ValueError(f"low must be < high, but got low={self.low}, high={self.high}.")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log=true needs low > 0, but got low={self.low}.")
+        if self.log and self.step != 1:
+            raise ValueError(f"log=true needs step=1, but got step={self.step}.")
+        if (self.high - self.low) % self.step:
+            raise ValueError(
+                f"step must divide high - low, but got step={self.step} for "
+                f"[{self.low}, {self.high}]."
+            )
+        return self
+
+    def values(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
+
+class CategoricalDistribution(_Strict):
+    type: Literal["categorical"] = "categorical"
+    choices: list[Any] = Field(min_length=1, max_length=256)
+
+    @field_validator("choices")
+    @classmethod
+    def _check_choices(cls, choices: list[Any]) -> list[Scalar]:
+        for choice in choices:
+            if not isinstance(choice, bool | int | float | str | None):
+                raise ValueError(
+                    "choices must be JSON scalars (string, number, boolean or null), "
+                    f"but got {choice!r}."
+                )
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError(f"choices must be finite, but got {choice}.")
+            if isinstance(choice, str) and len(choice) > 256:
+                raise ValueError("choices must be strings of at most 256 characters.")
+        keys = [(type(c).__name__, c) for c in choices]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"choices must be unique, but got {choices}.")
+        return choices
+
+    def values(self) -> list[Scalar]:
+        return list(self.choices)
+
+
+Distribution = Annotated[
+    FloatDistribution | IntDistribution | CategoricalDistribution, Field(discriminator="type")
+]
+
+
+# --- the hyperparameters (declared in hpo.core.hyperparameters) ------------------------------
+
+
+DEFAULT_SEARCH_SPACE: dict[str, Any] = {
+    "learning_rate": {"type": "float", "low": 1e-5, "high": 5e-4, "log": True},
+    "per_device_train_batch_size": {"type": "categorical", "choices": [4, 8, 16, 32]},
+    "num_train_epochs": {"type": "int", "low": 1, "high": 3},
+    "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+    "lora_r": {"type": "categorical", "choices": [4, 8, 16, 32, 64]},
+}
+
+
+def check_distribution(hp: Hyperparameter, dist: Distribution) -> None:
+    """Raise ValueError when ``dist`` can produce a value that ``hp`` does not accept."""
+    if isinstance(dist, CategoricalDistribution):
+        candidates: list[Any] = list(dist.choices)
+    elif hp.kind is str or hp.kind is bool:
+        raise ValueError(f"{hp.name} takes a categorical distribution.")
+    elif hp.kind is int and isinstance(dist, FloatDistribution):
+        raise ValueError(f"{hp.name} is an integer: use type 'int' or 'categorical'.")
+    else:
+        candidates = [dist.low, dist.high]
+    for value in candidates:
+        problem = hp.check(value)
+        if problem:
+            raise ValueError(f"{hp.name} {problem}.")
+
+
+def _unknown(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown[0]!r}; known ones are {sorted(known)}.")
+
+
+class _Settings(_Strict):
+    """Common behaviour of the models generated from the hyperparameter declarations: unset
+    entries are None and left out of dumps; iterate the set ones with ``items()``."""
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, v) for k, v in self.__dict__.items() if v is not None]
+
+    def names(self) -> set[str]:
+        return {k for k, _ in self.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+
+class _SearchSpaceBase(_Settings):
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _unknown("hyperparameter", data, SEARCHABLE)
+        return data
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> _SearchSpaceBase:
+        if not self.items():
+            raise ValueError("the search space needs at least 1 hyperparameter.")
+        for name, dist in self.items():
+            check_distribution(BY_NAME[name], dist)
+        return self
+
+    def distributions(self) -> dict[str, Distribution]:
+        return dict(self.items())
+
+
+class _TrainingBase(_Settings):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _unknown("training setting", data, BY_NAME)
+        return data
+
+    def values(self) -> dict[str, Any]:
+        return dict(self.items())
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
+def _value_type(hp: Hyperparameter) -> Any:
+    """The pydantic type of a fixed value of ``hp``, with its bounds."""
+    if hp.kind is str:
+        return Literal[hp.choices]
+    if hp.kind is bool:
+        return bool
+    bounds: dict[str, Any] = {"le": hp.high}
+    bounds["ge" if hp.low_inclusive else "gt"] = hp.low
+    if hp.kind is float:
+        bounds["allow_inf_nan"] = False
+    return Annotated[hp.kind, Field(**{k: v for k, v in bounds.items() if v is not None})]
+
+
+if TYPE_CHECKING:  # the generated models, as type checkers see them
+
+    class SearchSpace(_SearchSpaceBase): ...
+
+    class TrainingSettings(_TrainingBase): ...
+
+else:
+    SearchSpace = create_model(
+        "SearchSpace",
+        __base__=_SearchSpaceBase,
+        __doc__="Each searched hyperparameter with its distribution; the others are fixed.",
+        **{
+            hp.name: (Distribution | None, Field(None, description=hp.help, exclude_if=_unset))
+            for hp in HYPERPARAMETERS
+            if hp.searchable
+        },
+    )
+    TrainingSettings = create_model(
+        "TrainingSettings",
+        __base__=_TrainingBase,
+        __doc__="Settings fixed for every trial; a study neither searches nor fixes the rest "
+        "(they keep their defaults).",
+        **{
+            hp.name: (
+                _value_type(hp) | None,
+                Field(None, description=f"{hp.help} Default: {hp.default}.", exclude_if=_unset),
+            )
+            for hp in HYPERPARAMETERS
+        },
+    )
+
+
+# --- the parts of a spec ---------------------------------------------------------------------
+
+
+BUILTIN_PREFIX = "builtin:"
+# Built locally by the worker (worker/builtin.py), never downloaded; models with their task.
+BUILTIN_MODELS = {
+    "builtin:tiny-llama": "causal-lm",
+    "builtin:tiny-encoder": "sequence-classification",
+}
+BUILTIN_DATASETS = ("builtin:demo-text", "builtin:demo-classification")
+GLOB_CHARACTERS = "*?[]{}"
+
+
+def _known_builtin(value: str, known: Iterable[str], what: str) -> str:
+    if value.startswith(BUILTIN_PREFIX) and value not in known:
+        raise ValueError(f"unknown built-in {what} {value!r}; known ones are {sorted(known)}.")
+    return value
+
+
+class ModelSpec(_Strict):
+    name_or_path: str = Field(min_length=1, max_length=512, pattern=PATH_PATTERN)
+    task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
+    revision: str | None = Field(default=None, max_length=128, pattern=r"^[\w.\-/]+$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @field_validator("name_or_path")
+    @classmethod
+    def _builtin(cls, value: str) -> str:
+        return _known_builtin(value, BUILTIN_MODELS, "model")
+
+    @field_validator("revision")
+    @classmethod
+    def _no_parent(cls, value: str | None) -> str | None:
+        if value is not None and ".." in value:
+            raise ValueError(f"revision must not contain '..', but got {value!r}.")
+        return value
+
+
+def dataset_format(declared: str, path: str, *, is_dir: bool) -> str | None:
+    """The format a dataset path is read as, or None when it cannot be told."""
+    if declared != "auto":
+        return declared
+    if is_dir:
+        return "disk"
+    suffix = PurePath(path).suffix
+    return {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(suffix)
+
+
+class DatasetSpec(_Strict):
+    path: str = Field(min_length=1, max_length=1024, pattern=PATH_PATTERN)
+    format: Literal["auto", "jsonl", "csv", "disk"] = "auto"
+    text_field: str = Field(default="text", min_length=1, max_length=128)
+    label_field: str | None = Field(default=None, min_length=1, max_length=128)
+    validation_split: str | None = Field(default=None, min_length=1, max_length=128)
+    validation_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    max_train_examples: int | None = Field(default=None, ge=1, le=10**8)
+    max_eval_examples: int = Field(default=256, ge=1, le=10**6)
+
+    @field_validator("path")
+    @classmethod
+    def _one_file(cls, value: str) -> str:
+        # The datasets library expands globs: a pattern could reach files the root check
+        # never saw. A dataset is exactly one file or folder.
+        if any(c in value for c in GLOB_CHARACTERS):
+            raise ValueError(
+                f"path must name one file or folder; glob characters {GLOB_CHARACTERS} are "
+                f"not allowed, but got {value!r}."
+            )
+        return _known_builtin(value, BUILTIN_DATASETS, "dataset")
+
+
+class ObjectiveSpec(_Strict):
+    metric: Literal["eval_loss", "eval_accuracy"] = "eval_loss"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    divergence_factor: float | None = Field(
+        default=3.0,
+        gt=1.0,
+        le=1000.0,
+        description="A loss above this many times the first batch's loss marks the trial "
+        "diverged: pruned with a reason, never a result. null turns the check off.",
+    )
+
+
+class _SeededSampler(_Strict):
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+
+class TPESamplerSpec(_SeededSampler):
+    type: Literal["tpe"] = "tpe"
+    n_startup_trials: int = Field(default=10, ge=0, le=10_000)
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+class RandomSamplerSpec(_SeededSampler):
+    type: Literal["random"] = "random"
+
+
+class GridSamplerSpec(_SeededSampler):
+    type: Literal["grid"] = "grid"
+
+
+class CmaEsSamplerSpec(_SeededSampler):
+    type: Literal["cmaes"] = "cmaes"
+    n_startup_trials: int = Field(default=1, ge=0, le=10_000)
+
+
+class GPSamplerSpec(_SeededSampler):
+    type: Literal["gp"] = "gp"
+    n_startup_trials: int = Field(default=10, ge=0, le=10_000)
+
+
+class QMCSamplerSpec(_SeededSampler):
+    type: Literal["qmc"] = "qmc"
+    qmc_type: Literal["sobol", "halton"] = "sobol"
+    scramble: bool = True
+
+
+SamplerSpec = Annotated[
+    TPESamplerSpec
+    | RandomSamplerSpec
+    | GridSamplerSpec
+    | CmaEsSamplerSpec
+    | GPSamplerSpec
+    | QMCSamplerSpec,
+    Field(discriminator="type"),
+]
+
+
+MAX_STEP = 10**12  # steps are training examples seen; far beyond any fine-tune
+
+
+class _ThresholdPruner(_Strict):
+    n_startup_trials: int = Field(default=5, ge=0, le=10_000)
+    n_warmup_steps: int = Field(default=0, ge=0, le=MAX_STEP)
+    interval_steps: int = Field(default=1, ge=1, le=MAX_STEP)
+    n_min_trials: int = Field(default=1, ge=1, le=10_000)
+
+
+class MedianPrunerSpec(_ThresholdPruner):
+    type: Literal["median"] = "median"
+
+
+class PercentilePrunerSpec(_ThresholdPruner):
+    type: Literal["percentile"] = "percentile"
+    percentile: float = Field(default=25.0, ge=0.0, le=100.0)
+
+
+class SuccessiveHalvingPrunerSpec(_Strict):
+    type: Literal["successive_halving"] = "successive_halving"
+    min_resource: Annotated[int, Field(ge=1, le=MAX_STEP)] | Literal["auto"] = "auto"
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+    min_early_stopping_rate: int = Field(default=0, ge=0, le=100)
+
+
+class HyperbandPrunerSpec(_Strict):
+    type: Literal["hyperband"] = "hyperband"
+    min_resource: int = Field(default=1, ge=1, le=MAX_STEP)
+    max_resource: Annotated[int, Field(ge=1, le=MAX_STEP)] | Literal["auto"] = "auto"
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+
+    @model_validator(mode="after")
+    def _check(self) -> HyperbandPrunerSpec:
+        if isinstance(self.max_resource, int) and self.max_resource <= self.min_resource:
+            raise ValueError(
+                f"max_resource must be > min_resource, but got {self.max_resource} "
+                f"<= {self.min_resource}."
+            )
+        return self
+
+
+class NopPrunerSpec(_Strict):
+    type: Literal["none"] = "none"
+
+
+PrunerSpec = Annotated[
+    MedianPrunerSpec
+    | PercentilePrunerSpec
+    | SuccessiveHalvingPrunerSpec
+    | HyperbandPrunerSpec
+    | NopPrunerSpec,
+    Field(discriminator="type"),
+]
+
+
+class BudgetSpec(_Strict):
+    max_trials: int = Field(default=20, ge=1, le=MAX_TRIALS)
+    timeout_s: float | None = Field(default=None, gt=0, le=90 * 86400)
+    max_gpu_hours: float | None = Field(default=None, gt=0, le=1e6)
+    max_failures_in_a_row: int = Field(default=5, ge=1, le=1000)
+
+
+class EvaluationSpec(_Strict):
+    """Where trials report: every ``every_examples`` training examples seen.
+
+    Intermediate values are reported at step = examples seen, a fidelity axis that is the
+    same for every batch size and accumulation, so pruners compare like with like.
+    """
+
+    every_examples: int = Field(default=256, ge=1, le=10**9)
+
+
+# --- the study spec ---------------------------------------------------------------------------
+
+
+class TrainSpec(_Strict):
+    """What each trial trains: the model, the data, the settings fixed for every trial, and how
+    often it evaluates."""
+
+    model: ModelSpec
+    dataset: DatasetSpec
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+
+class SearchSpec(_Strict):
+    """What to search and how: the space, the objective, the sampler, the pruner and the budget.
+    Everything the simulator needs; nothing about a model."""
+
+    space: SearchSpace = Field(
+        default_factory=lambda: SearchSpace.model_validate(DEFAULT_SEARCH_SPACE)
+    )
+    objective: ObjectiveSpec = ObjectiveSpec()
+    sampler: SamplerSpec = TPESamplerSpec()
+    # No pruner by default: on recorded LoRA curves every pruner we tried cost more GPU time
+    # to reach a near-best fine-tune than it saved (bench/results/strategies.md).
+    pruner: PrunerSpec = NopPrunerSpec()
+    budget: BudgetSpec = BudgetSpec()
+
+    @model_validator(mode="after")
+    def _finite_grid(self) -> SearchSpec:
+        if self.sampler.type == "grid":
+            size = grid_size(self.space)
+            if size is None:
+                raise ValueError(
+                    "the grid sampler needs a finite space: give every float a step or use "
+                    "categorical choices."
+                )
+            if size > MAX_GRID_SIZE:
+                raise ValueError(f"the grid has {size} points; at most {MAX_GRID_SIZE}.")
+        return self
+
+
+class StudySpec(_Strict):
+    """A study: what each trial trains (``train``) and how the search runs (``search``)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique across the service.")
+    description: str | None = Field(default=None, max_length=2000)
+    train: TrainSpec
+    search: SearchSpec = SearchSpec()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudySpec:
+        both = sorted(self.search.space.names() & self.train.training.names())
+        if both:
+            raise ValueError(f"{both} are both searched and fixed in training; choose one.")
+        model, dataset, metric = self.train.model, self.train.dataset, self.search.objective.metric
+        if model.task == "sequence-classification" and dataset.label_field is None:
+            raise ValueError("dataset.label_field is required for sequence-classification.")
+        if metric == "eval_accuracy" and model.task == "causal-lm":
+            raise ValueError("objective eval_accuracy needs task sequence-classification.")
+        builtin_task = BUILTIN_MODELS.get(model.name_or_path)
+        if builtin_task and builtin_task != model.task:
+            raise ValueError(
+                f"model {model.name_or_path} is a {builtin_task} model, "
+                f"but task is {model.task!r}."
+            )
+        return self
+
+
+def grid_size(space: _SearchSpaceBase) -> int | None:
+    """Number of points in the space's grid, or None when a dimension is continuous."""
+    size = 1
+    for _, dist in space.items():
+        values = dist.values()
+        if values is None:
+            return None
+        size *= len(values)
+    return size

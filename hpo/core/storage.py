@@ -1,0 +1,146 @@
+"""Optuna's RDB storage on the same database as the service's tables."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+from optuna import Study
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import exists, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from hpo.core import optuna_tables
+from hpo.core.optuna_tables import trial_heartbeats, trials
+from hpo.core.settings import Settings
+
+RETRIED_FROM_ATTR = "retried_from"
+FAIL_REASON_ATTR = "fail_reason"
+STALE_REASON = "stale: no heartbeat within the grace period (worker died or lost the database)"
+# What a failed trial says about its own end; a retry starts without them.
+OUTCOME_ATTRS = (FAIL_REASON_ATTR, "error")
+
+
+class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
+    """Optuna's bounded retry of a dead worker's trial, plus a ``retried_from`` user attr."""
+
+    def __call__(self, study: Study, trial: FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        kept = {k: v for k, v in trial.user_attrs.items() if k not in OUTCOME_ATTRS}
+        trial.user_attrs = {**kept, RETRIED_FROM_ATTR: trial.number}
+        super().__call__(study, trial)
+
+
+class HeartbeatStorage(RDBStorage):
+    """RDB storage whose trials can never be RUNNING without a heartbeat.
+
+    Optuna starts a trial's heartbeat thread only after ``ask`` has created the trial, and its
+    stale-trial sweep skips RUNNING trials that have no heartbeat at all: a worker killed in
+    between would leave its trial RUNNING forever, holding a budget slot. Here the first
+    heartbeat is written as soon as a trial is RUNNING, and a sweep gives RUNNING trials that
+    still have none (the process died between those two writes) a heartbeat on the database's
+    clock, so Optuna's own check fails them one grace period later. Stale trials are failed
+    with ``fail_reason`` set.
+    What remains of ``ask`` after the first beat is ``get_trial`` and the sampler's
+    ``before_trial``; relative sampling (a GP fit) runs lazily at the first ``suggest``,
+    under Optuna's heartbeat, so a slow sampler does not get its trial failed as stale.
+
+    ``claiming(gate)`` makes this process's trial claims (a new RUNNING trial, or a WAITING
+    one popped) happen inside ``gate()``: a worker holds its study's budget lock only around
+    the claim itself, not around Optuna's cache sync or the sampler.
+    """
+
+    _gate: Callable[[], AbstractContextManager[object]] | None = None
+
+    @contextmanager
+    def claiming(self, gate: Callable[[], AbstractContextManager[object]]) -> Iterator[None]:
+        self._gate = gate
+        try:
+            yield
+        finally:
+            self._gate = None
+
+    def _claim(self) -> AbstractContextManager[object]:
+        return self._gate() if self._gate is not None else nullcontext()
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        # The private half is what Optuna's cache layer calls; the public one delegates to it.
+        if template_trial is not None and template_trial.state != TrialState.RUNNING:
+            return super()._create_new_trial(study_id, template_trial)
+        with self._claim():
+            trial = super()._create_new_trial(study_id, template_trial)
+        self._first_beat(optuna_tables.trial_id(trial))
+        return trial
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if state != TrialState.RUNNING:
+            return super().set_trial_state_values(trial_id, state, values)
+        with self._claim():  # a WAITING (enqueued, retried) trial is being claimed
+            changed = super().set_trial_state_values(trial_id, state, values)
+        if changed:
+            self._first_beat(trial_id)
+        return changed
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        self._adopt_orphans(study_id)
+        stale = super()._get_stale_trial_ids(study_id)
+        for trial_id in stale:
+            # Set while the trial is still RUNNING: Optuna refuses attrs on finished trials.
+            with contextlib.suppress(UpdateFinishedTrialError):
+                self.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, STALE_REASON)
+        return stale
+
+    def _adopt_orphans(self, study_id: int) -> None:
+        """Give RUNNING trials without a heartbeat one stamped with the database's clock.
+
+        Their worker died between the claim and its first beat; from now on Optuna's own stale
+        check fails them after the grace period. Nothing here reads a worker's clock, so nodes
+        with skewed clocks or other time zones cannot fail live trials or keep dead ones.
+        """
+        orphans = select(trials.c.trial_id, func.current_timestamp()).where(
+            trials.c.study_id == study_id,
+            trials.c.state == TrialState.RUNNING.name,
+            ~exists().where(trial_heartbeats.c.trial_id == trials.c.trial_id),
+        )
+        adopt = insert(trial_heartbeats).from_select(["trial_id", "heartbeat"], orphans)
+        # A worker beating for the first time at this instant wins the race; that is fine.
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+            conn.execute(adopt)
+
+    def _first_beat(self, trial_id: int) -> None:
+        try:
+            self.record_heartbeat(trial_id)
+        except IntegrityError:  # a sweeper adopted the trial a moment ago: beat on its row
+            self.record_heartbeat(trial_id)
+
+
+def make_storage(settings: Settings) -> HeartbeatStorage:
+    """Optuna storage with heartbeats and bounded retries of trials whose worker died.
+
+    Heartbeats only run inside ``Study.optimize``; a trial silent for ``grace_period``
+    seconds is failed and a copy of it is queued again, at most ``max_retries`` times.
+    """
+    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    if settings.database_url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    else:
+        engine_kwargs["connect_args"] = {"connect_timeout": 5}
+    with warnings.catch_warnings():
+        # Heartbeats and the retry callback are marked experimental; we rely on them on purpose.
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return HeartbeatStorage(
+            settings.database_url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.grace_period,
+            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=settings.max_retries),
+        )

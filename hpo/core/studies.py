@@ -1,0 +1,195 @@
+"""Study operations: our row and Optuna's study kept in step. The API, CLI and demo call these.
+
+Names are global (Optuna study names are): registering a taken name is a conflict whoever
+holds it, and the answer does not say who.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError
+from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from hpo.core import artifacts
+from hpo.core.budget import spent_reason
+from hpo.core.db import StudyRecord, StudyStatus, utcnow
+from hpo.core.errors import StudyBroken, StudyConflict, StudyNotFound
+from hpo.core.factory import build_pruner, build_sampler
+from hpo.core.paths import check_spec_paths
+from hpo.core.preflight import check_inputs
+from hpo.core.progress import trial_counts
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+
+# Which status a transition may start from.
+TRANSITIONS: dict[str, tuple[StudyStatus, ...]] = {
+    StudyStatus.PAUSED: (StudyStatus.RUNNING,),
+    StudyStatus.RUNNING: (StudyStatus.PAUSED,),
+    StudyStatus.STOPPED: (StudyStatus.RUNNING, StudyStatus.PAUSED),
+}
+
+
+def create_study(
+    session: Session, storage: RDBStorage, *, spec: StudySpec, owner: str, settings: Settings
+) -> StudyRecord:
+    """Register ``spec`` and create its Optuna study, both or neither; commits.
+
+    Raises:
+        SpecError: The spec points outside the allowed roots, or at data or a model that
+            cannot be read as the spec says.
+        StudyConflict: The name is taken (by any owner: Optuna study names are global).
+    """
+    check_spec_paths(spec, settings)
+    check_inputs(spec, settings)
+    build_sampler(spec.search)
+    build_pruner(spec.search.pruner)
+    if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
+        raise StudyConflict(f"a study named {spec.name!r} already exists")
+    # Optuna's study first: SQLite allows one writer, so our row cannot stay flushed
+    # while Optuna writes through its own connection. Undo Optuna's half if ours fails.
+    direction = StudyDirection[spec.search.objective.direction.upper()]
+    try:
+        study_id = storage.create_new_study([direction], spec.name)
+    except DuplicatedStudyError as exc:
+        raise StudyConflict(f"a study named {spec.name!r} already exists") from exc
+    record = StudyRecord(
+        name=spec.name, owner=owner, spec=spec.model_dump(mode="json"), status=StudyStatus.RUNNING
+    )
+    try:
+        storage.set_study_user_attr(study_id, "owner", owner)
+        storage.set_study_user_attr(study_id, "objective", spec.search.objective.metric)
+        storage.set_study_user_attr(study_id, "fidelity", "step = training examples seen")
+        session.add(record)
+        session.commit()
+    except IntegrityError as exc:
+        storage.delete_study(study_id)
+        raise StudyConflict(f"a study named {spec.name!r} already exists") from exc
+    except BaseException:
+        storage.delete_study(study_id)
+        raise
+    return record
+
+
+def get_study(session: Session, *, name: str, owner: str | None) -> StudyRecord:
+    """The study ``name``; ``owner=None`` skips the ownership check (workers).
+
+    Raises:
+        StudyNotFound: No such study, or it belongs to someone else.
+    """
+    query = select(StudyRecord).where(StudyRecord.name == name)
+    if owner is not None:
+        query = query.where(StudyRecord.owner == owner)
+    record = session.scalar(query)
+    if record is None:
+        raise StudyNotFound(f"study {name!r} not found")
+    return record
+
+
+def optuna_study_id(storage: RDBStorage, record: StudyRecord) -> int:
+    """The id of the Optuna study behind our registration.
+
+    Raises:
+        StudyBroken: The Optuna study is gone (deleted or renamed outside the service).
+    """
+    try:
+        return storage.get_study_id_from_name(record.name)
+    except KeyError:
+        raise StudyBroken(
+            f"study {record.name!r} is registered but its Optuna study is gone (deleted or "
+            f"renamed outside the service, e.g. with optuna-dashboard on the database); "
+            f"DELETE /studies/{record.name} removes the registration so the name can be used "
+            "again"
+        ) from None
+
+
+def list_studies(
+    session: Session, *, owner: str, offset: int, limit: int
+) -> tuple[list[StudyRecord], int]:
+    where = StudyRecord.owner == owner
+    count = session.scalar(select(func.count()).select_from(StudyRecord).where(where)) or 0
+    rows = session.scalars(
+        select(StudyRecord).where(where).order_by(StudyRecord.id).offset(offset).limit(limit)
+    )
+    return list(rows), count
+
+
+def set_status(
+    session: Session, *, record: StudyRecord, status: StudyStatus, reason: str | None = None
+) -> StudyRecord:
+    """Move a study to ``status`` if its current status allows it.
+
+    Raises:
+        StudyConflict: The transition is not allowed from the current status.
+    """
+    allowed = TRANSITIONS.get(status, ())
+    if record.status not in allowed:
+        raise StudyConflict(
+            f"cannot move study {record.name!r} from {record.status} to {status}; "
+            f"allowed from {[str(s) for s in allowed]}"
+        )
+    record.status = status
+    record.status_reason = reason
+    session.flush()
+    return record
+
+
+def finish_if_spent(
+    session: Session, storage: RDBStorage, *, record: StudyRecord, study_id: int
+) -> str | None:
+    """Mark a running study completed once its budget is spent and nothing runs; the reason.
+
+    Whoever notices first (a worker after its trial, or the API on a read) settles it, so the
+    status follows the budget even when the last worker exits on its own ``--max-trials``.
+    """
+    if record.status != StudyStatus.RUNNING:
+        return None
+    counts = trial_counts(storage, study_id)
+    reason = spent_reason(storage, record, StudySpec.model_validate(record.spec), counts)
+    if reason is None or counts.running:
+        return None
+    changed = session.execute(
+        update(StudyRecord)
+        .where(StudyRecord.id == record.id, StudyRecord.status == StudyStatus.RUNNING)
+        .values(status=StudyStatus.COMPLETED, status_reason=reason, updated_at=utcnow())
+        .returning(StudyRecord.id)
+    ).first()
+    session.refresh(record)
+    return reason if changed is not None else None
+
+
+def delete_study(
+    session: Session, storage: RDBStorage, *, record: StudyRecord, settings: Settings
+) -> None:
+    """Remove the study's artifacts, its Optuna study with its trials, then our row.
+
+    In this order a failure leaves our row, so the DELETE can be repeated.
+    """
+    artifacts.remove_study_artifacts(settings, session, study_id=record.id)
+    with contextlib.suppress(KeyError):  # Optuna's half may already be gone
+        storage.delete_study(storage.get_study_id_from_name(record.name))
+    session.delete(record)
+    session.flush()
+
+
+def enqueue_trial(
+    storage: RDBStorage,
+    *,
+    record: StudyRecord,
+    params: dict[str, Any],
+    user_attrs: dict[str, Any],
+) -> None:
+    """Queue a configuration to be tried before the sampler proposes new ones.
+
+    Raises:
+        StudyBroken: The Optuna study is gone.
+    """
+    optuna_study_id(storage, record)
+    study = optuna.load_study(study_name=record.name, storage=storage)
+    study.enqueue_trial(params, user_attrs=user_attrs)

@@ -1,0 +1,128 @@
+"""The worker loop in-process: model reuse, base weights untouched, failure streaks, NaN."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from hpo.core.db import Database
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from hpo.core.storage import make_storage
+from hpo.core.studies import create_study
+from tests.conftest import ApiServer
+from tests.workers import small_study
+from worker.callbacks import Diverged, FidelityCallback
+from worker.loop import Worker
+
+pytestmark = pytest.mark.slow
+
+
+def _register(settings: Settings, spec: dict[str, Any]) -> None:
+    storage = make_storage(settings)
+    with Database(settings.database_url) as db, db.session() as session:
+        create_study(
+            session, storage, spec=StudySpec.model_validate(spec), owner="alice", settings=settings
+        )
+    storage.engine.dispose()
+
+
+def _base_weights(worker: Worker) -> dict[str, torch.Tensor]:
+    model = worker.ctx.models._loaded.model
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_base_model_loaded_once_and_left_untouched(pg_settings: Settings) -> None:
+    _register(pg_settings, small_study("reuse", budget={"max_trials": 5}, pruner={"type": "none"}))
+    worker = Worker(pg_settings, max_trials=1, cpu_threads=1)
+    worker.run(handle_signals=False)
+    before = _base_weights(worker)
+    worker.max_trials = 5
+    assert worker.run(handle_signals=False) == 5
+    assert worker.ctx.models.load_count == 1
+    after = _base_weights(worker)
+    assert before.keys() == after.keys()
+    assert not [k for k in after if "lora" in k]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    done = optuna.load_study(study_name="reuse", storage=pg_settings.database_url).trials
+    assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE] * 5
+
+
+def test_repeated_same_error_fails_the_study(pg_api: ApiServer) -> None:
+    spec = small_study(
+        "broken",
+        dataset={"path": "builtin:demo-text", "text_field": "body"},
+        budget={"max_trials": 10, "max_failures_in_a_row": 3},
+    )
+    with pg_api.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        ran = Worker(pg_api.settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False)
+        assert ran == 3
+        study = client.get("/studies/broken").json()
+        assert study["status"] == "failed"
+        assert "3 trials in a row failed" in study["status_reason"]
+        assert "no field 'body'" in study["status_reason"]
+        failed = client.get("/studies/broken/trials", params={"state": "fail"}).json()
+        assert failed["count"] == 3
+        assert {t["user_attrs"]["fail_reason"] for t in failed["data"]} == {"error"}
+
+
+def test_non_finite_eval_loss_prunes_with_a_reason(pg_settings: Settings) -> None:
+    study = optuna.create_study(storage=pg_settings.database_url)
+    trial = study.ask()
+    callback = FidelityCallback(
+        trial,
+        metric="eval_loss",
+        every_examples=8,
+        examples_per_step=8,
+        max_examples=64,
+        stop=threading.Event(),
+    )
+    state = TrainerState()
+    state.global_step = 1
+    control = TrainerControl()
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
+    callback.on_step_end(args, state, control)
+    assert control.should_evaluate
+    with pytest.raises(Diverged, match="nan"):
+        callback.on_evaluate(args, state, control, metrics={"eval_loss": math.nan})
+    assert trial.user_attrs["prune_reason"].startswith("non_finite_loss")
+
+
+def test_paused_and_stopped_studies_get_no_trials(pg_api: ApiServer) -> None:
+    with pg_api.client() as client:
+        for name in ("held", "halted"):
+            assert client.post("/studies", json=small_study(name)).status_code == 201
+        client.post("/studies/held/pause")
+        client.post("/studies/halted/stop")
+        assert Worker(pg_api.settings, idle_exit=0.2, cpu_threads=1).run(handle_signals=False) == 0
+        client.post("/studies/held/resume")
+        worker = Worker(pg_api.settings, max_trials=1, cpu_threads=1)
+        assert worker.run(handle_signals=False) == 1
+        assert client.get("/studies/held").json()["trials"]["finished"] == 1
+        assert client.get("/studies/halted").json()["trials"]["finished"] == 0
+
+
+@pytest.mark.parametrize(
+    ("budget", "reason"),
+    [
+        ({"max_trials": 50, "max_gpu_hours": 1e-6}, "max_gpu_hours=1e-06 reached"),
+        ({"max_trials": 50, "timeout_s": 1e-3}, "timeout_s=0.001 reached"),
+    ],
+)
+def test_time_budgets_complete_the_study(
+    pg_api: ApiServer, budget: dict[str, float], reason: str
+) -> None:
+    with pg_api.client() as client:
+        assert client.post("/studies", json=small_study("timed", budget=budget)).status_code == 201
+        ran = Worker(pg_api.settings, idle_exit=0.5, cpu_threads=1).run(handle_signals=False)
+        study = client.get("/studies/timed").json()
+    assert ran == (1 if "max_gpu_hours" in budget else 0)
+    assert study["status"] == "completed"
+    assert study["status_reason"].startswith(reason)

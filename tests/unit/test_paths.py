@@ -1,0 +1,75 @@
+"""Where a spec may point, checked without a server: roots, '..', links, folders, globs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from hpo.core.errors import SpecError
+from hpo.core.paths import check_spec_paths
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from tests.specs import minimal_spec
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> tuple[Path, Path, Settings]:
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    data.mkdir()
+    outside.mkdir()
+    (outside / "secret.csv").write_text("text\nsecret\n")
+    return data, outside, Settings(data_roots=[data], model_roots=[tmp_path / "models"])
+
+
+def _check(
+    settings: Settings, *, data: str = "builtin:demo-text", model: str = "org/model"
+) -> None:
+    spec = StudySpec.model_validate(
+        minimal_spec("p", dataset={"path": data}, model={"name_or_path": model})
+    )
+    check_spec_paths(spec, settings)
+
+
+def test_inside_the_roots_is_fine(roots: tuple[Path, Path, Settings]) -> None:
+    data, _, settings = roots
+    (data / "ok.csv").write_text("text\nhi\n")
+    _check(settings, data=str(data / "ok.csv"))  # a hub id needs no root
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda d, o: str(d / ".." / "outside" / "secret.csv"), "must not contain '..'"),
+        (lambda d, o: str(o / "secret.csv"), "outside the roots the operator allowed"),
+        (lambda d, o: _link(d / "escape.csv", o / "secret.csv"), "outside the roots"),
+        (lambda d, o: _folder_with_link(d / "saved", o / "secret.csv"), "a link that leads"),
+    ],
+    ids=["dotdot", "outside", "link", "folder-link"],
+)
+def test_escapes_are_refused_without_naming_the_roots(
+    roots: tuple[Path, Path, Settings], make: object, why: str
+) -> None:
+    data, outside, settings = roots
+    with pytest.raises(SpecError) as error:
+        _check(settings, data=make(data, outside))  # type: ignore[operator]
+    assert why in error.value.message and str(data) + "'" not in error.value.message
+    assert error.value.loc == ("train", "dataset", "path")
+
+
+def test_globs_and_unknown_builtins_fail_in_the_spec() -> None:
+    for path in ("data/*.csv", "data/[ab].csv", "builtin:../x", "builtin:nope"):
+        with pytest.raises(ValidationError):
+            StudySpec.model_validate(minimal_spec("g", dataset={"path": path}))
+
+
+def _link(link: Path, target: Path) -> str:
+    link.symlink_to(target)
+    return str(link)
+
+
+def _folder_with_link(folder: Path, target: Path) -> str:
+    folder.mkdir()
+    (folder / "part.arrow").symlink_to(target)
+    return str(folder)

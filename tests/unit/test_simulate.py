@@ -1,0 +1,162 @@
+"""The simulator: deterministic, honest cost accounting, pruning saves cost, one factory."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from hpo.core.factory import load_study, suggest_params
+from hpo.core.spec import CategoricalDistribution, FloatDistribution, SearchSpace, SearchSpec
+from hpo.simulate import NotRecorded, simulate
+
+
+class Bowl:
+    """A synthetic curve family: loss decays towards (log10(lr) + 3)^2 + 1; 10 points."""
+
+    search_space = SearchSpace(
+        learning_rate=FloatDistribution(low=1e-5, high=1e-1, log=True),
+        per_device_train_batch_size=CategoricalDistribution(choices=[8, 16, 32, 64]),
+    )
+
+    def curve(self, params: dict[str, Any]) -> list[tuple[float, float]]:
+        floor = (math.log10(params["learning_rate"]) + 3) ** 2 + 1
+        cost = params["per_device_train_batch_size"] / 8
+        return [(cost, floor + 5 / (i + 1)) for i in range(10)]
+
+
+def spec(sampler: str = "tpe", pruner: str = "none", max_trials: int = 30) -> SearchSpec:
+    return SearchSpec.model_validate(
+        {
+            "space": Bowl.search_space,
+            "sampler": {"type": sampler},
+            "pruner": {"type": pruner},
+            "budget": {"max_trials": max_trials},
+        }
+    )
+
+
+def test_same_seed_same_history() -> None:
+    first = simulate(spec(pruner="median"), Bowl(), workers=4, seed=11)
+    again = simulate(spec(pruner="median"), Bowl(), workers=4, seed=11)
+    other = simulate(spec(pruner="median"), Bowl(), workers=4, seed=12)
+    assert [(t.number, t.params, t.state, t.end) for t in first.trials] == [
+        (t.number, t.params, t.state, t.end) for t in again.trials
+    ]
+    assert first.best_curve == again.best_curve
+    assert [t.params for t in first.trials] != [t.params for t in other.trials]
+
+
+def test_cost_is_the_sum_of_replayed_points() -> None:
+    sim = simulate(spec(pruner="median"), Bowl(), workers=3, seed=0)
+    assert len(sim.trials) == 30
+    replayed = 0.0
+    for trial in sim.trials:
+        curve = Bowl().curve(trial.params)
+        points = len(curve) if trial.state == "complete" else None
+        if points is None:
+            per_point = curve[0][0]
+            points = round(trial.cost / per_point)
+            assert 1 <= points < len(curve)
+        assert trial.cost == pytest.approx(sum(c for c, _ in curve[:points]))
+        replayed += trial.cost
+    assert sim.total_cost == pytest.approx(replayed)
+    assert sim.best_curve[-1][0] <= sim.total_cost
+
+
+def test_pruned_trials_stop_consuming_cost() -> None:
+    pruned = simulate(spec(pruner="successive_halving"), Bowl(), workers=2, seed=3)
+    full = simulate(spec(pruner="none"), Bowl(), workers=2, seed=3)
+    stopped = [t for t in pruned.trials if t.state == "pruned"]
+    assert stopped
+    for trial in stopped:
+        assert trial.cost < sum(c for c, _ in Bowl().curve(trial.params))
+    assert all(t.state == "complete" for t in full.trials)
+    assert pruned.total_cost < full.total_cost
+
+
+def test_workers_run_asynchronously() -> None:
+    sim = simulate(spec(sampler="random"), Bowl(), workers=4, seed=1)
+    ends = [t.end for t in sim.trials]
+    assert ends == sorted(ends)
+    assert len({t.worker for t in sim.trials}) == 4
+    # cheap (small-batch) trials finish earlier than expensive ones that started with them
+    assert len(set(ends)) > 4
+
+
+def test_budget_in_cost_stops_the_run() -> None:
+    sim = simulate(spec(max_trials=1000), Bowl(), workers=2, seed=0, max_cost=50.0)
+    assert sim.total_cost < 50.0 + 2 * 8 * 10  # at most the trials in flight overrun
+
+
+def test_simulator_samples_like_the_worker_factory() -> None:
+    """Worker w of the simulator proposes what hpo.core.factory.load_study(seed_offset=w) does."""
+    s = spec(sampler="random")
+    sim = simulate(s, Bowl(), workers=1, seed=5)
+    seeded = s.model_copy(update={"sampler": s.sampler.model_copy(update={"seed": 5})})
+    study = load_study("sim", seeded, _fresh_storage())
+    expected = []
+    for _ in range(5):
+        trial = study.ask()
+        expected.append(suggest_params(trial, seeded))
+        study.tell(trial, 1.0)
+    assert [t.params for t in sim.trials[:5]] == expected
+
+
+def _fresh_storage() -> optuna.storages.BaseStorage:
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="sim")
+    return storage
+
+
+class Holes(Bowl):
+    def curve(self, params: dict[str, Any]) -> list[tuple[float, float]]:
+        if params["per_device_train_batch_size"] == 64:
+            raise NotRecorded("no run")
+        return super().curve(params)
+
+
+def test_unrecorded_configs_fail_at_no_cost() -> None:
+    sim = simulate(spec(sampler="random", max_trials=20), Holes(), workers=2, seed=0)
+    assert len(sim.trials) == 20
+    assert all(t.params["per_device_train_batch_size"] != 64 for t in sim.trials)
+
+
+class Nothing(Bowl):
+    def curve(self, params: dict[str, Any]) -> list[tuple[float, float]]:
+        raise NotRecorded("no run")
+
+
+@pytest.mark.parametrize("sampler", ["random", "gp"])
+def test_a_sampler_stuck_on_unrecorded_configs_ends_the_run(sampler: str) -> None:
+    sim = simulate(spec(sampler=sampler), Nothing(), workers=2, seed=0)
+    assert sim.stalled_workers == 2
+    assert sim.trials == [] and sim.total_cost == 0
+
+
+NMTLC = Path(
+    os.environ.get(
+        "HPO_NMTLC", Path(__file__).resolve().parents[3] / "shared/benchmarks/nmtlc/nmtlc.pkl"
+    )
+)
+
+
+@pytest.mark.skipif(not NMTLC.exists(), reason=f"NMTLC data not found at {NMTLC}")
+def test_nmtlc_adapter() -> None:
+    from hpo.nmtlc import load_tasks
+
+    tasks = load_tasks(NMTLC)
+    assert len(tasks) == 10
+    assert sum(len(t.curves) for t in tasks) == 269
+    task = tasks[0]
+    assert {k: len(v.choices) for k, v in task.search_space.items()} == {
+        "learning_rate": 3, "per_device_train_batch_size": 3, "lora_r": 3,
+    }  # fmt: skip
+    sim = simulate(spec(sampler="tpe", max_trials=15).model_copy(
+        update={"space": task.search_space}), task, workers=4, seed=0)  # fmt: skip
+    assert len(sim.trials) == 15
+    assert sim.best_curve[-1][1] >= task.best_value

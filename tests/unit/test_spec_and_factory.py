@@ -1,0 +1,117 @@
+"""The study spec and the sampler/pruner factory, without servers: one spec shape for the API,
+the worker and the simulator."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from pydantic import ValidationError
+
+from hpo.core.budget import max_trials
+from hpo.core.errors import SpecError
+from hpo.core.factory import (
+    NumberedQMCSampler,
+    build_pruner,
+    build_sampler,
+    check_params,
+    load_study,
+    suggest_params,
+)
+from hpo.core.spec import DEFAULT_SEARCH_SPACE, SearchSpec, StudySpec
+from tests.specs import minimal_spec
+
+GRID = {
+    "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.05},
+}
+
+
+def test_a_minimal_spec_gets_the_defaults_and_dumps_only_what_is_set() -> None:
+    spec = StudySpec.model_validate(minimal_spec("m", training={"lora_dropout": 0.05}))
+    assert spec.search.space.names() == set(DEFAULT_SEARCH_SPACE)
+    assert spec.search.sampler.type == "tpe" and spec.search.pruner.type == "none"
+    stored = spec.model_dump(mode="json")
+    assert stored["train"]["training"] == {"lora_dropout": 0.05}
+    assert set(stored["search"]["space"]) == set(DEFAULT_SEARCH_SPACE)
+    assert StudySpec.model_validate(json.loads(json.dumps(stored))) == spec
+
+
+def test_search_knows_nothing_of_models() -> None:
+    """The simulator builds a SearchSpec alone: no fake model or dataset."""
+    search = SearchSpec.model_validate({"space": GRID, "sampler": {"type": "grid"}})
+    assert set(SearchSpec.model_fields) == {"space", "objective", "sampler", "pruner", "budget"}
+    assert max_trials(search) == 9  # the grid's size, below the default budget of 20
+
+
+@pytest.mark.parametrize(
+    ("parts", "where", "why"),
+    [
+        ({"training": {"lora_r": 8}}, (), "both searched and fixed"),
+        ({"sampler": {"type": "grid"}}, ("search",), "finite space"),
+        ({"space": {}}, ("search", "space"), "at least 1"),
+        ({"objective": {"metric": "eval_accuracy"}}, (), "needs task sequence-classification"),
+        ({"space": {"lora_r": {"type": "int", "low": 0, "high": 8}}}, ("search", "space"),
+         "lora_r must be >= 1"),
+        ({"training": {"warmup_ratio": 1.5}}, ("train", "training", "warmup_ratio"), "0.99"),
+    ],
+)  # fmt: skip
+def test_invalid_specs_name_the_place(
+    parts: dict[str, object], where: tuple[str, ...], why: str
+) -> None:
+    with pytest.raises(ValidationError) as error:
+        StudySpec.model_validate(minimal_spec("bad", **parts))
+    found = error.value.errors()
+    assert any(e["loc"][: len(where)] == where and why in e["msg"] for e in found), found
+
+
+def _proposals(search: SearchSpec, offset: int, n: int = 4) -> list[dict[str, object]]:
+    study = optuna.create_study(sampler=build_sampler(search, seed_offset=offset))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(suggest_params(trial, search))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_workers_sample_differently_but_grid_and_qmc_share_one_sequence() -> None:
+    """A per-worker seed offset keeps random proposals apart; a grid or QMC sequence only
+    means the same thing in every worker under the same seed."""
+    tpe = SearchSpec.model_validate({"space": GRID, "sampler": {"type": "random", "seed": 1}})
+    assert _proposals(tpe, 0) != _proposals(tpe, 1)
+    grid = SearchSpec.model_validate({"space": GRID, "sampler": {"type": "grid", "seed": 1}})
+    assert _proposals(grid, 0) == _proposals(grid, 1)
+    qmc = SearchSpec.model_validate({"sampler": {"type": "qmc", "seed": 1}})
+    assert isinstance(build_sampler(qmc), NumberedQMCSampler)
+    assert _proposals(qmc, 0) == _proposals(qmc, 1)
+
+
+@pytest.mark.parametrize("kind", ["median", "percentile", "successive_halving", "hyperband",
+                                  "none"])  # fmt: skip
+def test_every_pruner_builds(kind: str) -> None:
+    search = SearchSpec.model_validate({"pruner": {"type": kind}})
+    assert isinstance(build_pruner(search.pruner), optuna.pruners.BasePruner)
+
+
+def test_enqueued_configurations_are_checked_against_the_space() -> None:
+    search = SearchSpec.model_validate({"space": GRID})
+    assert check_params(search, {"lora_r": 8, "weight_decay": 0.05}) == {
+        "lora_r": 8, "weight_decay": 0.05}  # fmt: skip
+    with pytest.raises(SpecError) as outside:
+        check_params(search, {"lora_r": 7})
+    assert outside.value.loc == ("params", "lora_r")
+    with pytest.raises(SpecError, match="not in the study's search space"):
+        check_params(search, {"learning_rate": 1e-4})
+
+
+def test_load_study_uses_the_named_sampler_and_pruner() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="s")
+    search = SearchSpec.model_validate(
+        {"sampler": {"type": "random"}, "pruner": {"type": "median"}}
+    )
+    study = load_study("s", search, storage)
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(study.pruner, optuna.pruners.PercentilePruner)
