@@ -161,6 +161,16 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         high=1000.0,
     ),
     Hyperparameter(
+        "neftune_noise_alpha",
+        float,
+        None,
+        "NEFTune: uniform noise of this scale on the input embeddings while training; helps "
+        "instruction tuning (5 is common).",
+        "trainer",
+        low=0.0,
+        high=100.0,
+    ),
+    Hyperparameter(
         "seed",
         int,
         42,
