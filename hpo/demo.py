@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from hpo.core.artifacts import adapter_of
+from hpo.core.artifacts import recorded
 from hpo.core.db import Database
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import trial_id
@@ -59,6 +60,7 @@ def demo_spec(name: str, *, trials: int) -> StudySpec:
 @dataclass
 class DemoResult:
     study: str
+    database_url: str
     counts: TrialCounts
     best_value: float | None
     best_params: dict[str, object] | None
@@ -66,16 +68,33 @@ class DemoResult:
 
 
 def _table(
-    name: str, counts: TrialCounts, best: float | None, elapsed: float, total: int
+    name: str,
+    counts: TrialCounts,
+    best: float | None,
+    elapsed: float,
+    total: int,
+    *,
+    alive: int,
+    workers: int,
 ) -> Table:
-    table = Table(title=f"study {name}", show_header=True)
+    # Until a worker has imported torch and built the model and data, nothing runs: say so.
+    starting = alive and not counts.running and not counts.finished
+    table = Table(
+        title=f"study {name}",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,  # with the box above, fits 80 columns
+        caption="workers starting: importing torch, building the tiny model and the data"
+        if starting
+        else None,
+    )
     for col in (
         "finished",
         "complete",
         "pruned",
         "failed",
         "running",
-        "best eval_loss",
+        "workers",
+        "best loss",
         "elapsed",
     ):
         table.add_column(col, justify="right")
@@ -85,6 +104,7 @@ def _table(
         str(counts.pruned),
         str(counts.fail),
         str(counts.running),
+        f"{alive}/{workers}",
         "-" if best is None else f"{best:.4f}",
         f"{elapsed:.0f}s",
     )
@@ -100,7 +120,7 @@ def run_demo(
     settings = base.model_copy(
         update={
             "database_url": Settings(
-                database_url=database_url or f"sqlite:///{workdir / 'hpo.core.db'}"
+                database_url=database_url or f"sqlite:///{workdir / 'hpo.db'}"
             ).database_url,
             "artifact_dir": workdir / "artifacts",
             "auth": "disabled",
@@ -114,7 +134,13 @@ def run_demo(
     db = Database(settings.database_url)
     with db.session() as session:  # the same code path as POST /studies
         record_id = create_study(session, storage, spec=spec, owner="local", settings=settings).id
-    console.print(f"[bold]study[/] {name} · {trials} trials · {workers} CPU workers · {workdir}")
+    # soft_wrap: a path broken over two lines cannot be copied
+    console.print(f"study {name} · {trials} trials · {workdir}", soft_wrap=True, markup=False)
+    plural = "s" if workers != 1 else ""
+    console.print(
+        f"starting {workers} CPU worker{plural} "
+        "(the first trial builds the tiny model and the data)..."
+    )
 
     env = dict(
         os.environ,
@@ -140,11 +166,12 @@ def run_demo(
             while True:
                 counts = trial_counts(storage, study_id)
                 best = best_trial(storage, study_id)
+                alive = sum(p.poll() is None for p in procs)
                 live.update(
                     _table(name, counts, best.value if best else None,
-                           time.monotonic() - started, trials)
+                           time.monotonic() - started, trials, alive=alive, workers=workers)
                 )  # fmt: skip
-                if all(p.poll() is not None for p in procs):
+                if not alive:
                     break
                 time.sleep(0.5)
         console.print()
@@ -157,11 +184,12 @@ def run_demo(
     adapter = None
     if best is not None:
         with db.session() as session:
-            stored = adapter_of(session, study_id=record_id, trial_id=trial_id(best))
+            stored = recorded(session, study_id=record_id, trial_id=trial_id(best))
             adapter = settings.artifact_dir / stored.artifact_id if stored else None
     db.close()
     return DemoResult(
         study=name,
+        database_url=settings.database_url,
         counts=trial_counts(storage, study_id),
         best_value=best.value if best else None,
         best_params=best.params if best else None,

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from hpo.core.db import Database
 from hpo.core.settings import Settings, get_settings
@@ -16,6 +21,36 @@ from service.limits import ContentLengthLimit, FailedAuthLimiter
 from service.routes import health, studies
 
 MAX_BODY_BYTES = 1_000_000
+# Swagger UI and ReDoc from the fastapi-offline wheel: FastAPI's defaults load them from a CDN,
+# which leaves /docs and /redoc blank on a machine without internet.
+DOCS_ASSETS_URL = "/docs-assets"
+DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with every asset served by the app itself."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+    favicon = f"{DOCS_ASSETS_URL}/favicon.png"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,8 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # A slash redirect would build its Location from the client's Host header.
         redirect_slashes=False,
+        docs_url=None,  # served from local assets by _serve_docs
+        redoc_url=None,
     )
     install_error_handlers(app)
+    _serve_docs(app)
     app.add_middleware(ContentLengthLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(studies.router)

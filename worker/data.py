@@ -1,84 +1,158 @@
-"""Datasets: load a local file, folder or built-in, split off validation, tokenize, cache."""
+"""Datasets: read a file, folder or built-in into train / eval / test splits in one of TRL's
+shapes (language modelling, prompt-completion, conversational) or as labelled text, once per
+process. Causal-LM tokenization is TRL's (see worker/sft.py); classification is tokenized here.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from hpo.core.spec import DatasetSpec, ModelSpec, dataset_format
+from hpo.core.spec import DatasetSpec, ModelSpec, dataset_format, dataset_shape
 from worker import builtin
 from worker.models import freeze_long_lived
 
 datasets.disable_progress_bars()
+# TRL's column names for each shape; the spec may name the fields otherwise.
+CANONICAL = {
+    "language_modeling": {"text_field": "text"},
+    "prompt_completion": {"prompt_field": "prompt", "completion_field": "completion"},
+    "conversational": {"messages_field": "messages"},
+}
+CLASSIFICATION = "classification"
 
 
 @dataclass
 class Splits:
+    """Train / eval (/ test) splits of one shape.
+
+    Causal-LM splits keep TRL's columns (text; prompt + completion; messages); classification
+    splits are tokenized, with ``labels`` ids and ``label_names`` in id order.
+    """
+
     train: datasets.Dataset
     eval: datasets.Dataset
-    num_labels: int | None = None
+    test: datasets.Dataset | None
+    shape: str
+    label_names: list[Any] | None = None
     # Token counts of the train examples, computed once: batches group similar lengths.
-    train_lengths: list[int] | None = None
+    train_lengths: list[int] | None = field(default=None, repr=False)
+
+    @property
+    def num_labels(self) -> int | None:
+        return None if self.label_names is None else len(self.label_names)
+
+
+def _read(path: str, declared: str, cache_dir: Path) -> datasets.Dataset | datasets.DatasetDict:
+    # The resolved path, exactly what the root check saw: never a pattern the library expands.
+    real = Path(
+        builtin.resolve(path, cache_dir) if builtin.is_builtin(path) else os.path.realpath(path)
+    )
+    fmt = dataset_format(declared, str(real), is_dir=real.is_dir())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {real.name}; set dataset.format")
+    if fmt == "disk":
+        return datasets.load_from_disk(str(real))
+    builder = "json" if fmt == "jsonl" else "csv"
+    return datasets.load_dataset(builder, data_files=str(real), split="train")
+
+
+def _first(loaded: datasets.Dataset | datasets.DatasetDict) -> datasets.Dataset:
+    if isinstance(loaded, datasets.DatasetDict):
+        return loaded["train" if "train" in loaded else next(iter(loaded))]
+    return loaded
+
+
+def _split(loaded: datasets.Dataset | datasets.DatasetDict, name: str | None) -> Any:
+    if name is None or not isinstance(loaded, datasets.DatasetDict):
+        return None
+    if name not in loaded:
+        raise ValueError(f"dataset has no split {name!r}; it has {list(loaded)}")
+    return loaded[name]
+
+
+def _canonical(split: datasets.Dataset, spec: DatasetSpec, shape: str) -> datasets.Dataset:
+    """Only the shape's columns, under TRL's names."""
+    if shape == CLASSIFICATION:
+        keep = {spec.text_field: "text", spec.label_field: "label"}
+    else:
+        keep = {getattr(spec, attr): name for attr, name in CANONICAL[shape].items()}
+    split = split.remove_columns([c for c in split.column_names if c not in keep])
+    renames = {old: new for old, new in keep.items() if old != new and old is not None}
+    return split.rename_columns(renames) if renames else split
 
 
 def load_splits(spec: DatasetSpec, *, task: str, cache_dir: Path) -> Splits:
-    """Raw train/validation splits as the spec describes them."""
-    # The resolved path, exactly what the root check saw: never a pattern the library expands.
-    path = Path(
-        builtin.resolve(spec.path, cache_dir)
-        if builtin.is_builtin(spec.path)
-        else os.path.realpath(spec.path)
-    )
-    fmt = dataset_format(spec.format, str(path), is_dir=path.is_dir())
-    if fmt is None:
-        raise ValueError(f"cannot tell the format of {path.name}; set dataset.format")
-    if fmt == "disk":
-        loaded: Any = datasets.load_from_disk(str(path))
-    else:
-        builder = "json" if fmt == "jsonl" else "csv"
-        loaded = datasets.load_dataset(builder, data_files=str(path), split="train")
-    if isinstance(loaded, datasets.DatasetDict):
-        if spec.validation_split and spec.validation_split in loaded:
-            train_name = "train" if "train" in loaded else next(iter(loaded))
-            train, evaluation = loaded[train_name], loaded[spec.validation_split]
-        else:
-            loaded = loaded["train" if "train" in loaded else next(iter(loaded))]
-    if isinstance(loaded, datasets.Dataset):
-        parts = loaded.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)
+    """Raw splits as the spec describes them: the validation split, file or fraction; the
+    test split or file; each limited to its maximum."""
+    loaded = _read(spec.path, spec.format, cache_dir)
+    train = _first(loaded)
+    evaluation = _split(loaded, spec.validation_split)
+    test = _split(loaded, spec.test_split)
+    if spec.validation_path is not None:
+        evaluation = _first(_read(spec.validation_path, spec.format, cache_dir))
+    if spec.test_path is not None:
+        test = _first(_read(spec.test_path, spec.format, cache_dir))
+    if evaluation is None:
+        parts = train.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)
         train, evaluation = parts["train"], parts["test"]
-    for field in filter(None, (spec.text_field, spec.label_field)):
-        if field not in train.column_names:
-            raise ValueError(f"dataset has no field {field!r}; it has {train.column_names}")
+    if task == "sequence-classification":
+        shape = CLASSIFICATION
+        for name in (spec.text_field, spec.label_field):
+            if name not in train.column_names:
+                raise ValueError(f"dataset has no field {name!r}; it has {train.column_names}")
+    else:
+        shape = dataset_shape(spec, train.column_names)
+    train, evaluation = _canonical(train, spec, shape), _canonical(evaluation, spec, shape)
+    test = _canonical(test, spec, shape) if test is not None else None
     if spec.max_train_examples:
         train = train.select(range(min(spec.max_train_examples, len(train))))
     evaluation = evaluation.select(range(min(spec.max_eval_examples, len(evaluation))))
-    num_labels = None
-    if task == "sequence-classification":
-        labels = sorted(set(train[spec.label_field]) | set(evaluation[spec.label_field]))
-        index = {label: i for i, label in enumerate(labels)}
-        label = spec.label_field
-        assert label is not None  # the spec requires it for classification
+    if shape != CLASSIFICATION:
+        return Splits(train, evaluation, test, shape)
+    label_names = sorted({*train["label"], *evaluation["label"], *(test["label"] if test else [])})
+    index = {label: i for i, label in enumerate(label_names)}
 
-        def to_id(row: dict[str, Any]) -> dict[str, Any]:
-            return {"labels": index[row[label]]}
+    def to_id(row: dict[str, Any]) -> dict[str, Any]:
+        return {"labels": index[row["label"]]}
 
-        train, evaluation = train.map(to_id), evaluation.map(to_id)
-        num_labels = len(labels)
-    return Splits(train, evaluation, num_labels)
+    ids = [s.map(to_id, remove_columns=["label"]) if s is not None else None
+           for s in (train, evaluation, test)]  # fmt: skip
+    return Splits(ids[0], ids[1], ids[2], shape, label_names)
+
+
+def tokenize_classification(
+    splits: Splits, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Splits:
+    """Tokenized text with label ids, and the train lengths for length-grouped batches."""
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        return tokenizer([str(t) for t in batch["text"]], truncation=True, max_length=max_length)
+
+    def tokenize(split: datasets.Dataset | None) -> datasets.Dataset | None:
+        if split is None:
+            return None
+        return split.map(encode, batched=True, remove_columns=["text"])
+
+    train = tokenize(splits.train)
+    assert train is not None
+    return Splits(train, tokenize(splits.eval), tokenize(splits.test), splits.shape,
+                  splits.label_names, [len(ids) for ids in train["input_ids"]])  # fmt: skip
 
 
 class DataCache:
-    """Tokenized splits per (dataset, tokenizer, max length), reused across trials."""
+    """Raw splits per dataset, and prepared (tokenized) splits per (dataset, tokenizer, how),
+    reused by every trial of the process."""
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = cache_dir
         self._raw: dict[str, Splits] = {}
-        self._tokenized: dict[tuple[str, str, int], Splits] = {}
+        self._prepared: dict[tuple[Any, ...], Splits] = {}
 
     def raw(self, spec: DatasetSpec, model: ModelSpec) -> Splits:
         key = spec.model_dump_json() + model.task
@@ -86,32 +160,10 @@ class DataCache:
             self._raw[key] = load_splits(spec, task=model.task, cache_dir=self.cache_dir)
         return self._raw[key]
 
-    def tokenized(
-        self,
-        spec: DatasetSpec,
-        model: ModelSpec,
-        tokenizer: PreTrainedTokenizerBase,
-        tokenizer_path: str,
-        max_length: int,
-    ) -> Splits:
-        key = (spec.model_dump_json() + model.task, tokenizer_path, max_length)
-        if key not in self._tokenized:
-            raw = self.raw(spec, model)
-            field = spec.text_field
+    def prepared(self, key: tuple[Any, ...]) -> Splits | None:
+        return self._prepared.get(key)
 
-            def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-                return tokenizer(
-                    [str(t) for t in batch[field]], truncation=True, max_length=max_length
-                )
-
-            keep = {"labels"}
-
-            def tokenize(split: datasets.Dataset) -> datasets.Dataset:
-                drop = [c for c in split.column_names if c not in keep]
-                return split.map(encode, batched=True, remove_columns=drop)
-
-            train = tokenize(raw.train)
-            lengths = [len(ids) for ids in train["input_ids"]]
-            self._tokenized[key] = Splits(train, tokenize(raw.eval), raw.num_labels, lengths)
-            freeze_long_lived()
-        return self._tokenized[key]
+    def keep(self, key: tuple[Any, ...], splits: Splits) -> Splits:
+        self._prepared[key] = splits
+        freeze_long_lived()
+        return splits

@@ -34,7 +34,7 @@ from hpo.core.spec import StudySpec
 from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
 from worker.data import DataCache
 from worker.locks import StudyLock
-from worker.models import ModelCache
+from worker.models import AdapterCache, ModelCache
 from worker.objective import ObjectiveFactory, WorkerContext, make_objective
 
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
@@ -108,6 +108,7 @@ class Worker:
                 trust_remote_code=settings.allow_trust_remote_code,
             ),
             data=DataCache(settings.cache_dir),
+            adapters=AdapterCache(settings),
             storage=self.storage,
             sessions=self.sessions,
         )
@@ -271,7 +272,7 @@ class Worker:
             self._event("trial_start", study=spec.name, trial=trial.number)
 
         objective = self.objective_factory(
-            self.ctx, spec, record_id=candidate.record.id, on_start=on_start
+            self.ctx, spec, record=candidate.record, on_start=on_start
         )
 
         def timed(trial: optuna.Trial) -> float:

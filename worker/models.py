@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gc
+import io
+import os
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from hpo.core.spec import ModelSpec
+from hpo.core.artifacts import open_artifact
+from hpo.core.settings import Settings
+from hpo.core.spec import ModelSpec, is_gguf
 from worker import builtin
 
 ATTENTION_MODULES = {
@@ -74,8 +80,8 @@ class ModelCache:
         self._key: tuple[Any, ...] | None = None
         self._loaded: LoadedModel | None = None
 
-    def get(self, spec: ModelSpec, *, num_labels: int | None = None) -> LoadedModel:
-        key = (spec.model_dump_json(), num_labels)
+    def get(self, spec: ModelSpec, *, label_names: list[Any] | None = None) -> LoadedModel:
+        key = (spec.model_dump_json(), tuple(label_names or ()))
         if self._key == key and self._loaded is not None:
             return self._loaded
         self.clear()
@@ -87,6 +93,8 @@ class ModelCache:
             "revision": spec.revision,
             "trust_remote_code": self.trust_remote_code,
         }
+        if is_gguf(path):  # transformers dequantizes it; the file is read by every worker
+            path, kwargs["gguf_file"] = os.path.split(os.path.realpath(path))
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -94,10 +102,21 @@ class ModelCache:
         if spec.task == "causal-lm":
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         else:
+            names = [str(n) for n in label_names or ()]
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=dtype, num_labels=num_labels, **kwargs
+                path,
+                dtype=dtype,
+                num_labels=len(names),
+                id2label=dict(enumerate(names)),  # saved with each adapter: named predictions
+                label2id={n: i for i, n in enumerate(names)},
+                **kwargs,
             )
             model.config.pad_token_id = tokenizer.pad_token_id
+        if "gguf_file" in kwargs:
+            # Every GGUF tensor was dequantized to float on load; only the quantizer's marks
+            # remain, and they make Trainer refuse to train. Drop them, as transformers does.
+            quantizer: Any = model.hf_quantizer
+            quantizer.remove_quantization_config(model)
         model.to(self.device)  # type: ignore[arg-type]  # transformers' stub misreads .to
         self.load_count += 1
         self._key, self._loaded = key, LoadedModel(model, tokenizer, path)
@@ -121,3 +140,26 @@ def target_modules(model: torch.nn.Module, choice: str) -> list[str] | str:
     if not names:
         raise ValueError(f"no {choice} linear layers found in {type(model).__name__}")
     return sorted(names)
+
+
+class AdapterCache:
+    """Adapters from the artifact store, fetched and unpacked once per worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.cache_dir / "adapters"
+        self._folders: dict[str, Path] = {}
+
+    def folder(self, artifact_id: str) -> Path:
+        if artifact_id not in self._folders:
+            target = Path(tempfile.mkdtemp(prefix="adapter-", dir=self._ensure_root()))
+            with open_artifact(self.settings, artifact_id) as reader:
+                archive = io.BytesIO(reader.read())  # object stores give unseekable streams
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(target)
+            self._folders[artifact_id] = target
+        return self._folders[artifact_id]
+
+    def _ensure_root(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root

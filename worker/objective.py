@@ -22,18 +22,26 @@ from transformers import TrainerCallback
 
 from hpo.core import artifacts
 from hpo.core.budget import DEVICE_SECONDS_ATTR
-from hpo.core.db import session_scope
+from hpo.core.db import StudyRecord, session_scope
 from hpo.core.factory import suggest_params
 from hpo.core.optuna_tables import study_id
 from hpo.core.paths import check_spec_paths
-from hpo.core.progress import beats, best_trial
+from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import FAIL_REASON_ATTR, HeartbeatStorage
+from worker import generation
 from worker.callbacks import WorkerShutdown
-from worker.data import DataCache
-from worker.models import ModelCache
-from worker.training import train_trial, trial_settings
+from worker.data import DataCache, Splits
+from worker.models import AdapterCache, LoadedModel, ModelCache
+from worker.training import (
+    GENERATION_BATCH,
+    TrainResult,
+    TrialHooks,
+    detach,
+    train_trial,
+    trial_settings,
+)
 
 MAX_ERROR_CHARS = 2000
 log = logging.getLogger("hpo.worker")
@@ -49,6 +57,7 @@ class WorkerContext:
     hostname: str
     models: ModelCache
     data: DataCache
+    adapters: AdapterCache
     storage: HeartbeatStorage
     sessions: sessionmaker[Session]
     stop: threading.Event = field(default_factory=threading.Event)
@@ -72,35 +81,38 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
 
 
+def _store(ctx: WorkerContext, trial: optuna.Trial, record: StudyRecord, kind: str,
+           folder: Path) -> None:  # fmt: skip
+    """Keep a folder of the trial in the artifact store; never fail the trial over it."""
+    try:
+        with session_scope(ctx.sessions) as session:
+            artifacts.save_folder(ctx.settings, session, study_id=record.id, trial=trial,
+                                  folder=folder, kind=kind)  # fmt: skip
+    except Exception as exc:  # a full disk must not cost the trial its result
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        trial.set_user_attr(f"{kind}_error", error)
+        ctx.event(f"{kind}_error", study=record.name, trial=trial.number, error=error)
+
+
 def _adapter_keeper(
-    ctx: WorkerContext, spec: StudySpec, trial: optuna.Trial, *, record_id: int
+    ctx: WorkerContext, trial: optuna.Trial, record: StudyRecord, task: str
 ) -> Callable[[float, PeftModel], None]:
     """Save the adapter when the trial beats or ties the study's best so far (so the best
-    trial always has one); never fail the trial over it."""
+    trial always has one). A classification adapter carries the base config with the label
+    names, so its predictions are named."""
 
     def keep(value: float, model: PeftModel) -> None:
         sid = study_id(trial.study)
         best = best_trial(ctx.storage, sid)
         minimize = ctx.storage.get_study_directions(sid)[0] == StudyDirection.MINIMIZE
-        if (
-            best is not None
-            and best.value is not None
-            and beats(best.value, value, minimize=minimize)
-        ):
+        if best is not None and best.value is not None and beats(best.value, value,
+                                                                   minimize=minimize):  # fmt: skip
             return
-        try:
-            with (
-                tempfile.TemporaryDirectory(prefix="hpo-adapter-") as tmp,
-                session_scope(ctx.sessions) as session,
-            ):
-                model.save_pretrained(tmp)
-                artifacts.save_adapter(
-                    ctx.settings, session, study_id=record_id, trial=trial, adapter_dir=Path(tmp)
-                )
-        except Exception as exc:  # a full disk must not cost the trial its result
-            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-            trial.set_user_attr("adapter_error", error)
-            ctx.event("adapter_error", study=spec.name, trial=trial.number, error=error)
+        with tempfile.TemporaryDirectory(prefix="hpo-adapter-") as tmp:
+            model.save_pretrained(tmp)
+            if task == "sequence-classification":
+                model.config.save_pretrained(tmp)
+            _store(ctx, trial, record, artifacts.ADAPTER, Path(tmp))
 
     return keep
 
@@ -109,24 +121,35 @@ ExtraCallbacks = Callable[[dict[str, Any]], list[TrainerCallback]]
 
 
 class ObjectiveFactory(Protocol):
-    """Builds a trial's objective for our study row ``record_id``; ``on_start`` must run once
-    the trial is RUNNING."""
+    """Builds a trial's objective for a study; ``on_start`` must run once the trial is
+    RUNNING."""
 
     def __call__(
         self,
         ctx: WorkerContext,
         spec: StudySpec,
         *,
-        record_id: int,
+        record: StudyRecord,
         on_start: Callable[[optuna.Trial], None],
     ) -> Callable[[optuna.Trial], float]: ...
+
+
+def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
+    trial.set_user_attr("train_seconds", round(result.train_seconds, 4))
+    trial.set_user_attr("examples_seen", result.examples_seen)
+    trial.set_user_attr("tokens_seen", result.tokens_seen)
+    trial.set_user_attr("final_train_loss", result.train_loss)
+    for name, value in result.metrics.items():
+        trial.set_user_attr(name, round(value, 6))
+    for name, value in result.baseline.items():  # the same for every trial of the study
+        trial.study.set_user_attr(f"{BASELINE_PREFIX}{name}", value)
 
 
 def make_objective(
     ctx: WorkerContext,
     spec: StudySpec,
     *,
-    record_id: int,
+    record: StudyRecord,
     on_start: Callable[[optuna.Trial], None],
     extra_callbacks: ExtraCallbacks = lambda params: [],
 ) -> Callable[[optuna.Trial], float]:
@@ -150,35 +173,27 @@ def make_objective(
         try:
             check_spec_paths(spec, ctx.settings)  # the worker's own roots, not just the API's
             raw = ctx.data.raw(spec.train.dataset, spec.train.model)
-            loaded = ctx.models.get(spec.train.model, num_labels=raw.num_labels)
+            loaded = ctx.models.get(spec.train.model, label_names=raw.label_names)
             settings = trial_settings(spec, params)
-            splits = ctx.data.tokenized(
-                spec.train.dataset,
-                spec.train.model,
-                loaded.tokenizer,
-                loaded.path,
-                settings["max_seq_length"],
-            )
-            result = train_trial(
-                trial,
-                spec=spec,
-                settings=settings,
-                loaded=loaded,
-                splits=splits,
-                device=ctx.device,
-                stop=ctx.stop,
+            if spec.train.mode == "decode":
+                return decode_trial(ctx, trial, spec, record, settings, loaded, raw)
+            hooks = TrialHooks(
                 extra_callbacks=extra_callbacks(params),
-                keep_adapter=_adapter_keeper(ctx, spec, trial, record_id=record_id),
+                keep_adapter=_adapter_keeper(ctx, trial, record, spec.train.model.task),
+                keep_logs=lambda logs: _store(ctx, trial, record, artifacts.TENSORBOARD, logs),
                 # setup = everything before the first training step: model, data, adapter,
                 # Trainer construction
                 on_train_begin=lambda: trial.set_user_attr(
                     "setup_seconds", round(time.perf_counter() - started, 4)
                 ),
+                baseline_needed=not any(
+                    k.startswith(BASELINE_PREFIX) for k in trial.study.user_attrs
+                ),
             )
-            trial.set_user_attr("train_seconds", round(result.train_seconds, 4))
-            trial.set_user_attr("examples_seen", result.examples_seen)
-            trial.set_user_attr("tokens_seen", result.tokens_seen)
-            trial.set_user_attr("final_train_loss", result.train_loss)
+            result = train_trial(trial, spec=spec, settings=settings, loaded=loaded, raw=raw,
+                                 cache=ctx.data, device=ctx.device, stop=ctx.stop,
+                                 hooks=hooks)  # fmt: skip
+            _record_result(trial, result)
             return result.value
         except optuna.TrialPruned:
             raise
@@ -194,3 +209,35 @@ def make_objective(
             trial.set_user_attr("peak_memory_mb", round(_peak_memory_mb(ctx.device), 1))
 
     return objective
+
+
+def decode_trial(
+    ctx: WorkerContext,
+    trial: optuna.Trial,
+    spec: StudySpec,
+    record: StudyRecord,
+    settings: dict[str, Any],
+    loaded: LoadedModel,
+    raw: Splits,
+) -> float:
+    """Generate with the trial's decoding settings on the evaluation prompts and score the
+    answers; nothing is trained. The study's adapter (if any) is fetched once per worker."""
+    model: Any = loaded.model
+    if record.adapter_artifact_id is not None:
+        folder = ctx.adapters.folder(record.adapter_artifact_id)
+        model = PeftModel.from_pretrained(loaded.model, str(folder))
+    try:
+        objective = spec.search.objective
+        chosen = generation.examples(raw.eval, raw.shape,
+                                     spec.train.evaluation.generation.max_examples)  # fmt: skip
+        scored = generation.score(model, loaded.tokenizer, chosen, metric=objective.metric,
+                                  pattern=objective.pattern,
+                                  config=generation.decoding(settings, loaded.tokenizer),
+                                  batch_size=GENERATION_BATCH,
+                                  max_prompt_tokens=settings["max_seq_length"])  # fmt: skip
+    finally:
+        if model is not loaded.model:
+            detach(model)  # the cached base model stays as it was
+    trial.set_user_attr("generation_seconds", round(scored.seconds, 4))
+    trial.set_user_attr("sample_answer", scored.predictions[0][:500] if scored.predictions else "")
+    return scored.value

@@ -1,4 +1,5 @@
-"""One trial's fine-tune: params -> TrainingArguments + LoraConfig -> HF Trainer."""
+"""One trial's fine-tune: params -> TrainingArguments (TRL's SFTConfig for causal LMs) +
+LoraConfig -> a Trainer over the cached base model and the cached prepared data."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft.utils import ModulesToSaveWrapper
 from transformers import (
-    DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
     EvalPrediction,
     PrinterCallback,
@@ -25,21 +27,24 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from trl import SFTTrainer
 
-from hpo.core.hyperparameters import arguments, resolve
+from hpo.core.export import RESOLVED_TARGETS_ATTR
+from hpo.core.hyperparameters import arguments, resolve, scheduler_kwargs
 from hpo.core.spec import StudySpec
-from worker.callbacks import FidelityCallback
-from worker.data import Splits
+from worker import generation, sft
+from worker.callbacks import PRUNE_REASON_ATTR, FidelityCallback
+from worker.data import DataCache, Splits, tokenize_classification
 from worker.models import LoadedModel, target_modules
+
+GENERATION_BATCH = 16
 
 
 def trial_settings(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
     """Every setting of a trial: defaults < the study's fixed ``training`` < sampled params."""
-    settings = resolve(spec.train.training.values(), params)
-    if settings["lora_alpha"] is None:
-        settings["lora_alpha"] = 2.0 * settings["lora_r"]
-    return settings
+    return resolve(spec.train.training.values(), params)
 
 
 def lora_config(settings: dict[str, Any], loaded: LoadedModel, task: str) -> LoraConfig:
@@ -49,67 +54,76 @@ def lora_config(settings: dict[str, Any], loaded: LoadedModel, task: str) -> Lor
     return LoraConfig(task_type=task_type, **lora)
 
 
+def examples_per_step(settings: dict[str, Any]) -> int:
+    return settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
+
+
 def total_steps(settings: dict[str, Any], n_train: int) -> int:
-    per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
-    return max(1, math.ceil(settings["num_train_epochs"] * math.ceil(n_train / per_step)))
+    if settings["max_steps"] is not None:
+        return int(settings["max_steps"])
+    per_epoch = math.ceil(n_train / examples_per_step(settings))
+    return max(1, math.ceil(settings["num_train_epochs"] * per_epoch))
 
 
-def _scheduler_kwargs(settings: dict[str, Any], steps: int) -> dict[str, Any]:
-    name = settings["lr_scheduler_type"]
-    if name == "warmup_stable_decay":
-        return {"num_decay_steps": max(1, steps // 5)}
-    if name == "cosine_with_min_lr":
-        return {"min_lr_rate": 0.1}
-    return {}
-
-
-def training_arguments(
+def trainer_arguments(
     settings: dict[str, Any],
+    spec: StudySpec,
     *,
     out_dir: str,
     device: torch.device,
     n_train: int,
     wants_logits: bool,
-) -> TrainingArguments:
+) -> dict[str, Any]:
+    """TrainingArguments' keywords for a trial (SFTConfig takes them too)."""
     cuda = device.type == "cuda"
     trainer = arguments(settings, "trainer")
     trainer.setdefault("bf16", cuda and torch.cuda.is_bf16_supported())
-    return TrainingArguments(
-        output_dir=out_dir,
+    batch = settings["per_device_train_batch_size"]
+    return {
+        "output_dir": out_dir,
         **trainer,
-        per_device_eval_batch_size=max(32, settings["per_device_train_batch_size"]),
-        lr_scheduler_kwargs=_scheduler_kwargs(settings, total_steps(settings, n_train)),
-        use_cpu=not cuda,
-        eval_strategy="no",  # FidelityCallback decides when to evaluate
-        save_strategy="no",
-        logging_strategy="steps",
-        logging_steps=10,
-        logging_first_step=True,  # the untrained loss: the reference for divergence
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        prediction_loss_only=not wants_logits,
-        include_num_input_tokens_seen=True,
-        dataloader_pin_memory=cuda,
-    )
+        "per_device_eval_batch_size": spec.train.evaluation.batch_size or max(32, batch),
+        "lr_scheduler_kwargs": scheduler_kwargs(settings, total_steps(settings, n_train)),
+        "use_cpu": not cuda,
+        "eval_strategy": "no",  # FidelityCallback decides when to evaluate
+        "save_strategy": "no",
+        "logging_strategy": "steps",
+        "logging_steps": 10,
+        "logging_first_step": True,  # the untrained loss: the reference for divergence
+        # TensorBoard gets a callback of ours (see _tensorboard); W&B / MLflow go as HF's.
+        "report_to": [r for r in spec.train.report_to if r != "tensorboard"] or "none",
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "prediction_loss_only": not wants_logits,
+        "include_num_input_tokens_seen": True,
+        "dataloader_pin_memory": cuda,
+    }
 
 
-class LengthGroupedTrainer(Trainer):
-    """HF ``Trainer`` whose batches group examples of similar length (less padding).
+class _LengthGrouped:
+    """Batches of examples of similar length (less padding), from lengths the worker's data
+    cache holds: HF's own ``group_by_length`` re-reads them at every trial's start."""
 
-    HF's own ``group_by_length`` re-reads every example's length at each trial's start;
-    the worker's data cache has them already.
-    """
+    train_lengths: list[int] | None
+    args: TrainingArguments
 
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.train_lengths is None:
+            return super()._get_train_sampler(train_dataset)  # type: ignore[misc]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(batch, lengths=self.train_lengths)
+
+
+class LengthGroupedTrainer(_LengthGrouped, Trainer):
     def __init__(self, *args: Any, train_lengths: list[int] | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.train_lengths = train_lengths
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        if self.train_lengths is None:
-            return super()._get_train_sampler(train_dataset)
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return LengthGroupedSampler(batch, lengths=self.train_lengths)
+
+class LengthGroupedSFTTrainer(_LengthGrouped, SFTTrainer):
+    def __init__(self, *args: Any, train_lengths: list[int] | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_lengths = train_lengths
 
 
 def _accuracy(pred: EvalPrediction) -> dict[str, float]:
@@ -124,6 +138,109 @@ class TrainResult:
     tokens_seen: int
     train_loss: float
     train_seconds: float
+    # eval_loss, eval_accuracy, generation metrics, test_* scores: whatever the trial measured
+    metrics: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrialHooks:
+    """What the worker does around training, each optional."""
+
+    extra_callbacks: Sequence[TrainerCallback] = ()
+    on_train_begin: Callable[[], None] | None = None
+    # (value, adapter, label-named base config) when the trial finished
+    keep_adapter: Callable[[float, PeftModel], None] | None = None
+    keep_logs: Callable[[Path], None] | None = None  # the TensorBoard folder, when written
+    baseline_needed: bool = False
+
+
+def _prepared(
+    spec: StudySpec,
+    settings: dict[str, Any],
+    loaded: LoadedModel,
+    raw: Splits,
+    cache: DataCache,
+    args: Any,
+) -> Splits:
+    """The trial's tokenized splits, prepared once per process and kept in ``cache``."""
+    key = (spec.train.dataset.model_dump_json(), spec.train.model.task, loaded.path,
+           settings["max_seq_length"], settings["packing"], spec.train.loss_on)  # fmt: skip
+    found = cache.prepared(key)
+    if found is not None:
+        return found
+    if spec.train.model.task == "sequence-classification":
+        prepared = tokenize_classification(raw, loaded.tokenizer, settings["max_seq_length"])
+    else:
+        prepared = sft.prepare(raw, args, loaded.model, loaded.tokenizer)
+    return cache.keep(key, prepared)
+
+
+def _build(
+    spec: StudySpec,
+    settings: dict[str, Any],
+    loaded: LoadedModel,
+    model: PeftModel,
+    raw: Splits,
+    cache: DataCache,
+    kwargs: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> tuple[Trainer, Splits]:
+    if spec.train.model.task == "sequence-classification":
+        prepared = _prepared(spec, settings, loaded, raw, cache, None)
+        trainer: Trainer = LengthGroupedTrainer(
+            model=model,
+            args=TrainingArguments(**kwargs),
+            train_dataset=prepared.train,
+            eval_dataset=prepared.eval,
+            data_collator=DataCollatorWithPadding(loaded.tokenizer),
+            compute_metrics=_accuracy,
+            callbacks=callbacks,
+            train_lengths=prepared.train_lengths,
+        )
+        return trainer, prepared
+    sft_kwargs = {"max_length": settings["max_seq_length"], "packing": settings["packing"]}
+    prepare_args = sft.config(kwargs, loss_on=spec.train.loss_on, splits=raw,
+                              tokenizer=loaded.tokenizer, **sft_kwargs)  # fmt: skip
+    prepared = _prepared(spec, settings, loaded, raw, cache, prepare_args)
+    args = sft.config(kwargs, loss_on=spec.train.loss_on, splits=raw, tokenizer=loaded.tokenizer,
+                      dataset_kwargs={"skip_prepare_dataset": True}, **sft_kwargs)  # fmt: skip
+    trainer = LengthGroupedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.eval,
+        processing_class=loaded.tokenizer,
+        callbacks=callbacks,
+        train_lengths=None if settings["packing"] else prepared.train_lengths,
+    )
+    return trainer, prepared
+
+
+class Scorer:
+    """Generation metrics of a trial's model on the evaluation (or test) prompts."""
+
+    def __init__(self, spec: StudySpec, settings: dict[str, Any], loaded: LoadedModel,
+                 raw: Splits, model: Any) -> None:  # fmt: skip
+        self.spec, self.loaded, self.model = spec, loaded, model
+        objective = spec.search.objective
+        self.metric, self.pattern = objective.metric, objective.pattern
+        self.config = generation.decoding(settings, loaded.tokenizer)
+        self.limit = spec.train.evaluation.generation.max_examples
+        self.max_prompt_tokens = settings["max_seq_length"]
+        self.raw = raw
+        self.seconds = 0.0
+
+    def __call__(self, split: str = "eval") -> float:
+        data = self.raw.eval if split == "eval" else self.raw.test
+        assert data is not None
+        chosen = generation.examples(data, self.raw.shape, self.limit)
+        result = generation.score(self.model, self.loaded.tokenizer, chosen, metric=self.metric,
+                                  pattern=self.pattern, config=self.config,
+                                  batch_size=GENERATION_BATCH,
+                                  max_prompt_tokens=self.max_prompt_tokens)  # fmt: skip
+        self.seconds += result.seconds
+        return result.value
 
 
 def train_trial(
@@ -132,76 +249,173 @@ def train_trial(
     spec: StudySpec,
     settings: dict[str, Any],
     loaded: LoadedModel,
-    splits: Splits,
+    raw: Splits,
+    cache: DataCache,
     device: torch.device,
     stop: threading.Event,
-    extra_callbacks: Sequence[TrainerCallback] = (),
-    keep_adapter: Callable[[float, PeftModel], None] | None = None,
-    on_train_begin: Callable[[], None] | None = None,
+    hooks: TrialHooks | None = None,
 ) -> TrainResult:
     """Train a fresh LoRA adapter on the cached base model; the base model is left untouched.
 
     Raises:
         optuna.TrialPruned: The pruner stopped the trial, or the loss diverged.
     """
+    hooks = hooks or TrialHooks()
     task = spec.train.model.task
+    objective = spec.search.objective
     set_seed(settings["seed"])
     peft_model = get_peft_model(loaded.model, lora_config(settings, loaded, task))
-    per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
-    n_train = len(splits.train)
+    resolved: Any = peft_model.peft_config["default"]
+    trial.set_user_attr(RESOLVED_TARGETS_ATTR, sorted(resolved.target_modules))
+    scorer = Scorer(spec, settings, loaded, raw, peft_model) if objective.generates else None
+    reports_generation = scorer is not None and spec.train.evaluation.generation.at_every_report
+    per_step = examples_per_step(settings)
+    n_train = len(raw.train)
+    steps = total_steps(settings, n_train)
     fidelity = FidelityCallback(
         trial,
-        metric=spec.search.objective.metric,
+        metric=objective.metric,
         every_examples=spec.train.evaluation.every_examples,
         examples_per_step=per_step,
-        max_examples=math.ceil(settings["num_train_epochs"] * n_train),
+        max_examples=steps * per_step
+        if settings["max_steps"]
+        else math.ceil(settings["num_train_epochs"] * n_train),
         stop=stop,
-        divergence_factor=spec.search.objective.divergence_factor,
-        on_train_begin=on_train_begin,
+        divergence_factor=objective.divergence_factor,
+        on_train_begin=hooks.on_train_begin,
+        score=(lambda metrics: scorer()) if reports_generation and scorer else None,
+        reports=scorer is None or reports_generation,
     )
-    wants_logits = spec.search.objective.metric == "eval_accuracy"
-    if task == "causal-lm":
-        collator: Any = DataCollatorForLanguageModeling(loaded.tokenizer, mlm=False)
-    else:
-        collator = DataCollatorWithPadding(loaded.tokenizer)
     trainer: Trainer | None = None
+    started = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="hpo-trial-") as out_dir:
-            trainer = LengthGroupedTrainer(
-                model=peft_model,
-                train_lengths=splits.train_lengths,
-                args=training_arguments(
-                    settings,
-                    out_dir=out_dir,
-                    device=device,
-                    n_train=n_train,
-                    wants_logits=wants_logits,
-                ),
-                train_dataset=splits.train,
-                eval_dataset=splits.eval,
-                data_collator=collator,
-                compute_metrics=_accuracy if wants_logits else None,
-                callbacks=[fidelity, *extra_callbacks],
+        with tempfile.TemporaryDirectory(prefix=f"hpo-trial{trial.number}-") as out_dir:
+            kwargs = trainer_arguments(
+                settings,
+                spec,
+                out_dir=out_dir,
+                device=device,
+                n_train=n_train,
+                wants_logits=task != "causal-lm",
+            )
+            callbacks = [fidelity, *_tensorboard(spec, Path(out_dir)), *hooks.extra_callbacks]
+            trainer, prepared = _build(
+                spec, settings, loaded, peft_model, raw, cache, kwargs, callbacks
             )
             trainer.remove_callback(PrinterCallback)  # our worker logs one line per event
-            started = time.perf_counter()
-            output = trainer.train()
-            if fidelity.examples_seen(trainer.state) not in fidelity.reported:
-                trainer.evaluate()
-            train_seconds = time.perf_counter() - started
-            assert fidelity.last_value is not None
-            if keep_adapter is not None:
-                keep_adapter(fidelity.last_value, peft_model)
+            baseline = _baseline(trainer, fidelity, scorer) if hooks.baseline_needed else {}
+            try:
+                output = trainer.train()
+            finally:
+                _keep_logs(Path(out_dir), hooks)
+            value, metrics = _final(trainer, fidelity, scorer, prepared, raw)
+            if hooks.keep_adapter is not None:
+                hooks.keep_adapter(value, peft_model)
             return TrainResult(
-                value=fidelity.last_value,
+                value=value,
                 examples_seen=fidelity.examples_seen(trainer.state),
                 tokens_seen=int(trainer.state.num_input_tokens_seen),
                 train_loss=float(output.training_loss),
-                train_seconds=train_seconds,
+                train_seconds=time.perf_counter() - started,
+                metrics=metrics
+                | {"eval_seconds": fidelity.eval_seconds}
+                | ({"generation_seconds": scorer.seconds} if scorer else {}),
+                baseline=baseline,
             )
+    except optuna.TrialPruned:
+        # A pruned trial keeps its records too: how far it got and what it cost.
+        if trainer is not None:
+            trial.set_user_attr("examples_seen", fidelity.examples_seen(trainer.state))
+        trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 4))
+        trial.set_user_attr("eval_seconds", round(fidelity.eval_seconds, 4))
+        if PRUNE_REASON_ATTR not in trial.user_attrs:
+            trial.set_user_attr(PRUNE_REASON_ATTR, "pruner")
+        raise
     finally:
         del trainer
-        peft_model.unload()  # removes the LoRA layers, restoring the cached base model
+        detach(peft_model)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def detach(peft_model: PeftModel) -> None:
+    """Take the trial's adapter off the cached base model and leave the base as it was.
+
+    ``unload()`` removes the LoRA layers, but puts the trial's trained copy of each fully
+    trained module (a classifier head, PEFT's modules_to_save) in place of the original: the
+    next trial would start from this one's head. The originals go back.
+    """
+    wrapped = {
+        name.removeprefix("base_model.model."): module.original_module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, ModulesToSaveWrapper)
+    }
+    base = peft_model.unload()
+    for name, original in wrapped.items():
+        parent, _, child = name.rpartition(".")
+        setattr(base.get_submodule(parent), child, original)
+
+
+def _tensorboard(spec: StudySpec, out_dir: Path) -> list[TrainerCallback]:
+    """HF's TensorBoard callback, writing into the trial's folder: left to itself it would open
+    its writer in the working directory when an evaluation logs before training starts."""
+    if "tensorboard" not in spec.train.report_to:
+        return []
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(out_dir / "runs")
+    return [callback]
+
+
+def _keep_logs(out_dir: Path, hooks: TrialHooks) -> None:
+    logs = out_dir / "runs"
+    if hooks.keep_logs is not None and logs.is_dir():
+        hooks.keep_logs(logs)
+
+
+def _baseline(
+    trainer: Trainer, fidelity: FidelityCallback, scorer: Scorer | None
+) -> dict[str, float]:
+    """The untuned model's scores on the evaluation data: the fresh adapter is the identity
+    (LoRA's B starts at zero), so this is the base model, on exactly the trial's examples."""
+    with fidelity.silenced():
+        baseline = _scores(trainer.evaluate())
+    if scorer is not None:
+        baseline[scorer.metric] = scorer()
+    return baseline
+
+
+def _final(
+    trainer: Trainer,
+    fidelity: FidelityCallback,
+    scorer: Scorer | None,
+    prepared: Splits,
+    raw: Splits,
+) -> tuple[float, dict[str, float]]:
+    """The trial's value and every score at the end of training: the last evaluation (run now
+    if the last report came before the end), generation, and the held-out test split."""
+    if fidelity.reports:
+        if fidelity.examples_seen(trainer.state) not in fidelity.reported:
+            trainer.evaluate()  # the final point, reported on the fidelity axis
+        metrics = dict(fidelity.last_metrics)
+        value = fidelity.last_value
+    else:  # a generation objective scored once, at the end
+        with fidelity.silenced():
+            metrics = _scores(trainer.evaluate())
+        assert scorer is not None
+        value = metrics[scorer.metric] = scorer()
+    if prepared.test is not None:
+        with fidelity.silenced():
+            metrics |= _scores(
+                trainer.evaluate(eval_dataset=prepared.test, metric_key_prefix="test")
+            )
+        if scorer is not None and raw.test is not None:
+            metrics[f"test_{scorer.metric}"] = scorer("test")
+    assert value is not None
+    return value, metrics
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scores from HF's evaluation metrics (not its runtime figures)."""
+    keep = ("_loss", "_accuracy")
+    return {k: float(v) for k, v in metrics.items() if k.endswith(keep)}

@@ -26,6 +26,7 @@ from hpo.core.db import ArtifactRecord
 from hpo.core.settings import Settings
 
 ADAPTER = "adapter"
+TENSORBOARD = "tensorboard"
 # Optuna's upload_artifact names artifacts with uuid4(); nothing else is ever opened.
 ARTIFACT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -35,21 +36,20 @@ def artifact_store(settings: Settings) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(str(settings.artifact_dir))
 
 
-def save_adapter(
+def save_folder(
     settings: Settings,
     session: Session,
     *,
     study_id: int,
     trial: optuna.Trial,
-    adapter_dir: Path,
+    folder: Path,
+    kind: str,
 ) -> str:
-    """Zip a saved adapter folder, upload it for ``trial``, record it; return its id.
-
-    ``study_id`` is our study row's id (``hpo_studies.id``).
-    """
+    """Zip a folder (a saved adapter, TensorBoard logs), upload it for ``trial``, record it;
+    return its id. ``study_id`` is our study row's id (``hpo_studies.id``)."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = shutil.make_archive(
-            str(Path(tmp) / f"trial{trial.number}-adapter"), "zip", adapter_dir
+            str(Path(tmp) / f"trial{trial.number}-{kind}"), "zip", folder
         )
         artifact_id = upload_artifact(
             artifact_store=artifact_store(settings), file_path=archive, study_or_trial=trial
@@ -60,19 +60,21 @@ def save_adapter(
             study_id=study_id,
             trial_id=optuna_tables.trial_id(trial),
             trial_number=trial.number,
-            kind=ADAPTER,
+            kind=kind,
         )
     )
     return artifact_id
 
 
-def adapter_of(session: Session, *, study_id: int, trial_id: int) -> ArtifactRecord | None:
-    """The adapter record of one trial of our study ``study_id``, if a worker stored one."""
+def recorded(
+    session: Session, *, study_id: int, trial_id: int, kind: str = ADAPTER
+) -> ArtifactRecord | None:
+    """The artifact of ``kind`` of one trial of our study ``study_id``, if a worker stored one."""
     return session.scalar(
         select(ArtifactRecord).where(
             ArtifactRecord.study_id == study_id,
             ArtifactRecord.trial_id == trial_id,
-            ArtifactRecord.kind == ADAPTER,
+            ArtifactRecord.kind == kind,
         )
     )
 

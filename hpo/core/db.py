@@ -56,6 +56,8 @@ class StudyRecord(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING)
     status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # A decode study's adapter, pinned at registration: every trial decodes with the same one.
+    adapter_artifact_id: Mapped[str | None] = mapped_column(String(36), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

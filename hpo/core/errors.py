@@ -43,3 +43,8 @@ class TokenNotFound(HPOError):
 
 class StorageUnavailable(HPOError):
     """The database cannot be reached right now."""
+
+
+class DatabaseNotReady(HPOError):
+    """The database answers but is not one finetune-hpo can use as it is: its file is
+    missing, our tables are missing or behind, or a migration failed."""

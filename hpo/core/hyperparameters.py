@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Target = Literal["trainer", "lora", "data"]
+# trainer: transformers' TrainingArguments; sft: TRL's SFTConfig (causal LMs) on top of it;
+# lora: PEFT's LoraConfig; data: the worker's tokenization; generation: GenerationConfig.
+Target = Literal["trainer", "sft", "lora", "data", "generation"]
 Kind = type[float] | type[int] | type[str] | type[bool]
 
 LR_SCHEDULERS = (
@@ -119,6 +121,15 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         "trainer",
         low=1,
         high=1024,
+    ),
+    Hyperparameter(
+        "max_steps",
+        int,
+        None,
+        "Optimiser steps to train for; when set it replaces num_train_epochs.",
+        "trainer",
+        low=1,
+        high=10**7,
     ),
     Hyperparameter(
         "num_train_epochs",
@@ -244,8 +255,9 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         "gradient_checkpointing",
         bool,
-        None,
-        "Recompute activations in the backward pass: less memory, slower steps.",
+        False,
+        "Recompute activations in the backward pass: less memory, slower steps (TRL turns it "
+        "on by default; we do not).",
         "trainer",
         argument="activation_checkpointing",  # transformers 5's name for it
         searchable=False,
@@ -293,6 +305,82 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         low=8,
         high=131072,
     ),
+    Hyperparameter(
+        "packing",
+        bool,
+        False,
+        "Pack several examples into each sequence of max_seq_length (TRL's best-fit packing): "
+        "no padding, faster steps; attention stays within each example on SDPA/flash.",
+        "sft",
+        searchable=False,
+    ),
+    # --- decoding (GenerationConfig): searched in decode studies, fixed in fine-tunes ----------
+    Hyperparameter(
+        "max_new_tokens",
+        int,
+        64,
+        "Tokens generated per answer at most.",
+        "generation",
+        low=1,
+        high=4096,
+    ),
+    Hyperparameter(
+        "temperature",
+        float,
+        None,
+        "Sampling temperature; unset means greedy decoding.",
+        "generation",
+        low=0.0,
+        high=5.0,
+        low_inclusive=False,
+    ),
+    Hyperparameter(
+        "top_p",
+        float,
+        None,
+        "Nucleus sampling: keep the smallest set of tokens with this much probability.",
+        "generation",
+        low=0.0,
+        high=1.0,
+        low_inclusive=False,
+    ),
+    Hyperparameter(
+        "top_k",
+        int,
+        None,
+        "Sample among the k most likely tokens only.",
+        "generation",
+        low=1,
+        high=1000,
+    ),
+    Hyperparameter(
+        "min_p",
+        float,
+        None,
+        "Drop tokens below this share of the most likely token's probability.",
+        "generation",
+        low=0.0,
+        high=1.0,
+    ),
+    Hyperparameter(
+        "repetition_penalty",
+        float,
+        None,
+        "Penalty (>1) on tokens already generated.",
+        "generation",
+        low=0.0,
+        high=10.0,
+        low_inclusive=False,
+    ),
+    Hyperparameter(
+        "num_beams",
+        int,
+        None,
+        "Beam search width (1: no beam search).",
+        "generation",
+        low=1,
+        high=16,
+    ),
 )
 BY_NAME: dict[str, Hyperparameter] = {hp.name: hp for hp in HYPERPARAMETERS}
 SEARCHABLE: dict[str, Hyperparameter] = {hp.name: hp for hp in HYPERPARAMETERS if hp.searchable}
@@ -302,7 +390,21 @@ def resolve(fixed: dict[str, Any], searched: dict[str, Any]) -> dict[str, Any]:
     """A trial's value of every setting: defaults < the study's fixed ``training`` < the
     trial's sampled params; cast to each setting's type."""
     merged = {hp.name: hp.default for hp in HYPERPARAMETERS} | fixed | searched
-    return {name: BY_NAME[name].cast(value) for name, value in merged.items()}
+    settings = {name: BY_NAME[name].cast(value) for name, value in merged.items()}
+    if settings["lora_alpha"] is None:  # the usual rule: scale alpha / r = 2
+        settings["lora_alpha"] = 2.0 * settings["lora_r"]
+    return settings
+
+
+def scheduler_kwargs(settings: dict[str, Any], steps: int) -> dict[str, Any]:
+    """``lr_scheduler_kwargs`` for the schedulers that need them, given the run's steps: WSD
+    decays over the last 20%, cosine-with-min-lr floors at 10% of the peak."""
+    name = settings["lr_scheduler_type"]
+    if name == "warmup_stable_decay":
+        return {"num_decay_steps": max(1, steps // 5)}
+    if name == "cosine_with_min_lr":
+        return {"min_lr_rate": 0.1}
+    return {}
 
 
 def arguments(settings: dict[str, Any], target: Target) -> dict[str, Any]:

@@ -16,14 +16,26 @@ from typing import Any
 
 from hpo.core.errors import SpecError
 from hpo.core.settings import Settings
-from hpo.core.spec import BUILTIN_PREFIX, StudySpec, dataset_format
+from hpo.core.spec import (
+    BUILTIN_PREFIX,
+    DatasetSpec,
+    MissingField,
+    StudySpec,
+    dataset_format,
+    dataset_shape,
+    is_gguf,
+)
 
 HEAD_ROWS = 64
 HEAD_BYTES = 4 * 2**20
 
 
-def _jsonl_columns(path: Path, loc: tuple[str, ...]) -> set[str]:
+Columns = tuple[set[str], dict[str, Any] | None]  # the fields, and a first row where cheap
+
+
+def _jsonl_columns(path: Path, loc: tuple[str, ...]) -> Columns:
     columns: set[str] = set()
+    first: dict[str, Any] | None = None
     with path.open("rb") as f:
         head = f.read(HEAD_BYTES)
     lines = [line for line in head.splitlines()[:HEAD_ROWS] if line.strip()]
@@ -39,15 +51,16 @@ def _jsonl_columns(path: Path, loc: tuple[str, ...]) -> set[str]:
         if not isinstance(row, dict):
             raise SpecError(f"{path.name} line {number} is not a JSON object.", loc=loc)
         columns |= set(row)
-    return columns
+        first = first or row
+    return columns, first
 
 
-def _csv_columns(path: Path, loc: tuple[str, ...]) -> set[str]:
+def _csv_columns(path: Path, loc: tuple[str, ...]) -> Columns:
     with path.open(newline="", errors="replace") as f:
         header = next(csv.reader(f), None)
     if not header:
         raise SpecError(f"dataset {path.name} has no CSV header.", loc=loc)
-    return set(header)
+    return set(header), None
 
 
 def _disk_columns(path: Path, split: str | None, loc: tuple[str, ...]) -> set[str]:
@@ -80,13 +93,15 @@ def _disk_columns(path: Path, split: str | None, loc: tuple[str, ...]) -> set[st
     return features(path / train)
 
 
-def _columns(spec: StudySpec) -> set[str]:
-    data = spec.train.dataset
-    loc = ("train", "dataset", "path")
-    path = Path(data.path)
+def _columns(data: DatasetSpec, attribute: str) -> Columns:
+    """The fields of the file or folder the dataset's ``attribute`` (path, validation_path,
+    test_path) names."""
+    loc = ("train", "dataset", attribute)
+    name = getattr(data, attribute)
+    path = Path(name)
     if not path.exists():
-        raise SpecError(f"dataset {data.path!r} does not exist.", loc=loc)
-    fmt = dataset_format(data.format, data.path, is_dir=path.is_dir())
+        raise SpecError(f"dataset {name!r} does not exist.", loc=loc)
+    fmt = dataset_format(data.format, name, is_dir=path.is_dir())
     if fmt is None:
         raise SpecError(
             f"cannot tell the format of {path.name}; name it .jsonl/.json/.csv or set "
@@ -96,21 +111,61 @@ def _columns(spec: StudySpec) -> set[str]:
     if fmt == "disk":
         if not path.is_dir():
             raise SpecError(f"dataset.format disk needs a folder, got {path.name}.", loc=loc)
-        return _disk_columns(path, data.validation_split, loc)
+        split = data.validation_split if attribute == "path" else None
+        return _disk_columns(path, split, loc), None
     if not path.is_file():
         raise SpecError(f"dataset.format {fmt} needs a file, got a folder.", loc=loc)
     return _jsonl_columns(path, loc) if fmt == "jsonl" else _csv_columns(path, loc)
 
 
 def _check_dataset(spec: StudySpec) -> None:
-    columns = _columns(spec)
-    for name in ("text_field", "label_field"):
-        field = getattr(spec.train.dataset, name)
-        if field is not None and field not in columns:
+    data = spec.train.dataset
+    for attribute in data.paths():
+        columns, first = _columns(data, attribute)
+        if spec.train.model.task == "sequence-classification":
+            for name in ("text_field", "label_field"):
+                field = getattr(data, name)
+                if field not in columns:
+                    raise SpecError(f"dataset has no field {field!r}; it has {sorted(columns)}.",
+                                    loc=("train", "dataset", name))  # fmt: skip
+            continue
+        try:
+            shape = dataset_shape(data, columns)
+        except MissingField as exc:
+            raise SpecError(str(exc), loc=("train", "dataset", exc.attribute)) from None
+        messages = shape == "conversational" or (
+            shape == "prompt_completion" and first is not None
+            and isinstance(first.get(data.prompt_field), list)
+        )  # fmt: skip
+        if messages and not _may_have_chat_template(spec.train.model.name_or_path):
             raise SpecError(
-                f"dataset has no field {field!r}; it has {sorted(columns)}.",
-                loc=("train", "dataset", name),
+                f"{shape} data with message lists needs a chat template, and the model's "
+                "tokenizer has none: use a model with one, or plain-text fields.",
+                loc=("train", "model", "name_or_path"),
             )
+        if spec.search.objective.generates and shape == "language_modeling":
+            raise SpecError(
+                f"{spec.search.objective.metric} compares answers with references: it needs "
+                "prompt/completion or conversational data, not plain text.",
+                loc=("search", "objective", "metric"),
+            )
+
+
+def _may_have_chat_template(model: str) -> bool:
+    """False only where we know there is none: a built-in model or a local folder whose
+    tokenizer files carry no template (a hub id or a GGUF file may still have one)."""
+    if model.startswith(BUILTIN_PREFIX):
+        return False
+    folder = Path(model)
+    if not folder.is_dir():
+        return True
+    if (folder / "chat_template.jinja").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return True  # no readable tokenizer config: the worker will say what is wrong
+    return bool(isinstance(config, dict) and config.get("chat_template"))
 
 
 def _check_model(spec: StudySpec) -> None:
@@ -118,6 +173,11 @@ def _check_model(spec: StudySpec) -> None:
     if not os.path.exists(model):
         return  # a hub id (check_spec_paths allowed it): resolved by the workers
     loc = ("train", "model", "name_or_path")
+    if is_gguf(model):
+        with open(model, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise SpecError(f"{Path(model).name} is not a GGUF file.", loc=loc)
+        return
     try:
         config: Any = json.loads((Path(model) / "config.json").read_text())
     except (OSError, ValueError):
@@ -132,7 +192,6 @@ def check_inputs(spec: StudySpec, settings: Settings) -> None:
     """Raise SpecError when the spec's local data or model cannot be read as it says."""
     if not settings.verify_inputs:
         return
-    if not spec.train.dataset.path.startswith(BUILTIN_PREFIX):
-        _check_dataset(spec)
+    _check_dataset(spec)
     if not spec.train.model.name_or_path.startswith(BUILTIN_PREFIX):
         _check_model(spec)

@@ -111,6 +111,16 @@ def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
     return None if trial_id is None else storage.get_trial(trial_id)
 
 
+BASELINE_PREFIX = "baseline_"  # study user attrs: the untuned model's scores
+
+
+def baseline(storage: RDBStorage, study_id: int) -> dict[str, float]:
+    """The untuned model's scores, as the first trial measured them."""
+    attrs = storage.get_study_user_attrs(study_id)
+    n = len(BASELINE_PREFIX)
+    return {k[n:]: float(v) for k, v in attrs.items() if k.startswith(BASELINE_PREFIX)}
+
+
 def beats(value: float, than: float | None, *, minimize: bool) -> bool:
     """Whether ``value`` is strictly better than ``than`` (None: nothing to beat yet)."""
     if than is None:

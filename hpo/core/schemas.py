@@ -41,6 +41,11 @@ class StudyPublic(StudySummary):
     best_value: float | None
     best_params: dict[str, Any] | None
     best_trial: int | None
+    baseline: dict[str, float] = Field(
+        default_factory=dict,
+        description="The untuned model's scores on the evaluation data (eval_loss, the "
+        "objective), measured once by the first trial.",
+    )
 
 
 class TrialPublic(BaseModel):
@@ -53,6 +58,19 @@ class TrialPublic(BaseModel):
     datetime_complete: dt.datetime | None
     duration_s: float | None
     user_attrs: dict[str, Any]
+
+
+class BestConfigPublic(BaseModel):
+    """The best trial's configuration as keyword arguments of the libraries that use them."""
+
+    study: str
+    trial: int
+    value: float | None
+    model: str
+    training_arguments: dict[str, Any] = Field(description="transformers.TrainingArguments")
+    sft_config: dict[str, Any] = Field(description="trl.SFTConfig, on top of those")
+    lora_config: dict[str, Any] = Field(description="peft.LoraConfig")
+    generation_config: dict[str, Any] = Field(description="transformers.GenerationConfig")
 
 
 class EnqueueRequest(BaseModel):

@@ -21,7 +21,7 @@ def normalize_database_url(url: str) -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HPO_", extra="ignore")
 
-    database_url: str = "sqlite:///./hpo.core.db"
+    database_url: str = "sqlite:///./hpo.db"
     auth: Literal["enabled", "disabled"] = "enabled"
     artifact_dir: Path = Path("./hpo-artifacts")
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "finetune-hpo")

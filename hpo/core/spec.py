@@ -8,6 +8,7 @@ FastAPI, no torch, no transformers.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -275,7 +276,14 @@ def _known_builtin(value: str, known: Iterable[str], what: str) -> str:
 
 
 class ModelSpec(_Strict):
-    name_or_path: str = Field(min_length=1, max_length=512, pattern=PATH_PATTERN)
+    name_or_path: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=PATH_PATTERN,
+        description="A local Hugging Face checkpoint folder, a hub id (resolved through the "
+        "workers' Hugging Face cache; offline with HF_HUB_OFFLINE=1), a .gguf file "
+        "(dequantized by transformers) or builtin:tiny-llama / builtin:tiny-encoder.",
+    )
     task: Literal["causal-lm", "sequence-classification"] = "causal-lm"
     revision: str | None = Field(default=None, max_length=128, pattern=r"^[\w.\-/]+$")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -293,6 +301,10 @@ class ModelSpec(_Strict):
         return value
 
 
+def is_gguf(name_or_path: str) -> bool:
+    return PurePath(name_or_path).suffix.lower() == ".gguf"
+
+
 def dataset_format(declared: str, path: str, *, is_dir: bool) -> str | None:
     """The format a dataset path is read as, or None when it cannot be told."""
     if declared != "auto":
@@ -303,33 +315,129 @@ def dataset_format(declared: str, path: str, *, is_dir: bool) -> str | None:
     return {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(suffix)
 
 
+DataPath = Annotated[str, Field(min_length=1, max_length=1024, pattern=PATH_PATTERN)]
+FieldName = Annotated[str, Field(min_length=1, max_length=128)]
+Shape = Literal["language_modeling", "prompt_completion", "conversational"]
+
+
+def _one_file(value: str | None) -> str | None:
+    # The datasets library expands globs: a pattern could reach files the root check never saw.
+    # A dataset is exactly one file or folder.
+    if value is not None and any(c in value for c in GLOB_CHARACTERS):
+        raise ValueError(
+            f"path must name one file or folder; glob characters {GLOB_CHARACTERS} are not "
+            f"allowed, but got {value!r}."
+        )
+    return value
+
+
 class DatasetSpec(_Strict):
-    path: str = Field(min_length=1, max_length=1024, pattern=PATH_PATTERN)
+    """The data, in TRL's dataset shapes: language modelling (a text field), prompt-completion
+    (prompt + completion: strings or message lists) or conversational (messages: a list of
+    {role, content}); classification data is text + label."""
+
+    path: DataPath = Field(description="A JSONL/CSV file, a save_to_disk folder or a builtin.")
     format: Literal["auto", "jsonl", "csv", "disk"] = "auto"
-    text_field: str = Field(default="text", min_length=1, max_length=128)
-    label_field: str | None = Field(default=None, min_length=1, max_length=128)
-    validation_split: str | None = Field(default=None, min_length=1, max_length=128)
-    validation_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
+    shape: Literal["auto", "language_modeling", "prompt_completion", "conversational"] = Field(
+        default="auto",
+        description="auto: messages -> conversational, prompt + completion -> "
+        "prompt_completion, else the text field -> language_modeling.",
+    )
+    text_field: FieldName = "text"
+    prompt_field: FieldName = "prompt"
+    completion_field: FieldName = "completion"
+    messages_field: FieldName = "messages"
+    label_field: FieldName | None = None
+    validation_path: DataPath | None = Field(
+        default=None, description="A separate validation file in the same format."
+    )
+    test_path: DataPath | None = Field(
+        default=None, description="A held-out test file: scored once, at the end of a trial."
+    )
+    validation_split: FieldName | None = Field(
+        default=None, description="The validation split's name in a save_to_disk folder."
+    )
+    test_split: FieldName | None = None
+    validation_fraction: float = Field(
+        default=0.1, gt=0.0, le=0.5, description="Split off when no validation data is named."
+    )
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     max_train_examples: int | None = Field(default=None, ge=1, le=10**8)
     max_eval_examples: int = Field(default=256, ge=1, le=10**6)
 
     @field_validator("path")
     @classmethod
-    def _one_file(cls, value: str) -> str:
-        # The datasets library expands globs: a pattern could reach files the root check
-        # never saw. A dataset is exactly one file or folder.
-        if any(c in value for c in GLOB_CHARACTERS):
-            raise ValueError(
-                f"path must name one file or folder; glob characters {GLOB_CHARACTERS} are "
-                f"not allowed, but got {value!r}."
-            )
+    def _path(cls, value: str) -> str:
+        _one_file(value)
         return _known_builtin(value, BUILTIN_DATASETS, "dataset")
+
+    @field_validator("validation_path", "test_path")
+    @classmethod
+    def _other_paths(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(BUILTIN_PREFIX):
+            raise ValueError("validation and test data must be files or folders.")
+        return _one_file(value)
+
+    def paths(self) -> dict[str, str]:
+        """Every local path the spec reads, by field name."""
+        named = {"path": self.path, "validation_path": self.validation_path,
+                 "test_path": self.test_path}  # fmt: skip
+        return {k: v for k, v in named.items() if v and not v.startswith(BUILTIN_PREFIX)}
+
+
+class MissingField(ValueError):
+    """The data lacks a field the spec names; ``attribute`` is the spec's (e.g. text_field)."""
+
+    def __init__(self, attribute: str, field: str, columns: Iterable[str]) -> None:
+        super().__init__(f"dataset has no field {field!r}; it has {sorted(columns)}.")
+        self.attribute = attribute
+
+
+def dataset_shape(spec: DatasetSpec, columns: Iterable[str]) -> Shape:
+    """The TRL shape of data with these columns, as the spec declares or as its fields say.
+
+    Raises:
+        MissingField: A field the shape needs is missing.
+    """
+    columns = set(columns)
+    shape = spec.shape
+    if shape == "auto":
+        if spec.messages_field in columns:
+            shape = "conversational"
+        elif {spec.prompt_field, spec.completion_field} <= columns:
+            shape = "prompt_completion"
+        else:
+            shape = "language_modeling"
+    needed = {
+        "conversational": ("messages_field",),
+        "prompt_completion": ("prompt_field", "completion_field"),
+        "language_modeling": ("text_field",),
+    }[shape]
+    for name in needed:
+        if getattr(spec, name) not in columns:
+            raise MissingField(name, getattr(spec, name), columns)
+    return shape
+
+
+LOSS_METRICS = ("eval_loss",)
+GENERATION_METRICS = ("exact_match", "token_f1", "rouge_l", "regex", "contains")
+Metric = Literal["eval_loss", "eval_accuracy", "exact_match", "token_f1", "rouge_l", "regex",
+                 "contains"]  # fmt: skip
 
 
 class ObjectiveSpec(_Strict):
-    metric: Literal["eval_loss", "eval_accuracy"] = "eval_loss"
-    direction: Literal["minimize", "maximize"] = "minimize"
+    """What a trial reports. Generation metrics score greedy answers to the evaluation prompts
+    against their references: normalised exact match, token F1, ROUGE-L, ``regex`` (the
+    pattern's first group, or whole match, equal in answer and reference) and ``contains``
+    (the reference appears in the answer)."""
+
+    metric: Metric = "eval_loss"
+    direction: Literal["minimize", "maximize"] = Field(
+        default="minimize", description="Follows the metric when not given: a loss minimizes."
+    )
+    pattern: str | None = Field(
+        default=None, max_length=512, description="The regular expression of metric regex."
+    )
     divergence_factor: float | None = Field(
         default=3.0,
         gt=1.0,
@@ -337,6 +445,32 @@ class ObjectiveSpec(_Strict):
         description="A loss above this many times the first batch's loss marks the trial "
         "diverged: pruned with a reason, never a result. null turns the check off.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "direction" not in data:
+            loss = data.get("metric", "eval_loss") in LOSS_METRICS
+            data = {**data, "direction": "minimize" if loss else "maximize"}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ObjectiveSpec:
+        wanted = "minimize" if self.metric in LOSS_METRICS else "maximize"
+        if self.direction != wanted:
+            raise ValueError(f"{self.metric} is to {wanted}, but direction is {self.direction}.")
+        if (self.metric == "regex") != (self.pattern is not None):
+            raise ValueError("metric regex needs a pattern, and only it takes one.")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a regular expression: {exc}.") from None
+        return self
+
+    @property
+    def generates(self) -> bool:
+        return self.metric in GENERATION_METRICS
 
 
 class _SeededSampler(_Strict):
@@ -448,6 +582,15 @@ class BudgetSpec(_Strict):
     max_failures_in_a_row: int = Field(default=5, ge=1, le=1000)
 
 
+class GenerationEvalSpec(_Strict):
+    """Answers generated for the generation metrics (greedy unless the decoding settings say
+    otherwise). Generating is slow: it runs at the end of a trial, and at every report only
+    when asked."""
+
+    max_examples: int = Field(default=32, ge=1, le=10_000)
+    at_every_report: bool = False
+
+
 class EvaluationSpec(_Strict):
     """Where trials report: every ``every_examples`` training examples seen.
 
@@ -456,19 +599,50 @@ class EvaluationSpec(_Strict):
     """
 
     every_examples: int = Field(default=256, ge=1, le=10**9)
+    batch_size: int | None = Field(
+        default=None, ge=1, le=4096, description="Default: max(32, the training batch size)."
+    )
+    generation: GenerationEvalSpec = GenerationEvalSpec()
+
+
+ReportTo = Literal["tensorboard", "wandb", "mlflow"]
+
+
+def _tensorboard() -> list[ReportTo]:
+    return ["tensorboard"]
+
+
+class AdapterSource(_Strict):
+    """A trained adapter: the best one of another study of the same owner."""
+
+    study: str = Field(pattern=NAME_PATTERN)
 
 
 # --- the study spec ---------------------------------------------------------------------------
 
 
 class TrainSpec(_Strict):
-    """What each trial trains: the model, the data, the settings fixed for every trial, and how
-    often it evaluates."""
+    """What each trial does: the model, the data, the settings fixed for every trial, and how
+    often it evaluates. ``mode: decode`` trains nothing: each trial generates with the base
+    model (plus ``adapter``) under the searched decoding settings."""
 
+    mode: Literal["fine-tune", "decode"] = "fine-tune"
     model: ModelSpec
     dataset: DatasetSpec
+    adapter: AdapterSource | None = None
+    loss_on: Literal["completion", "all"] = Field(
+        default="completion",
+        description="completion: loss on the completion / assistant tokens only (prompt-"
+        "completion and conversational data); all: on every token.",
+    )
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSpec = EvaluationSpec()
+    report_to: list[ReportTo] = Field(
+        default_factory=_tensorboard,
+        max_length=3,
+        description="Where training curves go: tensorboard logs are kept with the trial in the "
+        "artifact store; wandb and mlflow use their own environment settings.",
+    )
 
 
 class SearchSpec(_Strict):
@@ -517,6 +691,7 @@ class StudySpec(_Strict):
             raise ValueError("dataset.label_field is required for sequence-classification.")
         if metric == "eval_accuracy" and model.task == "causal-lm":
             raise ValueError("objective eval_accuracy needs task sequence-classification.")
+        _check_mode(self.train, self.search)
         builtin_task = BUILTIN_MODELS.get(model.name_or_path)
         if builtin_task and builtin_task != model.task:
             raise ValueError(
@@ -524,6 +699,28 @@ class StudySpec(_Strict):
                 f"but task is {model.task!r}."
             )
         return self
+
+
+def _check_mode(train: TrainSpec, search: SearchSpec) -> None:
+    generation = {n for n in search.space.names() if BY_NAME[n].target == "generation"}
+    objective = search.objective
+    if train.mode == "decode":
+        if generation != search.space.names():
+            raise ValueError("a decode study searches decoding settings only.")
+        if not objective.generates:
+            raise ValueError(f"a decode study needs a generation metric, not {objective.metric}.")
+        if train.model.task != "causal-lm":
+            raise ValueError("a decode study needs a causal-lm model.")
+        return
+    if generation:
+        raise ValueError(
+            f"{sorted(generation)} are decoding settings: search them in a decode study "
+            "(train.mode: decode), or fix them in training."
+        )
+    if train.adapter is not None:
+        raise ValueError("train.adapter is for decode studies.")
+    if objective.generates and train.model.task != "causal-lm":
+        raise ValueError(f"{objective.metric} needs a causal-lm model.")
 
 
 def grid_size(space: _SearchSpaceBase) -> int | None:

@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 from hpo.core import artifacts
 from hpo.core.budget import spent_reason
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
-from hpo.core.errors import StudyBroken, StudyConflict, StudyNotFound
+from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
+from hpo.core.optuna_tables import trial_id
 from hpo.core.paths import check_spec_paths
 from hpo.core.preflight import check_inputs
-from hpo.core.progress import trial_counts
+from hpo.core.progress import best_trial, trial_counts
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 
@@ -52,6 +53,7 @@ def create_study(
     build_pruner(spec.search.pruner)
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
         raise StudyConflict(f"a study named {spec.name!r} already exists")
+    adapter = _pinned_adapter(session, storage, spec, owner) if spec.train.adapter else None
     # Optuna's study first: SQLite allows one writer, so our row cannot stay flushed
     # while Optuna writes through its own connection. Undo Optuna's half if ours fails.
     direction = StudyDirection[spec.search.objective.direction.upper()]
@@ -60,7 +62,11 @@ def create_study(
     except DuplicatedStudyError as exc:
         raise StudyConflict(f"a study named {spec.name!r} already exists") from exc
     record = StudyRecord(
-        name=spec.name, owner=owner, spec=spec.model_dump(mode="json"), status=StudyStatus.RUNNING
+        name=spec.name,
+        owner=owner,
+        spec=spec.model_dump(mode="json"),
+        status=StudyStatus.RUNNING,
+        adapter_artifact_id=adapter,
     )
     try:
         storage.set_study_user_attr(study_id, "owner", owner)
@@ -75,6 +81,33 @@ def create_study(
         storage.delete_study(study_id)
         raise
     return record
+
+
+def _pinned_adapter(session: Session, storage: RDBStorage, spec: StudySpec, owner: str) -> str:
+    """The artifact id of the best adapter of the study a decode study names (same owner).
+
+    Raises:
+        SpecError: No such study of this owner, another base model, or no stored adapter.
+    """
+    assert spec.train.adapter is not None
+    loc = ("train", "adapter", "study")
+    name = spec.train.adapter.study
+    try:
+        source = get_study(session, name=name, owner=owner)
+    except StudyNotFound:
+        raise SpecError(f"you have no study named {name!r}.", loc=loc) from None
+    source_model = StudySpec.model_validate(source.spec).train.model.name_or_path
+    if source_model != spec.train.model.name_or_path:
+        raise SpecError(
+            f"study {name!r} trained adapters for {source_model!r}, not for "
+            f"{spec.train.model.name_or_path!r}.",
+            loc=loc,
+        )
+    best = best_trial(storage, optuna_study_id(storage, source))
+    stored = best and artifacts.recorded(session, study_id=source.id, trial_id=trial_id(best))
+    if not stored:
+        raise SpecError(f"study {name!r} has no stored adapter of a best trial yet.", loc=loc)
+    return stored.artifact_id
 
 
 def get_study(session: Session, *, name: str, owner: str | None) -> StudyRecord:

@@ -14,10 +14,12 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.core import artifacts, studies
 from hpo.core.db import StudyRecord, StudyStatus
 from hpo.core.errors import StudyConflict, StudyNotFound
+from hpo.core.export import best_configuration
 from hpo.core.factory import check_params
 from hpo.core.optuna_tables import trial_id
-from hpo.core.progress import best_trial, trial_counts, trial_page
+from hpo.core.progress import baseline, best_trial, trial_counts, trial_page
 from hpo.core.schemas import (
+    BestConfigPublic,
     EnqueuePublic,
     EnqueueRequest,
     ErrorPublic,
@@ -59,6 +61,7 @@ def _public(record: StudyRecord, storage: RDBStorage) -> StudyPublic:
         best_value=best.value if best else None,
         best_params=best.params if best else None,
         best_trial=best.number if best else None,
+        baseline=baseline(storage, study_id),
     )
 
 
@@ -147,11 +150,37 @@ def get_best(
     return _trial_public(_best(studies.get_study(session, name=name, owner=owner), storage))
 
 
-@router.get(
-    "/{name}/best/adapter",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}, "description": "The adapter, zipped."}},
-)
+def _zip(
+    session: SessionDep,
+    settings: SettingsDep,
+    record: StudyRecord,
+    trial: FrozenTrial,
+    kind: str,
+) -> StreamingResponse:
+    """A recorded artifact of ``trial`` as a zip download; 404 saying why when there is none."""
+    stored = artifacts.recorded(session, study_id=record.id, trial_id=trial_id(trial), kind=kind)
+    missing = f"trial {trial.number} of {record.name!r} has no saved {kind}"
+    if stored is None:
+        why = trial.user_attrs.get(f"{kind}_error")
+        raise StudyNotFound(f"{missing}: {why}" if why else missing)
+    try:
+        reader = artifacts.open_artifact(settings, stored.artifact_id)
+    except ArtifactNotFound:
+        raise StudyNotFound(f"{missing}: its file is gone from the artifact store") from None
+    filename = f"{record.name}-trial{trial.number}-{kind}.zip"
+    return StreamingResponse(
+        _chunks(reader),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+ZIP: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/zip": {}}, "description": "A zip archive."}
+}
+
+
+@router.get("/{name}/best/adapter", response_class=StreamingResponse, responses=ZIP)
 def get_best_adapter(
     name: Name,
     owner: CurrentOwner,
@@ -159,23 +188,37 @@ def get_best_adapter(
     storage: StorageDep,
     settings: SettingsDep,
 ) -> StreamingResponse:
+    """The best trial's LoRA adapter, for ``PeftModel.from_pretrained``."""
     record = studies.get_study(session, name=name, owner=owner)
-    best = _best(record, storage)
-    stored = artifacts.adapter_of(session, study_id=record.id, trial_id=trial_id(best))
-    missing = f"the best trial ({best.number}) of {name!r} has no saved adapter"
-    if stored is None:
-        why = best.user_attrs.get("adapter_error")
-        raise StudyNotFound(f"{missing}: {why}" if why else missing)
-    try:
-        reader = artifacts.open_artifact(settings, stored.artifact_id)
-    except ArtifactNotFound:
-        raise StudyNotFound(f"{missing}: its file is gone from the artifact store") from None
-    filename = f"{name}-trial{best.number}-adapter.zip"
-    return StreamingResponse(
-        _chunks(reader),
-        media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    return _zip(session, settings, record, _best(record, storage), artifacts.ADAPTER)
+
+
+@router.get("/{name}/best/config", response_model=BestConfigPublic)
+def get_best_config(
+    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+) -> BestConfigPublic:
+    """The best configuration as plain transformers / PEFT / TRL arguments."""
+    record = studies.get_study(session, name=name, owner=owner)
+    spec = StudySpec.model_validate(record.spec)
+    return BestConfigPublic.model_validate(best_configuration(spec, _best(record, storage)))
+
+
+@router.get("/{name}/trials/{number}/tensorboard", response_class=StreamingResponse, responses=ZIP)
+def get_trial_logs(
+    name: Name,
+    number: Annotated[int, Path(ge=0, le=10**9)],
+    owner: CurrentOwner,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> StreamingResponse:
+    """A trial's training curves (train loss, learning rate, grad norm) as TensorBoard logs."""
+    record = studies.get_study(session, name=name, owner=owner)
+    study_id = studies.optuna_study_id(storage, record)
+    page, _ = trial_page(storage, study_id, offset=number, limit=1)
+    if not page or page[0].number != number:
+        raise StudyNotFound(f"study {name!r} has no trial {number}")
+    return _zip(session, settings, record, page[0], artifacts.TENSORBOARD)
 
 
 @router.post("/{name}/trials", status_code=201, response_model=EnqueuePublic)

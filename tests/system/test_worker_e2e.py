@@ -61,6 +61,9 @@ def test_two_workers_finish_exactly_max_trials(
             # every report but a trial's final one lies on the common 64-example grid
             assert all(s % 64 == 0 for s in steps[:-1]), steps
             assert 0 < trial["user_attrs"]["setup_seconds"] < trial["user_attrs"]["device_seconds"]
+            if trial["state"] == "pruned":  # a pruned trial says why and how far it got
+                assert trial["user_attrs"]["prune_reason"].startswith("pruner:")
+                assert 0 < trial["user_attrs"]["examples_seen"] < 256
 
         best = client.get("/studies/e2e/best").json()
         adapter = client.get("/studies/e2e/best/adapter")

@@ -38,8 +38,22 @@ def _base_weights(worker: Worker) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_base_model_loaded_once_and_left_untouched(pg_settings: Settings) -> None:
-    _register(pg_settings, small_study("reuse", budget={"max_trials": 5}, pruner={"type": "none"}))
+CLASSIFIER = {
+    "model": {"name_or_path": "builtin:tiny-encoder", "task": "sequence-classification"},
+    "dataset": {"path": "builtin:demo-classification", "label_field": "label",
+                "max_train_examples": 128, "max_eval_examples": 32},
+    "objective": {"metric": "eval_accuracy"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", [{}, CLASSIFIER], ids=["causal-lm", "classification"])
+def test_base_model_loaded_once_and_left_untouched(
+    pg_settings: Settings, task: dict[str, Any]
+) -> None:
+    """A classifier's head is trained whole (PEFT's modules_to_save): the next trial must not
+    start from this one's head either."""
+    spec = small_study("reuse", budget={"max_trials": 5}, pruner={"type": "none"}, **task)
+    _register(pg_settings, spec)
     worker = Worker(pg_settings, max_trials=1, cpu_threads=1)
     worker.run(handle_signals=False)
     before = _base_weights(worker)

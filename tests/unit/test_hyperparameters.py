@@ -11,14 +11,15 @@ import pytest
 import torch
 from peft import LoraConfig
 from pydantic import ValidationError
-from transformers import TrainingArguments
+from transformers import GenerationConfig, TrainingArguments
+from trl import SFTConfig
 
 from hpo.core.hyperparameters import HYPERPARAMETERS, Hyperparameter, arguments, resolve
 from hpo.core.spec import SearchSpace, StudySpec, TrainingSettings
 from tests.specs import minimal_spec
-from worker.training import training_arguments, trial_settings
+from worker.training import trainer_arguments, trial_settings
 
-TARGETS = {"trainer": TrainingArguments, "lora": LoraConfig}
+DATACLASSES = {"trainer": TrainingArguments, "sft": SFTConfig, "lora": LoraConfig}
 NUMERIC = [hp for hp in HYPERPARAMETERS if hp.kind in (int, float)]
 
 
@@ -35,9 +36,11 @@ def _inside(hp: Hyperparameter) -> Any:
 
 @pytest.mark.parametrize("hp", HYPERPARAMETERS, ids=lambda hp: hp.name)
 def test_every_setting_names_a_real_argument(hp: Hyperparameter) -> None:
-    if hp.target in TARGETS:
-        fields = {f.name for f in dataclasses.fields(TARGETS[hp.target])}
-        assert hp.key in fields, f"{hp.name} -> {hp.key} is not a {TARGETS[hp.target].__name__}"
+    if hp.target in DATACLASSES:
+        fields = {f.name for f in dataclasses.fields(DATACLASSES[hp.target])}
+        assert hp.key in fields, f"{hp.name} -> {hp.key} is not in {DATACLASSES[hp.target]}"
+    elif hp.target == "generation":
+        assert hasattr(GenerationConfig(), hp.key), f"{hp.name} is not a GenerationConfig field"
 
 
 @pytest.mark.parametrize("hp", HYPERPARAMETERS, ids=lambda hp: hp.name)
@@ -99,8 +102,9 @@ def test_the_worker_passes_every_trainer_setting(tmp_path: Any) -> None:
     spec = StudySpec.model_validate(minimal_spec("all", training=fixed, space={
         "lora_r": {"type": "categorical", "choices": [4, 8]}}))  # fmt: skip
     settings = trial_settings(spec, {"lora_r": 4})
-    args = training_arguments(settings, out_dir=str(tmp_path), device=torch.device("cpu"),
-                              n_train=64, wants_logits=False)  # fmt: skip
+    kwargs = trainer_arguments(settings, spec, out_dir=str(tmp_path), device=torch.device("cpu"),
+                               n_train=64, wants_logits=False)  # fmt: skip
+    args = TrainingArguments(**kwargs)
     for hp in HYPERPARAMETERS:
         if hp.target == "trainer":
             assert getattr(args, hp.key) == fixed[hp.name], hp.name

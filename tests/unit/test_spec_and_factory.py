@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from hpo.core.budget import max_trials
+from hpo.core.derived import decode_spec, retrain_spec
 from hpo.core.errors import SpecError
 from hpo.core.factory import (
     NumberedQMCSampler,
@@ -115,3 +116,26 @@ def test_load_study_uses_the_named_sampler_and_pruner() -> None:
     study = load_study("s", search, storage)
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)
     assert isinstance(study.pruner, optuna.pruners.PercentilePruner)
+
+
+def test_derived_studies_are_valid_specs() -> None:
+    """retrain: the best configuration as a one-point grid on all the data; decode: the
+    decoding settings of the source's best adapter."""
+    source = StudySpec.model_validate(
+        minimal_spec(
+            "src",
+            dataset={"path": "builtin:demo-text", "max_train_examples": 64},
+            training={"max_seq_length": 48},
+        )  # fmt: skip
+    )
+    best = {"learning_rate": 3e-4, "lora_r": 16, "per_device_train_batch_size": 8}
+    again = retrain_spec(source, best, name="src-final")
+    assert again.train.dataset.max_train_examples is None
+    assert max_trials(again.search) == 1
+    assert {k: d.values() for k, d in again.search.space.items()} == {
+        k: [v] for k, v in best.items()}  # fmt: skip
+    decode = decode_spec(source, name="src-decode", metric="exact_match", trials=5)
+    assert decode.train.mode == "decode" and decode.train.adapter.study == "src"
+    assert decode.train.training.values() == {"max_seq_length": 48}
+    assert decode.search.space.names() == {"temperature", "top_p", "repetition_penalty",
+                                            "max_new_tokens"}  # fmt: skip
