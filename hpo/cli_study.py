@@ -131,6 +131,8 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
         )
         metric = study.spec.search.objective.metric
         console.print(f"best {metric}: {study.best_value} {study.best_params or ''}")
+        if metric in study.baseline:
+            console.print(f"untuned model: {metric} {study.baseline[metric]:.4g}")
 
     _emit(study, as_json, human)
 
@@ -258,7 +260,8 @@ def plot(
     with _client() as client:
         study = client.get_study(name)
         found = client.all_trials(name)
-    plot_study(study.spec, found, out)
+    baseline = study.baseline.get(study.spec.search.objective.metric)
+    plot_study(study.spec, found, out, baseline=baseline)
     console.print(f"wrote {out}")
 
 

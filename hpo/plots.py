@@ -54,11 +54,17 @@ def importances(spec: StudySpec, trials: list[TrialPublic]) -> dict[str, float]:
     return optuna.importance.get_param_importances(study)
 
 
-def plot_study(spec: StudySpec, trials: list[TrialPublic], out: Path) -> Path:
+def plot_study(
+    spec: StudySpec, trials: list[TrialPublic], out: Path, *, baseline: float | None = None
+) -> Path:
+    """``baseline``: the untuned model's score, drawn as a line to beat."""
     fig = Figure(figsize=(11, 4))  # no pyplot: no GUI backend, no global figure state
     left, right = fig.subplots(1, 2)
     hours, best = best_so_far(trials, maximize=spec.search.objective.direction == "maximize")
-    left.step(hours, best, where="post")
+    left.step(hours, best, where="post", label="best so far")
+    if baseline is not None:
+        left.axhline(baseline, linestyle="--", color="grey", label="untuned model")
+        left.legend()
     left.set_xlabel("cumulative device hours")
     left.set_ylabel(f"best {spec.search.objective.metric}")
     left.set_title(spec.name)

@@ -55,6 +55,8 @@ def test_study_commands(pg_api: ApiServer, tmp_path: Path) -> None:
     Worker(pg_api.settings, studies=[name], max_trials=2, cpu_threads=1).run(handle_signals=False)
     shown = json.loads(hpo(pg_api, token, "study", "show", name, "--json").stdout)
     assert shown["trials"]["finished"] == 2
+    assert shown["baseline"]["eval_loss"] > 0  # the untuned model, measured by the first trial
+    assert "untuned model: eval_loss" in hpo(pg_api, token, "study", "show", name).stdout
     trials = json.loads(hpo(pg_api, token, "study", "trials", name, "--json").stdout)
     assert trials[0]["params"]["lora_r"] == 8
     table = hpo(pg_api, token, "study", "trials", name, COLUMNS="300").stdout.splitlines()

@@ -156,3 +156,19 @@ def test_a_hub_id_resolves_from_the_local_cache_offline(tmp_path: Path) -> None:
                           cwd=ROOT, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("llama")
+
+
+def test_packing_fills_every_sequence(pg_api: ApiServer) -> None:
+    """With packing, batches are full sequences of max_seq_length tokens (no padding): many
+    more tokens per step than the short demo sentences give unpacked."""
+    steps, batch, length = 3, 8, 64
+    spec = small_study(
+        "packed",
+        training={"max_steps": steps, "max_seq_length": length, "packing": True},
+        space={"per_device_train_batch_size": {"type": "categorical", "choices": [batch]}},
+        pruner={"type": "none"},
+        budget={"max_trials": 1},
+    )
+    (trial,) = _run(pg_api, spec)
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
+    assert trial.user_attrs["tokens_seen"] > 0.8 * steps * batch * length
