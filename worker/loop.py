@@ -132,22 +132,23 @@ class Worker:
         while not self.ctx.stop.is_set():
             if self.max_trials is not None and self.trials_run >= self.max_trials:
                 break
+            wait = self.poll_interval
             try:
                 ran = self._run_next()
                 failures = 0
             except Exception as exc:  # no study and no database outage may end the worker
+                ran = False
                 failures += 1
-                delay = min(MAX_BACKOFF_S, 0.5 * 2**failures)
+                wait = min(MAX_BACKOFF_S, 0.5 * 2**failures)
                 kind = "database_unavailable" if isinstance(exc, INFRA_ERRORS) else "worker_error"
-                self._event(kind, error=describe(root_cause(exc)), retry_in=delay)
-                self.ctx.stop.wait(delay)
-                continue
+                self._event(kind, error=describe(root_cause(exc)), retry_in=wait)
             if ran:
                 idle_since = time.monotonic()
                 continue
+            # Idle also while failing: a worker told to leave when idle leaves a lost database.
             if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                 break
-            self.ctx.stop.wait(self.poll_interval)
+            self.ctx.stop.wait(wait)
         self._event("worker_exit", trials=self.trials_run)
         self.close()
         return self.trials_run
