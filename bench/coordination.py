@@ -212,7 +212,10 @@ class _Connections(threading.Thread):
 
     def __init__(self, cluster: PostgresCluster, db: str) -> None:
         super().__init__(daemon=True)
-        self.engine = create_engine(cluster.url("postgres"), poolclass=NullPool)
+        # Autocommit: pg_stat_activity is one snapshot per transaction.
+        self.engine = create_engine(
+            cluster.url("postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        )
         self.db = db
         self.samples: list[int] = []
         self.done = threading.Event()
@@ -356,6 +359,8 @@ def main() -> None:
              else [(size, w) for size in args.sizes for w in args.workers])  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
     cluster = PostgresCluster()
     rows = []
     try:
@@ -384,8 +389,6 @@ def main() -> None:
                         rows.append(row)
     finally:
         cluster.stop()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
     meta = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "postgres": version, "trials": args.trials,
             "seconds": time.time() - started}  # fmt: skip
