@@ -1,11 +1,12 @@
 """Coordination at scale: N worker processes run zero-cost trials against one PostgreSQL.
 
     python -m bench.coordination [--workers 4 16 64] [--sizes 1000 10000] [--trials 512]
-    python -m bench.coordination --runs 1000:64 10000:16 --sides ours --tag fleet
+    python -m bench.coordination --runs 1000:64 10000:16 --sides ours --train-s 5 --tag fleet
 
 Each process is the real ``worker.loop.Worker`` (same storage settings, heartbeat, budget lock,
 stale-trial sweep, sampler and pruner) whose objective trains nothing: it samples the study's
-parameters and reports 20 intermediate values, calling ``should_prune`` after each. The study
+parameters and reports 20 intermediate values, calling ``should_prune`` after each, spread
+over ``--train-s`` seconds of sleep (0: back to back; more: a fleet that mostly trains). The study
 holds SIZE finished trials (20 intermediate values each) before the run starts. Baseline: the
 same number of processes running a plain Optuna ask / report / tell loop with the same sampler
 and pruner on a plain ``RDBStorage`` (no heartbeat, no budget lock). Each (size, N, side) runs
@@ -103,10 +104,11 @@ def _parallel(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> No
 # --- one process of a run ---------------------------------------------------------------------
 
 
-def _report_curve(trial: optuna.Trial, value: float, reports: list[float]) -> bool:
-    """Report STEPS points of a made-up curve, timing each report + should_prune; True if
-    the pruner stopped the trial."""
+def _report_curve(trial: optuna.Trial, value: float, reports: list[float], pause: float) -> bool:
+    """Report STEPS points of a made-up curve ``pause`` seconds apart (training), timing each
+    report + should_prune; True if the pruner stopped the trial."""
     for s in range(STEPS):
+        time.sleep(pause)
         started = time.perf_counter()
         trial.report(value + 1 / (s + 1), (s + 1) * 64)
         pruned = trial.should_prune()
@@ -116,7 +118,9 @@ def _report_curve(trial: optuna.Trial, value: float, reports: list[float]) -> bo
     return False
 
 
-def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], float]]:
+def _zero_cost(
+    reports: list[float], pause: float
+) -> Callable[..., Callable[[optuna.Trial], float]]:
     def factory(
         ctx: WorkerContext,
         spec: StudySpec,
@@ -127,7 +131,7 @@ def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], f
         def objective(trial: optuna.Trial) -> float:
             on_start(trial)
             value = _loss(suggest_params(trial, spec.search))
-            if _report_curve(trial, value, reports):
+            if _report_curve(trial, value, reports, pause):
                 raise optuna.TrialPruned()
             return value
 
@@ -148,7 +152,7 @@ class _Events(logging.Handler):
                                 "end": time.time()})  # fmt: skip
 
 
-def _ours(url: str, out: str) -> None:
+def _ours(url: str, out: str, pause: float) -> None:
     logger = logging.getLogger("hpo.worker")
     events = _Events()
     logger.addHandler(events)
@@ -158,7 +162,7 @@ def _ours(url: str, out: str) -> None:
     settings = Settings(database_url=url, heartbeat_interval=10, grace_period=60)
     started = time.time()
     worker = Worker(settings, idle_exit=1.0, poll_interval=0.1, cpu_threads=1,
-                    objective_factory=_zero_cost(reports))  # fmt: skip
+                    objective_factory=_zero_cost(reports, pause))  # fmt: skip
     worker.run(handle_signals=False)
     claims = [t["claim"] for t in events.trials]
     tells = [t["tell"] for t in events.trials]
@@ -166,7 +170,7 @@ def _ours(url: str, out: str) -> None:
     _dump(out, started, claims, reports, tells, ends)
 
 
-def _plain(url: str, out: str, n_trials: int) -> None:
+def _plain(url: str, out: str, n_trials: int, pause: float) -> None:
     spec = _spec(10**5)
     study = load_study(NAME, spec.search, RDBStorage(url))
     asks, reports, tells, ends = [], [], [], []
@@ -176,7 +180,7 @@ def _plain(url: str, out: str, n_trials: int) -> None:
         trial = study.ask()
         asks.append(time.perf_counter() - t0)
         value = _loss(suggest_params(trial, spec.search))
-        pruned = _report_curve(trial, value, reports)
+        pruned = _report_curve(trial, value, reports, pause)
         state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         t0 = time.perf_counter()
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
@@ -235,7 +239,7 @@ class _Connections(threading.Thread):
 
 
 def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trials: int,
-         size: int, tmp: Path) -> dict[str, Any]:  # fmt: skip
+         size: int, tmp: Path, train_s: float) -> dict[str, Any]:  # fmt: skip
     db = f"run_{side}_{workers}_{size}"
     _create_db(cluster, db, template)
     url = cluster.url(db)
@@ -244,10 +248,11 @@ def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trial
     connections.start()
     try:
         if side == "ours":
-            _parallel(_ours, [(url, o) for o in outs])
+            _parallel(_ours, [(url, o, train_s / STEPS) for o in outs])
         else:
             share = [trials // workers + (i < trials % workers) for i in range(workers)]
-            _parallel(_plain, [(url, o, n) for o, n in zip(outs, share, strict=True)])
+            _parallel(_plain, [(url, o, n, train_s / STEPS)
+                               for o, n in zip(outs, share, strict=True)])  # fmt: skip
     finally:
         conns = connections.stop()
     parts = [json.loads(Path(o).read_text()) for o in outs]
@@ -309,7 +314,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Commit `{meta['commit']}`, {meta['machine']}, PostgreSQL {meta['postgres']}, "
         f"(fsync and synchronous_commit off, as in the test cluster), {meta['trials']} new "
-        f"trials per run, {STEPS} reports each, {meta['seconds']:.0f} s in all.",
+        f"trials per run, {STEPS} reports each over {meta.get('train_s', 0):g} s of 'training', "
+        f"{meta['seconds']:.0f} s in all.",
         "All processes share the machine's cores with the database server: at 64 processes "
         "on 2 cores, latencies measure CPU queueing as much as coordination.",
         "",
@@ -354,6 +360,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", metavar="SIZE:WORKERS",
                         help="run these pairs instead of every size x workers")  # fmt: skip
     parser.add_argument("--tag", help="write coordination-TAG.{md,json}")
+    parser.add_argument("--train-s", type=float, default=0.0,
+                        help="seconds each trial 'trains', spread over its reports")  # fmt: skip
     args = parser.parse_args()
     pairs = ([tuple(int(x) for x in run.split(":")) for run in args.runs] if args.runs
              else [(size, w) for size in args.sizes for w in args.workers])  # fmt: skip
@@ -381,7 +389,7 @@ def main() -> None:
                     for side in args.sides:
                         try:
                             row = _run(cluster, template, side, workers, args.trials, size,
-                                       Path(tmp))  # fmt: skip
+                                       Path(tmp), args.train_s)  # fmt: skip
                         except RuntimeError as exc:  # e.g. a process killed for memory
                             row = {"side": side, "workers": workers, "study_size": size,
                                    "error": str(exc)}  # fmt: skip
@@ -390,7 +398,7 @@ def main() -> None:
     finally:
         cluster.stop()
     meta = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "postgres": version, "trials": args.trials,
+            "postgres": version, "trials": args.trials, "train_s": args.train_s,
             "seconds": time.time() - started}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     name = f"coordination-{args.tag}" if args.tag else "coordination"
