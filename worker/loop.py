@@ -89,9 +89,12 @@ class Worker:
         self.max_trials = max_trials
         self.idle_exit = idle_exit
         self.poll_interval = poll_interval
-        self.storage = make_storage(settings)
-        # Our tables and Optuna's share one bounded pool: per worker, at most the study lock,
-        # a trial's reads and writes, and the heartbeat thread hold a connection at once.
+        # Our tables and Optuna's share one pool. The main thread holds two connections at
+        # once at most (the study lock beside a claim; a session beside a storage write), the
+        # heartbeat thread one, and most of the time only one is in use: keeping just one open
+        # makes a fleet of N workers hold about N PostgreSQL connections, not 2N
+        # (bench/results/coordination-fleet-*.md), and the overflow means no thread waits.
+        self.storage = make_storage(settings, pool_size=1, max_overflow=2)
         self.engine = self.storage.engine
         self.sessions = Database(self.engine).sessions
         self.objective_factory = objective_factory

@@ -123,13 +123,21 @@ class HeartbeatStorage(RDBStorage):
             self.record_heartbeat(trial_id)
 
 
-def make_storage(settings: Settings) -> HeartbeatStorage:
+def make_storage(
+    settings: Settings, *, pool_size: int = 5, max_overflow: int = 10
+) -> HeartbeatStorage:
     """Optuna storage with heartbeats and bounded retries of trials whose worker died.
 
     Heartbeats only run inside ``Study.optimize``; a trial silent for ``grace_period``
     seconds is failed and a copy of it is queued again, at most ``max_retries`` times.
+    The pool keeps ``pool_size`` connections open and opens ``max_overflow`` more at busy
+    moments.
     """
-    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, object] = {
+        "pool_pre_ping": True,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+    }
     if settings.database_url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 30}
     else:
