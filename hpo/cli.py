@@ -236,7 +236,7 @@ def _supervise(
     # Children read settings from the environment; a URL on their command lines would show
     # its password in `ps`.
     os.environ["HPO_DATABASE_URL"] = settings.database_url
-    raise typer.Exit(Supervisor(children).run())
+    Supervisor(children).run()
 
 
 @app.command()

@@ -150,7 +150,7 @@ class Supervisor:
         self.poll_s = poll_s
         self.stopping = threading.Event()
 
-    def run(self, *, handle_signals: bool = True) -> int:
+    def run(self, *, handle_signals: bool = True) -> None:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
@@ -161,7 +161,6 @@ class Supervisor:
                 self._tend(slot, now)
             time.sleep(self.poll_s)
         self._event("supervisor_exit")
-        return 0
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Forward ``sig`` to every child and restart none from now on."""
