@@ -254,8 +254,11 @@ class Worker:
     def _budget_gate(self, candidate: Candidate) -> Iterator[None]:
         """Held around a trial's claim: count, then RUNNING, under the study's lock, so the
         count every worker sees includes every claimed trial."""
-        with StudyLock(self.engine, candidate.record.id):
-            counts = trial_counts(self.storage, study_id(candidate.study))
+        with StudyLock(self.engine, candidate.record.id) as lock:
+            # On the lock's connection: another would be opened while the lock is held.
+            counts = trial_counts(
+                self.storage, study_id(candidate.study), connection=lock.connection
+            )
             if counts.finished + counts.running >= max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
             yield
