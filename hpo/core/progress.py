@@ -51,7 +51,7 @@ def trial_counts(
         .where(trials.c.study_id == study_id, ~is_a_record)
         .group_by(trials.c.state)
     )
-    with nullcontext(connection) if connection else storage.engine.connect() as conn:
+    with nullcontext(connection) if connection is not None else storage.engine.connect() as conn:
         counts = {state.lower(): n for state, n in conn.execute(query)}
     return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
 
