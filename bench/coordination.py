@@ -1,17 +1,20 @@
 """Coordination at scale: N worker processes run zero-cost trials against one PostgreSQL.
 
     python -m bench.coordination [--workers 4 16 64] [--sizes 1000 10000] [--trials 512]
+    python -m bench.coordination --runs 1000:64 10000:16 --sides ours --train-s 5 --tag fleet
 
 Each process is the real ``worker.loop.Worker`` (same storage settings, heartbeat, budget lock,
 stale-trial sweep, sampler and pruner) whose objective trains nothing: it samples the study's
-parameters and reports 20 intermediate values, calling ``should_prune`` after each. The study
+parameters and reports 20 intermediate values, calling ``should_prune`` after each, spread
+over ``--train-s`` seconds of sleep (0: back to back; more: a fleet that mostly trains). The study
 holds SIZE finished trials (20 intermediate values each) before the run starts. Baseline: the
 same number of processes running a plain Optuna ask / report / tell loop with the same sampler
 and pruner on a plain ``RDBStorage`` (no heartbeat, no budget lock). Each (size, N, side) runs
 on a fresh copy of the pre-filled database. Writes bench/results/coordination.{md,json}.
 
 Latencies exclude each process's first trial, which also loads the study into Optuna's
-per-process trial cache (reported separately as "first claim").
+per-process trial cache (reported separately as "first claim"). PostgreSQL connections to the
+run's database are sampled from ``pg_stat_activity`` while the workers run.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import platform
 import resource
 import subprocess
 import tempfile
+import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState, create_trial
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from hpo.core.db import StudyRecord
 from hpo.core.factory import load_study, optuna_distributions, suggest_params
@@ -99,10 +105,11 @@ def _parallel(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> No
 # --- one process of a run ---------------------------------------------------------------------
 
 
-def _report_curve(trial: optuna.Trial, value: float, reports: list[float]) -> bool:
-    """Report STEPS points of a made-up curve, timing each report + should_prune; True if
-    the pruner stopped the trial."""
+def _report_curve(trial: optuna.Trial, value: float, reports: list[float], pause: float) -> bool:
+    """Report STEPS points of a made-up curve ``pause`` seconds apart (training), timing each
+    report + should_prune; True if the pruner stopped the trial."""
     for s in range(STEPS):
+        time.sleep(pause)
         started = time.perf_counter()
         trial.report(value + 1 / (s + 1), (s + 1) * 64)
         pruned = trial.should_prune()
@@ -112,7 +119,9 @@ def _report_curve(trial: optuna.Trial, value: float, reports: list[float]) -> bo
     return False
 
 
-def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], float]]:
+def _zero_cost(
+    reports: list[float], pause: float
+) -> Callable[..., Callable[[optuna.Trial], float]]:
     def factory(
         ctx: WorkerContext,
         spec: StudySpec,
@@ -123,7 +132,7 @@ def _zero_cost(reports: list[float]) -> Callable[..., Callable[[optuna.Trial], f
         def objective(trial: optuna.Trial) -> float:
             on_start(trial)
             value = _loss(suggest_params(trial, spec.search))
-            if _report_curve(trial, value, reports):
+            if _report_curve(trial, value, reports, pause):
                 raise optuna.TrialPruned()
             return value
 
@@ -144,7 +153,7 @@ class _Events(logging.Handler):
                                 "end": time.time()})  # fmt: skip
 
 
-def _ours(url: str, out: str) -> None:
+def _ours(url: str, out: str, pause: float) -> None:
     logger = logging.getLogger("hpo.worker")
     events = _Events()
     logger.addHandler(events)
@@ -154,7 +163,7 @@ def _ours(url: str, out: str) -> None:
     settings = Settings(database_url=url, heartbeat_interval=10, grace_period=60)
     started = time.time()
     worker = Worker(settings, idle_exit=1.0, poll_interval=0.1, cpu_threads=1,
-                    objective_factory=_zero_cost(reports))  # fmt: skip
+                    objective_factory=_zero_cost(reports, pause))  # fmt: skip
     worker.run(handle_signals=False)
     claims = [t["claim"] for t in events.trials]
     tells = [t["tell"] for t in events.trials]
@@ -162,7 +171,7 @@ def _ours(url: str, out: str) -> None:
     _dump(out, started, claims, reports, tells, ends)
 
 
-def _plain(url: str, out: str, n_trials: int) -> None:
+def _plain(url: str, out: str, n_trials: int, pause: float) -> None:
     spec = _spec(10**5)
     study = load_study(NAME, spec.search, RDBStorage(url))
     asks, reports, tells, ends = [], [], [], []
@@ -172,7 +181,7 @@ def _plain(url: str, out: str, n_trials: int) -> None:
         trial = study.ask()
         asks.append(time.perf_counter() - t0)
         value = _loss(suggest_params(trial, spec.search))
-        pruned = _report_curve(trial, value, reports)
+        pruned = _report_curve(trial, value, reports, pause)
         state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         t0 = time.perf_counter()
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
@@ -185,7 +194,15 @@ def _dump(out: str, started: float, asks: list[float], reports: list[float],
           tells: list[float], ends: list[float]) -> None:  # fmt: skip
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out).write_text(json.dumps({"started": started, "ask": asks, "report": reports,
-                                     "tell": tells, "ends": ends, "rss_mb": rss_mb}))  # fmt: skip
+                                     "tell": tells, "ends": ends, "rss_mb": rss_mb,
+                                     "private_mb": _private_mb()}))  # fmt: skip
+
+
+def _private_mb() -> float:
+    """Memory only this process holds (forked processes share the parent's imports)."""
+    rollup = Path("/proc/self/smaps_rollup").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in rollup[1:])
+    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -195,17 +212,50 @@ def _ms(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q) * 1000) if values else None
 
 
+class _Connections(threading.Thread):
+    """Samples the number of server connections to one database until stopped."""
+
+    def __init__(self, cluster: PostgresCluster, db: str) -> None:
+        super().__init__(daemon=True)
+        # Autocommit: pg_stat_activity is one snapshot per transaction.
+        self.engine = create_engine(
+            cluster.url("postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        )
+        self.db = db
+        self.samples: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db")
+        with self.engine.connect() as conn:
+            while not self.done.wait(0.1):
+                self.samples.append(conn.execute(query, {"db": self.db}).scalar_one())
+        self.engine.dispose()
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        busy = [n for n in self.samples if n > 0]
+        return {"peak": max(busy, default=0), "mean": float(np.mean(busy)) if busy else 0.0}
+
+
 def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trials: int,
-         size: int, tmp: Path) -> dict[str, Any]:  # fmt: skip
+         size: int, tmp: Path, train_s: float) -> dict[str, Any]:  # fmt: skip
     db = f"run_{side}_{workers}_{size}"
     _create_db(cluster, db, template)
     url = cluster.url(db)
     outs = [str(tmp / f"{db}-{i}.json") for i in range(workers)]
-    if side == "ours":
-        _parallel(_ours, [(url, o) for o in outs])
-    else:
-        share = [trials // workers + (i < trials % workers) for i in range(workers)]
-        _parallel(_plain, [(url, o, n) for o, n in zip(outs, share, strict=True)])
+    connections = _Connections(cluster, db)
+    connections.start()
+    try:
+        if side == "ours":
+            _parallel(_ours, [(url, o, train_s / STEPS) for o in outs])
+        else:
+            share = [trials // workers + (i < trials % workers) for i in range(workers)]
+            _parallel(_plain, [(url, o, n, train_s / STEPS)
+                               for o, n in zip(outs, share, strict=True)])  # fmt: skip
+    finally:
+        conns = connections.stop()
     parts = [json.loads(Path(o).read_text()) for o in outs]
     first = [p["ask"][0] for p in parts if p["ask"]]
     ask = [a for p in parts for a in p["ask"][1:]]
@@ -225,6 +275,8 @@ def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trial
         "trials_per_s": len(ends) / (max(ends) - begin) if ends else 0.0,
         "first_claim_ms_median": _ms(first, 50),
         "peak_rss_mb_max": max(p["rss_mb"] for p in parts),
+        "private_mb_max": max(p["private_mb"] for p in parts),
+        "pg_connections": {**conns, "peak_per_worker": conns["peak"] / workers},
         "ask_ms": {"p50": _ms(ask, 50), "p99": _ms(ask, 99)},
         "report_ms": {"p50": _ms(report, 50), "p99": _ms(report, 99)},
         "tell_ms": {"p50": _ms(tell, 50), "p99": _ms(tell, 99)},
@@ -252,7 +304,8 @@ def _build_template(cluster: PostgresCluster, name: str, base: str | None, spec:
             create_study(session, storage, spec=spec, owner="bench", settings=Settings())
         storage.engine.dispose()
     chunks = 4
-    _parallel(_prefill, [(url, spec, add // chunks + (i < add % chunks), hash((name, i)))
+    seeds = [zlib.crc32(f"{name}/{i}".encode()) for i in range(chunks)]  # 0 <= seed < 2**32
+    _parallel(_prefill, [(url, spec, add // chunks + (i < add % chunks), seeds[i])
                          for i in range(chunks)])  # fmt: skip
 
 
@@ -262,7 +315,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Commit `{meta['commit']}`, {meta['machine']}, PostgreSQL {meta['postgres']}, "
         f"(fsync and synchronous_commit off, as in the test cluster), {meta['trials']} new "
-        f"trials per run, {STEPS} reports each, {meta['seconds']:.0f} s in all.",
+        f"trials per run, {STEPS} reports each over {meta.get('train_s', 0):g} s of 'training', "
+        f"{meta['seconds']:.0f} s in all.",
         "All processes share the machine's cores with the database server: at 64 processes "
         "on 2 cores, latencies measure CPU queueing as much as coordination.",
         "",
@@ -275,20 +329,25 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| study size | side | workers | trials/s | ask p50 ms | ask p99 ms | report+prune "
         "p50 ms | report+prune p99 ms | tell p50 ms | tell p99 ms | first claim ms | left "
-        "RUNNING | peak RSS per process MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "RUNNING | peak RSS per process MB | private MB per process | PostgreSQL connections "
+        "peak (mean) | peak connections per worker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['study_size']} | {r['side']} | {r['workers']} | "
-                         f"{r['error']} |" + " |" * 9)  # fmt: skip
+                         f"{r['error']} |" + " |" * 12)  # fmt: skip
             continue
         cells = [r["study_size"], r["side"], r["workers"], f"{r['trials_per_s']:.1f}"]
         for key in ("ask_ms", "report_ms", "tell_ms"):
             cells += [f"{r[key]['p50']:.1f}", f"{r[key]['p99']:.1f}"]
-        rss = r.get("peak_rss_mb_max")
+        rss, private = r.get("peak_rss_mb_max"), r.get("private_mb_max")
+        conns = r.get("pg_connections")
         cells += [f"{r['first_claim_ms_median']:.0f}", r["running_left"],
-                  f"{rss:.0f}" if rss is not None else "-"]  # fmt: skip
+                  f"{rss:.0f}" if rss is not None else "-",
+                  f"{private:.0f}" if private is not None else "-",
+                  f"{conns['peak']} ({conns['mean']:.0f})" if conns else "-",
+                  f"{conns['peak_per_worker']:.2f}" if conns else "-"]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -299,9 +358,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--trials", type=int, default=512)
     parser.add_argument("--sides", nargs="+", default=["ours", "plain"])
+    parser.add_argument("--runs", nargs="+", metavar="SIZE:WORKERS",
+                        help="run these pairs instead of every size x workers")  # fmt: skip
+    parser.add_argument("--tag", help="write coordination-TAG.{md,json}")
+    parser.add_argument("--train-s", type=float, default=0.0,
+                        help="seconds each trial 'trains', spread over its reports")  # fmt: skip
     args = parser.parse_args()
+    pairs = ([tuple(int(x) for x in run.split(":")) for run in args.runs] if args.runs
+             else [(size, w) for size in args.sizes for w in args.workers])  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
     cluster = PostgresCluster()
     rows = []
     try:
@@ -311,18 +379,18 @@ def main() -> None:
         admin.dispose()
         previous, have = None, 0
         with tempfile.TemporaryDirectory() as tmp:
-            for size in sorted(args.sizes):
+            for size in sorted({size for size, _ in pairs}):
                 template = f"size_{size}"
                 spec = _spec(size + args.trials)
                 _build_template(cluster, template, previous, spec, size - have)
                 if previous is not None:  # the spec row still has the smaller budget
                     _set_budget(cluster.url(template), spec)
                 previous, have = template, size
-                for workers in args.workers:
+                for workers in [w for s, w in pairs if s == size]:
                     for side in args.sides:
                         try:
                             row = _run(cluster, template, side, workers, args.trials, size,
-                                       Path(tmp))  # fmt: skip
+                                       Path(tmp), args.train_s)  # fmt: skip
                         except RuntimeError as exc:  # e.g. a process killed for memory
                             row = {"side": side, "workers": workers, "study_size": size,
                                    "error": str(exc)}  # fmt: skip
@@ -330,14 +398,13 @@ def main() -> None:
                         rows.append(row)
     finally:
         cluster.stop()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
     meta = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "postgres": version, "trials": args.trials,
+            "postgres": version, "trials": args.trials, "train_s": args.train_s,
             "seconds": time.time() - started}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "coordination.md").write_text(_markdown(rows, meta))
-    (RESULTS / "coordination.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    name = f"coordination-{args.tag}" if args.tag else "coordination"
+    (RESULTS / f"{name}.md").write_text(_markdown(rows, meta))
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(_markdown(rows, meta))
 
 

@@ -225,17 +225,26 @@ def serve(
 def worker(
     database_url: DatabaseUrl = None,
     study: Annotated[list[str] | None, typer.Option(help="Only these studies.")] = None,
-    device: Annotated[str, typer.Option(help="cuda:0, cpu, ...")] = "cpu",
+    device: Annotated[
+        str | None, typer.Option(help="cuda:0, cpu, ... for one process; default cpu.")
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="'all' or a list like 0,2: one supervised process per GPU."),
+    ] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Supervised CPU processes when no GPU is used.")
+    ] = 1,
     max_trials: Annotated[int | None, typer.Option(help="Exit after N trials.")] = None,
     idle_exit: Annotated[
         float | None, typer.Option(help="Exit after SECONDS without a trial to run.")
     ] = None,
     cpu_threads: Annotated[
         int | None,
-        typer.Option(help="Torch CPU threads; give each of K local CPU workers cores/K."),
+        typer.Option(help="Torch CPU threads; split between --gpus/--processes children."),
     ] = None,
 ) -> None:
-    """Pull trials of running studies and fine-tune them on DEVICE.
+    """Pull trials of running studies and fine-tune them on DEVICE, or on every GPU.
 
     The database must be reachable and migrated (hpo db upgrade) when the worker starts;
     later outages are retried.
@@ -245,17 +254,49 @@ def worker(
     settings = _settings(database_url)
     with _one_line_errors():
         check_database(settings.database_url)
+    log_to_stderr()
+    if gpus is not None or processes > 1:
+        if device is not None:
+            raise typer.BadParameter("--device runs one process; --gpus/--processes plan theirs")
+        _supervise(settings, gpus, processes, cpu_threads, study, max_trials, idle_exit)
+        return
     from worker.loop import Worker  # torch: only once the database is known to be usable
 
-    log_to_stderr()
     Worker(
         settings,
-        device=device,
+        device=device or "cpu",
         studies=study,
         max_trials=max_trials,
         idle_exit=idle_exit,
         cpu_threads=cpu_threads,
     ).run()
+
+
+def _supervise(
+    settings: Settings,
+    gpus: str | None,
+    processes: int,
+    cpu_threads: int | None,
+    studies: list[str] | None,
+    max_trials: int | None,
+    idle_exit: float | None,
+) -> None:
+    import os
+
+    from worker.supervisor import Supervisor, plan
+
+    args = [f"--study={name}" for name in studies or []]
+    args += [f"--max-trials={max_trials}"] * (max_trials is not None)
+    args += [f"--idle-exit={idle_exit}"] * (idle_exit is not None)
+    try:
+        children = plan(gpus, processes=processes, cpu_threads=cpu_threads,
+                        worker_args=tuple(args))  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    # Children read settings from the environment; a URL on their command lines would show
+    # its password in `ps`.
+    os.environ["HPO_DATABASE_URL"] = settings.database_url
+    Supervisor(children).run()
 
 
 @app.command()

@@ -38,6 +38,11 @@ class StudyLock:
             fcntl.flock(self._file, fcntl.LOCK_EX)
         return self
 
+    @property
+    def connection(self) -> Connection | None:
+        """The connection holding the lock (PostgreSQL), free for statements meanwhile."""
+        return self._conn
+
     def release(self) -> None:
         if self._conn is not None:
             try:

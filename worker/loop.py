@@ -89,9 +89,12 @@ class Worker:
         self.max_trials = max_trials
         self.idle_exit = idle_exit
         self.poll_interval = poll_interval
-        self.storage = make_storage(settings)
-        # Our tables and Optuna's share one bounded pool: per worker, at most the study lock,
-        # a trial's reads and writes, and the heartbeat thread hold a connection at once.
+        # Our tables and Optuna's share one pool. The main thread holds two connections at
+        # once at most (the study lock beside a claim; a session beside a storage write), the
+        # heartbeat thread one, and most of the time only one is in use: keeping just one open
+        # makes a fleet of N workers hold about N PostgreSQL connections, not 2N
+        # (bench/results/coordination-fleet-*.md), and the overflow means no thread waits.
+        self.storage = make_storage(settings, pool_size=1, max_overflow=2)
         self.engine = self.storage.engine
         self.sessions = Database(self.engine).sessions
         self.objective_factory = objective_factory
@@ -253,8 +256,11 @@ class Worker:
     def _budget_gate(self, candidate: Candidate) -> Iterator[None]:
         """Held around a trial's claim: count, then RUNNING, under the study's lock, so the
         count every worker sees includes every claimed trial."""
-        with StudyLock(self.engine, candidate.record.id):
-            counts = trial_counts(self.storage, study_id(candidate.study))
+        with StudyLock(self.engine, candidate.record.id) as lock:
+            # On the lock's connection: another would be opened while the lock is held.
+            counts = trial_counts(
+                self.storage, study_id(candidate.study), connection=lock.connection
+            )
             if counts.finished + counts.running >= max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
             yield

@@ -4,6 +4,11 @@ A worker uploads an adapter archive with Optuna's ``upload_artifact`` (which als
 optuna-dashboard) and records ``(study, trial, artifact id)`` in ``hpo_artifacts``. The API
 serves a file only through such a record: never through a trial attribute, which anything that
 reaches Optuna's tables can write.
+
+The store is a folder (``HPO_ARTIFACT_DIR``: local for one machine, a shared filesystem for
+several) or, with ``HPO_ARTIFACT_STORE=s3://bucket/prefix``, an S3-compatible bucket through
+Optuna's ``Boto3ArtifactStore``, so adapters written on one node download through an API on
+another.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import contextlib
 import re
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,15 +31,54 @@ from hpo.core import optuna_tables
 from hpo.core.db import ArtifactRecord
 from hpo.core.settings import Settings
 
+if TYPE_CHECKING:  # Optuna's protocol for artifact stores is not exported
+    from optuna.artifacts._protocol import ArtifactStore
+
 ADAPTER = "adapter"
 TENSORBOARD = "tensorboard"
 # Optuna's upload_artifact names artifacts with uuid4(); nothing else is ever opened.
 ARTIFACT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def artifact_store(settings: Settings) -> FileSystemArtifactStore:
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """The configured store: the S3 bucket of ``artifact_store`` if set, else the folder."""
+    if settings.artifact_store is not None:
+        return _s3_store(settings.artifact_store, settings.s3_endpoint_url)
     settings.artifact_dir.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(settings.artifact_dir))
+
+
+class PrefixedStore:
+    """Artifacts under a key prefix: Optuna's Boto3ArtifactStore names objects by id alone."""
+
+    def __init__(self, store: ArtifactStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        return self.store.open_reader(self.prefix + artifact_id)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.store.write(self.prefix + artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(self.prefix + artifact_id)
+
+
+@lru_cache
+def _s3_store(url: str, endpoint_url: str | None) -> ArtifactStore:
+    """One client per process (boto3 clients are thread-safe and retry transient errors);
+    credentials and region come from boto3's usual sources (``AWS_*`` variables, files, roles).
+    """
+    import boto3
+    from botocore.config import Config
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    # S3-compatible servers (MinIO, Ceph) are addressed by path, not by bucket host names.
+    config = Config(s3={"addressing_style": "path"}) if endpoint_url else None
+    client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+    store = Boto3ArtifactStore(bucket, client=client)
+    return PrefixedStore(store, prefix.rstrip("/") + "/") if prefix.strip("/") else store
 
 
 def save_folder(

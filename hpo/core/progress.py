@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Float, case, cast, exists, func, select
+from sqlalchemy import Connection, Float, case, cast, exists, func, select
 
 from hpo.core.db import ArtifactRecord
 from hpo.core.optuna_tables import trial_user_attributes as attrs
@@ -35,8 +36,13 @@ class TrialCounts:
         return self.complete + self.pruned
 
 
-def trial_counts(storage: RDBStorage, study_id: int) -> TrialCounts:
-    """Trials by state, infeasible records left out: one aggregate query, any study size."""
+def trial_counts(
+    storage: RDBStorage, study_id: int, *, connection: Connection | None = None
+) -> TrialCounts:
+    """Trials by state, infeasible records left out: one aggregate query, any study size.
+
+    ``connection``: run it there rather than on one from the storage's pool.
+    """
     is_a_record = exists().where(
         attrs.c.trial_id == trials.c.trial_id, attrs.c.key == INFEASIBLE_RECORD_ATTR
     )
@@ -45,7 +51,7 @@ def trial_counts(storage: RDBStorage, study_id: int) -> TrialCounts:
         .where(trials.c.study_id == study_id, ~is_a_record)
         .group_by(trials.c.state)
     )
-    with storage.engine.connect() as conn:
+    with nullcontext(connection) if connection is not None else storage.engine.connect() as conn:
         counts = {state.lower(): n for state, n in conn.execute(query)}
     return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?")
 
 
 def normalize_database_url(url: str) -> str:
@@ -24,6 +27,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./hpo.db"
     auth: Literal["enabled", "disabled"] = "enabled"
     artifact_dir: Path = Path("./hpo-artifacts")
+    # Adapters in an S3-compatible bucket instead of artifact_dir: s3://bucket/prefix. Keys
+    # and region come from the usual AWS_* variables; the endpoint for MinIO, Ceph and the like.
+    artifact_store: str | None = None
+    s3_endpoint_url: str | None = None
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "finetune-hpo")
     # Heartbeat: a trial whose worker has been silent for grace_period seconds is failed and
     # re-queued (at most max_retries times). Too short an interval fails healthy trials.
@@ -46,6 +53,18 @@ class Settings(BaseSettings):
     @classmethod
     def _normalize(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @field_validator("artifact_store", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: str | None) -> str | None:
+        return value or None  # compose passes unset variables as ""
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not S3_URL.fullmatch(value):
+            raise ValueError(f"must be an s3://bucket[/prefix] URL, but got {value!r}")
+        return value
 
 
 @lru_cache

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 
 from optuna import Study
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
@@ -65,8 +65,20 @@ class HeartbeatStorage(RDBStorage):
         finally:
             self._gate = None
 
-    def _claim(self) -> AbstractContextManager[object]:
-        return self._gate() if self._gate is not None else nullcontext()
+    @contextmanager
+    def _claim(self) -> Iterator[None]:
+        if self._gate is None:
+            yield
+            return
+        # Optuna claims in this thread's scoped session: give it its connection before the
+        # gate, so that no claim waits under the study's lock for a connection to open.
+        session = self.scoped_session()
+        session.connection()
+        try:
+            with self._gate():
+                yield
+        finally:
+            session.close()  # hands the connection back if the gate refused the claim
 
     def _create_new_trial(
         self, study_id: int, template_trial: FrozenTrial | None = None
@@ -123,13 +135,21 @@ class HeartbeatStorage(RDBStorage):
             self.record_heartbeat(trial_id)
 
 
-def make_storage(settings: Settings) -> HeartbeatStorage:
+def make_storage(
+    settings: Settings, *, pool_size: int = 5, max_overflow: int = 10
+) -> HeartbeatStorage:
     """Optuna storage with heartbeats and bounded retries of trials whose worker died.
 
     Heartbeats only run inside ``Study.optimize``; a trial silent for ``grace_period``
     seconds is failed and a copy of it is queued again, at most ``max_retries`` times.
+    The pool keeps ``pool_size`` connections open and opens ``max_overflow`` more at busy
+    moments.
     """
-    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, object] = {
+        "pool_pre_ping": True,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+    }
     if settings.database_url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 30}
     else:

@@ -1,9 +1,10 @@
 """docker-compose.yml and the code cannot drift apart: each service's command runs natively.
 
 There is no Docker engine on CI machines, so this parses the compose file, fills in the
-environment from .env.example (pointing at the test PostgreSQL) and runs the api (which also
-serves optuna-dashboard) and worker commands as processes. Only the bind address, port and
-device are swapped for local ones.
+environment from .env.example (pointing at the test PostgreSQL, adapters in a folder) and runs
+the api (which also serves optuna-dashboard) and worker commands as processes. Only the bind
+address and port are swapped for local ones; the worker's `--gpus all` finds no GPU here and
+runs one CPU process.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _running(command: list[str], env: dict[str, str], log: Path) -> Iterator[sub
 
 def test_compose_shape() -> None:
     services = COMPOSE["services"]
-    assert set(services) == {"postgres", "api", "worker"}
+    assert set(services) == {"postgres", "minio", "minio-init", "api", "worker"}
     # Only the api is published, on loopback: other machines reach it through a TLS proxy.
     assert {name for name, s in services.items() if "ports" in s} == {"api"}
     assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
@@ -65,10 +66,20 @@ def test_compose_shape() -> None:
     assert "healthcheck" in services["postgres"]
     assert "pgdata:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # One worker container takes every GPU and runs a process per GPU (no --scale).
     device = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert device["count"] == 1 and "gpu" in device["capabilities"]
+    assert device["count"] == "all" and "gpu" in device["capabilities"]
+    assert services["worker"]["command"][1:] == ["worker", "--gpus", "all"]
+    assert services["worker"]["stop_grace_period"] == "60s"
     assert "ports" not in services["worker"] and "container_name" not in services["worker"]
-    env_keys = set(_dotenv(ROOT / ".env.example"))
+    assert services["worker"]["environment"] == services["api"]["environment"]
+    dotenv = _dotenv(ROOT / ".env.example")
+    bucket = dotenv["HPO_ARTIFACT_STORE"].removeprefix("s3://").split("/")[0]
+    assert services["minio-init"]["command"][-1] == f"minio/{bucket}"
+    assert services["api"]["depends_on"]["minio-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    env_keys = set(dotenv)
     used = set(re.findall(r"\$\{(\w+)\}", (ROOT / "docker-compose.yml").read_text()))
     assert used <= env_keys, used - env_keys
     assert ".env" in (ROOT / ".gitignore").read_text().split()
@@ -80,17 +91,13 @@ def test_services_run_natively(pg_api: ApiServer, tmp_path: Path) -> None:
         **_dotenv(ROOT / ".env.example"),
         "HPO_DATABASE_URL": settings.database_url,
         "HPO_ARTIFACT_DIR": str(settings.artifact_dir),
+        "HPO_ARTIFACT_STORE": "",  # the folder choice; the S3 path has its own test
     }
-    process_env = {**worker_env(settings), **env}
+    # PYTHONPATH: this checkout's code under the installed console scripts.
+    process_env = {**worker_env(settings), **env, "PYTHONPATH": str(ROOT)}
     api_port = _free_port()
     api_cmd = _command("api", env, host="127.0.0.1", port=str(api_port))
-    worker_cmd = [
-        *_command("worker", env, device="cpu"),
-        "--max-trials",
-        "1",
-        "--cpu-threads",
-        "1",
-    ]
+    worker_cmd = [*_command("worker", env), "--max-trials", "1", "--cpu-threads", "1"]
 
     with _running(api_cmd, process_env, tmp_path / "api.log"):
         api = f"http://127.0.0.1:{api_port}"
