@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 TRAIN_PARTS = ("model", "dataset", "training", "evaluation")
-SEARCH_PARTS = ("space", "objective", "sampler", "pruner", "budget")
+SEARCH_PARTS = ("space", "objective", "sampler", "pruner", "scheduler", "budget")
 
 
 def study_spec(name: str, **parts: Any) -> dict[str, Any]:
