@@ -30,7 +30,7 @@ from hpo.core.scheduling import (
     configurations,
     next_work,
 )
-from hpo.core.spec import PBTSchedulerSpec, SearchSpace, SearchSpec
+from hpo.core.spec import NoSchedulerSpec, PBTSchedulerSpec, SearchSpace, SearchSpec
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
 STUDY = "simulated"
@@ -179,7 +179,9 @@ def simulate(
     def ask_for_work(worker: int, now: float) -> None:
         if max_cost is not None and spent(now) >= max_cost:
             return
-        configs = configurations(studies[worker].get_trials(deepcopy=False))
+        # With no scheduler the decision does not depend on the trials: skip reading them.
+        plain = isinstance(search.scheduler, NoSchedulerSpec)
+        configs = [] if plain else configurations(studies[worker].get_trials(deepcopy=False))
         can_start = started < search.budget.max_trials
         decision = next_work(configs, search.scheduler, can_start=can_start, minimize=minimize)
         if isinstance(decision, Start):
