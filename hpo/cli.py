@@ -352,7 +352,8 @@ def demo(
 def simulate(
     nmtlc: Annotated[Path, typer.Argument(metavar="NMTLC", help="Path to NMTLC's nmtlc.pkl.")],
     spec_file: Annotated[
-        Path | None, typer.Option("--spec", help="search.sampler/pruner from this spec file.")
+        Path | None,
+        typer.Option("--spec", help="search.sampler/pruner/scheduler from this spec file."),
     ] = None,
     sampler: str = "tpe",
     pruner: str = "none",
@@ -360,7 +361,8 @@ def simulate(
     seeds: int = 5,
     max_trials: int = 100,
 ) -> None:
-    """Replay recorded LoRA curves (NMTLC) under a sampler and pruner with simulated workers."""
+    """Replay recorded LoRA curves (NMTLC) under a sampler, pruner and scheduler with simulated
+    workers."""
     import optuna
     import yaml
     from rich.console import Console
@@ -372,13 +374,18 @@ def simulate(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = yaml.safe_load(spec_file.read_text()) if spec_file else {}
-    table = Table("task", "seed", "trials", "pruned", "cost / grid", "cost to 1% / grid", "best")
+    table = Table("task", "seed", "configs", "pruned", "paused", "cost / grid",
+                  "cost to 1% / grid", "best")  # fmt: skip
     for task in load_tasks(nmtlc):
         search = SearchSpec.model_validate(
             {
                 "sampler": {"type": sampler},
                 "pruner": {"type": pruner},
-                **{k: v for k, v in base.get("search", {}).items() if k in ("sampler", "pruner")},
+                **{
+                    k: v
+                    for k, v in base.get("search", {}).items()
+                    if k in ("sampler", "pruner", "scheduler")
+                },
                 "space": task.search_space,
                 "budget": {"max_trials": max_trials},
             }
@@ -390,6 +397,7 @@ def simulate(
             table.add_row(
                 task.name, str(seed), str(len(sim.trials)),
                 str(sum(t.state == "pruned" for t in sim.trials)),
+                str(sum(len(t.segments) > 1 or t.state == "paused" for t in sim.trials)),
                 f"{sim.total_cost / grid:.3f}", f"{reach:.3f}",
                 f"{sim.best_curve[-1][1]:.4f}" if sim.best_curve else "-",
             )  # fmt: skip

@@ -2,8 +2,8 @@
 
 Each simulated worker asks trials through the same sampler/pruner factory the real worker
 uses, replays the configuration's recorded validation curve point by point (each point costs
-its recorded or modelled device-seconds), reports each point, stops when pruned and tells the
-final value. Deterministic for a given seed.
+its recorded or modelled device-seconds), reports each point, stops when pruned, pauses where
+the scheduler says and tells the final value. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -18,9 +18,19 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from hpo.core.errors import SpecError
 from hpo.core.factory import load_study, suggest_params
 from hpo.core.progress import beats
-from hpo.core.spec import SearchSpace, SearchSpec
+from hpo.core.scheduling import (
+    CONTINUES_ATTR,
+    PAUSED_AT_ATTR,
+    UNTIL_ATTR,
+    Continue,
+    Start,
+    configurations,
+    next_work,
+)
+from hpo.core.spec import NoSchedulerSpec, PBTSchedulerSpec, SearchSpace, SearchSpec
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
 STUDY = "simulated"
@@ -50,20 +60,40 @@ class CurveObjective(Protocol):
 
 
 @dataclass
-class SimTrial:
-    number: int
+class Segment:
+    """One stretch of a configuration's training: one Optuna trial, one worker.
+
+    It trained the curve's points ``first_step`` .. ``last_step`` (1-based steps), paying only
+    for those: a continued configuration never trains a point twice.
+    """
+
+    trial: int
     worker: int
-    params: dict[str, Any]
-    state: str
-    value: float | None
+    first_step: int
+    last_step: int
     cost: float
     start: float
     end: float
 
 
 @dataclass
+class SimTrial:
+    """One configuration: ``complete``, ``pruned``, or ``paused`` when the run ended."""
+
+    number: int  # its first segment's trial number
+    worker: int  # the worker of its first segment
+    params: dict[str, Any]
+    state: str
+    value: float | None
+    cost: float  # device-seconds over all its segments
+    start: float
+    end: float
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
 class Simulation:
-    """The outcome: trials in the order they ended, and best-so-far against cost."""
+    """The outcome: configurations in the order they ended, and best-so-far against cost."""
 
     trials: list[SimTrial] = field(default_factory=list)
     total_cost: float = 0.0
@@ -90,7 +120,9 @@ class _Event:
     time: float
     worker: int
     trial: Any = field(compare=False, default=None)
-    point: int = field(compare=False, default=0)
+    point: int = field(compare=False, default=0)  # index into the curve; its step is point + 1
+    until: int | None = field(compare=False, default=None)
+    config: int = field(compare=False, default=0)
 
 
 def simulate(
@@ -101,12 +133,26 @@ def simulate(
     seed: int,
     max_cost: float | None = None,
 ) -> Simulation:
-    """Run ``search``'s sampler and pruner against ``objective`` with ``workers`` workers.
+    """Run ``search``'s sampler, pruner and scheduler against ``objective`` with ``workers``
+    workers.
 
-    A trial's value is its curve's last point, as a worker reports its final evaluation.
-    Stops after ``search.budget.max_trials`` finished trials or once ``max_cost``
-    device-seconds were spent, whichever comes first.
+    A configuration's value is its curve's last point, as a worker reports its final
+    evaluation. With a scheduler, a worker asking for work does what
+    ``hpo.core.scheduling.next_work`` says over the study's trials, exactly as a real worker
+    would under the study's lock: a paused configuration continues in a new segment (a trial
+    that re-reports its earlier values for free) from the point where it stopped. Stops
+    once ``search.budget.max_trials`` configurations (not segments) started and none can
+    continue, or once ``max_cost`` device-seconds were spent, whichever comes first.
+
+    Raises:
+        SpecError: The scheduler is PBT, which changes hyperparameters mid-run: a recorded
+            curve cannot say what would have happened.
     """
+    if isinstance(search.scheduler, PBTSchedulerSpec):
+        raise SpecError(
+            "PBT changes hyperparameters mid-run; recorded curves cannot replay it.",
+            loc=("search", "scheduler"),
+        )
     search = search.model_copy(
         update={"sampler": search.sampler.model_copy(update={"seed": seed})}
     )
@@ -119,71 +165,118 @@ def simulate(
         # Worker w samples exactly as a real worker whose seed offset is w would.
         studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
     sim = Simulation()
-    curves: dict[int, list[CurvePoint]] = {}
-    started: dict[int, float] = {}
+    curves: dict[int, list[CurvePoint]] = {}  # configuration -> its curve
+    records: dict[int, SimTrial] = {}
     in_flight: dict[int, tuple[float, float]] = {}  # worker -> (point start, point cost)
-    finished = 0
+    idle: set[int] = set()
+    started = 0
     queue: list[_Event] = []
     best: float | None = None
 
     def spent(now: float) -> float:
         return sim.total_cost + sum(now - start for start, _ in in_flight.values())
 
-    def start_trial(worker: int, now: float) -> None:
+    def ask_for_work(worker: int, now: float) -> None:
+        if max_cost is not None and spent(now) >= max_cost:
+            return
+        # With no scheduler the decision does not depend on the trials: skip reading them.
+        plain = isinstance(search.scheduler, NoSchedulerSpec)
+        configs = [] if plain else configurations(studies[worker].get_trials(deepcopy=False))
+        can_start = started < search.budget.max_trials
+        decision = next_work(configs, search.scheduler, can_start=can_start, minimize=minimize)
+        if isinstance(decision, Start):
+            start_config(worker, now, decision.until)
+        elif isinstance(decision, Continue):
+            continue_config(worker, now, decision)
+        else:
+            idle.add(worker)
+
+    def start_config(worker: int, now: float, until: int | None) -> None:
+        nonlocal started
         for _ in range(MAX_UNRECORDED_IN_A_ROW):
             trial = studies[worker].ask()
             try:
-                curves[trial.number] = objective.curve(suggest_params(trial, search))
+                curve = objective.curve(suggest_params(trial, search))
                 break
             except NotRecorded:
                 studies[worker].tell(trial, state=TrialState.FAIL)
         else:
             sim.stalled_workers += 1
             return
-        started[trial.number] = now
-        schedule(worker, trial, 0, now)
+        if until is not None:
+            trial.set_user_attr(UNTIL_ATTR, until)
+        started += 1
+        curves[trial.number] = curve
+        records[trial.number] = SimTrial(trial.number, worker, trial.params, "running", None,
+                                         0.0, now, now)  # fmt: skip
+        run_segment(worker, trial, trial.number, 0, until, now)
 
-    def schedule(worker: int, trial: optuna.Trial, point: int, now: float) -> None:
-        cost = curves[trial.number][point][0]
-        in_flight[worker] = (now, cost)
-        heapq.heappush(queue, _Event(now + cost, worker, trial, point))
+    def continue_config(worker: int, now: float, decision: Continue) -> None:
+        paused = studies[worker].get_trials(deepcopy=False)[decision.trial]
+        attrs: dict[str, Any] = {CONTINUES_ATTR: decision.trial}
+        if decision.until is not None:
+            attrs[UNTIL_ATTR] = decision.until
+        studies[worker].enqueue_trial(paused.params, user_attrs=attrs)
+        trial = studies[worker].ask()  # pops the continuation: the only trial waiting
+        suggest_params(trial, search)
+        for step, value in sorted(paused.intermediate_values.items()):
+            trial.report(value, step)  # the earlier segments, again: one curve, no cost
+        run_segment(worker, trial, decision.config, max(paused.intermediate_values),
+                    decision.until, now)  # fmt: skip
 
-    def end_trial(event: _Event, state: TrialState, value: float | None) -> None:
-        nonlocal finished, best
-        study = studies[event.worker]
-        study.tell(event.trial, value if state == TrialState.COMPLETE else None, state=state)
-        finished += 1
-        cost = sum(c for c, _ in curves[event.trial.number][: event.point + 1])
-        sim.trials.append(
-            SimTrial(event.trial.number, event.worker, event.trial.params, state.name.lower(),
-                     value, cost, started[event.trial.number], event.time)
-        )  # fmt: skip
-        if (
-            state == TrialState.COMPLETE
-            and value is not None
-            and beats(value, best, minimize=minimize)
-        ):
+    def run_segment(
+        worker: int, trial: optuna.Trial, config: int, point: int, until: int | None, now: float
+    ) -> None:
+        records[config].segments.append(Segment(trial.number, worker, point + 1, point, 0.0,
+                                                now, now))  # fmt: skip
+        records[config].state = "running"
+        schedule(_Event(now, worker, trial, point, until, config))
+
+    def schedule(event: _Event) -> None:
+        cost = curves[event.config][event.point][0]
+        in_flight[event.worker] = (event.time, cost)
+        event.time += cost
+        heapq.heappush(queue, event)
+
+    def end_segment(event: _Event, state: str, value: float | None) -> None:
+        nonlocal best
+        record = records[event.config]
+        record.state, record.value, record.end = state, value, event.time
+        record.segments[-1].end = event.time
+        if state == "paused":
+            event.trial.set_user_attr(PAUSED_AT_ATTR, event.until)
+        told = TrialState.COMPLETE if state == "complete" else TrialState.PRUNED
+        studies[event.worker].tell(event.trial, value, state=told)
+        if state == "complete" and value is not None and beats(value, best, minimize=minimize):
             best = value
             sim.best_curve.append((spent(event.time), best))
 
     for worker in range(workers):
-        start_trial(worker, 0.0)
+        ask_for_work(worker, 0.0)
     while queue:
         event = heapq.heappop(queue)
-        cost, value = curves[event.trial.number][event.point]
+        cost, value = curves[event.config][event.point]
         del in_flight[event.worker]
         sim.total_cost += cost
-        event.trial.report(value, step=event.point + 1)
-        last = event.point + 1 == len(curves[event.trial.number])
-        if last:
-            end_trial(event, TrialState.COMPLETE, value)
+        segment = records[event.config].segments[-1]
+        segment.cost += cost
+        segment.last_step = step = event.point + 1
+        event.trial.report(value, step=step)
+        if step == len(curves[event.config]):
+            end_segment(event, "complete", value)
         elif event.trial.should_prune():
-            end_trial(event, TrialState.PRUNED, None)
+            end_segment(event, "pruned", None)
+        elif event.until is not None and step >= event.until:
+            end_segment(event, "paused", None)
         else:
-            schedule(event.worker, event.trial, event.point + 1, event.time)
+            event.point += 1
+            schedule(event)
             continue
-        running = len(in_flight)
-        over_budget = max_cost is not None and spent(event.time) >= max_cost
-        if finished + running < search.budget.max_trials and not over_budget:
-            start_trial(event.worker, event.time)
+        ask_for_work(event.worker, event.time)
+        for worker in sorted(idle):  # what ended may have made a paused configuration promotable
+            idle.discard(worker)
+            ask_for_work(worker, event.time)
+    for record in records.values():
+        record.cost = sum(s.cost for s in record.segments)
+    sim.trials = sorted(records.values(), key=lambda t: (t.end, t.number))
     return sim

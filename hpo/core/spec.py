@@ -575,6 +575,115 @@ PrunerSpec = Annotated[
 ]
 
 
+# --- schedulers: pause trials at rungs and continue the best from where they stopped --------
+# A scheduler replaces the pruner's stop-only decisions: a trial that reaches its segment's
+# last step is *paused* (its adapter and optimizer state kept), and a worker asking for work
+# either continues a paused trial (hpo.core.scheduling.next_work decides which) or starts a
+# new configuration. Steps are the fidelity axis: training examples seen.
+
+
+class NoSchedulerSpec(_Strict):
+    type: Literal["none"] = "none"
+
+
+class AshaSchedulerSpec(_Strict):
+    """Asynchronous successive halving whose promotions continue the paused trial.
+
+    Rungs lie at ``min_steps * reduction_factor**k`` steps; a trial pauses at each, and one in
+    the best ``1/reduction_factor`` of the configurations that reached its rung continues to
+    the next (the last segment runs to the trial's end).
+    """
+
+    type: Literal["asha"] = "asha"
+    min_steps: int = Field(ge=1, le=MAX_STEP, description="Steps to the first rung.")
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+
+
+class TopKSchedulerSpec(_Strict):
+    """Score every configuration at ``at_steps``, continue the best ``k`` to their end.
+
+    Asynchronous: once ``min_scored`` configurations were scored, a paused one continues when
+    it ranks among the ``k`` best scores so far (all of them once no new configuration may
+    start).
+    """
+
+    type: Literal["top_k"] = "top_k"
+    at_steps: int = Field(ge=1, le=MAX_STEP)
+    k: int = Field(default=3, ge=1, le=10_000)
+    min_scored: int = Field(default=9, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> TopKSchedulerSpec:
+        if self.min_scored < self.k:
+            raise ValueError(f"min_scored must be >= k, but got {self.min_scored} < {self.k}.")
+        return self
+
+
+class AdaptiveSchedulerSpec(_Strict):
+    """ASHA on the rungs whose scores are measured to rank like final scores; none otherwise.
+
+    Candidate rungs lie at ``min_steps * reduction_factor**k``. Configurations that ran to their
+    end unpaused (the first ``min_pairs``, then every ``audit_every``-th) give, per rung, the
+    Spearman correlation between the score there and the final score; a rung is used only
+    while the lower confidence bound of that correlation is at least ``min_agreement``. With
+    no rung trusted, every configuration runs to its end: plain search, as with no scheduler.
+    """
+
+    type: Literal["adaptive"] = "adaptive"
+    min_steps: int = Field(ge=1, le=MAX_STEP, description="Steps to the first candidate rung.")
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+    min_agreement: float = Field(default=0.5, gt=-1.0, lt=1.0)
+    min_pairs: int = Field(default=8, ge=4, le=10_000)
+    audit_every: int = Field(default=4, ge=1, le=10_000)
+
+
+PBTMutable = Literal["learning_rate", "weight_decay", "lora_dropout"]
+PBT_MUTABLE: tuple[PBTMutable, ...] = ("learning_rate", "weight_decay", "lora_dropout")
+
+
+class PBTSchedulerSpec(_Strict):
+    """Population-based training over LoRA adapters (``hpo.core.pbt``).
+
+    Every ``interval_steps`` a member in the bottom ``quantile`` of the population copies the
+    adapter and optimizer state of one in the top ``quantile`` (exploit) and perturbs the
+    ``mutable`` hyperparameters (explore); shape-defining ones (rank, target modules, batch
+    size) stay what the member started with.
+    """
+
+    type: Literal["pbt"] = "pbt"
+    population_size: int = Field(default=8, ge=2, le=1000)
+    interval_steps: int = Field(ge=1, le=MAX_STEP)
+    quantile: float = Field(default=0.25, gt=0.0, le=0.5)
+    perturbation_factors: tuple[float, float] = (0.8, 1.2)
+    resample_probability: float = Field(default=0.25, ge=0.0, le=1.0)
+    mutable: tuple[PBTMutable, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="Hyperparameters explore perturbs; default: those of learning_rate, "
+        "weight_decay and lora_dropout the space searches.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PBTSchedulerSpec:
+        low, high = self.perturbation_factors
+        if not 0 < low < 1 < high <= 10:
+            raise ValueError(
+                "perturbation_factors must be (down, up) with 0 < down < 1 < up <= 10, but got "
+                f"{self.perturbation_factors}."
+            )
+        return self
+
+
+SchedulerSpec = Annotated[
+    NoSchedulerSpec
+    | AshaSchedulerSpec
+    | TopKSchedulerSpec
+    | AdaptiveSchedulerSpec
+    | PBTSchedulerSpec,
+    Field(discriminator="type"),
+]
+
+
 class BudgetSpec(_Strict):
     max_trials: int = Field(default=20, ge=1, le=MAX_TRIALS)
     timeout_s: float | None = Field(default=None, gt=0, le=90 * 86400)
@@ -657,7 +766,26 @@ class SearchSpec(_Strict):
     # No pruner by default: on recorded LoRA curves every pruner we tried cost more GPU time
     # to reach a near-best fine-tune than it saved (bench/results/strategies.md).
     pruner: PrunerSpec = NopPrunerSpec()
+    # Pause-and-continue instead of stop-only pruning (off by default: no rung of the recorded
+    # curves ranked like their final loss, bench/results/strategies.md).
+    scheduler: SchedulerSpec = NoSchedulerSpec()
     budget: BudgetSpec = BudgetSpec()
+
+    @model_validator(mode="after")
+    def _scheduler(self) -> SearchSpec:
+        if self.scheduler.type != "none" and self.pruner.type != "none":
+            raise ValueError(
+                f"scheduler {self.scheduler.type!r} decides when trials stop; it needs pruner "
+                f"'none', but got {self.pruner.type!r}."
+            )
+        if isinstance(self.scheduler, PBTSchedulerSpec):
+            mutable = self.scheduler.mutable or PBT_MUTABLE
+            missing = sorted(set(mutable) - self.space.names())
+            if self.scheduler.mutable is not None and missing:
+                raise ValueError(f"PBT mutates {missing}, which the space does not search.")
+            if not set(mutable) & self.space.names():
+                raise ValueError(f"PBT needs one of {list(PBT_MUTABLE)} in the space.")
+        return self
 
     @model_validator(mode="after")
     def _finite_grid(self) -> SearchSpec:
@@ -683,6 +811,13 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:
+        if self.search.scheduler.type != "none":
+            # The simulator replays schedulers; workers cannot keep and continue a paused
+            # trial yet, and a study must not run as something it did not ask for.
+            raise ValueError(
+                f"scheduler {self.search.scheduler.type!r} is not run by workers yet; "
+                "use 'none' (hpo simulate replays it on recorded curves)."
+            )
         both = sorted(self.search.space.names() & self.train.training.names())
         if both:
             raise ValueError(f"{both} are both searched and fixed in training; choose one.")

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 import pytest
 
+from hpo.core.errors import SpecError
 from hpo.core.factory import load_study, suggest_params
 from hpo.core.spec import CategoricalDistribution, FloatDistribution, SearchSpace, SearchSpec
 from hpo.simulate import NotRecorded, simulate
@@ -160,3 +161,103 @@ def test_nmtlc_adapter() -> None:
         update={"space": task.search_space}), task, workers=4, seed=0)  # fmt: skip
     assert len(sim.trials) == 15
     assert sim.best_curve[-1][1] >= task.best_value
+
+
+# --- pause and continue ----------------------------------------------------------------------
+
+
+def scheduled(
+    scheduler: dict[str, Any], max_trials: int = 30, sampler: str = "random"
+) -> SearchSpec:
+    return spec(sampler=sampler, max_trials=max_trials).model_copy(
+        update={"scheduler": SearchSpec.model_validate({"scheduler": scheduler}).scheduler}
+    )
+
+
+ASHA = {"type": "asha", "min_steps": 1, "reduction_factor": 3}
+
+
+@pytest.mark.parametrize(
+    "scheduler", [ASHA, {"type": "top_k", "at_steps": 2, "k": 2, "min_scored": 4}]
+)
+def test_a_continued_configuration_pays_only_for_its_remaining_points(
+    scheduler: dict[str, Any],
+) -> None:
+    sim = simulate(scheduled(scheduler), Bowl(), workers=3, seed=0)
+    assert any(len(t.segments) > 1 for t in sim.trials)
+    assert any(t.state == "paused" for t in sim.trials)
+    for trial in sim.trials:
+        curve = Bowl().curve(trial.params)
+        # every point trained once, in order, across segments: nothing restarted
+        steps = [s for seg in trial.segments for s in range(seg.first_step, seg.last_step + 1)]
+        assert steps == list(range(1, len(steps) + 1))
+        for seg in trial.segments:
+            assert seg.cost == pytest.approx(
+                sum(c for c, _ in curve[seg.first_step - 1 : seg.last_step])
+            )
+        assert trial.cost == pytest.approx(sum(c for c, _ in curve[: len(steps)]))
+        if trial.state == "complete":
+            assert len(steps) == len(curve) and trial.value == curve[-1][1]
+    assert sim.total_cost == pytest.approx(sum(t.cost for t in sim.trials))
+
+
+def test_max_trials_counts_configurations_not_segments() -> None:
+    sim = simulate(scheduled(ASHA, max_trials=12), Bowl(), workers=4, seed=2)
+    assert len(sim.trials) == 12
+    assert sum(len(t.segments) for t in sim.trials) > 12
+    # nothing new may start, so each rung's best went on: the study ends with a result
+    assert any(t.state == "complete" for t in sim.trials) and sim.best_curve
+
+
+def test_same_seed_same_schedule() -> None:
+    runs = [simulate(scheduled(ASHA, sampler="tpe"), Bowl(), workers=3, seed=s) for s in (4, 4, 5)]
+    histories = [
+        [
+            (
+                t.number,
+                t.params,
+                t.state,
+                [(g.trial, g.worker, g.first_step, g.last_step, g.end) for g in t.segments],
+            )
+            for t in sim.trials
+        ]
+        for sim in runs
+    ]
+    assert histories[0] == histories[1] != histories[2]
+
+
+class LateBloomers(Bowl):
+    """Early ranks are the final ranks reversed at every point before the last."""
+
+    def curve(self, params: dict[str, Any]) -> list[tuple[float, float]]:
+        floor = (math.log10(params["learning_rate"]) + 3) ** 2 + 1
+        cost = params["per_device_train_batch_size"] / 8
+        weights = [(9 - i) / 10 for i in range(10)]  # 0.9 .. 0: reversed while 20 w > 1
+        return [(cost, floor * (1 - 20 * w) + 110 * w) for w in weights]
+
+
+def test_adaptive_falls_back_to_plain_search_where_no_rung_predicts_the_end() -> None:
+    adaptive = {"type": "adaptive", "min_steps": 1, "min_pairs": 6}
+    for workers in (1, 3):
+        plain = simulate(spec(sampler="tpe"), LateBloomers(), workers=workers, seed=1)
+        fallback = simulate(
+            scheduled(adaptive, sampler="tpe"), LateBloomers(), workers=workers, seed=1
+        )
+        assert [(t.params, t.cost, t.end) for t in fallback.trials] == [
+            (t.params, t.cost, t.end) for t in plain.trials
+        ]
+        assert fallback.best_curve == plain.best_curve
+    # where early ranks hold, it pauses once it has measured that they do
+    ranked = simulate(scheduled(adaptive, max_trials=60), Bowl(), workers=2, seed=0)
+    assert any(len(t.segments) > 1 or t.state == "paused" for t in ranked.trials)
+
+
+def test_pbt_is_not_replayed() -> None:
+    search = SearchSpec.model_validate(
+        {
+            "space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}},
+            "scheduler": {"type": "pbt", "interval_steps": 2},
+        }
+    )
+    with pytest.raises(SpecError, match="PBT"):
+        simulate(search, Bowl(), workers=1, seed=0)

@@ -42,7 +42,9 @@ def test_a_minimal_spec_gets_the_defaults_and_dumps_only_what_is_set() -> None:
 def test_search_knows_nothing_of_models() -> None:
     """The simulator builds a SearchSpec alone: no fake model or dataset."""
     search = SearchSpec.model_validate({"space": GRID, "sampler": {"type": "grid"}})
-    assert set(SearchSpec.model_fields) == {"space", "objective", "sampler", "pruner", "budget"}
+    assert set(SearchSpec.model_fields) == {
+        "space", "objective", "sampler", "pruner", "scheduler", "budget"
+    }  # fmt: skip
     assert max_trials(search) == 9  # the grid's size, below the default budget of 20
 
 

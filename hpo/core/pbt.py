@@ -1,0 +1,236 @@
+"""Population-based training over LoRA adapters: pure decisions for the worker.
+
+A population of ``population_size`` members trains in segments of ``interval_steps`` (the
+segments of ``hpo.core.scheduling``: each an Optuna trial, paused with its adapter and
+optimizer state saved). When a member's segment ends, the worker asks ``pbt_next``:
+
+- a member in the bottom ``quantile`` by its latest score *exploits*: it loads the state of
+  a member in the top ``quantile`` and takes its hyperparameters, then *explores*: each
+  mutable one (learning rate, weight decay, LoRA dropout) is multiplied by a perturbation
+  factor, or with ``resample_probability`` drawn anew from the space. Shape-defining ones
+  (LoRA rank, target modules, batch size) are never explored, so a copied state always fits
+  them: they come with the state they belong to.
+- any other member continues its own state.
+
+Each segment carries ``SLOT_ATTR`` (its member) and, after an exploit, ``LINEAGE_ATTR``: the
+trial whose state it copied, at which step, and each perturbation. Decisions draw from a
+random stream seeded by (study seed, member, step), so they replay exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.core.scheduling import PAUSED_AT_ATTR, Idle, Start
+from hpo.core.spec import (
+    PBT_MUTABLE,
+    CategoricalDistribution,
+    Distribution,
+    FloatDistribution,
+    PBTSchedulerSpec,
+    SearchSpace,
+)
+
+SLOT_ATTR = "hpo_pbt_slot"
+LINEAGE_ATTR = "hpo_pbt_lineage"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member of the population at its latest checkpoint.
+
+    Attributes:
+        slot: Which member (0 .. population_size - 1).
+        trial: The segment that saved its latest checkpoint (what a continuation or a copy
+            loads), or its first segment while it has none.
+        params: The hyperparameters of that segment.
+        step: Steps trained at that checkpoint.
+        score: The value reported there (None without a checkpoint).
+        state: Of its latest segment: ``paused`` (waiting for a decision), ``running``,
+            ``complete`` or ``stopped``.
+    """
+
+    slot: int
+    trial: int
+    params: dict[str, Any]
+    step: int
+    score: float | None
+    state: str
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    name: str
+    old: Any
+    new: Any
+    how: str  # "x0.8", "x1.2", "resampled", or "neighbour" for an ordered categorical
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where an exploited member's state came from: record it as ``LINEAGE_ATTR``."""
+
+    parent: int
+    step: int
+    perturbations: tuple[Perturbation, ...]
+
+    def to_attr(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ContinueMember:
+    """Continue member ``slot`` from ``trial``'s state with ``params`` up to ``until``;
+    ``lineage`` is set when the state and params were copied from another member."""
+
+    slot: int
+    trial: int
+    params: dict[str, Any]
+    until: int
+    lineage: Lineage | None = None
+
+
+PBTDecision = Start | ContinueMember | Idle
+
+
+def members(trials: Iterable[FrozenTrial]) -> list[Member]:
+    """Each member at its latest checkpoint (a paused or complete segment), by slot."""
+    by_slot: dict[int, list[FrozenTrial]] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        slot = trial.user_attrs.get(SLOT_ATTR)
+        if slot is not None:
+            by_slot.setdefault(slot, []).append(trial)
+    out = []
+    for slot, segments in sorted(by_slot.items()):
+        saved = [s for s in segments if _state(s) in ("paused", "complete")]
+        base = saved[-1] if saved else segments[0]
+        steps = sorted(base.intermediate_values.items()) if saved else []
+        out.append(
+            Member(
+                slot=slot,
+                trial=base.number,
+                params=dict(base.params),
+                step=steps[-1][0] if steps else 0,
+                score=steps[-1][1] if steps else None,
+                state=_state(segments[-1]),
+            )
+        )
+    return out
+
+
+def _state(trial: FrozenTrial) -> str:
+    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        return "running"
+    if trial.state == TrialState.PRUNED and PAUSED_AT_ATTR in trial.user_attrs:
+        return "paused"
+    return "complete" if trial.state == TrialState.COMPLETE else "stopped"
+
+
+def pbt_next(
+    population: Sequence[Member],
+    spec: PBTSchedulerSpec,
+    space: SearchSpace,
+    *,
+    seed: int,
+    minimize: bool = True,
+) -> PBTDecision:
+    """What a worker asking for work does: fill the population, else decide for the paused
+    member that trained least (keeping members in step), else wait.
+
+    A new member starts with ``Start(until=interval_steps)`` and ``SLOT_ATTR`` = the first
+    free slot (``len(population)``); record ``CONTINUES_ATTR`` = ``trial`` on a continuation.
+    """
+    if len(population) < spec.population_size:
+        return Start(until=spec.interval_steps)
+    paused = [m for m in population if m.state == "paused"]
+    if not paused:
+        return Idle(done=not any(m.state == "running" for m in population))
+    member = min(paused, key=lambda m: (m.step, m.slot))
+    rng = random.Random(f"{seed}:{member.slot}:{member.step}")
+    donor = exploit(population, member, quantile=spec.quantile, rng=rng, minimize=minimize)
+    if donor is None:
+        return ContinueMember(member.slot, member.trial, member.params,
+                              member.step + spec.interval_steps)  # fmt: skip
+    params, perturbations = explore(donor.params, space, spec, rng=rng)
+    return ContinueMember(
+        member.slot,
+        donor.trial,
+        params,
+        donor.step + spec.interval_steps,
+        Lineage(parent=donor.trial, step=donor.step, perturbations=perturbations),
+    )
+
+
+def exploit(
+    population: Sequence[Member],
+    member: Member,
+    *,
+    quantile: float,
+    rng: random.Random,
+    minimize: bool = True,
+) -> Member | None:
+    """A top-``quantile`` member whose checkpoint ``member`` should copy, or None when
+    ``member`` is not in the bottom ``quantile``. Only members with a checkpoint are ranked;
+    finished ones are not copied (their schedule has nowhere left to go)."""
+    sign = 1.0 if minimize else -1.0
+    ranked = sorted(
+        (m for m in population if m.score is not None and m.state in ("paused", "running")),
+        key=lambda m: (sign * (m.score or 0.0), m.slot),
+    )
+    cut = max(1, math.floor(len(ranked) * quantile))
+    if len(ranked) < 2 or member.slot not in {m.slot for m in ranked[-cut:]}:
+        return None
+    return rng.choice([m for m in ranked[:cut] if m.slot != member.slot])
+
+
+def explore(
+    params: dict[str, Any],
+    space: SearchSpace,
+    spec: PBTSchedulerSpec,
+    *,
+    rng: random.Random,
+) -> tuple[dict[str, Any], tuple[Perturbation, ...]]:
+    """Perturb the mutable hyperparameters the space searches; the others stay as they are."""
+    new = dict(params)
+    changes = []
+    dists = space.distributions()
+    for name in spec.mutable or PBT_MUTABLE:
+        if name not in dists or name not in params:
+            continue
+        if rng.random() < spec.resample_probability:
+            value, how = _resample(dists[name], rng), "resampled"
+        else:
+            factor = rng.choice(spec.perturbation_factors)
+            value, how = _scale(dists[name], params[name], factor), f"x{factor:g}"
+        new[name] = value
+        changes.append(Perturbation(name, params[name], value, how))
+    return new, tuple(changes)
+
+
+def _scale(dist: Distribution, value: Any, factor: float) -> Any:
+    """``value * factor`` kept inside ``dist``; an ordered categorical moves one choice."""
+    if isinstance(dist, CategoricalDistribution):
+        choices = sorted(dist.choices)
+        i = choices.index(value) + (1 if factor > 1 else -1)
+        return choices[min(len(choices) - 1, max(0, i))]
+    scaled = min(dist.high, max(dist.low, value * factor))
+    step = dist.step
+    if step is None:
+        return scaled
+    return dist.low + round((scaled - dist.low) / step) * step
+
+
+def _resample(dist: Distribution, rng: random.Random) -> Any:
+    values = dist.values()
+    if values is not None:
+        return rng.choice(values)
+    assert isinstance(dist, FloatDistribution)
+    if dist.log:
+        return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+    return rng.uniform(dist.low, dist.high)
