@@ -1,7 +1,8 @@
 """A real worker process for tests, with faults or a cheap objective injected through the
 worker's ``objective_factory`` seam (never through production settings).
 
-    python -m tests.worker_process [--inject-oom JSON] [--cheap] [--idle-exit S] [--study NAME]
+    python -m tests.worker_process [--inject-oom JSON] [--cheap] [--slow-steps S]
+                                   [--record-state DIR] [--idle-exit S] [--study NAME]
 
 Settings come from the environment (``HPO_*``), as for ``hpo worker``.
 """
@@ -15,6 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -25,11 +27,14 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+from peft import get_peft_model_state_dict
 from transformers import TrainerCallback
 
 from hpo.cli import log_to_stderr
 from hpo.core.db import StudyRecord
 from hpo.core.factory import optuna_distributions, suggest_params
+from hpo.core.scheduling import PAUSED_AT_ATTR
+from hpo.core.segments import Segment
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from worker.loop import Worker
@@ -41,6 +46,37 @@ class RaiseOOM(TrainerCallback):
 
     def on_step_begin(self, *_: Any, **__: Any) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by a test)")
+
+
+class SlowSteps(TrainerCallback):
+    """Every training step takes ``seconds`` longer: a test has time to kill a segment."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, *_: Any, **__: Any) -> None:
+        time.sleep(self.seconds)
+
+
+class RecordState(TrainerCallback):
+    """At the start of training (after a resume has loaded its state), save the adapter
+    weights, the optimizer state and its hyperparameters to ``folder``, by trial folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
+                       optimizer: Any = None, **_: Any) -> None:  # fmt: skip
+        self.folder.mkdir(parents=True, exist_ok=True)
+        trial = Path(args.output_dir).name.split("-")[1]  # hpo-trial<N>-<random>
+        torch.save(
+            {
+                "adapter": {k: v.clone() for k, v in get_peft_model_state_dict(model).items()},
+                "optimizer": optimizer.state_dict(),
+                "global_step": state.global_step,
+            },
+            self.folder / f"{trial}.pt",
+        )
 
 
 def oom_when(match: dict[str, Any]) -> ExtraCallbacks:
@@ -81,8 +117,9 @@ def cheap_objective(
     barrier: int = 0,
 ) -> Callable[[optuna.Trial], float]:
     """No training: a smooth bowl over the space's unit cube (optimum inside), reported at
-    three fidelities. With ``barrier``, each worker's first trial waits until that many
-    workers are in, so a test can rely on them sampling side by side."""
+    three fidelities, pausing and continuing as a scheduler says. With ``barrier``, each
+    worker's first trial waits until that many workers are in, so a test can rely on them
+    sampling side by side."""
     distributions = optuna_distributions(spec.search)
     waited: list[bool] = []
 
@@ -94,8 +131,18 @@ def cheap_objective(
             _wait_for_workers(trial, barrier)
             waited.append(True)
         value = sum((_unit(distributions[k], v) - 0.37) ** 2 for k, v in params.items())
-        for step in (1, 2, 3):
+        first = 1
+        segment = Segment.of(trial.user_attrs)
+        if segment.continues is not None:  # a scheduler's continuation: the curve goes on
+            parent = trial.study.get_trials(deepcopy=False)[segment.continues]
+            for step, earlier in parent.intermediate_values.items():
+                trial.report(earlier, step)
+            first = max(parent.intermediate_values) + 1
+        for step in range(first, 4):
             trial.report(value + 1 / step, step)
+            if segment.until is not None and segment.until <= step < 3:
+                trial.set_user_attr(PAUSED_AT_ATTR, segment.until)
+                raise optuna.TrialPruned(f"paused at {step}")
         return value
 
     return objective
@@ -109,12 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inject-oom", type=json.loads)
     parser.add_argument("--cheap", action="store_true")
     parser.add_argument("--barrier", type=int, default=0)
+    parser.add_argument("--slow-steps", type=float)
+    parser.add_argument("--record-state", type=Path)
     args = parser.parse_args(argv)
     factory: Any = make_objective
     if args.cheap:
         factory = functools.partial(cheap_objective, barrier=args.barrier)
     elif args.inject_oom:
         factory = functools.partial(make_objective, extra_callbacks=oom_when(args.inject_oom))
+    elif args.slow_steps or args.record_state:
+        injected = [*([SlowSteps(args.slow_steps)] if args.slow_steps else []),
+                    *([RecordState(args.record_state)] if args.record_state else [])]  # fmt: skip
+        factory = functools.partial(make_objective, extra_callbacks=lambda params: injected)
     log_to_stderr()
     Worker(
         Settings(),

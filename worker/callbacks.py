@@ -10,7 +10,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from hpo.core.storage import PRUNE_REASON_ATTR
 
 
 class WorkerShutdown(Exception):
@@ -22,7 +25,12 @@ class Diverged(optuna.TrialPruned):
     ``prune_reason`` saying which, so it neither looks like a result nor hides among them."""
 
 
-PRUNE_REASON_ATTR = "prune_reason"
+class Paused(optuna.TrialPruned):
+    """The segment reached its ``until``: its state is saved and the trial told PRUNED with
+    ``PAUSED_AT_ATTR``, until a worker continues it."""
+
+
+INITIAL_LOSS_ATTR = "initial_train_loss"
 
 
 class FidelityCallback(TrainerCallback):
@@ -45,9 +53,16 @@ class FidelityCallback(TrainerCallback):
         on_train_begin: Callable[[], None] | None = None,
         score: Callable[[dict[str, float]], float] | None = None,
         reports: bool = True,
+        until: int | None = None,
+        resumed: dict[int, float] | None = None,
+        initial_loss: float | None = None,
     ) -> None:
         """``score`` turns an evaluation's metrics into the objective's value (default: the
-        metric itself); with ``reports`` off nothing is evaluated or reported mid-training."""
+        metric itself); with ``reports`` off nothing is evaluated or reported mid-training.
+
+        A segment stops at its first report at or after ``until`` examples, with a checkpoint
+        saved (``paused_at`` says where); one that continues another starts from its reports
+        (``resumed``) and its starting loss (``initial_loss``)."""
         self.trial = trial
         self.score = score or (lambda metrics: metrics[metric])
         self.reports = reports
@@ -57,7 +72,7 @@ class FidelityCallback(TrainerCallback):
         self.last_metrics: dict[str, float] = {}
         self.divergence_factor = divergence_factor
         # The loss of the first batch, before any update (``logging_first_step``).
-        self.initial_loss: float | None = None
+        self.initial_loss = initial_loss
         self.on_begin = on_train_begin
         self.metric = metric
         self.every = every_examples
@@ -65,15 +80,24 @@ class FidelityCallback(TrainerCallback):
         self.max_examples = max_examples
         self.stop = stop
         self.pending: int | None = None
-        self.reported: dict[int, float] = {}
+        self.reported: dict[int, float] = dict(resumed or {})
         self.last_value: float | None = None
+        self.until = until
+        self.paused_at: int | None = None
+        self.start_examples = 0
 
-    def on_train_begin(self, *_: Any, **__: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        self.start_examples = self.examples_seen(state)  # past the resumed part, if any
         if self.on_begin is not None:
             self.on_begin()
 
     def examples_seen(self, state: TrainerState) -> int:
         return min(state.global_step * self.per_step, self.max_examples)
+
+    def trained(self, state: TrainerState) -> int:
+        return self.examples_seen(state) - self.start_examples
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
@@ -110,6 +134,7 @@ class FidelityCallback(TrainerCallback):
             return
         if self.initial_loss is None and math.isfinite(loss):
             self.initial_loss = loss
+            self.trial.set_user_attr(INITIAL_LOSS_ATTR, loss)  # continuations compare with it
         self._check_divergence(loss, state, what="training loss")
 
     def on_evaluate(
@@ -140,10 +165,17 @@ class FidelityCallback(TrainerCallback):
             return
         self.reported[step] = value
         self.trial.report(value, step)
-        if not final and self.trial.should_prune():
+        # Training that ends here anyway has its result: neither pruned nor paused.
+        if final or self.examples_seen(state) >= self.max_examples:
+            return
+        if self.trial.should_prune():
             reason = f"pruner: {self.metric}={value:.4g} at {step} examples"
             self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
             raise optuna.TrialPruned(reason)
+        if self.until is not None and step >= self.until:
+            self.paused_at = step
+            control.should_save = True  # Trainer saves the full state right after this
+            control.should_training_stop = True
 
     def _check_divergence(self, value: float, state: TrainerState, *, what: str) -> None:
         seen = self.examples_seen(state)
@@ -162,3 +194,37 @@ class FidelityCallback(TrainerCallback):
             return
         self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
         raise Diverged(reason)
+
+
+class Retune(TrainerCallback):
+    """Give a resumed run this segment's learning rate and weight decay.
+
+    The optimizer and scheduler state a continuation loads hold the values of the segment
+    that saved them; a PBT member that explored has new ones. The scheduler keeps its step
+    and shape, on the new base learning rate. (LoRA dropout needs nothing: the adapter is
+    built from this segment's settings before the saved weights are loaded into it.)
+    """
+
+    def __init__(self, *, learning_rate: float, weight_decay: float) -> None:
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **_: Any,
+    ) -> None:
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper
+        if not isinstance(scheduler, LambdaLR):
+            raise TypeError(f"cannot retune a {type(scheduler).__name__} learning-rate schedule")
+        groups = optimizer.param_groups
+        # Trainer puts the parameters that decay first, those that do not (weight 0) second.
+        groups[0]["weight_decay"] = self.weight_decay
+        scheduler.base_lrs = [self.learning_rate] * len(groups)
+        for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = self.learning_rate
+            group["lr"] = self.learning_rate * factor(scheduler.last_epoch)

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import torch
@@ -22,13 +22,14 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import studies
+from hpo.core import segments, studies
 from hpo.core.budget import max_trials, spent_reason
 from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope, utcnow
 from hpo.core.errors import StorageUnavailable
 from hpo.core.factory import load_study, optuna_distributions
 from hpo.core.optuna_tables import study_id, trial_id
 from hpo.core.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
+from hpo.core.segments import Continue, ContinueMember, Decision, Idle, Start, scheduled
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
@@ -207,9 +208,23 @@ class Worker:
         if spent_reason(self.storage, record, spec, counts) is not None:
             self._finish_if_spent(record, study)
             return None
-        if counts.finished + counts.running < max_trials(spec.search):
-            return Candidate(record, spec, study, counts)
-        return None
+        if scheduled(spec.search):
+            has_work = self._next_segment(record, spec, self.storage.get_all_trials(
+                study_id(study), deepcopy=False)) is not None  # fmt: skip
+        else:
+            has_work = counts.finished + counts.running < max_trials(spec.search)
+        return Candidate(record, spec, study, counts) if has_work else None
+
+    def _next_segment(self, record: StudyRecord, spec: StudySpec, trials: list[FrozenTrial]
+                      ) -> Decision | Literal["waiting"] | None:  # fmt: skip
+        """A scheduled study's next work: a queued trial first, then the scheduler's say;
+        None when there is nothing to do now."""
+        if segments.waiting(trials):
+            return "waiting"
+        seed = segments.decision_seed(spec.search, record.id)
+        decision = segments.decide(trials, spec.search, max_trials=max_trials(spec.search),
+                                   seed=seed)  # fmt: skip
+        return None if isinstance(decision, Idle) else decision
 
     def _study_exists(self, study: optuna.Study, record: StudyRecord) -> bool:
         try:
@@ -253,17 +268,44 @@ class Worker:
     # --- one trial --------------------------------------------------------------------------
 
     @contextmanager
-    def _budget_gate(self, candidate: Candidate) -> Iterator[None]:
-        """Held around a trial's claim: count, then RUNNING, under the study's lock, so the
-        count every worker sees includes every claimed trial."""
+    def _budget_gate(self, candidate: Candidate, queued: int | None) -> Iterator[dict[str, Any]]:
+        """Held around a trial's claim (``queued``: the id of a WAITING one): count, then
+        RUNNING, under the study's lock, so the count every worker sees includes every
+        claimed trial. With a scheduler, a queued segment was decided on already, a queued
+        configuration runs as a user asked, and a new one starts only if the scheduler still
+        says so; a configuration's first segment gets its attributes in the same critical
+        section."""
         with StudyLock(self.engine, candidate.record.id) as lock:
+            if scheduled(candidate.spec.search):
+                trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
+                if queued is None:
+                    decision = self._next_segment(candidate.record, candidate.spec, trials)
+                    if not isinstance(decision, Start):
+                        raise BudgetSpent(candidate.spec.name)
+                elif not segments.starts_configuration(self.storage.get_trial(queued)):
+                    yield {}
+                    return
+                yield segments.first_segment_attrs(trials, candidate.spec.search)
+                return
             # On the lock's connection: another would be opened while the lock is held.
             counts = trial_counts(
                 self.storage, study_id(candidate.study), connection=lock.connection
             )
             if counts.finished + counts.running >= max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
-            yield
+            yield {}
+
+    def _queue_continuation(self, candidate: Candidate) -> bool:
+        """Under the study's lock: enqueue the continuation the scheduler picks, if any, so
+        that exactly one worker continues a paused configuration. False: nothing to do."""
+        with StudyLock(self.engine, candidate.record.id):
+            trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
+            decision = self._next_segment(candidate.record, candidate.spec, trials)
+            if isinstance(decision, Continue | ContinueMember):
+                queued = segments.continuation(decision, trials)
+                candidate.study.enqueue_trial(queued.params, user_attrs=queued.attrs)
+                self._event("segment_queued", study=candidate.spec.name, **queued.attrs)
+        return decision is not None
 
     def _run_one(self, candidate: Candidate) -> bool:
         spec, study = candidate.spec, candidate.study
@@ -276,7 +318,9 @@ class Worker:
         def on_start(trial: optuna.Trial) -> None:
             marks["started"] = time.perf_counter()
             claimed.update(id=trial_id(trial), number=trial.number)
-            self._event("trial_start", study=spec.name, trial=trial.number)
+            segment = segments.Segment.of(trial.user_attrs)
+            self._event("trial_start", study=spec.name, trial=trial.number,
+                        continues=segment.continues, until=segment.until)  # fmt: skip
 
         objective = self.objective_factory(
             self.ctx, spec, record=candidate.record, on_start=on_start
@@ -289,7 +333,9 @@ class Worker:
                 marks["returned"] = time.perf_counter()
 
         try:
-            with self.storage.claiming(lambda: self._budget_gate(candidate)):
+            if scheduled(spec.search) and not self._queue_continuation(candidate):
+                return False
+            with self.storage.claiming(lambda queued: self._budget_gate(candidate, queued)):
                 study.optimize(timed, n_trials=1, catch=(Exception,))
         except BudgetSpent:
             return False

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gc
-import io
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from hpo.core.artifacts import open_artifact
+from hpo.core.artifacts import unpack
 from hpo.core.settings import Settings
 from hpo.core.spec import ModelSpec, is_gguf
 from worker import builtin
@@ -153,10 +151,7 @@ class AdapterCache:
     def folder(self, artifact_id: str) -> Path:
         if artifact_id not in self._folders:
             target = Path(tempfile.mkdtemp(prefix="adapter-", dir=self._ensure_root()))
-            with open_artifact(self.settings, artifact_id) as reader:
-                archive = io.BytesIO(reader.read())  # object stores give unseekable streams
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(target)
+            unpack(self.settings, artifact_id, target)
             self._folders[artifact_id] = target
         return self._folders[artifact_id]
 

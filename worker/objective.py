@@ -8,7 +8,8 @@ import resource
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,15 +28,18 @@ from hpo.core.factory import suggest_params
 from hpo.core.optuna_tables import study_id
 from hpo.core.paths import check_spec_paths
 from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
+from hpo.core.segments import Segment
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import FAIL_REASON_ATTR, HeartbeatStorage
-from worker import generation
-from worker.callbacks import WorkerShutdown
+from worker import checkpoints, generation
+from worker.callbacks import INITIAL_LOSS_ATTR, WorkerShutdown
 from worker.data import DataCache, Splits
+from worker.locks import StudyLock
 from worker.models import AdapterCache, LoadedModel, ModelCache
 from worker.training import (
     GENERATION_BATCH,
+    Resume,
     TrainResult,
     TrialHooks,
     detach,
@@ -137,6 +141,7 @@ class ObjectiveFactory(Protocol):
 def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
     trial.set_user_attr("train_seconds", round(result.train_seconds, 4))
     trial.set_user_attr("examples_seen", result.examples_seen)
+    trial.set_user_attr("examples_trained", result.examples_trained)
     trial.set_user_attr("tokens_seen", result.tokens_seen)
     trial.set_user_attr("final_train_loss", result.train_loss)
     for name, value in result.metrics.items():
@@ -161,7 +166,8 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         on_start(trial)
         started = time.perf_counter()
-        params = suggest_params(trial, spec.search)
+        with _proposing(ctx, record, spec):
+            params = suggest_params(trial, spec.search)
         for key, value in {
             "worker": ctx.worker_id,
             "hostname": ctx.hostname,
@@ -177,22 +183,27 @@ def make_objective(
             settings = trial_settings(spec, params)
             if spec.train.mode == "decode":
                 return decode_trial(ctx, trial, spec, record, settings, loaded, raw)
+            segment = Segment.of(trial.user_attrs)
             hooks = TrialHooks(
                 extra_callbacks=extra_callbacks(params),
                 keep_adapter=_adapter_keeper(ctx, trial, record, spec.train.model.task),
                 keep_logs=lambda logs: _store(ctx, trial, record, artifacts.TENSORBOARD, logs),
+                keep_checkpoint=lambda folder: checkpoints.keep(
+                    ctx.settings, ctx.sessions, record=record, trial=trial, checkpoint=folder
+                ),
                 # setup = everything before the first training step: model, data, adapter,
                 # Trainer construction
                 on_train_begin=lambda: trial.set_user_attr(
                     "setup_seconds", round(time.perf_counter() - started, 4)
                 ),
-                baseline_needed=not any(
-                    k.startswith(BASELINE_PREFIX) for k in trial.study.user_attrs
-                ),
+                baseline_needed=segment.continues is None
+                and not any(k.startswith(BASELINE_PREFIX) for k in trial.study.user_attrs),
             )
-            result = train_trial(trial, spec=spec, settings=settings, loaded=loaded, raw=raw,
-                                 cache=ctx.data, device=ctx.device, stop=ctx.stop,
-                                 hooks=hooks)  # fmt: skip
+            with _resume(ctx, record, trial, segment) as resume:
+                result = train_trial(trial, spec=spec, settings=settings, loaded=loaded,
+                                     raw=raw, cache=ctx.data, device=ctx.device, stop=ctx.stop,
+                                     hooks=hooks, until=segment.until,
+                                     resume=resume)  # fmt: skip
             _record_result(trial, result)
             return result.value
         except optuna.TrialPruned:
@@ -209,6 +220,37 @@ def make_objective(
             trial.set_user_attr("peak_memory_mb", round(_peak_memory_mb(ctx.device), 1))
 
     return objective
+
+
+def _proposing(ctx: WorkerContext, record: StudyRecord, spec: StudySpec
+               ) -> AbstractContextManager[object]:  # fmt: skip
+    """GP proposals one at a time per study. A GP conditions on the params of running trials,
+    but two workers fitting at once see neither's and propose the optimum of one acquisition
+    function twice (tests/system/test_samplers_multiworker.py caught it). Other samplers draw
+    per worker from their own seeds."""
+    if spec.search.sampler.type != "gp":
+        return nullcontext()
+    return StudyLock(ctx.storage.engine, record.id)
+
+
+@contextmanager
+def _resume(ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial,
+            segment: Segment) -> Iterator[Resume | None]:  # fmt: skip
+    """A continuation's starting point: the reports of the segment it continues, made again
+    (one curve on the fidelity axis, at no cost), and that segment's saved state."""
+    if segment.continues is None:
+        yield None
+        return
+    parent = ctx.storage.get_trial(
+        ctx.storage.get_trial_id_from_study_id_trial_number(
+            study_id(trial.study), segment.continues
+        )  # fmt: skip
+    )
+    for step, value in sorted(parent.intermediate_values.items()):
+        trial.report(value, step)
+    with checkpoints.fetched(ctx.settings, ctx.sessions, record=record, parent=parent) as folder:
+        yield Resume(folder, dict(parent.intermediate_values),
+                     parent.user_attrs.get(INITIAL_LOSS_ATTR))  # fmt: skip
 
 
 def decode_trial(

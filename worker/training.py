@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from peft.utils import ModulesToSaveWrapper
+from safetensors.torch import load_file
 from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
@@ -29,17 +31,20 @@ from transformers import (
 )
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
 from hpo.core.export import RESOLVED_TARGETS_ATTR
 from hpo.core.hyperparameters import arguments, resolve, scheduler_kwargs
 from hpo.core.spec import StudySpec
+from hpo.core.storage import PAUSED_AT_ATTR, PRUNE_REASON_ATTR
 from worker import generation, sft
-from worker.callbacks import PRUNE_REASON_ATTR, FidelityCallback
+from worker.callbacks import FidelityCallback, Paused, Retune
 from worker.data import DataCache, Splits, tokenize_classification
 from worker.models import LoadedModel, target_modules
 
 GENERATION_BATCH = 16
+RESUMED_VALUE_ATTR = "resumed_value"
 
 
 def trial_settings(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
@@ -100,6 +105,21 @@ def trainer_arguments(
     }
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """HF's length-grouped order, drawn from (seed, epoch) alone (accelerate calls
+    ``set_epoch``): a continued segment sees each epoch in the order the paused one did, and
+    nothing that draws random numbers before training (an evaluation's data loader) moves it.
+    """
+
+    def __init__(self, batch_size: int, *, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+
 class _LengthGrouped:
     """Batches of examples of similar length (less padding), from lengths the worker's data
     cache holds: HF's own ``group_by_length`` re-reads them at every trial's start."""
@@ -111,7 +131,8 @@ class _LengthGrouped:
         if self.train_lengths is None:
             return super()._get_train_sampler(train_dataset)  # type: ignore[misc]
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return LengthGroupedSampler(batch, lengths=self.train_lengths)
+        return EpochSeededLengthGroupedSampler(batch, lengths=self.train_lengths,
+                                               seed=self.args.seed)  # fmt: skip
 
 
 class LengthGroupedTrainer(_LengthGrouped, Trainer):
@@ -135,6 +156,7 @@ def _accuracy(pred: EvalPrediction) -> dict[str, float]:
 class TrainResult:
     value: float
     examples_seen: int
+    examples_trained: int  # by this segment: a continuation pays for the rest only
     tokens_seen: int
     train_loss: float
     train_seconds: float
@@ -152,7 +174,19 @@ class TrialHooks:
     # (value, adapter, label-named base config) when the trial finished
     keep_adapter: Callable[[float, PeftModel], None] | None = None
     keep_logs: Callable[[Path], None] | None = None  # the TensorBoard folder, when written
+    # the Trainer checkpoint folder of a segment that pauses; must raise if it cannot keep it
+    keep_checkpoint: Callable[[Path], None] | None = None
     baseline_needed: bool = False
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a continuation starts: the saved state of the segment it continues (a Trainer
+    checkpoint folder), that segment's reports and its first training loss."""
+
+    folder: Path
+    reported: dict[int, float]
+    initial_loss: float | None
 
 
 def _prepared(
@@ -254,11 +288,18 @@ def train_trial(
     device: torch.device,
     stop: threading.Event,
     hooks: TrialHooks | None = None,
+    until: int | None = None,
+    resume: Resume | None = None,
 ) -> TrainResult:
-    """Train a fresh LoRA adapter on the cached base model; the base model is left untouched.
+    """Train a LoRA adapter on the cached base model; the base model is left untouched.
+
+    The adapter is fresh, or with ``resume`` the saved state of a paused segment, trained on
+    from where it stopped. With ``until`` training pauses at the first report at or after
+    that many examples and keeps its state (``hooks.keep_checkpoint``).
 
     Raises:
         optuna.TrialPruned: The pruner stopped the trial, or the loss diverged.
+        Paused: The segment reached ``until`` and its state was kept.
     """
     hooks = hooks or TrialHooks()
     task = spec.train.model.task
@@ -285,6 +326,9 @@ def train_trial(
         on_train_begin=hooks.on_train_begin,
         score=(lambda metrics: scorer()) if reports_generation and scorer else None,
         reports=scorer is None or reports_generation,
+        until=until,
+        resumed=resume.reported if resume else None,
+        initial_loss=resume.initial_loss if resume else None,
     )
     trainer: Trainer | None = None
     started = time.perf_counter()
@@ -298,22 +342,34 @@ def train_trial(
                 n_train=n_train,
                 wants_logits=task != "causal-lm",
             )
-            callbacks = [fidelity, *_tensorboard(spec, Path(out_dir)), *hooks.extra_callbacks]
+            retune = [] if resume is None else [
+                Retune(learning_rate=settings["learning_rate"],
+                       weight_decay=settings["weight_decay"])]  # fmt: skip
+            callbacks = [fidelity, *retune, *_tensorboard(spec, Path(out_dir)),
+                         *hooks.extra_callbacks]  # fmt: skip
             trainer, prepared = _build(
                 spec, settings, loaded, peft_model, raw, cache, kwargs, callbacks
             )
             trainer.remove_callback(PrinterCallback)  # our worker logs one line per event
             baseline = _baseline(trainer, fidelity, scorer) if hooks.baseline_needed else {}
+            if resume is not None:
+                resumed = _resumed_value(trainer, fidelity, peft_model, resume)
+                trial.set_user_attr(RESUMED_VALUE_ATTR, resumed)
             try:
-                output = trainer.train()
+                output = trainer.train(
+                    resume_from_checkpoint=str(resume.folder) if resume is not None else None
+                )
             finally:
                 _keep_logs(Path(out_dir), hooks)
+            if fidelity.paused_at is not None:
+                _pause(trial, trainer, fidelity, hooks, Path(out_dir), until)
             value, metrics = _final(trainer, fidelity, scorer, prepared, raw)
             if hooks.keep_adapter is not None:
                 hooks.keep_adapter(value, peft_model)
             return TrainResult(
                 value=value,
                 examples_seen=fidelity.examples_seen(trainer.state),
+                examples_trained=fidelity.trained(trainer.state),
                 tokens_seen=int(trainer.state.num_input_tokens_seen),
                 train_loss=float(output.training_loss),
                 train_seconds=time.perf_counter() - started,
@@ -326,6 +382,7 @@ def train_trial(
         # A pruned trial keeps its records too: how far it got and what it cost.
         if trainer is not None:
             trial.set_user_attr("examples_seen", fidelity.examples_seen(trainer.state))
+            trial.set_user_attr("examples_trained", fidelity.trained(trainer.state))
         trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 4))
         trial.set_user_attr("eval_seconds", round(fidelity.eval_seconds, 4))
         if PRUNE_REASON_ATTR not in trial.user_attrs:
@@ -337,6 +394,35 @@ def train_trial(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _resumed_value(
+    trainer: Trainer, fidelity: FidelityCallback, peft_model: PeftModel, resume: Resume
+) -> float:
+    """The objective on the state loaded, before any step: the paused segment's last report,
+    if the state and the evaluation examples are what it saw (a continuation, not a restart).
+    Trainer loads the same weights again as it resumes."""
+    set_peft_model_state_dict(peft_model, load_file(resume.folder / ADAPTER_SAFE_WEIGHTS_NAME))
+    with fidelity.silenced(), torch.random.fork_rng():
+        return fidelity.score(_scores(trainer.evaluate()))
+
+
+def _pause(
+    trial: optuna.Trial,
+    trainer: Trainer,
+    fidelity: FidelityCallback,
+    hooks: TrialHooks,
+    out_dir: Path,
+    until: int | None,
+) -> None:
+    """Keep the state Trainer saved at the pause, then mark the trial paused (in that order:
+    a trial marked paused can always be continued)."""
+    assert hooks.keep_checkpoint is not None, "a segment that pauses needs keep_checkpoint"
+    hooks.keep_checkpoint(out_dir / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    trial.set_user_attr(PAUSED_AT_ATTR, until)
+    reason = f"paused at {fidelity.paused_at} examples (rung {until})"
+    trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+    raise Paused(reason)
 
 
 def detach(peft_model: PeftModel) -> None:
@@ -377,11 +463,13 @@ def _baseline(
     trainer: Trainer, fidelity: FidelityCallback, scorer: Scorer | None
 ) -> dict[str, float]:
     """The untuned model's scores on the evaluation data: the fresh adapter is the identity
-    (LoRA's B starts at zero), so this is the base model, on exactly the trial's examples."""
-    with fidelity.silenced():
+    (LoRA's B starts at zero), so this is the base model, on exactly the trial's examples.
+    It draws no random numbers the training would have drawn: a trial trains the same with or
+    without it."""
+    with fidelity.silenced(), torch.random.fork_rng():
         baseline = _scores(trainer.evaluate())
-    if scorer is not None:
-        baseline[scorer.metric] = scorer()
+        if scorer is not None:
+            baseline[scorer.metric] = scorer()
     return baseline
 
 

@@ -14,9 +14,11 @@ another.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import shutil
 import tempfile
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -36,6 +38,8 @@ if TYPE_CHECKING:  # Optuna's protocol for artifact stores is not exported
 
 ADAPTER = "adapter"
 TENSORBOARD = "tensorboard"
+# A paused segment's training state (adapter, optimizer, scheduler, RNG, position).
+CHECKPOINT = "checkpoint"
 # Optuna's upload_artifact names artifacts with uuid4(); nothing else is ever opened.
 ARTIFACT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -133,6 +137,14 @@ def open_artifact(settings: Settings, artifact_id: str) -> BinaryIO:
     if not ARTIFACT_ID.fullmatch(artifact_id):
         raise ArtifactNotFound(f"malformed artifact id {artifact_id!r}")
     return artifact_store(settings).open_reader(artifact_id)
+
+
+def unpack(settings: Settings, artifact_id: str, target: Path) -> None:
+    """Extract a recorded archive into ``target`` (zipfile keeps members inside it)."""
+    with open_artifact(settings, artifact_id) as reader:
+        archive = io.BytesIO(reader.read())  # object stores give unseekable streams
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(target)
 
 
 def remove_study_artifacts(settings: Settings, session: Session, *, study_id: int) -> None:

@@ -8,7 +8,8 @@ from optuna.storages import RDBStorage
 
 from hpo.core.db import StudyRecord, utcnow
 from hpo.core.progress import TrialCounts, user_attr_sum
-from hpo.core.spec import SearchSpec, StudySpec, grid_size
+from hpo.core.segments import Idle, decide, decision_seed, scheduled
+from hpo.core.spec import PBTSchedulerSpec, SearchSpec, StudySpec, grid_size
 
 DEVICE_SECONDS_ATTR = "device_seconds"
 
@@ -27,7 +28,10 @@ def spent_reason(
 ) -> str | None:
     """Why no new trial may start, or None while budget is left."""
     budget = spec.search.budget
-    if counts.finished >= max_trials(spec.search):
+    if scheduled(spec.search):
+        if (reason := _schedule_done(storage, record, spec)) is not None:
+            return reason
+    elif counts.finished >= max_trials(spec.search):
         return f"max_trials={max_trials(spec.search)} reached"
     if budget.timeout_s is not None:
         created = record.created_at.replace(tzinfo=record.created_at.tzinfo or dt.UTC)
@@ -39,3 +43,18 @@ def spent_reason(
         if hours >= budget.max_gpu_hours:
             return f"max_gpu_hours={budget.max_gpu_hours} reached ({hours:.3f} used)"
     return None
+
+
+def _schedule_done(storage: RDBStorage, record: StudyRecord, spec: StudySpec) -> str | None:
+    """With a scheduler, finished trials are segments: the study is done when no
+    configuration may start, none runs and none of the paused ones will continue."""
+    study_id = storage.get_study_id_from_name(record.name)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    limit = max_trials(spec.search)
+    decision = decide(trials, spec.search, max_trials=limit,
+                      seed=decision_seed(spec.search, record.id))  # fmt: skip
+    if not isinstance(decision, Idle) or not decision.done:
+        return None
+    if isinstance(spec.search.scheduler, PBTSchedulerSpec):
+        return f"PBT population of {spec.search.scheduler.population_size} trained to the end"
+    return f"max_trials={limit} configurations ran; no paused one continues"

@@ -27,7 +27,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.core.scheduling import PAUSED_AT_ATTR, Idle, Start
+from hpo.core.scheduling import Idle, Start
 from hpo.core.spec import (
     PBT_MUTABLE,
     CategoricalDistribution,
@@ -36,6 +36,7 @@ from hpo.core.spec import (
     PBTSchedulerSpec,
     SearchSpace,
 )
+from hpo.core.storage import PAUSED_AT_ATTR
 
 SLOT_ATTR = "hpo_pbt_slot"
 LINEAGE_ATTR = "hpo_pbt_lineage"

@@ -38,10 +38,9 @@ from hpo.core.spec import (
     SchedulerSpec,
     TopKSchedulerSpec,
 )
-from hpo.core.storage import RETRIED_FROM_ATTR
+from hpo.core.storage import PAUSED_AT_ATTR, RETRIED_FROM_ATTR
 
 UNTIL_ATTR = "hpo_until"
-PAUSED_AT_ATTR = "hpo_paused_at"
 CONTINUES_ATTR = "hpo_continues"
 # One-sided 95% normal quantile: a rung is trusted on the lower bound of its agreement.
 CONFIDENCE_Z = 1.645
@@ -199,9 +198,17 @@ def next_work(
         config = min(ready)[3]
         return Continue(config.number, config.last_trial, _next_rung(rungs, config.last_step))
     if can_start:
-        audit = isinstance(scheduler, AdaptiveSchedulerSpec) and _audit_turn(configs, scheduler)
-        return Start(None if audit or not rungs else rungs[0])
+        return Start(first_until(configs, scheduler, rungs))
     return Idle(done=not any(c.status == "running" for c in configs))
+
+
+def first_until(
+    configs: Sequence[Config], scheduler: SchedulerSpec, rungs: tuple[int, ...] | None = None
+) -> int | None:
+    """Where a new configuration's first segment pauses (None: it runs to its end)."""
+    rungs = scheduled_rungs(configs, scheduler) if rungs is None else rungs
+    audit = isinstance(scheduler, AdaptiveSchedulerSpec) and _audit_turn(configs, scheduler)
+    return None if audit or not rungs else rungs[0]
 
 
 @dataclass(frozen=True)

@@ -811,13 +811,6 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StudySpec:
-        if self.search.scheduler.type != "none":
-            # The simulator replays schedulers; workers cannot keep and continue a paused
-            # trial yet, and a study must not run as something it did not ask for.
-            raise ValueError(
-                f"scheduler {self.search.scheduler.type!r} is not run by workers yet; "
-                "use 'none' (hpo simulate replays it on recorded curves)."
-            )
         both = sorted(self.search.space.names() & self.train.training.names())
         if both:
             raise ValueError(f"{both} are both searched and fixed in training; choose one.")
@@ -846,6 +839,8 @@ def _check_mode(train: TrainSpec, search: SearchSpec) -> None:
             raise ValueError(f"a decode study needs a generation metric, not {objective.metric}.")
         if train.model.task != "causal-lm":
             raise ValueError("a decode study needs a causal-lm model.")
+        if search.scheduler.type != "none":
+            raise ValueError("a decode study trains nothing to pause: use scheduler 'none'.")
         return
     if generation:
         raise ValueError(
@@ -856,6 +851,27 @@ def _check_mode(train: TrainSpec, search: SearchSpec) -> None:
         raise ValueError("train.adapter is for decode studies.")
     if objective.generates and train.model.task != "causal-lm":
         raise ValueError(f"{objective.metric} needs a causal-lm model.")
+    _check_scheduler(train, search)
+
+
+def _check_scheduler(train: TrainSpec, search: SearchSpec) -> None:
+    scheduler = search.scheduler
+    if scheduler.type == "none":
+        return
+    if search.objective.generates and not train.evaluation.generation.at_every_report:
+        raise ValueError(
+            f"scheduler {scheduler.type!r} ranks trials by the reports they make as they "
+            f"train; {search.objective.metric} is scored once at the end unless "
+            "train.evaluation.generation.at_every_report is true."
+        )
+    if isinstance(scheduler, PBTSchedulerSpec) and (
+        scheduler.population_size > search.budget.max_trials
+    ):
+        raise ValueError(
+            f"PBT trains population_size={scheduler.population_size} members; "
+            f"budget.max_trials={search.budget.max_trials} counts them and must be at least "
+            "that."
+        )
 
 
 def grid_size(space: _SearchSpaceBase) -> int | None:

@@ -7,6 +7,7 @@ import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 from optuna import Study
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
@@ -22,8 +23,14 @@ from hpo.core.settings import Settings
 RETRIED_FROM_ATTR = "retried_from"
 FAIL_REASON_ATTR = "fail_reason"
 STALE_REASON = "stale: no heartbeat within the grace period (worker died or lost the database)"
-# What a failed trial says about its own end; a retry starts without them.
-OUTCOME_ATTRS = (FAIL_REASON_ATTR, "error")
+# Held around a claim of the queued trial with this id (None: a new trial); yields user
+# attributes the claimed trial gets before the gate closes.
+ClaimGate = Callable[[int | None], AbstractContextManager[dict[str, Any]]]
+PRUNE_REASON_ATTR = "prune_reason"
+# A segment paused at this rung, its state kept (hpo.core.scheduling).
+PAUSED_AT_ATTR = "hpo_paused_at"
+# What a trial says about its own end; a retry starts without them.
+OUTCOME_ATTRS = (FAIL_REASON_ATTR, "error", PRUNE_REASON_ATTR, PAUSED_AT_ATTR)
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
@@ -50,15 +57,17 @@ class HeartbeatStorage(RDBStorage):
     ``before_trial``; relative sampling (a GP fit) runs lazily at the first ``suggest``,
     under Optuna's heartbeat, so a slow sampler does not get its trial failed as stale.
 
-    ``claiming(gate)`` makes this process's trial claims (a new RUNNING trial, or a WAITING
-    one popped) happen inside ``gate()``: a worker holds its study's budget lock only around
-    the claim itself, not around Optuna's cache sync or the sampler.
+    ``claiming(gate)`` makes this process's trial claims happen inside ``gate(trial_id)``: a
+    new RUNNING trial (``None``) or a WAITING one popped (its id). A worker holds its study's
+    budget lock only around the claim itself, not around Optuna's cache sync or the sampler.
+    The user attributes the gate yields are set on the claimed trial before the gate closes,
+    so the next claimant already sees them.
     """
 
-    _gate: Callable[[], AbstractContextManager[object]] | None = None
+    _gate: ClaimGate | None = None
 
     @contextmanager
-    def claiming(self, gate: Callable[[], AbstractContextManager[object]]) -> Iterator[None]:
+    def claiming(self, gate: ClaimGate) -> Iterator[None]:
         self._gate = gate
         try:
             yield
@@ -66,17 +75,17 @@ class HeartbeatStorage(RDBStorage):
             self._gate = None
 
     @contextmanager
-    def _claim(self) -> Iterator[None]:
+    def _claim(self, trial_id: int | None) -> Iterator[dict[str, Any]]:
         if self._gate is None:
-            yield
+            yield {}
             return
         # Optuna claims in this thread's scoped session: give it its connection before the
         # gate, so that no claim waits under the study's lock for a connection to open.
         session = self.scoped_session()
         session.connection()
         try:
-            with self._gate():
-                yield
+            with self._gate(trial_id) as attrs:
+                yield attrs
         finally:
             session.close()  # hands the connection back if the gate refused the claim
 
@@ -86,8 +95,11 @@ class HeartbeatStorage(RDBStorage):
         # The private half is what Optuna's cache layer calls; the public one delegates to it.
         if template_trial is not None and template_trial.state != TrialState.RUNNING:
             return super()._create_new_trial(study_id, template_trial)
-        with self._claim():
+        with self._claim(None) as attrs:
             trial = super()._create_new_trial(study_id, template_trial)
+            for key, value in attrs.items():
+                self.set_trial_user_attr(optuna_tables.trial_id(trial), key, value)
+                trial.user_attrs[key] = value
         self._first_beat(optuna_tables.trial_id(trial))
         return trial
 
@@ -96,8 +108,10 @@ class HeartbeatStorage(RDBStorage):
     ) -> bool:
         if state != TrialState.RUNNING:
             return super().set_trial_state_values(trial_id, state, values)
-        with self._claim():  # a WAITING (enqueued, retried) trial is being claimed
+        with self._claim(trial_id) as attrs:  # an enqueued or retried trial is being claimed
             changed = super().set_trial_state_values(trial_id, state, values)
+            for key, value in attrs.items() if changed else ():
+                self.set_trial_user_attr(trial_id, key, value)
         if changed:
             self._first_beat(trial_id)
         return changed

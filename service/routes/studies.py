@@ -233,6 +233,11 @@ def enqueue_trial(
     if record.status not in (StudyStatus.RUNNING, StudyStatus.PAUSED):
         raise StudyConflict(f"study {name!r} is {record.status}; it takes no new trials")
     spec = StudySpec.model_validate(record.spec)
+    if spec.search.scheduler.type == "pbt":
+        raise StudyConflict(
+            f"study {name!r} runs PBT: its population is sampled, and its members change "
+            "their own hyperparameters; it takes no enqueued trials"
+        )
     params = check_params(spec.search, body.params)
     studies.enqueue_trial(storage, record=record, params=params, user_attrs={"enqueued_by": owner})
     return EnqueuePublic(params=params)

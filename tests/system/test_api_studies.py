@@ -115,6 +115,16 @@ def test_enqueue_validates_against_the_space(
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
 
 
+def test_a_pbt_study_takes_no_enqueued_trials(
+    client: httpx.Client, make_spec: SpecFactory
+) -> None:
+    pbt = {"type": "pbt", "population_size": 2, "interval_steps": 64}
+    assert client.post("/studies", json=make_spec("pop", scheduler=pbt)).status_code == 201
+    refused = client.post("/studies/pop/trials", json={"params": {"learning_rate": 1e-4}})
+    assert refused.status_code == 409
+    assert "PBT" in refused.json()["detail"]
+
+
 def test_trials_and_best_pages(
     api: ApiServer, client: httpx.Client, make_spec: SpecFactory
 ) -> None:

@@ -31,11 +31,9 @@ from hpo.core.spec import (
     AshaSchedulerSpec,
     NoSchedulerSpec,
     SearchSpec,
-    StudySpec,
     TopKSchedulerSpec,
 )
 from hpo.core.storage import RETRIED_FROM_ATTR
-from tests.specs import minimal_spec
 
 ASHA = AshaSchedulerSpec(min_steps=1, reduction_factor=3)
 
@@ -213,8 +211,6 @@ def test_scheduler_specs_check_themselves() -> None:
         )
     with pytest.raises(ValidationError, match="min_scored must be >= k"):
         TopKSchedulerSpec(at_steps=10, k=5, min_scored=3)
-    with pytest.raises(ValidationError, match="not run by workers yet"):
-        StudySpec.model_validate(minimal_spec(scheduler={"type": "asha", "min_steps": 64}))
     search = SearchSpec.model_validate(
         {"space": space, "scheduler": {"type": "adaptive", "min_steps": 64}}
     )
