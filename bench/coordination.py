@@ -24,10 +24,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
-import os
-import platform
 import resource
-import subprocess
 import tempfile
 import threading
 import time
@@ -44,6 +41,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from bench import commit, machine, save
 from hpo.core.db import StudyRecord
 from hpo.core.factory import load_study, optuna_distributions, suggest_params
 from hpo.core.migrate import upgrade
@@ -55,8 +53,6 @@ from tests.pg import PostgresCluster
 from worker.loop import Worker
 from worker.objective import WorkerContext
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 STEPS = 20
 NAME = "coordination"
 
@@ -174,7 +170,10 @@ def _ours(url: str, out: str, pause: float) -> None:
 def _plain(url: str, out: str, n_trials: int, pause: float) -> None:
     spec = _spec(10**5)
     study = load_study(NAME, spec.search, RDBStorage(url))
-    asks, reports, tells, ends = [], [], [], []
+    asks: list[float] = []
+    reports: list[float] = []
+    tells: list[float] = []
+    ends: list[float] = []
     started = time.time()
     for _ in range(n_trials):
         t0 = time.perf_counter()
@@ -368,8 +367,7 @@ def main() -> None:
              else [(size, w) for size in args.sizes for w in args.workers])  # fmt: skip
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
+    revision = commit()
     cluster = PostgresCluster()
     rows = []
     try:
@@ -398,13 +396,11 @@ def main() -> None:
                         rows.append(row)
     finally:
         cluster.stop()
-    meta = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    meta = {"commit": revision, "machine": machine(),
             "postgres": version, "trials": args.trials, "train_s": args.train_s,
             "seconds": time.time() - started}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
     name = f"coordination-{args.tag}" if args.tag else "coordination"
-    (RESULTS / f"{name}.md").write_text(_markdown(rows, meta))
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    save(name, {"meta": meta, "rows": rows}, _markdown(rows, meta))
     print(_markdown(rows, meta))
 
 

@@ -9,9 +9,7 @@ all. Writes bench/results/load.{md,json}: requests, errors, p50/p99 latency per 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,13 +21,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench import commit, machine, save
 from hpo.core.migrate import upgrade
 from hpo.core.settings import Settings
 from tests.pg import PostgresCluster, _free_port
 from tests.workers import small_study, start_worker, wait_healthy, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 ROUTES = ("GET /studies", "GET /studies/{name}", "GET /studies/{name}/trials")
 
 
@@ -136,16 +133,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = run(clients=args.clients, workers=args.workers, seconds=args.seconds,
                      workdir=Path(tmp))  # fmt: skip
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()  # fmt: skip
-    result["commit"] = commit
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, loopback"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "load.json").write_text(json.dumps(result, indent=1))
+    result["commit"] = commit()
+    result["machine"] = machine("loopback")
     lines = [
         "# API under load",
         "",
-        f"Commit `{commit}`, {result['machine']}: {args.clients} concurrent clients for "
+        f"Commit `{result['commit']}`, {result['machine']}: {args.clients} concurrent clients for "
         f"{args.seconds:.0f} s while {args.workers} CPU workers trained and reported "
         f"({result['finished_trials_during_run']} trials finished in all). "
         f"Errors: {result['errors']}.",
@@ -155,7 +148,7 @@ def main() -> None:
     ]
     for route, r in result["routes"].items():
         lines.append(f"| {route} | {r['requests']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
-    (RESULTS / "load.md").write_text("\n".join(lines) + "\n")
+    save("load", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

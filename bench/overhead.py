@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from bench import ROOT, commit, machine, save
 from hpo.core.db import Database
 from hpo.core.migrate import upgrade
 from hpo.core.settings import Settings
@@ -46,8 +45,6 @@ from worker.data import DataCache
 from worker.loop import Worker
 from worker.models import ModelCache
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 SEQ = 32
 
 
@@ -139,6 +136,7 @@ def ours(workdir: Path, trials: int, model_path: str, size: Size) -> list[dict[s
     return [
         {"setup_s": t.user_attrs["setup_seconds"], "total_s": t.duration.total_seconds()}
         for t in done
+        if t.duration is not None
     ]
 
 
@@ -161,15 +159,18 @@ def hf(workdir: Path, trials: int, path: str, size: Size) -> list[dict[str, floa
         path="builtin:demo-text", max_train_examples=size.train, max_eval_examples=size.eval
     )
     tokenizer = ModelCache(device=torch.device("cpu"), cache_dir=cache).get(model_spec).tokenizer
-    splits = DataCache(cache).tokenized(data_spec, model_spec, tokenizer, path, SEQ)
+    raw = DataCache(cache).raw(data_spec, model_spec)
+    splits = [split.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=SEQ),
+                        batched=True, remove_columns=split.column_names)
+              for split in (raw.train, raw.eval)]  # fmt: skip
     clock = _Clock()
 
     def model_init(trial: optuna.Trial | None) -> torch.nn.Module:
         if trial is None:  # the Trainer's own construction, before any trial
-            rank = 8
+            rank: int = 8
         else:  # transformers calls model_init first in a trial, before hp_space
             clock.trial_start = time.perf_counter()
-            rank = CONFIGS[trial.suggest_categorical("config", list(range(trials)))]["lora_r"]
+            rank = int(CONFIGS[trial.suggest_categorical("config", list(range(trials)))]["lora_r"])
         base = AutoModelForCausalLM.from_pretrained(path)
         config = LoraConfig(
             task_type=TaskType.CAUSAL_LM,
@@ -199,10 +200,10 @@ def hf(workdir: Path, trials: int, path: str, size: Size) -> list[dict[str, floa
         logging_strategy="no",
     )
     trainer = Trainer(
-        model_init=model_init,
+        model_init=model_init,  # type: ignore[arg-type]  # a PeftModel, which Trainer takes
         args=args,
-        train_dataset=splits.train,
-        eval_dataset=splits.eval,
+        train_dataset=splits[0],
+        eval_dataset=splits[1],
         callbacks=[clock],
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
@@ -226,9 +227,9 @@ def _summary(records: list[dict[str, float]]) -> dict[str, float]:
 def _side(side: str, workdir: Path, trials: int, size: str) -> dict[str, float]:
     """One side in a fresh process: neither may inherit the other's warm caches or GC state."""
     out = subprocess.run(
-        [sys.executable, __file__, "--only", side, "--trials", str(trials), "--model", size,
-         "--workdir", str(workdir)],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "bench.overhead", "--only", side, "--trials", str(trials),
+         "--model", size, "--workdir", str(workdir)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
 
@@ -256,18 +257,11 @@ def main() -> None:
             "hf_hyperparameter_search": _side("hf", workdir, args.trials, args.model),
         }
     result["model"] = args.model
-    result["commit"] = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    result["machine"] = (
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+    result["commit"] = commit()
+    result["machine"] = machine(f"torch {torch.__version__}", f"{torch.get_num_threads()} threads")
     o, h = result["ours"], result["hf_hyperparameter_search"]
     result["setup_ratio_rest"] = o["setup_rest_median_s"] / h["setup_rest_median_s"]
-    RESULTS.mkdir(exist_ok=True)
     stem = f"overhead-{args.model}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
     size = SIZES[args.model]
     lines = [
         f"# Per-trial overhead ({args.model} Llama, {size.label} params): finetune-hpo vs HF",
@@ -285,7 +279,7 @@ def main() -> None:
             f"{r['total_s']:.2f} | {r['wall_s']:.2f} |"
         )
     lines += ["", f"Setup after the first trial: ours / HF = {result['setup_ratio_rest']:.3f}."]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    save(stem, result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -14,11 +14,8 @@ and worker count. Costs are modelled device-seconds normalised by the task's ful
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,13 +27,13 @@ import numpy as np
 import optuna
 import torch
 
+from bench import RESULTS, commit, machine, save
 from hpo.core.scheduling import spearman
 from hpo.core.spec import SearchSpace, SearchSpec
 from hpo.nmtlc import load_tasks
 from hpo.simulate import CurvePoint, simulate
 from hpo.synthetic import make_task
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = (0.01, 0.001)  # within 1% and 0.1% of the task's best final loss
 MAX_COST = 1.5  # stop a run after 1.5 full-grid costs
 BUDGET_POINTS = (0.1, 0.25, 0.5, 1.0)
@@ -70,6 +67,9 @@ class Strategy:
     scheduler: str | None = None  # built per task from its training length: see _scheduler
     workers: tuple[int, ...] | None = None  # only these worker counts
     sets: tuple[str, ...] = SETS
+
+    def runs_with(self, workers: int) -> bool:
+        return self.workers is None or workers in self.workers
 
 
 HF_TPE = {"type": "tpe", "n_startup_trials": 10, "multivariate": False, "constant_liar": False}
@@ -307,13 +307,13 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|" + "---|" * len(BUDGET_POINTS) + "---|"]  # fmt: skip
         for r in group:
             regrets = " | ".join(_fmt(r["median_regret_at"][str(b)]) for b in BUDGET_POINTS)
-            cells = " | ".join(
+            targets = " | ".join(
                 f"{_fmt(c['median'])} ({_fmt(c['iqr'][0])}-{_fmt(c['iqr'][1])}) | "
                 f"{c['reached_runs']}/{r['runs']}"
                 for c in (r["cost_to_target"][str(t)] for t in TARGETS)
             )
             name = f"**{r['strategy']}** (default)" if r["strategy"] == DEFAULT else r["strategy"]
-            lines.append(f"| {r['workers']} | {name} | {cells} | {regrets} | "
+            lines.append(f"| {r['workers']} | {name} | {targets} | {regrets} | "
                          f"{r['paused_share']:.0%} |")  # fmt: skip
     stalled = [f"{r['strategy']} at {r['workers']} worker(s): {r['stalled_runs']} of "
                f"{r['runs']} runs" for r in rows if r["stalled_runs"]]  # fmt: skip
@@ -372,23 +372,19 @@ def main() -> None:
         for name in args.strategies
         if task_set in STRATEGIES[name].sets
         for w in args.workers
-        if STRATEGIES[name].workers is None or w in STRATEGIES[name].workers
+        if STRATEGIES[name].runs_with(w)
         for seed in range(args.seeds)
     ]
     started = time.time()
     with ProcessPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(_run, jobs, chunksize=2))
     rows = summarise(runs)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    meta = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    meta = {"commit": commit(), "machine": machine(),
             "seeds": args.seeds, "jobs": args.jobs, "seconds": time.time() - started,
             "tasks": {s: [t.name for t in load_set(s, args.data)] for s in args.sets},
             "rank_agreement": {s: rank_agreement(load_set(s, args.data)) for s in args.sets},
             "verdicts": verdicts(rows)}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "strategies.md").write_text(_markdown(rows, meta))
-    (RESULTS / "strategies.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta))
     for task_set in args.sets:
         for w in args.workers:
             _plot(runs, task_set, w, RESULTS / f"strategies-{task_set}-w{w}.png")

@@ -20,11 +20,9 @@ bench/results/throughput-{model}-{device}.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
-import subprocess
 import tempfile
 import threading
 import time
@@ -47,16 +45,15 @@ from transformers import (
     TrainingArguments,
 )
 
+from bench import commit, save
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from worker import builtin
-from worker.data import Splits
+from worker.data import DataCache, Splits
 from worker.models import LoadedModel, resolve_dtype
-from worker.training import lora_config, train_trial, trial_settings
+from worker.training import TrialHooks, lora_config, train_trial, trial_settings
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
            "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000},
     "tiny": {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 4,
@@ -114,7 +111,9 @@ def _model(shape: str, seq_len: int, dtype: torch.dtype, device: torch.device) -
         **SHAPES[shape], max_position_embeddings=seq_len, tie_word_embeddings=False
     )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    model = LlamaForCausalLM(config)
+    model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers' stub misreads .to
+    return model
 
 
 def _model_flops(model: LlamaForCausalLM, lengths: list[int], lora_params: int) -> float:
@@ -166,8 +165,10 @@ def run_ours(args: argparse.Namespace, splits: Splits, tokenizer: Any,
         setattr(trial, name, timed)
     timer = PhaseTimer()
     started = time.perf_counter()
-    train_trial(trial, spec=spec, settings=settings, loaded=loaded, splits=splits,
-                device=device, stop=threading.Event(), extra_callbacks=[timer])  # fmt: skip
+    with tempfile.TemporaryDirectory() as cache:
+        train_trial(trial, spec=spec, settings=settings, loaded=loaded, raw=splits,
+                    cache=DataCache(Path(cache)), device=device, stop=threading.Event(),
+                    hooks=TrialHooks(extra_callbacks=[timer]))  # fmt: skip
     _sync(device)
     wall = time.perf_counter() - started
     timer.seconds["evaluation"] -= reporting[0]
@@ -177,7 +178,7 @@ def run_ours(args: argparse.Namespace, splits: Splits, tokenizer: Any,
             "model": loaded.model, "lora_params": lora_params}  # fmt: skip
 
 
-def _lora_params(model: LlamaForCausalLM, settings: dict[str, Any], loaded: LoadedModel) -> int:
+def _lora_params(model: torch.nn.Module, settings: dict[str, Any], loaded: LoadedModel) -> int:
     peft = get_peft_model(model, lora_config(settings, loaded, "causal-lm"))
     count = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     peft.unload()
@@ -227,16 +228,17 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(
         builtin.resolve("builtin:tiny-llama", Settings().cache_dir)
     )
+    # Already tokenized: TRL's preparation leaves input_ids as they are.
     splits = Splits(_dataset(lengths, vocab, rng), _dataset(_lengths(32, args.seq_len, rng),
-                    vocab, rng), None, lengths)  # fmt: skip
+                    vocab, rng), None, "language_modeling", train_lengths=lengths)  # fmt: skip
     device_name, peak = _peak(device)
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as out_dir:
         for side in ("ours", "plain"):
             result = (run_ours(args, splits, tokenizer, device) if side == "ours"
                       else run_plain(args, splits, tokenizer, device, out_dir))  # fmt: skip
             model = result.pop("model")
-            lora = result.pop("lora_params", None) or rows.get("ours", {}).get("lora_params")
+            lora = int(result.pop("lora_params", None) or rows["ours"]["lora_params"])
             flops = _model_flops(model, lengths, lora)
             del model
             if device.type == "cuda":
@@ -248,14 +250,13 @@ def main() -> None:
                 "mfu": flops / result["wall_s"] / peak if peak else None,
             }  # fmt: skip
     rows["ours"]["speedup_vs_plain"] = rows["plain"]["wall_s"] / rows["ours"]["wall_s"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    meta = {"commit": commit, "device": device_name, "peak_bf16_flops": peak,
+    meta = {"commit": commit(), "device": device_name, "peak_bf16_flops": peak,
             "cpus": os.cpu_count(), "torch": torch.__version__, **vars(args)}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"throughput-{args.model}-{device.type}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    stem.with_suffix(".md").write_text(_markdown(rows, meta))
+    save(
+        f"throughput-{args.model}-{device.type}",
+        {"meta": meta, "rows": rows},
+        _markdown(rows, meta),
+    )
     print(_markdown(rows, meta))
 
 

@@ -57,7 +57,7 @@ class PostgresCluster:
         self.root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
         self.data = self.root / "data"
         self.demote, uid, gid = _demote()
-        if uid is not None:
+        if uid is not None and gid is not None:
             os.chown(self.root, uid, gid)
             self.root.chmod(0o700)
         self._run([initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8"])

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
 from hpo.core import artifacts
-from hpo.core.budget import DEVICE_SECONDS_ATTR
+from hpo.core.budget import DEVICE_SECONDS_ATTR, EXAMPLES_TRAINED_ATTR
 from hpo.core.db import StudyRecord, session_scope
 from hpo.core.factory import suggest_params
 from hpo.core.optuna_tables import study_id
@@ -141,7 +141,7 @@ class ObjectiveFactory(Protocol):
 def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
     trial.set_user_attr("train_seconds", round(result.train_seconds, 4))
     trial.set_user_attr("examples_seen", result.examples_seen)
-    trial.set_user_attr("examples_trained", result.examples_trained)
+    trial.set_user_attr(EXAMPLES_TRAINED_ATTR, result.examples_trained)
     trial.set_user_attr("tokens_seen", result.tokens_seen)
     trial.set_user_attr("final_train_loss", result.train_loss)
     for name, value in result.metrics.items():

@@ -34,6 +34,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
+from hpo.core.budget import EXAMPLES_TRAINED_ATTR
 from hpo.core.export import RESOLVED_TARGETS_ATTR
 from hpo.core.hyperparameters import arguments, resolve, scheduler_kwargs
 from hpo.core.spec import StudySpec
@@ -382,7 +383,7 @@ def train_trial(
         # A pruned trial keeps its records too: how far it got and what it cost.
         if trainer is not None:
             trial.set_user_attr("examples_seen", fidelity.examples_seen(trainer.state))
-            trial.set_user_attr("examples_trained", fidelity.trained(trainer.state))
+            trial.set_user_attr(EXAMPLES_TRAINED_ATTR, fidelity.trained(trainer.state))
         trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 4))
         trial.set_user_attr("eval_seconds", round(fidelity.eval_seconds, 4))
         if PRUNE_REASON_ATTR not in trial.user_attrs:

@@ -12,6 +12,8 @@ from hpo.core.segments import Idle, decide, decision_seed, scheduled
 from hpo.core.spec import PBTSchedulerSpec, SearchSpec, StudySpec, grid_size
 
 DEVICE_SECONDS_ATTR = "device_seconds"
+# What a segment trained (a continuation only the rest): cost on the fidelity axis.
+EXAMPLES_TRAINED_ATTR = "examples_trained"
 
 
 def max_trials(search: SearchSpec) -> int:
