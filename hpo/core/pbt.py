@@ -4,13 +4,19 @@ A population of ``population_size`` members trains in segments of ``interval_ste
 segments of ``hpo.core.scheduling``: each an Optuna trial, paused with its adapter and
 optimizer state saved). When a member's segment ends, the worker asks ``pbt_next``:
 
-- a member in the bottom ``quantile`` by its latest score *exploits*: it loads the state of
-  a member in the top ``quantile`` and takes its hyperparameters, then *explores*: each
+- a member in the bottom ``quantile`` *exploits*: it loads the state of a member in the top
+  ``quantile`` and takes its hyperparameters, then *explores*: each
   mutable one (learning rate, weight decay, LoRA dropout) is multiplied by a perturbation
   factor, or with ``resample_probability`` drawn anew from the space. Shape-defining ones
   (LoRA rank, target modules, batch size) are never explored, so a copied state always fits
   them: they come with the state they belong to.
 - any other member continues its own state.
+
+Members are ranked at the deciding member's step, by the scores of the checkpoints each saved
+there, and a copy loads the donor's checkpoint from that step: a member behind is never
+judged against the scores of members further along a decreasing loss curve, and a copy never
+skips training it did not pay for (every member trains the whole schedule). A member
+decided while others have not reached its step yet is ranked among those that have.
 
 Each segment carries ``SLOT_ATTR`` (its member) and, after an exploit, ``LINEAGE_ATTR``: the
 trial whose state it copied, at which step, and each perturbation. Decisions draw from a
@@ -43,6 +49,16 @@ LINEAGE_ATTR = "hpo_pbt_lineage"
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A member's saved state: the segment that paused at ``step`` with ``score``."""
+
+    step: int
+    trial: int
+    params: dict[str, Any]
+    score: float
+
+
+@dataclass(frozen=True)
 class Member:
     """A member of the population at its latest checkpoint.
 
@@ -55,6 +71,7 @@ class Member:
         score: The value reported there (None without a checkpoint).
         state: Of its latest segment: ``paused`` (waiting for a decision), ``running``,
             ``complete`` or ``stopped``.
+        checkpoints: Every state it saved by pausing, by step: what others rank and copy.
     """
 
     slot: int
@@ -63,6 +80,10 @@ class Member:
     step: int
     score: float | None
     state: str
+    checkpoints: tuple[Checkpoint, ...] = ()
+
+    def at(self, step: int) -> Checkpoint | None:
+        return next((c for c in reversed(self.checkpoints) if c.step == step), None)
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,16 @@ def members(trials: Iterable[FrozenTrial]) -> list[Member]:
                 step=steps[-1][0] if steps else 0,
                 score=steps[-1][1] if steps else None,
                 state=_state(segments[-1]),
+                checkpoints=tuple(
+                    Checkpoint(
+                        s.user_attrs[PAUSED_AT_ATTR],
+                        s.number,
+                        dict(s.params),
+                        s.intermediate_values[s.user_attrs[PAUSED_AT_ATTR]],
+                    )
+                    for s in saved
+                    if _state(s) == "paused"
+                ),  # fmt: skip
             )
         )
     return out
@@ -163,7 +194,7 @@ def pbt_next(
         member.slot,
         donor.trial,
         params,
-        donor.step + spec.interval_steps,
+        member.step + spec.interval_steps,
         Lineage(parent=donor.trial, step=donor.step, perturbations=perturbations),
     )
 
@@ -175,19 +206,20 @@ def exploit(
     quantile: float,
     rng: random.Random,
     minimize: bool = True,
-) -> Member | None:
-    """A top-``quantile`` member whose checkpoint ``member`` should copy, or None when
-    ``member`` is not in the bottom ``quantile``. Only members with a checkpoint are ranked;
-    finished ones are not copied (their schedule has nowhere left to go)."""
+) -> Checkpoint | None:
+    """The checkpoint at ``member``'s step of a top-``quantile`` member, which ``member``
+    should copy, or None when ``member`` is not in the bottom ``quantile``. Members are
+    ranked by the checkpoints they saved at that step (finished ones included: they
+    passed it on the way)."""
     sign = 1.0 if minimize else -1.0
     ranked = sorted(
-        (m for m in population if m.score is not None and m.state in ("paused", "running")),
-        key=lambda m: (sign * (m.score or 0.0), m.slot),
+        ((m.slot, c) for m in population if (c := m.at(member.step)) is not None),
+        key=lambda sc: (sign * sc[1].score, sc[0]),
     )
     cut = max(1, math.floor(len(ranked) * quantile))
-    if len(ranked) < 2 or member.slot not in {m.slot for m in ranked[-cut:]}:
+    if len(ranked) < 2 or member.slot not in {slot for slot, _ in ranked[-cut:]}:
         return None
-    return rng.choice([m for m in ranked[:cut] if m.slot != member.slot])
+    return rng.choice([c for slot, c in ranked[:cut] if slot != member.slot])
 
 
 def explore(

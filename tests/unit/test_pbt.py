@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from hpo.core.pbt import (
     SLOT_ATTR,
+    Checkpoint,
     ContinueMember,
     Member,
     exploit,
@@ -33,14 +34,26 @@ SPACE = SearchSpace.model_validate(
 SPEC = PBTSchedulerSpec(population_size=4, interval_steps=100, quantile=0.25)
 
 
-def member(slot: int, score: float | None, step: int = 100, state: str = "paused") -> Member:
+def member(
+    slot: int,
+    score: float | None,
+    step: int = 100,
+    state: str = "paused",
+    earlier: dict[int, float] | None = None,
+) -> Member:
+    """Slot ``slot`` at its checkpoint (trial 10 + slot) at ``step``, having saved the
+    ``earlier`` scores by step before (trials 20 + slot, 30 + slot, ...)."""
     params = {
         "learning_rate": 1e-4 * (slot + 1),
         "weight_decay": 0.05,
         "lora_dropout": 0.05,
         "lora_r": [8, 16, 64, 16][slot % 4],
     }
-    return Member(slot, 10 + slot, params, step, score, state)
+    saved = [Checkpoint(at, 10 * (i + 2) + slot, params, value)
+             for i, (at, value) in enumerate(sorted((earlier or {}).items()))]  # fmt: skip
+    if score is not None:
+        saved.append(Checkpoint(step, 10 + slot, params, score))
+    return Member(slot, 10 + slot, params, step, score, state, tuple(saved))
 
 
 def test_the_population_fills_first_then_the_member_that_trained_least_decides() -> None:
@@ -57,18 +70,22 @@ def test_the_population_fills_first_then_the_member_that_trained_least_decides()
     assert pbt_next(everyone_running, SPEC, SPACE, seed=0) == Idle(done=False)
 
 
+def ahead(slot: int, score_at_100: float) -> Member:
+    """Slot ``slot`` paused at 200 (better than anyone at 100), its checkpoint at 100 kept."""
+    return member(slot, 0.1 * (slot + 1), step=200, earlier={100: score_at_100})
+
+
 def test_the_bottom_member_copies_a_top_one_and_perturbs_only_what_is_mutable() -> None:
-    population = [member(0, 0.5), member(1, 1.0), member(2, 1.5), member(3, 3.0)]
+    population = [ahead(0, 0.5), ahead(1, 1.0), ahead(2, 1.5), member(3, 3.0)]
     # pure: the same population and seed give the same decision
     assert pbt_next(population, SPEC, SPACE, seed=7) == pbt_next(population, SPEC, SPACE, seed=7)
-    # make slot 3 (the worst) the one that trained least: it exploits slot 0, the best
-    population[3] = member(3, 3.0, step=50)
+    # slot 3, behind at 100 and the worst there, copies slot 0's checkpoint at 100
     decision = pbt_next(population, SPEC, SPACE, seed=7)
     assert isinstance(decision, ContinueMember)
-    assert decision.slot == 3 and decision.trial == 10  # slot 0's checkpoint
-    assert decision.until == 200  # the donor's step + one interval
+    assert decision.slot == 3 and decision.trial == 20  # slot 0's checkpoint at 100
+    assert decision.until == 200  # one interval on from there: it trains what it copied
     lineage = decision.lineage
-    assert lineage is not None and lineage.parent == 10 and lineage.step == 100
+    assert lineage is not None and lineage.parent == 20 and lineage.step == 100
     assert {p.name for p in lineage.perturbations} == {
         "learning_rate",
         "weight_decay",
@@ -77,24 +94,35 @@ def test_the_bottom_member_copies_a_top_one_and_perturbs_only_what_is_mutable() 
     assert decision.params["lora_r"] == population[0].params["lora_r"]  # comes with the state
     for p in lineage.perturbations:
         assert decision.params[p.name] == p.new and p.old == population[0].params[p.name]
-    assert lineage.to_attr()["parent"] == 10
+    assert lineage.to_attr()["parent"] == 20
 
 
 def test_a_member_outside_the_bottom_quantile_keeps_its_own_state() -> None:
-    population = [member(0, 0.5, 50), member(1, 1.0), member(2, 1.5), member(3, 3.0)]
+    population = [member(0, 0.5), member(1, 1.0), member(2, 1.5), member(3, 3.0)]
     decision = pbt_next(population, SPEC, SPACE, seed=0)
-    assert decision == ContinueMember(0, 10, population[0].params, 150)
+    assert decision == ContinueMember(0, 10, population[0].params, 200)
     maximize = pbt_next(population, SPEC, SPACE, seed=0, minimize=False)
     assert isinstance(maximize, ContinueMember) and maximize.lineage is not None
 
 
-def test_exploit_needs_a_scored_population_and_never_copies_a_finished_member() -> None:
+def test_a_member_behind_is_ranked_at_its_own_step() -> None:
+    """Slot 3 at 100 is worse than every score the others reported at 200, but second of
+    four at 100: it keeps its own state."""
+    population = [ahead(0, 0.5), ahead(1, 1.5), ahead(2, 2.0), member(3, 1.0)]
+    decision = pbt_next(population, SPEC, SPACE, seed=0)
+    assert decision == ContinueMember(3, 13, population[3].params, 200)
+
+
+def test_exploit_ranks_the_checkpoints_at_the_step_finished_members_included() -> None:
     rng = random.Random(0)
     alone = [member(0, 1.0), member(1, None)]
     assert exploit(alone, alone[0], quantile=0.25, rng=rng) is None
-    done = [member(0, 0.1, state="complete"), member(1, 1.0), member(2, 2.0)]
+    done = [member(0, 0.05, 300, "complete", earlier={100: 0.1}), member(1, 1.0),
+            member(2, 2.0)]  # fmt: skip
     donor = exploit(done, done[2], quantile=0.25, rng=rng)
-    assert donor is not None and donor.slot == 1
+    assert donor == Checkpoint(100, 20, done[0].params, 0.1)
+    nobody_there = [member(0, 0.5, 200), member(1, 2.0)]
+    assert exploit(nobody_there, nobody_there[1], quantile=0.5, rng=rng) is None
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -140,8 +168,11 @@ def test_members_are_read_at_their_latest_checkpoint() -> None:
         _segment(3, 0, {200: 3.0}, TrialState.FAIL),
     ]
     by_slot = {m.slot: m for m in members(trials)}
-    assert by_slot[1] == Member(1, 1, {"learning_rate": 1e-4}, 100, 1.0, "running")
+    params = {"learning_rate": 1e-4}
+    assert by_slot[1] == Member(1, 1, params, 100, 1.0, "running",
+                                (Checkpoint(100, 1, params, 1.0),))  # fmt: skip
     assert by_slot[0].trial == 0 and by_slot[0].state == "stopped" and by_slot[0].step == 100
+    assert by_slot[0].at(100) == Checkpoint(100, 0, params, 2.0) and by_slot[0].at(200) is None
 
 
 def test_pbt_spec_checks_its_mutable_hyperparameters() -> None:
