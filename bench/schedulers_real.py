@@ -1,7 +1,8 @@
 """Schedulers on real fine-tunes: no pausing (the default), ASHA and top-k with promotion, PBT.
 
     python -m bench.schedulers_real [--model models/smollm2] [--seeds 1 2] [--trainings 6]
-                                    [--strategies default asha top_k pbt]
+                                    [--strategies default asha top_k pbt] [--threads 2]
+    python -m bench.schedulers_real --merge A.json B.json   # seeds run by separate processes
 
 Each strategy runs as a study on a real worker (in this process, CPU) against its own
 PostgreSQL, on LoRA fine-tunes of a real pretrained checkpoint, with the same budget in full
@@ -123,7 +124,12 @@ def main() -> None:
     parser.add_argument("--trainings", type=int, default=6)
     parser.add_argument("--strategies", nargs="+", default=["default", "asha", "top_k", "pbt"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="write the table from these results files' runs instead")  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge)
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     chosen = {k: v for k, v in strategies(args.trainings).items() if k in args.strategies}
     cluster = PostgresCluster()
@@ -143,16 +149,41 @@ def main() -> None:
                                       "examples": sum(s["examples"] for s in segments),
                                       "seconds": sum(s["seconds"] for s in segments)}),
                           flush=True)  # fmt: skip
-                write(runs, args)
+                write(
+                    runs,
+                    args.strategies,
+                    args.trainings,
+                    args.model,
+                    commit(),
+                    machine(f"torch {torch.__version__}", f"{args.threads} threads"),
+                )
     finally:
         cluster.stop()
 
 
-def write(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def merge(files: list[Path]) -> None:
+    """One table from results files of the same commit, machine and settings."""
+    parts = [json.loads(f.read_text()) for f in files]
+    for key in ("commit", "machine", "model", "trainings"):
+        if len({json.dumps(p[key]) for p in parts}) > 1:
+            raise SystemExit(f"cannot merge: the files differ in {key}")
+    first, runs = parts[0], [run for p in parts for run in p["runs"]]
+    names = list(dict.fromkeys(run["strategy"] for run in runs))
+    write(runs, names, first["trainings"], first["model"], first["commit"], first["machine"])
+
+
+def write(
+    runs: list[dict[str, Any]],
+    strategies: list[str],
+    trainings: int,
+    model: str,
+    revision: str,
+    host: str,
+) -> None:
     finals = [s["value"] for r in runs for s in r["segments"] if s["complete"]]
     best = min(finals)
     rows = []
-    for name in args.strategies:
+    for name in strategies:
         mine = [r for r in runs if r["strategy"] == name]
         if not mine:
             continue
@@ -167,14 +198,13 @@ def write(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 row[f"to_{mark}_{cost}"] = [reach(r["segments"], best * (1 + mark), cost)
                                             for r in mine]  # fmt: skip
         rows.append(row)
-    revision, host = commit(), machine(f"torch {torch.__version__}", f"{args.threads} threads")
     seeds = sorted({r["seed"] for r in runs})
     lines = [
         "# Schedulers on real LoRA fine-tunes (CPU)",
         "",
-        f"Commit `{revision}`, {host}. `{Path(args.model).name}`, 256 training examples of "
+        f"Commit `{revision}`, {host}. `{Path(model).name}`, 256 training examples of "
         f"`examples/data/arithmetic.jsonl`, eval_loss on 40 held out; seeds {seeds}; "
-        f"budget about {args.trainings} full trainings per run; best known final eval_loss "
+        f"budget about {trainings} full trainings per run; best known final eval_loss "
         f"{best:.4f} (over every run).",
         "",
         "Cost in training examples (load-independent) and device seconds (this machine, "
@@ -191,8 +221,8 @@ def write(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
                  ((0.01, "examples"), (0.001, "examples"), (0.001, "seconds"))]  # fmt: skip
         head = f"| {row['strategy']} | {row['median_examples']:.0f} | {row['median_seconds']:.0f}"
         lines.append(f"{head} | {per_seed} | " + " | ".join(cells) + " |")
-    data = {"commit": revision, "machine": host, "model": args.model, "seeds": seeds,
-            "trainings": args.trainings, "best_known": best, "rows": rows,
+    data = {"commit": revision, "machine": host, "model": model, "seeds": seeds,
+            "trainings": trainings, "best_known": best, "rows": rows,
             "runs": runs}  # fmt: skip
     save("schedulers-real", data, "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
