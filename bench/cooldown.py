@@ -35,7 +35,7 @@ from hpo.core.spec import StudySpec
 from worker.callbacks import Paused
 from worker.data import DataCache
 from worker.models import ModelCache
-from worker.training import Resume, TrialHooks, train_trial, trial_settings
+from worker.training import Resume, TrialHooks, cooled_score, train_trial, trial_settings
 
 RUNGS = (64, 128)  # examples; the full run has 256 and decays over its last 51
 BATCH = 8
@@ -105,6 +105,13 @@ class Runner:
         reported = trial.study.trials[-1].intermediate_values
         return dict(reported), value, time.perf_counter() - started
 
+    def cooled(self, settings: dict[str, Any], checkpoint: Path, reported: dict[int, float]
+               ) -> float | None:  # fmt: skip
+        """The worker's own cool-down branch (``cooldown`` on a scheduler)."""
+        return cooled_score(spec=self.spec, settings=settings, loaded=self.loaded, raw=self.raw,
+                            cache=self.data, device=self.device, stop=threading.Event(),
+                            checkpoint=checkpoint, reported=reported)  # fmt: skip
+
 
 def measure(runner: Runner, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
     settings = trial_settings(runner.spec, params)
@@ -120,12 +127,9 @@ def measure(runner: Runner, params: dict[str, Any], workdir: Path) -> dict[str, 
             break
         out["rung"][until] = reported[until]
         resume = Resume(keep, reported, None)
-        steps = until // BATCH
-        branch = {**settings, "max_steps": steps + steps // 4}  # WSD decays over the last 20%
-        _, cooled, seconds = runner.segment(branch, until=None, resume=resume,
-                                            keep=workdir / f"branch{until}")  # fmt: skip
-        out["cooled"][until] = cooled
-        out["seconds"] += seconds
+        started = time.perf_counter()
+        out["cooled"][until] = runner.cooled(settings, keep, reported)
+        out["seconds"] += time.perf_counter() - started
     return out
 
 

@@ -145,13 +145,18 @@ def simulate(
     continue, or once ``max_cost`` device-seconds were spent, whichever comes first.
 
     Raises:
-        SpecError: The scheduler is PBT, which changes hyperparameters mid-run: a recorded
-            curve cannot say what would have happened.
+        SpecError: The scheduler is PBT, which changes hyperparameters mid-run, or scores with
+            a cool-down branch: a recorded curve cannot say what would have happened.
     """
     if isinstance(search.scheduler, PBTSchedulerSpec):
         raise SpecError(
             "PBT changes hyperparameters mid-run; recorded curves cannot replay it.",
             loc=("search", "scheduler"),
+        )
+    if getattr(search.scheduler, "cooldown", False):
+        raise SpecError(
+            "cool-down scores come from branches a recorded curve does not have.",
+            loc=("search", "scheduler", "cooldown"),
         )
     search = search.model_copy(
         update={"sampler": search.sampler.model_copy(update={"seed": seed})}

@@ -27,7 +27,11 @@ class Diverged(optuna.TrialPruned):
 
 class Paused(optuna.TrialPruned):
     """The segment reached its ``until``: its state is saved and the trial told PRUNED with
-    ``PAUSED_AT_ATTR``, until a worker continues it."""
+    ``PAUSED_AT_ATTR``, until a worker continues it. ``reported``: its reports so far."""
+
+    def __init__(self, reason: str, reported: dict[int, float]) -> None:
+        super().__init__(reason)
+        self.reported = reported
 
 
 INITIAL_LOSS_ATTR = "initial_train_loss"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import tempfile
 import threading
 import time
@@ -31,9 +32,9 @@ from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
 from hpo.core.segments import Segment
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.storage import FAIL_REASON_ATTR, HeartbeatStorage
+from hpo.core.storage import COOLED_ATTR, FAIL_REASON_ATTR, HeartbeatStorage
 from worker import checkpoints, generation
-from worker.callbacks import INITIAL_LOSS_ATTR, WorkerShutdown
+from worker.callbacks import INITIAL_LOSS_ATTR, Paused, WorkerShutdown
 from worker.data import DataCache, Splits
 from worker.locks import StudyLock
 from worker.models import AdapterCache, LoadedModel, ModelCache
@@ -42,6 +43,7 @@ from worker.training import (
     Resume,
     TrainResult,
     TrialHooks,
+    cooled_score,
     detach,
     train_trial,
     trial_settings,
@@ -184,26 +186,37 @@ def make_objective(
             if spec.train.mode == "decode":
                 return decode_trial(ctx, trial, spec, record, settings, loaded, raw)
             segment = Segment.of(trial.user_attrs)
-            hooks = TrialHooks(
-                extra_callbacks=extra_callbacks(params),
-                keep_adapter=_adapter_keeper(ctx, trial, record, spec.train.model.task),
-                keep_logs=lambda logs: _store(ctx, trial, record, artifacts.TENSORBOARD, logs),
-                keep_checkpoint=lambda folder: checkpoints.keep(
-                    ctx.settings, ctx.sessions, record=record, trial=trial, checkpoint=folder
-                ),
-                # setup = everything before the first training step: model, data, adapter,
-                # Trainer construction
-                on_train_begin=lambda: trial.set_user_attr(
-                    "setup_seconds", round(time.perf_counter() - started, 4)
-                ),
-                baseline_needed=segment.continues is None
-                and not any(k.startswith(BASELINE_PREFIX) for k in trial.study.user_attrs),
-            )
-            with _resume(ctx, record, trial, segment) as resume:
-                result = train_trial(trial, spec=spec, settings=settings, loaded=loaded,
-                                     raw=raw, cache=ctx.data, device=ctx.device, stop=ctx.stop,
-                                     hooks=hooks, until=segment.until,
-                                     resume=resume)  # fmt: skip
+            with _stable_copy(spec) as stable:
+                hooks = TrialHooks(
+                    extra_callbacks=extra_callbacks(params),
+                    keep_adapter=_adapter_keeper(ctx, trial, record, spec.train.model.task),
+                    keep_logs=lambda logs: _store(ctx, trial, record, artifacts.TENSORBOARD, logs),
+                    keep_checkpoint=lambda folder: _keep_checkpoint(
+                        ctx, record, trial, folder, stable
+                    ),
+                    # setup = everything before the first training step: model, data,
+                    # adapter, Trainer construction
+                    on_train_begin=lambda: trial.set_user_attr(
+                        "setup_seconds", round(time.perf_counter() - started, 4)
+                    ),
+                    baseline_needed=segment.continues is None
+                    and not any(k.startswith(BASELINE_PREFIX) for k in trial.study.user_attrs),
+                )
+                try:
+                    with _resume(ctx, record, trial, segment) as resume:
+                        result = train_trial(trial, spec=spec, settings=settings,
+                                             loaded=loaded, raw=raw, cache=ctx.data,
+                                             device=ctx.device, stop=ctx.stop, hooks=hooks,
+                                             until=segment.until, resume=resume)  # fmt: skip
+                except Paused as paused:
+                    if stable is not None:
+                        cooled = cooled_score(spec=spec, settings=settings, loaded=loaded,
+                                              raw=raw, cache=ctx.data, device=ctx.device,
+                                              stop=ctx.stop, checkpoint=stable,
+                                              reported=paused.reported)  # fmt: skip
+                        if cooled is not None:
+                            trial.set_user_attr(COOLED_ATTR, cooled)
+                    raise
             _record_result(trial, result)
             return result.value
         except optuna.TrialPruned:
@@ -251,6 +264,24 @@ def _resume(ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial,
     with checkpoints.fetched(ctx.settings, ctx.sessions, record=record, parent=parent) as folder:
         yield Resume(folder, dict(parent.intermediate_values),
                      parent.user_attrs.get(INITIAL_LOSS_ATTR))  # fmt: skip
+
+
+@contextmanager
+def _stable_copy(spec: StudySpec) -> Iterator[Path | None]:
+    """Where a pausing segment's checkpoint is copied for its cool-down branch, when the
+    scheduler scores with one (the artifact store keeps the original)."""
+    if not getattr(spec.search.scheduler, "cooldown", False):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="hpo-stable-") as scratch:
+        yield Path(scratch) / "checkpoint"
+
+
+def _keep_checkpoint(ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial,
+                     folder: Path, stable: Path | None) -> None:  # fmt: skip
+    checkpoints.keep(ctx.settings, ctx.sessions, record=record, trial=trial, checkpoint=folder)
+    if stable is not None:
+        shutil.copytree(folder, stable)
 
 
 def decode_trial(

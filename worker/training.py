@@ -4,6 +4,7 @@ LoraConfig -> a Trainer over the cached base model and the cached prepared data.
 from __future__ import annotations
 
 import gc
+import json
 import math
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from transformers import (
     set_seed,
 )
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
@@ -40,7 +42,7 @@ from hpo.core.hyperparameters import arguments, resolve, scheduler_kwargs
 from hpo.core.spec import StudySpec
 from hpo.core.storage import PAUSED_AT_ATTR, PRUNE_REASON_ATTR
 from worker import generation, sft
-from worker.callbacks import FidelityCallback, Paused, Retune
+from worker.callbacks import FidelityCallback, Paused, Retune, WorkerShutdown
 from worker.data import DataCache, Splits, tokenize_classification
 from worker.models import LoadedModel, target_modules
 
@@ -423,7 +425,38 @@ def _pause(
     trial.set_user_attr(PAUSED_AT_ATTR, until)
     reason = f"paused at {fidelity.paused_at} examples (rung {until})"
     trial.set_user_attr(PRUNE_REASON_ATTR, reason)
-    raise Paused(reason)
+    raise Paused(reason, dict(fidelity.reported))
+
+
+def cooled_score(
+    *,
+    spec: StudySpec,
+    settings: dict[str, Any],
+    loaded: LoadedModel,
+    raw: Splits,
+    cache: DataCache,
+    device: torch.device,
+    stop: threading.Event,
+    checkpoint: Path,
+    reported: dict[int, float],
+) -> float | None:
+    """WSD cool-down scoring: the objective after a branch from a paused segment's
+    stable-phase ``checkpoint`` that runs the same warmup_stable_decay schedule on a quarter
+    more steps, so the learning rate decays over the branch. The branch is thrown away (the
+    configuration continues from ``checkpoint``); None when it diverged or the worker stops."""
+    state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    steps = int(state["global_step"])
+    branch = {**settings, "max_steps": steps + max(1, steps // 4)}
+    scratch = optuna.create_study(
+        direction=spec.search.objective.direction, pruner=optuna.pruners.NopPruner()
+    ).ask()
+    try:
+        result = train_trial(scratch, spec=spec, settings=branch, loaded=loaded, raw=raw,
+                             cache=cache, device=device, stop=stop,
+                             resume=Resume(checkpoint, reported, None))  # fmt: skip
+    except (optuna.TrialPruned, WorkerShutdown):
+        return None
+    return result.value
 
 
 def detach(peft_model: PeftModel) -> None:

@@ -38,7 +38,7 @@ from hpo.core.spec import (
     SchedulerSpec,
     TopKSchedulerSpec,
 )
-from hpo.core.storage import PAUSED_AT_ATTR, RETRIED_FROM_ATTR
+from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR, RETRIED_FROM_ATTR
 
 UNTIL_ATTR = "hpo_until"
 CONTINUES_ATTR = "hpo_continues"
@@ -62,6 +62,7 @@ class Config:
         unpaused: Started to run to its end with no rung: an unselected sample of how early
             scores relate to final ones.
         paused_rung: While paused, the rung it paused at (its segment's ``until``).
+        cooled: ``(rung, score)`` after a cool-down branch, for rungs it paused at with one.
     """
 
     number: int
@@ -71,6 +72,7 @@ class Config:
     last_trial: int
     unpaused: bool
     paused_rung: int | None = None
+    cooled: tuple[tuple[int, float], ...] = ()
 
     @property
     def last_step(self) -> int:
@@ -85,6 +87,10 @@ class Config:
         """The score at a rung: the first report at or after ``step``."""
         i = bisect.bisect_left(self.values, step, key=lambda point: point[0])
         return self.values[i][1] if i < len(self.values) else None
+
+    def score_at(self, rung: int) -> float | None:
+        """What ranks it at a rung: the cooled score where it has one, else ``value_at``."""
+        return dict(self.cooled).get(rung, self.value_at(rung))
 
 
 def configurations(trials: Iterable[FrozenTrial]) -> list[Config]:
@@ -112,6 +118,13 @@ def configurations(trials: Iterable[FrozenTrial]) -> list[Config]:
                 unpaused=segments[0].user_attrs.get(UNTIL_ATTR) is None
                 and not any(PAUSED_AT_ATTR in s.user_attrs for s in segments),
                 paused_rung=latest.user_attrs.get(PAUSED_AT_ATTR),
+                cooled=tuple(
+                    sorted(
+                        (s.user_attrs[PAUSED_AT_ATTR], s.user_attrs[COOLED_ATTR])
+                        for s in segments
+                        if COOLED_ATTR in s.user_attrs and PAUSED_AT_ATTR in s.user_attrs
+                    )
+                ),  # fmt: skip
             )
         )
     return configs
@@ -231,7 +244,7 @@ def _standing(configs: Sequence[Config], rung: int, sign: float) -> _Standing:
     best: dict[tuple[tuple[str, Any], ...], float] = {}
     advanced = set()
     for c in configs:
-        value = c.value_at(rung)
+        value = c.score_at(rung)
         if value is None:
             continue
         key = _key(c)
@@ -276,7 +289,7 @@ def _next_rung(rungs: tuple[int, ...], step: int) -> int | None:
 
 
 def _score(config: Config, rung: int) -> float:
-    value = config.value_at(rung)
+    value = config.score_at(rung)
     assert value is not None, "a configuration paused at a rung has a score there"
     return value
 

@@ -597,6 +597,13 @@ class AshaSchedulerSpec(_Strict):
     type: Literal["asha"] = "asha"
     min_steps: int = Field(ge=1, le=MAX_STEP, description="Steps to the first rung.")
     reduction_factor: int = Field(default=3, ge=2, le=100)
+    cooldown: bool = Field(
+        default=False,
+        description="WSD cool-down scoring (warmup_stable_decay fixed in training): a paused "
+        "configuration is ranked by its score after a short branch from its checkpoint whose "
+        "learning rate decays over a quarter of the steps so far; it continues from the "
+        "stable checkpoint, not the cooled one (bench/results/cooldown.md).",
+    )
 
 
 class TopKSchedulerSpec(_Strict):
@@ -611,6 +618,13 @@ class TopKSchedulerSpec(_Strict):
     at_steps: int = Field(ge=1, le=MAX_STEP)
     k: int = Field(default=3, ge=1, le=10_000)
     min_scored: int = Field(default=9, ge=1, le=10_000)
+    cooldown: bool = Field(
+        default=False,
+        description="WSD cool-down scoring (warmup_stable_decay fixed in training): a paused "
+        "configuration is ranked by its score after a short branch from its checkpoint whose "
+        "learning rate decays over a quarter of the steps so far; it continues from the "
+        "stable checkpoint, not the cooled one (bench/results/cooldown.md).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TopKSchedulerSpec:
@@ -864,6 +878,13 @@ def _check_scheduler(train: TrainSpec, search: SearchSpec) -> None:
             f"train; {search.objective.metric} is scored once at the end unless "
             "train.evaluation.generation.at_every_report is true."
         )
+    if isinstance(scheduler, AshaSchedulerSpec | TopKSchedulerSpec) and scheduler.cooldown:
+        fixed = train.training.values().get("lr_scheduler_type")
+        if fixed != "warmup_stable_decay" or "lr_scheduler_type" in search.space.names():
+            raise ValueError(
+                "cooldown scores a branch that decays a warmup_stable_decay schedule: fix "
+                "train.training.lr_scheduler_type to warmup_stable_decay."
+            )
     if isinstance(scheduler, PBTSchedulerSpec) and (
         scheduler.population_size > search.budget.max_trials
     ):

@@ -29,8 +29,10 @@ ClaimGate = Callable[[int | None], AbstractContextManager[dict[str, Any]]]
 PRUNE_REASON_ATTR = "prune_reason"
 # A segment paused at this rung, its state kept (hpo.core.scheduling).
 PAUSED_AT_ATTR = "hpo_paused_at"
+# Its score at that rung after a cool-down branch (a scheduler's ``cooldown``).
+COOLED_ATTR = "hpo_cooled_score"
 # What a trial says about its own end; a retry starts without them.
-OUTCOME_ATTRS = (FAIL_REASON_ATTR, "error", PRUNE_REASON_ATTR, PAUSED_AT_ATTR)
+OUTCOME_ATTRS = (FAIL_REASON_ATTR, "error", PRUNE_REASON_ATTR, PAUSED_AT_ATTR, COOLED_ATTR)
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):

@@ -22,7 +22,7 @@ from hpo.core.db import ArtifactRecord, Database, StudyRecord, session_scope
 from hpo.core.pbt import LINEAGE_ATTR
 from hpo.core.scheduling import CONTINUES_ATTR, UNTIL_ATTR, configurations
 from hpo.core.settings import Settings
-from hpo.core.storage import PAUSED_AT_ATTR
+from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.worker_process import cheap_objective
@@ -85,6 +85,40 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
     assert last.intermediate_values == pytest.approx(uninterrupted.intermediate_values, rel=1e-5)
     assert study["status"] == "completed"
     assert "configurations" in study["status_reason"]
+
+
+@pytest.mark.slow
+def test_cool_down_scores_rank_paused_trials_that_continue_from_the_stable_state(
+    pg_api: ApiServer,
+) -> None:
+    """With ``cooldown`` each paused configuration carries its score after a decay branch;
+    the better cooled score continues, from the stable checkpoint: its loss at resume is the
+    loss it paused with, not the cooled one."""
+    training = {"num_train_epochs": 1, "max_seq_length": 32,
+                "lr_scheduler_type": "warmup_stable_decay"}  # fmt: skip
+    spec = small_study("cool", pruner={"type": "none"}, training=training,
+                       scheduler={**TOP_1_OF_2, "cooldown": True},
+                       budget={"max_trials": 2})  # fmt: skip
+    with pg_api.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        for config in (CONFIG, {**CONFIG, "lora_r": 8}):
+            queued = client.post("/studies/cool/trials", json={"params": config})
+            assert queued.status_code == 201
+        _run_worker(pg_api.settings)
+        study = client.get("/studies/cool").json()
+    first, second, last = trials(pg_api.settings, "cool")
+    cooled = {t.number: t.user_attrs[COOLED_ATTR] for t in (first, second)}
+    for t in (first, second):
+        assert t.user_attrs[PAUSED_AT_ATTR] == 64
+        assert cooled[t.number] != t.intermediate_values[64]  # it trained on as it decayed
+    parent = (first, second)[last.user_attrs[CONTINUES_ATTR]]
+    assert parent.number == min(cooled, key=lambda n: cooled[n])
+    assert last.user_attrs[RESUMED_VALUE_ATTR] == pytest.approx(
+        parent.intermediate_values[64], rel=1e-6
+    )
+    assert last.state == TrialState.COMPLETE and COOLED_ATTR not in last.user_attrs
+    assert last.user_attrs["examples_trained"] == 256 - 64
+    assert study["status"] == "completed"
 
 
 def _paused_study(settings: Settings, name: str) -> None:

@@ -31,9 +31,10 @@ from hpo.core.spec import (
     AshaSchedulerSpec,
     NoSchedulerSpec,
     SearchSpec,
+    StudySpec,
     TopKSchedulerSpec,
 )
-from hpo.core.storage import RETRIED_FROM_ATTR
+from hpo.core.storage import COOLED_ATTR, RETRIED_FROM_ATTR
 
 ASHA = AshaSchedulerSpec(min_steps=1, reduction_factor=3)
 
@@ -92,6 +93,43 @@ def test_asha_continues_the_best_third_of_a_rung_most_advanced_first() -> None:
         for i in range(2)
     ]
     assert next_work(rung1 + at3, ASHA, can_start=True) == Continue(9, 9, until=9)
+
+
+def test_cooled_scores_rank_the_rung_they_were_taken_at() -> None:
+    """With cool-down scoring a paused configuration ranks by its cooled score at its rung;
+    the curve stays as reported, and a rung it passed without a branch ranks by its report."""
+    trials = [
+        segment(0, 1.0, {1: 2.0}, TrialState.PRUNED,
+                **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1, COOLED_ATTR: 0.5}),
+        segment(1, 2.0, {1: 1.0}, TrialState.PRUNED,
+                **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1, COOLED_ATTR: 0.9}),
+        segment(2, 3.0, {1: 3.0}, TrialState.PRUNED, **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1}),
+    ]  # fmt: skip
+    configs = {c.number: c for c in configurations(trials)}
+    assert configs[0].values == ((1, 2.0),) and configs[0].cooled == ((1, 0.5),)
+    assert configs[0].score_at(1) == 0.5 and configs[2].score_at(1) == 3.0
+    top_1 = TopKSchedulerSpec(at_steps=1, k=1, min_scored=3, cooldown=True)
+    # by the reports, configuration 1 (1.0) is best; cooled, configuration 0 (0.5) is
+    assert next_work(list(configs.values()), top_1, can_start=True) == Continue(0, 0, until=None)
+
+
+def test_cooldown_needs_a_fixed_warmup_stable_decay_schedule() -> None:
+    def spec(training: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": "cool",
+            "train": {"model": {"name_or_path": "builtin:tiny-llama"},
+                      "dataset": {"path": "builtin:demo-text"}, "training": training},
+            "search": {"space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3},
+                                 **space},
+                       "scheduler": {"type": "asha", "min_steps": 64, "cooldown": True}},
+        }  # fmt: skip
+
+    wsd = {"lr_scheduler_type": "warmup_stable_decay"}
+    assert StudySpec.model_validate(spec(wsd, {})).search.scheduler.type == "asha"
+    searched = {"lr_scheduler_type": {"type": "categorical", "choices": ["warmup_stable_decay"]}}
+    for training, space in (({}, {}), ({"lr_scheduler_type": "cosine"}, {}), ({}, searched)):
+        with pytest.raises(ValidationError, match="fix train.training.lr_scheduler_type"):
+            StudySpec.model_validate(spec(training, space))
 
 
 def test_a_continuing_configuration_is_not_promoted_twice() -> None:

@@ -252,12 +252,21 @@ def test_adaptive_falls_back_to_plain_search_where_no_rung_predicts_the_end() ->
     assert any(len(t.segments) > 1 or t.state == "paused" for t in ranked.trials)
 
 
-def test_pbt_is_not_replayed() -> None:
+@pytest.mark.parametrize(
+    ("scheduler", "says"),
+    [
+        ({"type": "pbt", "interval_steps": 2}, "PBT"),
+        ({"type": "asha", "min_steps": 2, "cooldown": True}, "cool-down"),
+    ],
+)
+def test_what_recorded_curves_cannot_say_is_not_replayed(
+    scheduler: dict[str, Any], says: str
+) -> None:
     search = SearchSpec.model_validate(
         {
             "space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}},
-            "scheduler": {"type": "pbt", "interval_steps": 2},
+            "scheduler": scheduler,
         }
     )
-    with pytest.raises(SpecError, match="PBT"):
+    with pytest.raises(SpecError, match=says):
         simulate(search, Bowl(), workers=1, seed=0)
