@@ -164,9 +164,11 @@ def main() -> None:
 def merge(files: list[Path]) -> None:
     """One table from results files of the same commit, machine and settings."""
     parts = [json.loads(f.read_text()) for f in files]
-    for key in ("commit", "machine", "model", "trainings"):
+    for key in ("commit", "machine", "trainings"):
         if len({json.dumps(p[key]) for p in parts}) > 1:
             raise SystemExit(f"cannot merge: the files differ in {key}")
+    if len({Path(p["model"]).name for p in parts}) > 1:  # copies of one checkpoint may move
+        raise SystemExit("cannot merge: the files used different models")
     first, runs = parts[0], [run for p in parts for run in p["runs"]]
     names = list(dict.fromkeys(run["strategy"] for run in runs))
     write(runs, names, first["trainings"], first["model"], first["commit"], first["machine"])
