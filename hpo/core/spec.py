@@ -582,6 +582,14 @@ PrunerSpec = Annotated[
 # new configuration. Steps are the fidelity axis: training examples seen.
 
 
+COOLDOWN_HELP = (
+    "WSD cool-down scoring (warmup_stable_decay fixed in training): a paused configuration is "
+    "ranked by its score after a short branch from its checkpoint whose learning rate decays "
+    "over a quarter of the steps so far; it continues from the stable checkpoint, not the "
+    "cooled one (bench/results/cooldown.md)."
+)
+
+
 class NoSchedulerSpec(_Strict):
     type: Literal["none"] = "none"
 
@@ -597,13 +605,7 @@ class AshaSchedulerSpec(_Strict):
     type: Literal["asha"] = "asha"
     min_steps: int = Field(ge=1, le=MAX_STEP, description="Steps to the first rung.")
     reduction_factor: int = Field(default=3, ge=2, le=100)
-    cooldown: bool = Field(
-        default=False,
-        description="WSD cool-down scoring (warmup_stable_decay fixed in training): a paused "
-        "configuration is ranked by its score after a short branch from its checkpoint whose "
-        "learning rate decays over a quarter of the steps so far; it continues from the "
-        "stable checkpoint, not the cooled one (bench/results/cooldown.md).",
-    )
+    cooldown: bool = Field(default=False, description=COOLDOWN_HELP)
 
 
 class TopKSchedulerSpec(_Strict):
@@ -618,13 +620,7 @@ class TopKSchedulerSpec(_Strict):
     at_steps: int = Field(ge=1, le=MAX_STEP)
     k: int = Field(default=3, ge=1, le=10_000)
     min_scored: int = Field(default=9, ge=1, le=10_000)
-    cooldown: bool = Field(
-        default=False,
-        description="WSD cool-down scoring (warmup_stable_decay fixed in training): a paused "
-        "configuration is ranked by its score after a short branch from its checkpoint whose "
-        "learning rate decays over a quarter of the steps so far; it continues from the "
-        "stable checkpoint, not the cooled one (bench/results/cooldown.md).",
-    )
+    cooldown: bool = Field(default=False, description=COOLDOWN_HELP)
 
     @model_validator(mode="after")
     def _check(self) -> TopKSchedulerSpec:

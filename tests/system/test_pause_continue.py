@@ -46,6 +46,14 @@ def _checkpoints(settings: Settings) -> set[int]:
         ))  # fmt: skip
 
 
+def _register_two_configurations(client: Any, spec: dict[str, Any]) -> None:
+    """Register ``spec`` and queue CONFIG and the same with rank 8."""
+    assert client.post("/studies", json=spec).status_code == 201
+    for config in (CONFIG, {**CONFIG, "lora_r": 8}):
+        queued = client.post(f"/studies/{spec['name']}/trials", json={"params": config})
+        assert queued.status_code == 201
+
+
 @pytest.mark.slow
 def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
     """Two configurations score at 64 examples and pause; the better one continues from its
@@ -56,10 +64,7 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
                        budget={"max_trials": 2})  # fmt: skip
     plain = small_study("plain", pruner={"type": "none"}, budget={"max_trials": 1})
     with pg_api.client() as client:
-        assert client.post("/studies", json=spec).status_code == 201
-        for config in (CONFIG, {**CONFIG, "lora_r": 8}):
-            queued = client.post("/studies/paused/trials", json={"params": config})
-            assert queued.status_code == 201
+        _register_two_configurations(client, spec)
         _run_worker(pg_api.settings)
         study = client.get("/studies/paused").json()
         first, second, last = trials(pg_api.settings, "paused")
@@ -100,10 +105,7 @@ def test_cool_down_scores_rank_paused_trials_that_continue_from_the_stable_state
                        scheduler={**TOP_1_OF_2, "cooldown": True},
                        budget={"max_trials": 2})  # fmt: skip
     with pg_api.client() as client:
-        assert client.post("/studies", json=spec).status_code == 201
-        for config in (CONFIG, {**CONFIG, "lora_r": 8}):
-            queued = client.post("/studies/cool/trials", json={"params": config})
-            assert queued.status_code == 201
+        _register_two_configurations(client, spec)
         _run_worker(pg_api.settings)
         study = client.get("/studies/cool").json()
     first, second, last = trials(pg_api.settings, "cool")
@@ -233,10 +235,7 @@ def test_killed_workers_lose_at_most_the_segment_they_ran(
     spec = small_study("killed", pruner={"type": "none"}, scheduler=TOP_1_OF_2,
                        budget={"max_trials": 2})  # fmt: skip
     with pg_api.client() as client:
-        assert client.post("/studies", json=spec).status_code == 201
-        for config in (CONFIG, {**CONFIG, "lora_r": 8}):
-            queued = client.post("/studies/killed/trials", json={"params": config})
-            assert queued.status_code == 201
+        _register_two_configurations(client, spec)
 
         def now() -> list[FrozenTrial]:
             return trials(pg_api.settings, "killed")
