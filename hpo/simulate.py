@@ -30,7 +30,13 @@ from hpo.core.scheduling import (
     configurations,
     next_work,
 )
-from hpo.core.spec import NoSchedulerSpec, PBTSchedulerSpec, SearchSpace, SearchSpec
+from hpo.core.spec import (
+    NoSchedulerSpec,
+    PBTSchedulerSpec,
+    SearchSpace,
+    SearchSpec,
+    cools_down,
+)
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
 STUDY = "simulated"
@@ -153,7 +159,7 @@ def simulate(
             "PBT changes hyperparameters mid-run; recorded curves cannot replay it.",
             loc=("search", "scheduler"),
         )
-    if getattr(search.scheduler, "cooldown", False):
+    if cools_down(search.scheduler):
         raise SpecError(
             "cool-down scores come from branches a recorded curve does not have.",
             loc=("search", "scheduler", "cooldown"),

@@ -31,7 +31,7 @@ from hpo.core.paths import check_spec_paths
 from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
 from hpo.core.segments import Segment
 from hpo.core.settings import Settings
-from hpo.core.spec import StudySpec
+from hpo.core.spec import StudySpec, cools_down
 from hpo.core.storage import COOLED_ATTR, FAIL_REASON_ATTR, HeartbeatStorage
 from worker import checkpoints, generation
 from worker.callbacks import INITIAL_LOSS_ATTR, Paused, WorkerShutdown
@@ -270,7 +270,7 @@ def _resume(ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial,
 def _stable_copy(spec: StudySpec) -> Iterator[Path | None]:
     """Where a pausing segment's checkpoint is copied for its cool-down branch, when the
     scheduler scores with one (the artifact store keeps the original)."""
-    if not getattr(spec.search.scheduler, "cooldown", False):
+    if not cools_down(spec.search.scheduler):
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="hpo-stable-") as scratch:

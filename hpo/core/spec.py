@@ -519,6 +519,11 @@ SamplerSpec = Annotated[
 ]
 
 
+def cools_down(scheduler: SchedulerSpec) -> bool:
+    """Whether paused configurations are ranked by a cool-down branch's score."""
+    return isinstance(scheduler, AshaSchedulerSpec | TopKSchedulerSpec) and scheduler.cooldown
+
+
 MAX_STEP = 10**12  # steps are training examples seen; far beyond any fine-tune
 
 
@@ -874,7 +879,7 @@ def _check_scheduler(train: TrainSpec, search: SearchSpec) -> None:
             f"train; {search.objective.metric} is scored once at the end unless "
             "train.evaluation.generation.at_every_report is true."
         )
-    if isinstance(scheduler, AshaSchedulerSpec | TopKSchedulerSpec) and scheduler.cooldown:
+    if cools_down(scheduler):
         fixed = train.training.values().get("lr_scheduler_type")
         if fixed != "warmup_stable_decay" or "lr_scheduler_type" in search.space.names():
             raise ValueError(
