@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from hpo.core.errors import (
+    QuotaExceeded,
     SpecError,
     StorageUnavailable,
     StudyBroken,
@@ -49,6 +50,13 @@ async def _conflict(_: Request, exc: StudyConflict | StudyBroken) -> JSONRespons
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
+async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
+    # No Retry-After: the owner frees the quota (stops or deletes a study), not the clock.
+    return JSONResponse(
+        {"detail": str(exc), "quota": exc.quota, "limit": exc.limit}, status_code=429
+    )
+
+
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
     return JSONResponse(
@@ -73,6 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StudyNotFound, _not_found)  # type: ignore[arg-type]
     app.add_exception_handler(StudyConflict, _conflict)  # type: ignore[arg-type]
     app.add_exception_handler(StudyBroken, _conflict)  # type: ignore[arg-type]
+    app.add_exception_handler(QuotaExceeded, _quota)  # type: ignore[arg-type]
     app.add_exception_handler(StorageUnavailable, _unavailable)
     app.add_exception_handler(OperationalError, _unavailable)
     app.add_exception_handler(StorageInternalError, _unavailable)

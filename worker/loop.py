@@ -10,7 +10,7 @@ import uuid
 import warnings
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,14 +19,15 @@ import torch
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState, create_trial
-from sqlalchemy import select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import segments, studies
+from hpo.core import fairshare, owners, segments, studies
 from hpo.core.budget import max_trials, spent_reason
 from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope, utcnow
 from hpo.core.errors import StorageUnavailable
 from hpo.core.factory import load_study, optuna_distributions
+from hpo.core.fairshare import StudyLoad
 from hpo.core.optuna_tables import study_id, trial_id
 from hpo.core.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
 from hpo.core.segments import Continue, ContinueMember, Decision, Idle, Start, scheduled
@@ -34,16 +35,21 @@ from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
 from worker.data import DataCache
-from worker.locks import StudyLock
+from worker.locks import OwnerLock, StudyLock
 from worker.models import AdapterCache, ModelCache
 from worker.objective import ObjectiveFactory, WorkerContext, make_objective
 
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
 MAX_BACKOFF_S = 30.0
+GONE_REASON = "the study was deleted or renamed; this worker goes on with the others"
 
 
 class BudgetSpent(Exception):
     """Raised inside the budget gate: the study had no free slot when this worker claimed."""
+
+
+class OwnerAtQuota(BudgetSpent):
+    """Raised inside the budget gate: the study's owner has their quota of running trials."""
 
 
 class StudyGone(Exception):
@@ -120,6 +126,8 @@ class Worker:
         # One Study (and sampler) per study for the worker's life: a sampler rebuilt for
         # every trial would restart its random stream and propose the same configs again.
         self._studies: dict[tuple[int, str], optuna.Study] = {}
+        self._specs: dict[tuple[int, str], StudySpec] = {}
+        self._owners_at_quota: set[str] = set()
         self._seed_offset = zlib.crc32(self.ctx.worker_id.encode())
         if cpu_threads is not None:
             torch.set_num_threads(cpu_threads)
@@ -162,48 +170,73 @@ class Worker:
         self.engine.dispose()
 
     def _run_next(self) -> bool:
-        candidates = self._candidates()
-        # Fair share: the study with the fewest running trials, then the least done.
-        candidates.sort(
-            key=lambda c: (c.counts.running, c.counts.finished / max_trials(c.spec.search))
-        )
-        return any(self._run_one(c) for c in candidates)
+        self._owners_at_quota = set()
+        for load in self._scan():
+            if load.owner in self._owners_at_quota:
+                continue
+            try:
+                candidate = self._candidate(load)
+            except StudyGone:
+                self._forget_load(load)
+                continue
+            if candidate is not None and self._run_one(candidate):
+                return True
+        return False
 
     # --- choosing a study -------------------------------------------------------------------
 
-    def _candidates(self) -> list[Candidate]:
-        with session_scope(self.sessions) as session:
-            query = select(StudyRecord).where(StudyRecord.status == StudyStatus.RUNNING)
-            if self.studies:
-                query = query.where(StudyRecord.name.in_(self.studies))
-            records = list(session.scalars(query.order_by(StudyRecord.id)))
-        found = []
-        for record in records:
+    def _scan(self) -> list[StudyLoad]:
+        """Running studies in fair order (``hpo.core.fairshare``): one statement, plus a sweep
+        and a second statement only when a dead worker left stale trials behind."""
+        with self.engine.connect() as conn:
+            loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
+        stale = [load for load in loads if load.stale]
+        for load in stale:
             try:
-                candidate = self._candidate(record)
+                _, study = self._study(load, self._record(load))
             except StudyGone:
-                self._forget(record, trial=None)
                 continue
-            if candidate is not None:
-                found.append(candidate)
-        return found
+            with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                fail_stale_trials(study)  # trials of dead workers free their budget slot
+        if stale:
+            with self.engine.connect() as conn:
+                loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
+        return fairshare.fair_order(
+            loads,
+            max_running_per_owner=self.settings.max_running_trials_per_owner,
+            names=self.studies,
+        )
 
-    def _candidate(self, record: StudyRecord) -> Candidate | None:
-        spec = StudySpec.model_validate(record.spec)
-        key = (record.id, record.name)
-        if key not in self._studies:
+    def _record(self, load: StudyLoad) -> StudyRecord:
+        with session_scope(self.sessions) as session:
+            record = session.get(StudyRecord, load.record_id)
+        if record is None or record.name != load.name:
+            raise StudyGone(load.name)
+        return record
+
+    def _study(self, load: StudyLoad, record: StudyRecord) -> tuple[StudySpec, optuna.Study]:
+        """The spec and the worker's Study of a scanned study, both kept for its life."""
+        key = (load.record_id, load.name)
+        spec = self._specs.get(key) or StudySpec.model_validate(record.spec)
+        self._specs[key] = spec
+        study = self._studies.get(key)
+        if study is None or study_id(study) != load.optuna_id:
             try:
-                self._studies[key] = load_study(
+                study = load_study(
                     spec.name, spec.search, self.storage, seed_offset=self._seed_offset
                 )
             except KeyError:
-                raise StudyGone(record.name) from None
-        study = self._studies[key]
-        if not self._study_exists(study, record):
-            raise StudyGone(record.name)
-        with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            fail_stale_trials(study)  # trials of dead workers free their budget slot
+                raise StudyGone(load.name) from None
+            self._studies[key] = study
+        return spec, study
+
+    def _candidate(self, load: StudyLoad) -> Candidate | None:
+        """A closer look at a scanned study: its budget, or its scheduler's next work."""
+        record = self._record(load)
+        if record.status != StudyStatus.RUNNING:
+            return None
+        spec, study = self._study(load, record)
         counts = trial_counts(self.storage, study_id(study))
         if spent_reason(self.storage, record, spec, counts) is not None:
             self._finish_if_spent(record, study)
@@ -214,6 +247,30 @@ class Worker:
         else:
             has_work = counts.finished + counts.running < max_trials(spec.search)
         return Candidate(record, spec, study, counts) if has_work else None
+
+    def _forget_load(self, load: StudyLoad) -> None:
+        self._specs.pop((load.record_id, load.name), None)
+        self._studies.pop((load.record_id, load.name), None)
+        self._event("study_gone", study=load.name, abandoned_trial=None, reason=GONE_REASON)
+
+    @contextmanager
+    def _owner_quota(self, candidate: Candidate, lock: StudyLock) -> Iterator[None]:
+        """Inside the study's lock: refuse the claim if the owner is at
+        ``max_running_trials_per_owner``, counted under the owner's lock held until claimed."""
+        limit = self.settings.max_running_trials_per_owner
+        if limit is None:
+            yield
+            return
+        owner = candidate.record.owner
+        with OwnerLock(self.engine, owner, lock.connection) as held:
+            with (
+                nullcontext(held.connection) if held.connection else self.engine.connect() as conn
+            ):
+                running = owners.running_trials(conn, owner=owner)
+            if running >= limit:
+                self._owners_at_quota.add(owner)
+                raise OwnerAtQuota(owner)
+            yield
 
     def _next_segment(self, record: StudyRecord, spec: StudySpec, trials: list[FrozenTrial]
                       ) -> Decision | Literal["waiting"] | None:  # fmt: skip
@@ -239,7 +296,7 @@ class Worker:
             "study_gone",
             study=record.name,
             abandoned_trial=trial,
-            reason="the study was deleted or renamed; this worker goes on with the others",
+            reason=GONE_REASON,
         )
 
     def _finish_if_spent(self, record: StudyRecord, study: optuna.Study) -> None:
@@ -275,7 +332,10 @@ class Worker:
         configuration runs as a user asked, and a new one starts only if the scheduler still
         says so; a configuration's first segment gets its attributes in the same critical
         section."""
-        with StudyLock(self.engine, candidate.record.id) as lock:
+        with (
+            StudyLock(self.engine, candidate.record.id) as lock,
+            self._owner_quota(candidate, lock),
+        ):
             if scheduled(candidate.spec.search):
                 trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
                 if queued is None:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -76,6 +77,22 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class OwnerRecord(Base):
+    """An owner's share of the fleet, set by an operator (``hpo owner weight``).
+
+    Workers serve the owner with the fewest running trials per unit of weight first; an owner
+    without a row has weight 1.
+    """
+
+    __tablename__ = "hpo_owners"
+
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
 
 
 class ArtifactRecord(Base):

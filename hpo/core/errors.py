@@ -37,6 +37,21 @@ class StudyBroken(HPOError):
     outside the service); DELETE removes the registration."""
 
 
+class QuotaExceeded(HPOError):
+    """An owner is at one of their quotas (``hpo.core.quotas``).
+
+    Args:
+        message: What is at its limit and what frees it.
+        quota: The setting's name, e.g. ``max_active_studies_per_owner``.
+        limit: Its value.
+    """
+
+    def __init__(self, message: str, *, quota: str, limit: int) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.limit = limit
+
+
 class TokenNotFound(HPOError):
     """No API token of that name."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from optuna import Study, Trial
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial
-from sqlalchemy import column, table
+from sqlalchemy import DateTime, column, table
 
 studies = table("studies", column("study_id"), column("study_name"))
 trials = table(
@@ -19,12 +19,12 @@ trials = table(
     column("number"),
     column("study_id"),
     column("state"),
-    column("datetime_start"),
+    column("datetime_start", DateTime),
 )
 trial_user_attributes = table(
     "trial_user_attributes", column("trial_id"), column("key"), column("value_json")
 )
-trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat"))
+trial_heartbeats = table("trial_heartbeats", column("trial_id"), column("heartbeat", DateTime))
 trial_values = table(
     "trial_values", column("trial_id"), column("objective"), column("value"), column("value_type")
 )

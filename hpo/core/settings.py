@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # Check at registration that local datasets and models exist and parse. Turn off only where
     # the API host cannot see the workers' files; workers then find the mistakes.
     verify_inputs: bool = True
+    # Per-owner quotas (None: no limit). Active studies are running or paused ones: a
+    # registration past the quota answers 429. Workers start no trial of an owner who has
+    # max_running_trials_per_owner running.
+    max_active_studies_per_owner: int | None = Field(default=100, ge=1)
+    max_running_trials_per_owner: int | None = Field(default=None, ge=1)
     # Executing a model repository's own code is an operator's decision, never a spec's.
     allow_trust_remote_code: bool = False
 

@@ -23,6 +23,7 @@ from hpo.core.db import StudyRecord, StudyStatus, utcnow
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
 from hpo.core.optuna_tables import trial_id
+from hpo.core.owners import check_study_quota
 from hpo.core.paths import check_spec_paths
 from hpo.core.preflight import check_inputs
 from hpo.core.progress import best_trial, trial_counts
@@ -46,11 +47,13 @@ def create_study(
         SpecError: The spec points outside the allowed roots, or at data or a model that
             cannot be read as the spec says.
         StudyConflict: The name is taken (by any owner: Optuna study names are global).
+        QuotaExceeded: The owner has ``max_active_studies_per_owner`` active studies.
     """
     check_spec_paths(spec, settings)
     check_inputs(spec, settings)
     build_sampler(spec.search)
     build_pruner(spec.search.pruner)
+    check_study_quota(session, owner=owner, settings=settings)
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
         raise StudyConflict(f"a study named {spec.name!r} already exists")
     adapter = _pinned_adapter(session, storage, spec, owner) if spec.train.adapter else None

@@ -42,7 +42,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "Optuna study was removed outside the service).",
     },
     422: {"model": ValidationErrorPublic, "description": "Invalid input; `loc` says where."},
-    429: {"model": ErrorPublic, "description": "Too many failed token checks from this client."},
+    429: {
+        "model": ErrorPublic,
+        "description": "Too many failed token checks from this client, or the owner is at a "
+        "quota (the body's `quota` names the setting, `limit` its value).",
+    },
 }
 router = APIRouter(prefix="/studies", tags=["studies"], responses=ERRORS)
 Name = Annotated[str, Path(pattern=NAME_PATTERN, description="The study's name.")]

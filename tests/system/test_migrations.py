@@ -8,7 +8,7 @@ from hpo.core.db import Base, make_engine
 from hpo.core.migrate import downgrade, upgrade
 from tests.conftest import new_pg_database
 
-OURS = {"hpo_studies", "hpo_tokens", "hpo_artifacts"}
+OURS = {"hpo_studies", "hpo_tokens", "hpo_artifacts", "hpo_owners"}
 
 
 def _tables(url: str) -> set[str]:
