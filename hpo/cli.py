@@ -243,11 +243,15 @@ def worker(
         int | None,
         typer.Option(help="Torch CPU threads; split between --gpus/--processes children."),
     ] = None,
+    progress_fd: Annotated[
+        int | None, typer.Option(hidden=True, help="Set by the supervisor for its children.")
+    ] = None,
 ) -> None:
     """Pull trials of running studies and fine-tune them on DEVICE, or on every GPU.
 
-    The database must be reachable and migrated (hpo db upgrade) when the worker starts;
-    later outages are retried.
+    Trials always run in supervised child processes (one by default), so that one that makes
+    no progress can be killed and retried. The database must be reachable and migrated
+    (hpo db upgrade) when the worker starts; later outages are retried.
     """
     from hpo.core.migrate import check_database
 
@@ -255,10 +259,10 @@ def worker(
     with _one_line_errors():
         check_database(settings.database_url)
     log_to_stderr()
-    if gpus is not None or processes > 1:
-        if device is not None:
+    if progress_fd is None:
+        if device is not None and (gpus is not None or processes > 1):
             raise typer.BadParameter("--device runs one process; --gpus/--processes plan theirs")
-        _supervise(settings, gpus, processes, cpu_threads, study, max_trials, idle_exit)
+        _supervise(settings, gpus, processes, device, cpu_threads, study, max_trials, idle_exit)
         return
     from worker.loop import Worker  # torch: only once the database is known to be usable
 
@@ -269,6 +273,7 @@ def worker(
         max_trials=max_trials,
         idle_exit=idle_exit,
         cpu_threads=cpu_threads,
+        report_fd=progress_fd,
     ).run()
 
 
@@ -276,6 +281,7 @@ def _supervise(
     settings: Settings,
     gpus: str | None,
     processes: int,
+    device: str | None,
     cpu_threads: int | None,
     studies: list[str] | None,
     max_trials: int | None,
@@ -289,14 +295,14 @@ def _supervise(
     args += [f"--max-trials={max_trials}"] * (max_trials is not None)
     args += [f"--idle-exit={idle_exit}"] * (idle_exit is not None)
     try:
-        children = plan(gpus, processes=processes, cpu_threads=cpu_threads,
-                        worker_args=tuple(args))  # fmt: skip
+        children = plan(gpus, processes=processes, device=device or "cpu",
+                        cpu_threads=cpu_threads, worker_args=tuple(args))  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     # Children read settings from the environment; a URL on their command lines would show
     # its password in `ps`.
     os.environ["HPO_DATABASE_URL"] = settings.database_url
-    Supervisor(children).run()
+    Supervisor.for_settings(children, settings).run()
 
 
 @app.command()

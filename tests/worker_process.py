@@ -3,8 +3,10 @@ worker's ``objective_factory`` seam (never through production settings).
 
     python -m tests.worker_process [--inject-oom JSON] [--cheap] [--slow-steps S]
                                    [--record-state DIR] [--idle-exit S] [--study NAME]
+                                   [--stall-when JSON --stall gil|python] [--supervised]
 
-Settings come from the environment (``HPO_*``), as for ``hpo worker``.
+Settings come from the environment (``HPO_*``), as for ``hpo worker``. ``--supervised`` runs
+it as ``hpo worker`` runs its children: under the supervisor, one child.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import argparse
 import functools
 import json
 import math
+import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +41,18 @@ from hpo.core.scheduling import PAUSED_AT_ATTR
 from hpo.core.segments import Segment
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
+from worker import liveness
 from worker.loop import Worker
 from worker.objective import ExtraCallbacks, WorkerContext, make_objective
+from worker.supervisor import PROGRESS_FD_OPTION, Child, Supervisor
+
+# Stalls a hostile spec can cause: C code that holds the GIL (``re`` on a catastrophic
+# pattern: the heartbeat and every Python signal handler stop too), or Python blocked without
+# progress (a read of a FIFO, a template loop) while the heartbeat goes on.
+STALLS: dict[str, Callable[[], object]] = {
+    "gil": lambda: re.fullmatch("(a+)+b", "a" * 40),
+    "python": lambda: threading.Event().wait(),
+}
 
 
 class RaiseOOM(TrainerCallback):
@@ -148,6 +162,31 @@ def cheap_objective(
     return objective
 
 
+def stalling_objective(
+    ctx: WorkerContext,
+    spec: StudySpec,
+    *,
+    record: StudyRecord,
+    on_start: Callable[[optuna.Trial], None],
+    when: dict[str, Any],
+    how: str,
+) -> Callable[[optuna.Trial], float]:
+    """The cheap objective, except that a trial whose params contain ``when`` makes progress
+    once (a training step) and then stalls ``how``."""
+    cheap = cheap_objective(ctx, spec, record=record, on_start=lambda trial: None)
+
+    def objective(trial: optuna.Trial) -> float:
+        on_start(trial)
+        params = suggest_params(trial, spec.search)
+        if all(params.get(k) == v for k, v in when.items()):
+            trial.set_user_attr("worker", ctx.worker_id)
+            liveness.progress()
+            STALLS[how]()
+        return cheap(trial)
+
+    return objective
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--study", action="append")
@@ -158,9 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--barrier", type=int, default=0)
     parser.add_argument("--slow-steps", type=float)
     parser.add_argument("--record-state", type=Path)
+    parser.add_argument("--stall-when", type=json.loads)
+    parser.add_argument("--stall", choices=sorted(STALLS), default="gil")
+    parser.add_argument("--supervised", action="store_true")
+    parser.add_argument(PROGRESS_FD_OPTION, type=int)
     args = parser.parse_args(argv)
+    log_to_stderr()
+    if args.supervised:
+        argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--supervised"]
+        child = Child("cpu0", (sys.executable, "-m", "tests.worker_process", *argv), {})
+        Supervisor.for_settings([child], Settings()).run()
+        return 0
     factory: Any = make_objective
-    if args.cheap:
+    if args.stall_when:
+        factory = functools.partial(stalling_objective, when=args.stall_when, how=args.stall)
+    elif args.cheap:
         factory = functools.partial(cheap_objective, barrier=args.barrier)
     elif args.inject_oom:
         factory = functools.partial(make_objective, extra_callbacks=oom_when(args.inject_oom))
@@ -168,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         injected = [*([SlowSteps(args.slow_steps)] if args.slow_steps else []),
                     *([RecordState(args.record_state)] if args.record_state else [])]  # fmt: skip
         factory = functools.partial(make_objective, extra_callbacks=lambda params: injected)
-    log_to_stderr()
     Worker(
         Settings(),
         studies=args.study,
@@ -176,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         max_trials=args.max_trials,
         cpu_threads=1,
         objective_factory=factory,
+        report_fd=args.progress_fd,
     ).run()
     return 0
 

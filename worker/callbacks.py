@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hpo.core.storage import PRUNE_REASON_ATTR
+from worker import liveness
 
 
 class WorkerShutdown(Exception):
@@ -232,3 +233,13 @@ class Retune(TrainerCallback):
         for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
             group["initial_lr"] = self.learning_rate
             group["lr"] = self.learning_rate * factor(scheduler.last_epoch)
+
+
+class ProgressCallback(TrainerCallback):
+    """A Trainer's steps, evaluation batches and saves are a trial's progress
+    (``worker.liveness``)."""
+
+    def on_train_begin(self, *_: Any, **__: Any) -> None:
+        liveness.progress()
+
+    on_step_end = on_substep_end = on_prediction_step = on_save = on_train_begin

@@ -16,6 +16,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from hpo.core.hyperparameters import arguments
+from worker import liveness
 from worker.metrics import mean_score
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p")
@@ -103,6 +104,7 @@ def generate(
                 input_ids=ids, attention_mask=mask, generation_config=config
             )
             answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            liveness.progress()
     finally:
         model.train(was_training)
     return [a.strip() for a in answers]

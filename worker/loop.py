@@ -34,7 +34,9 @@ from hpo.core.segments import Continue, ContinueMember, Decision, Idle, Start, s
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
+from worker import liveness
 from worker.data import DataCache
+from worker.liveness import STALLED, Liveness, TrialStalled, phase_timeouts
 from worker.locks import OwnerLock, StudyLock
 from worker.models import AdapterCache, ModelCache
 from worker.objective import ObjectiveFactory, WorkerContext, make_objective
@@ -90,7 +92,9 @@ class Worker:
         poll_interval: float = 1.0,
         cpu_threads: int | None = None,
         objective_factory: ObjectiveFactory = make_objective,
+        report_fd: int | None = None,
     ) -> None:
+        """``report_fd``: the pipe that tells a supervisor of the trials' progress."""
         self.settings = settings
         self.studies = studies
         self.max_trials = max_trials
@@ -107,10 +111,13 @@ class Worker:
         self.objective_factory = objective_factory
         torch_device = torch.device(device)
         hostname = socket.gethostname()
+        # A supervised worker is named after its supervisor's process too: what people see.
+        pids = f"{os.getppid()}-{os.getpid()}" if report_fd is not None else str(os.getpid())
+        self.liveness = Liveness(phase_timeouts(settings), report_fd=report_fd)
         self.ctx = WorkerContext(
             settings=settings,
             device=torch_device,
-            worker_id=f"{hostname}-{os.getpid()}-{uuid.uuid4().hex[:4]}",
+            worker_id=f"{hostname}-{pids}-{uuid.uuid4().hex[:4]}",
             hostname=hostname,
             models=ModelCache(
                 device=torch_device,
@@ -138,14 +145,20 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.ctx.stop.set())
+            self.liveness.watch()  # signals: only in the main thread
+        liveness.use(self.liveness)
         idle_since = time.monotonic()
         failures = 0
+        next_sweep = 0.0
         self._event("worker_start", device=str(self.ctx.device))
         while not self.ctx.stop.is_set():
             if self.max_trials is not None and self.trials_run >= self.max_trials:
                 break
             wait = self.poll_interval
             try:
+                if time.monotonic() >= next_sweep:  # studies no worker picks from
+                    self.storage.sweep_idle_studies()
+                    next_sweep = time.monotonic() + self.settings.grace_period
                 ran = self._run_next()
                 failures = 0
             except Exception as exc:  # no study and no database outage may end the worker
@@ -162,6 +175,8 @@ class Worker:
                 break
             self.ctx.stop.wait(wait)
         self._event("worker_exit", trials=self.trials_run)
+        liveness.use(None)
+        self.liveness.close()
         self.close()
         return self.trials_run
 
@@ -388,7 +403,11 @@ class Worker:
 
         def timed(trial: optuna.Trial) -> float:
             try:
-                return objective(trial)
+                with self.liveness.trial(trial_id(trial)):
+                    return objective(trial)
+            except TrialStalled:
+                trial.set_user_attr(FAIL_REASON_ATTR, STALLED)
+                raise
             finally:
                 marks["returned"] = time.perf_counter()
 
@@ -454,6 +473,8 @@ class Worker:
             return
         if reason == "shutdown":
             study.enqueue_trial(trial.params, user_attrs={RETRIED_FROM_ATTR: trial.number})
+        elif reason == STALLED:
+            self.storage.retry(study, trial)
         elif reason == "oom":
             self._record_infeasible(spec, study, trial)
         self._check_failure_streak(candidate)

@@ -36,6 +36,7 @@ from hpo.core.storage import COOLED_ATTR, FAIL_REASON_ATTR, HeartbeatStorage
 from worker import checkpoints, generation
 from worker.callbacks import INITIAL_LOSS_ATTR, Paused, WorkerShutdown
 from worker.data import DataCache, Splits
+from worker.liveness import STALLED, TrialStalled
 from worker.locks import StudyLock
 from worker.models import AdapterCache, LoadedModel, ModelCache
 from worker.training import (
@@ -78,6 +79,8 @@ def fail_reason(exc: BaseException) -> str:
         return "oom"
     if isinstance(exc, WorkerShutdown):
         return "shutdown"
+    if isinstance(exc, TrialStalled):
+        return STALLED
     return "error"
 
 

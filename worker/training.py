@@ -42,7 +42,13 @@ from hpo.core.hyperparameters import arguments, resolve, scheduler_kwargs
 from hpo.core.spec import StudySpec
 from hpo.core.storage import PAUSED_AT_ATTR, PRUNE_REASON_ATTR
 from worker import generation, sft
-from worker.callbacks import FidelityCallback, Paused, Retune, WorkerShutdown
+from worker.callbacks import (
+    FidelityCallback,
+    Paused,
+    ProgressCallback,
+    Retune,
+    WorkerShutdown,
+)
 from worker.data import DataCache, Splits, tokenize_classification
 from worker.models import LoadedModel, target_modules
 
@@ -349,7 +355,7 @@ def train_trial(
                 Retune(learning_rate=settings["learning_rate"],
                        weight_decay=settings["weight_decay"])]  # fmt: skip
             callbacks = [fidelity, *retune, *_tensorboard(spec, Path(out_dir)),
-                         *hooks.extra_callbacks]  # fmt: skip
+                         ProgressCallback(), *hooks.extra_callbacks]  # fmt: skip
             trainer, prepared = _build(
                 spec, settings, loaded, peft_model, raw, cache, kwargs, callbacks
             )

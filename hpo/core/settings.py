@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     heartbeat_interval: int = 10
     grace_period: int = 30
     max_retries: int = 3
+    # Liveness is progress, not a live process: a trial must show some (a training step, an
+    # evaluation batch, a generated batch) every progress_timeout seconds, and reach its first
+    # step within setup_timeout (model, data, tokenization), else it is failed as `stalled`
+    # and retried (max_retries). A supervisor kills a worker whose trial is past its deadline
+    # by grace_period more (a stall that holds the GIL), and one that has not left
+    # shutdown_grace seconds after a SIGTERM.
+    progress_timeout: float = Field(default=600.0, gt=0)
+    setup_timeout: float = Field(default=3600.0, gt=0)
+    shutdown_grace: float = Field(default=30.0, gt=0)
     # Where specs may point: datasets only under data_roots; models under model_roots or as
     # hub ids. Lists are JSON in the environment: HPO_DATA_ROOTS='["/data", "/mnt/corpora"]'.
     data_roots: list[Path] = Field(default_factory=lambda: [Path(".")])
