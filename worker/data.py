@@ -6,6 +6,8 @@ process. Causal-LM tokenization is TRL's (see worker/sft.py); classification is 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from hpo.core.spec import DatasetSpec, ModelSpec, dataset_format, dataset_shape
 from worker import builtin
+from worker.deadline import deadline
 from worker.models import freeze_long_lived
 
 datasets.disable_progress_bars()
@@ -149,16 +152,27 @@ class DataCache:
     """Raw splits per dataset, and prepared (tokenized) splits per (dataset, tokenizer, how),
     reused by every trial of the process."""
 
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path, *, prepare_timeout: float | None = None) -> None:
         self.cache_dir = cache_dir
+        self.prepare_timeout = prepare_timeout
         self._raw: dict[str, Splits] = {}
         self._prepared: dict[tuple[Any, ...], Splits] = {}
 
     def raw(self, spec: DatasetSpec, model: ModelSpec) -> Splits:
         key = spec.model_dump_json() + model.task
         if key not in self._raw:
-            self._raw[key] = load_splits(spec, task=model.task, cache_dir=self.cache_dir)
+            with self.bounded("reading the dataset"):
+                self._raw[key] = load_splits(spec, task=model.task, cache_dir=self.cache_dir)
         return self._raw[key]
+
+    @contextmanager
+    def bounded(self, what: str) -> Iterator[None]:
+        """The block, stopped by Overrun after ``prepare_timeout`` seconds (when set)."""
+        if self.prepare_timeout is None:
+            yield
+            return
+        with deadline(self.prepare_timeout, what):
+            yield
 
     def prepared(self, key: tuple[Any, ...]) -> Splits | None:
         return self._prepared.get(key)

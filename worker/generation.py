@@ -17,6 +17,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from hpo.core.hyperparameters import arguments
 from worker import liveness
+from worker.deadline import deadline
 from worker.metrics import mean_score
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p")
@@ -85,10 +86,16 @@ def generate(
     *,
     batch_size: int,
     max_prompt_tokens: int,
+    render_timeout: float | None = None,
 ) -> list[str]:
-    """The answer to each prompt (special tokens dropped), batched with left padding."""
+    """The answer to each prompt (special tokens dropped), batched with left padding; the
+    prompts rendered (chat template) and encoded within ``render_timeout`` seconds."""
     device = next(model.parameters()).device
-    encoded = [_encode(tokenizer, p)[-max_prompt_tokens:] for p in prompts]
+    if render_timeout is None:
+        encoded = [_encode(tokenizer, p)[-max_prompt_tokens:] for p in prompts]
+    else:
+        with deadline(render_timeout, "rendering the evaluation prompts (chat template)"):
+            encoded = [_encode(tokenizer, p)[-max_prompt_tokens:] for p in prompts]
     answers: list[str] = []
     was_training = model.training
     model.eval()
@@ -127,9 +134,11 @@ def score(
     config: GenerationConfig,
     batch_size: int,
     max_prompt_tokens: int,
+    render_timeout: float | None = None,
 ) -> GenerationScore:
     started = time.perf_counter()
     predictions = generate(model, tokenizer, [e.prompt for e in chosen], config,
-                           batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)  # fmt: skip
+                           batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
+                           render_timeout=render_timeout)  # fmt: skip
     value = mean_score(metric, predictions, [e.reference for e in chosen], pattern)
     return GenerationScore(value, time.perf_counter() - started, predictions)

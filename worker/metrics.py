@@ -1,5 +1,6 @@
 """Generation metrics, offline (no hub-hosted metric scripts): normalised exact match and token
-F1 as SQuAD defines them, ROUGE-L (Google's rouge-score), and two answer-format checks."""
+F1 as SQuAD defines them, ROUGE-L (Google's rouge-score), and two answer-format checks. A spec's
+pattern runs on RE2 over bounded text (``hpo.core.patterns``), never on Python's ``re``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rouge_score import rouge_scorer
+
+from hpo.core.patterns import bounded, compile_pattern
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -46,8 +50,8 @@ def contains(prediction: str, reference: str) -> float:
     return float(bool(expected) and expected in normalize(prediction))
 
 
-def _answer(pattern: re.Pattern[str], text: str) -> str | None:
-    match = pattern.search(text)
+def _answer(pattern: Any, text: str) -> str | None:
+    match = pattern.search(bounded(text))
     if match is None:
         return None
     return match.group(1) if match.groups() else match.group(0)
@@ -56,7 +60,7 @@ def _answer(pattern: re.Pattern[str], text: str) -> str | None:
 def regex_match(pattern: str) -> Callable[[str, str], float]:
     """1 when the pattern's answer (its first group, else the whole match) in the prediction
     equals the one in the reference (or the whole reference, when it has none)."""
-    compiled = re.compile(pattern)
+    compiled = compile_pattern(pattern)
 
     def score(prediction: str, reference: str) -> float:
         predicted = _answer(compiled, prediction)

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from hpo.core.artifacts import unpack
+from hpo.core.gguf import check_gguf
 from hpo.core.settings import Settings
 from hpo.core.spec import ModelSpec, is_gguf
 from worker import builtin
@@ -70,8 +71,16 @@ class ModelCache:
     ``load_count`` counts real loads, so tests can check reuse without timing.
     """
 
-    def __init__(self, *, device: torch.device, cache_dir: Path, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        *,
+        device: torch.device,
+        cache_dir: Path,
+        trust_remote_code: bool = False,
+        gguf_max_items: int = Settings.model_fields["gguf_max_items"].default,
+    ):
         self.device = device
+        self.gguf_max_items = gguf_max_items
         self.cache_dir = cache_dir
         self.trust_remote_code = trust_remote_code
         self.load_count = 0
@@ -92,6 +101,8 @@ class ModelCache:
             "trust_remote_code": self.trust_remote_code,
         }
         if is_gguf(path):  # transformers dequantizes it; the file is read by every worker
+            # The gguf reader trusts the header's counts: check them against the file first.
+            check_gguf(os.path.realpath(path), max_items=self.gguf_max_items)
             path, kwargs["gguf_file"] = os.path.split(os.path.realpath(path))
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         if tokenizer.pad_token is None:

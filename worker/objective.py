@@ -25,7 +25,10 @@ from transformers import TrainerCallback
 from hpo.core import artifacts
 from hpo.core.budget import DEVICE_SECONDS_ATTR, EXAMPLES_TRAINED_ATTR
 from hpo.core.db import StudyRecord, session_scope
+from hpo.core.errors import SpecError
 from hpo.core.factory import suggest_params
+from hpo.core.files import NotRegularFile
+from hpo.core.gguf import BadGGUF
 from hpo.core.optuna_tables import study_id
 from hpo.core.paths import check_spec_paths
 from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
@@ -36,6 +39,7 @@ from hpo.core.storage import COOLED_ATTR, FAIL_REASON_ATTR, HeartbeatStorage
 from worker import checkpoints, generation
 from worker.callbacks import INITIAL_LOSS_ATTR, Paused, WorkerShutdown
 from worker.data import DataCache, Splits
+from worker.deadline import Overrun
 from worker.liveness import STALLED, TrialStalled
 from worker.locks import StudyLock
 from worker.models import AdapterCache, LoadedModel, ModelCache
@@ -81,6 +85,10 @@ def fail_reason(exc: BaseException) -> str:
         return "shutdown"
     if isinstance(exc, TrialStalled):
         return STALLED
+    if isinstance(exc, Overrun):
+        return "deadline"
+    if isinstance(exc, NotRegularFile | BadGGUF | SpecError):
+        return "input"  # the tenant's files: another try would meet them again
     return "error"
 
 
@@ -310,7 +318,8 @@ def decode_trial(
                                   pattern=objective.pattern,
                                   config=generation.decoding(settings, loaded.tokenizer),
                                   batch_size=GENERATION_BATCH,
-                                  max_prompt_tokens=settings["max_seq_length"])  # fmt: skip
+                                  max_prompt_tokens=settings["max_seq_length"],
+                                  render_timeout=ctx.settings.prepare_timeout)  # fmt: skip
     finally:
         if model is not loaded.model:
             detach(model)  # the cached base model stays as it was

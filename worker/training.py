@@ -212,10 +212,11 @@ def _prepared(
     found = cache.prepared(key)
     if found is not None:
         return found
-    if spec.train.model.task == "sequence-classification":
-        prepared = tokenize_classification(raw, loaded.tokenizer, settings["max_seq_length"])
-    else:
-        prepared = sft.prepare(raw, args, loaded.model, loaded.tokenizer)
+    with cache.bounded("tokenizing the dataset (chat template included)"):
+        if spec.train.model.task == "sequence-classification":
+            prepared = tokenize_classification(raw, loaded.tokenizer, settings["max_seq_length"])
+        else:
+            prepared = sft.prepare(raw, args, loaded.model, loaded.tokenizer)
     return cache.keep(key, prepared)
 
 
@@ -264,8 +265,10 @@ class Scorer:
     """Generation metrics of a trial's model on the evaluation (or test) prompts."""
 
     def __init__(self, spec: StudySpec, settings: dict[str, Any], loaded: LoadedModel,
-                 raw: Splits, model: Any) -> None:  # fmt: skip
+                 raw: Splits, model: Any,
+                 render_timeout: float | None = None) -> None:  # fmt: skip
         self.spec, self.loaded, self.model = spec, loaded, model
+        self.render_timeout = render_timeout
         objective = spec.search.objective
         self.metric, self.pattern = objective.metric, objective.pattern
         self.config = generation.decoding(settings, loaded.tokenizer)
@@ -281,7 +284,8 @@ class Scorer:
         result = generation.score(self.model, self.loaded.tokenizer, chosen, metric=self.metric,
                                   pattern=self.pattern, config=self.config,
                                   batch_size=GENERATION_BATCH,
-                                  max_prompt_tokens=self.max_prompt_tokens)  # fmt: skip
+                                  max_prompt_tokens=self.max_prompt_tokens,
+                                  render_timeout=self.render_timeout)  # fmt: skip
         self.seconds += result.seconds
         return result.value
 
@@ -317,7 +321,11 @@ def train_trial(
     peft_model = get_peft_model(loaded.model, lora_config(settings, loaded, task))
     resolved: Any = peft_model.peft_config["default"]
     trial.set_user_attr(RESOLVED_TARGETS_ATTR, sorted(resolved.target_modules))
-    scorer = Scorer(spec, settings, loaded, raw, peft_model) if objective.generates else None
+    scorer = (
+        Scorer(spec, settings, loaded, raw, peft_model, cache.prepare_timeout)
+        if objective.generates
+        else None
+    )
     reports_generation = scorer is not None and spec.train.evaluation.generation.at_every_report
     per_step = examples_per_step(settings)
     n_train = len(raw.train)

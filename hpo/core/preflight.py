@@ -2,19 +2,24 @@
 a local model folder has a readable config. A mistake found here is a 422 naming the field;
 found by a worker, it would cost failed trials first.
 
-Reads only a file's head (bounded), so registration stays fast on large datasets. Hub model ids
-are not checked here (that needs the network or the workers' cache).
+Reads only a file's head (bounded by HPO_PREFLIGHT_READ_BYTES), so registration stays fast on
+large datasets, and only regular files, opened non-blocking (``hpo.core.files``): a FIFO or a
+2 GB line is a 422, never a blocked or exhausted API. Hub model ids are not checked here (that
+needs the network or the workers' cache).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from hpo.core.errors import SpecError
+from hpo.core.files import NotRegularFile, read_head, read_whole
+from hpo.core.gguf import BadGGUF, check_gguf
 from hpo.core.settings import Settings
 from hpo.core.spec import (
     BUILTIN_PREFIX,
@@ -27,27 +32,40 @@ from hpo.core.spec import (
 )
 
 HEAD_ROWS = 64
-HEAD_BYTES = 4 * 2**20
+# Errors of parsing a tenant's JSON: nesting deeper than the parser's recursion limit included.
+JSON_ERRORS = (ValueError, RecursionError)
 
 
 Columns = tuple[set[str], dict[str, Any] | None]  # the fields, and a first row where cheap
 
 
-def _jsonl_columns(path: Path, loc: tuple[str, ...]) -> Columns:
+def _head(path: Path, limit: int, loc: tuple[str, ...]) -> bytes:
+    try:
+        return read_head(path, limit)
+    except NotRegularFile as exc:
+        raise SpecError(f"dataset {exc}", loc=loc) from None
+    except OSError as exc:
+        raise SpecError(f"dataset {path.name} cannot be read: {exc.strerror}.", loc=loc) from None
+
+
+def _jsonl_columns(path: Path, loc: tuple[str, ...], limit: int) -> Columns:
     columns: set[str] = set()
     first: dict[str, Any] | None = None
-    with path.open("rb") as f:
-        head = f.read(HEAD_BYTES)
+    head = _head(path, limit, loc)
     lines = [line for line in head.splitlines()[:HEAD_ROWS] if line.strip()]
     if not lines:
         raise SpecError(f"dataset {path.name} is empty.", loc=loc)
     for number, line in enumerate(lines, start=1):
         try:
             row = json.loads(line)
-        except ValueError as exc:
-            if number == len(lines) and len(head) == HEAD_BYTES:
+        except JSON_ERRORS as exc:
+            if number == len(lines) and len(head) == limit:
+                if number == 1:
+                    raise SpecError(f"{path.name} line 1 is longer than {limit} bytes "
+                                    "(HPO_PREFLIGHT_READ_BYTES).", loc=loc) from None  # fmt: skip
                 break  # the bounded read cut this line
-            raise SpecError(f"{path.name} line {number} is not JSON: {exc}", loc=loc) from None
+            why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise SpecError(f"{path.name} line {number} is not JSON: {why}", loc=loc) from None
         if not isinstance(row, dict):
             raise SpecError(f"{path.name} line {number} is not a JSON object.", loc=loc)
         columns |= set(row)
@@ -55,45 +73,71 @@ def _jsonl_columns(path: Path, loc: tuple[str, ...]) -> Columns:
     return columns, first
 
 
-def _csv_columns(path: Path, loc: tuple[str, ...]) -> Columns:
-    with path.open(newline="", errors="replace") as f:
-        header = next(csv.reader(f), None)
+def _csv_columns(path: Path, loc: tuple[str, ...], limit: int) -> Columns:
+    head = _head(path, limit, loc)
+    if len(head) == limit and b"\n" not in head and b"\r" not in head:
+        raise SpecError(
+            f"{path.name}'s header line is longer than {limit} bytes (HPO_PREFLIGHT_READ_BYTES).",
+            loc=loc,
+        )
+    text = io.StringIO(head.decode(errors="replace"), newline="")
+    try:
+        header = next(csv.reader(text), None)
+    except csv.Error as exc:
+        raise SpecError(f"{path.name} has no readable CSV header: {exc}.", loc=loc) from None
     if not header:
         raise SpecError(f"dataset {path.name} has no CSV header.", loc=loc)
     return set(header), None
 
 
-def _disk_columns(path: Path, split: str | None, loc: tuple[str, ...]) -> set[str]:
+def _json_file(path: Path, limit: int) -> Any:
+    """A small JSON metadata file, parsed; OSError or ValueError when it cannot be."""
+    try:
+        return json.loads(read_whole(path, limit))
+    except RecursionError:
+        raise ValueError(f"{path.name} is nested too deeply.") from None
+
+
+def _disk_columns(path: Path, split: str | None, loc: tuple[str, ...], limit: int) -> set[str]:
     """Columns of a ``datasets.save_to_disk`` folder, from its JSON metadata."""
 
     def features(folder: Path) -> set[str]:
         try:
-            info = json.loads((folder / "dataset_info.json").read_text())
+            info = _json_file(folder / "dataset_info.json", limit)
         except (OSError, ValueError):
             raise SpecError(
                 f"{folder.name} is not a datasets.save_to_disk folder (no readable "
                 "dataset_info.json).",
                 loc=loc,
             ) from None
-        return set(info.get("features") or {})
+        found = info.get("features") if isinstance(info, dict) else None
+        if not isinstance(found, dict | None):
+            raise SpecError(f"{folder.name}/dataset_info.json: features is not an object.",
+                            loc=loc)  # fmt: skip
+        return set(found or {})
 
     dict_file = path / "dataset_dict.json"
-    if not dict_file.is_file():
+    if not dict_file.exists():
         return features(path)
     try:
-        splits: list[str] = json.loads(dict_file.read_text())["splits"]
-    except (OSError, ValueError, KeyError):
+        splits = _json_file(dict_file, limit)["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise SpecError(f"{path.name}/dataset_dict.json is not readable.", loc=loc) from None
+    if not (isinstance(splits, list) and splits and all(isinstance(s, str) for s in splits)):
+        raise SpecError(f"{path.name}/dataset_dict.json: splits is not a list of names.",
+                        loc=loc)  # fmt: skip
     if split is not None and split not in splits:
         raise SpecError(
             f"dataset has no split {split!r}; it has {splits}.",
             loc=("train", "dataset", "validation_split"),
         )
     train = "train" if "train" in splits else splits[0]
+    if Path(train).name != train or train in ("", ".", ".."):
+        raise SpecError(f"{path.name}/dataset_dict.json names split {train!r}.", loc=loc)
     return features(path / train)
 
 
-def _columns(data: DatasetSpec, attribute: str) -> Columns:
+def _columns(data: DatasetSpec, attribute: str, limit: int) -> Columns:
     """The fields of the file or folder the dataset's ``attribute`` (path, validation_path,
     test_path) names."""
     loc = ("train", "dataset", attribute)
@@ -112,16 +156,17 @@ def _columns(data: DatasetSpec, attribute: str) -> Columns:
         if not path.is_dir():
             raise SpecError(f"dataset.format disk needs a folder, got {path.name}.", loc=loc)
         split = data.validation_split if attribute == "path" else None
-        return _disk_columns(path, split, loc), None
-    if not path.is_file():
+        return _disk_columns(path, split, loc, limit), None
+    if path.is_dir():
         raise SpecError(f"dataset.format {fmt} needs a file, got a folder.", loc=loc)
-    return _jsonl_columns(path, loc) if fmt == "jsonl" else _csv_columns(path, loc)
+    columns = _jsonl_columns if fmt == "jsonl" else _csv_columns
+    return columns(path, loc, limit)
 
 
-def _check_dataset(spec: StudySpec) -> None:
+def _check_dataset(spec: StudySpec, limit: int) -> None:
     data = spec.train.dataset
     for attribute in data.paths():
-        columns, first = _columns(data, attribute)
+        columns, first = _columns(data, attribute, limit)
         if spec.train.model.task == "sequence-classification":
             for name in ("text_field", "label_field"):
                 field = getattr(data, name)
@@ -137,7 +182,7 @@ def _check_dataset(spec: StudySpec) -> None:
             shape == "prompt_completion" and first is not None
             and isinstance(first.get(data.prompt_field), list)
         )  # fmt: skip
-        if messages and not _may_have_chat_template(spec.train.model.name_or_path):
+        if messages and not _may_have_chat_template(spec.train.model.name_or_path, limit):
             raise SpecError(
                 f"{shape} data with message lists needs a chat template, and the model's "
                 "tokenizer has none: use a model with one, or plain-text fields.",
@@ -151,7 +196,7 @@ def _check_dataset(spec: StudySpec) -> None:
             )
 
 
-def _may_have_chat_template(model: str) -> bool:
+def _may_have_chat_template(model: str, limit: int) -> bool:
     """False only where we know there is none: a built-in model or a local folder whose
     tokenizer files carry no template (a hub id or a GGUF file may still have one)."""
     if model.startswith(BUILTIN_PREFIX):
@@ -159,27 +204,32 @@ def _may_have_chat_template(model: str) -> bool:
     folder = Path(model)
     if not folder.is_dir():
         return True
-    if (folder / "chat_template.jinja").is_file():
+    if (folder / "chat_template.jinja").exists():
         return True
     try:
-        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config = _json_file(folder / "tokenizer_config.json", limit)
     except (OSError, ValueError):
         return True  # no readable tokenizer config: the worker will say what is wrong
     return bool(isinstance(config, dict) and config.get("chat_template"))
 
 
-def _check_model(spec: StudySpec) -> None:
+def _check_model(spec: StudySpec, settings: Settings) -> None:
     model = spec.train.model.name_or_path
     if not os.path.exists(model):
         return  # a hub id (check_spec_paths allowed it): resolved by the workers
     loc = ("train", "model", "name_or_path")
     if is_gguf(model):
-        with open(model, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise SpecError(f"{Path(model).name} is not a GGUF file.", loc=loc)
+        try:
+            check_gguf(model, max_items=settings.gguf_max_items)
+        except (BadGGUF, NotRegularFile) as exc:
+            raise SpecError(str(exc), loc=loc) from None
+        except OSError as exc:
+            raise SpecError(
+                f"{Path(model).name} cannot be read: {exc.strerror}.", loc=loc
+            ) from None
         return
     try:
-        config: Any = json.loads((Path(model) / "config.json").read_text())
+        config: Any = _json_file(Path(model) / "config.json", settings.preflight_read_bytes)
     except (OSError, ValueError):
         raise SpecError(
             f"model folder {Path(model).name!r} has no readable config.json.", loc=loc
@@ -192,6 +242,6 @@ def check_inputs(spec: StudySpec, settings: Settings) -> None:
     """Raise SpecError when the spec's local data or model cannot be read as it says."""
     if not settings.verify_inputs:
         return
-    _check_dataset(spec)
+    _check_dataset(spec, settings.preflight_read_bytes)
     if not spec.train.model.name_or_path.startswith(BUILTIN_PREFIX):
-        _check_model(spec)
+        _check_model(spec, settings)

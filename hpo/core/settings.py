@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     # max_running_trials_per_owner running.
     max_active_studies_per_owner: int | None = Field(default=100, ge=1)
     max_running_trials_per_owner: int | None = Field(default=None, ge=1)
+    # Bounds on the work a tenant's inputs cause (README, "Availability: bounded work").
+    # Entries walked in a dataset or model folder, each checked against the roots.
+    max_folder_entries: int = Field(default=100_000, ge=1)
+    # Bytes registration reads of a data file's head (rows, CSV header) or a metadata file.
+    preflight_read_bytes: int = Field(default=4 * 2**20, ge=1024)
+    # Items a GGUF file's metadata may hold in all (arrays' items, tensors): a large vocabulary
+    # is ~260k tokens and as many merges; each is walked before anything allocates.
+    gguf_max_items: int = Field(default=4 * 2**20, ge=1)
+    # Seconds a worker may spend reading and preparing a dataset (tokenizing, rendering chat
+    # templates) or rendering evaluation prompts, before the trial fails with reason deadline.
+    prepare_timeout: float = Field(default=900.0, gt=0)
     # Executing a model repository's own code is an operator's decision, never a spec's.
     allow_trust_remote_code: bool = False
 
