@@ -12,12 +12,13 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from hpo.core.db import Database
+from hpo.core.db import Database, make_engine
 from hpo.core.settings import Settings, get_settings
 from hpo.core.storage import make_storage
 from service import dashboard
 from service.errors import install_error_handlers
-from service.limits import ContentLengthLimit, FailedAuthLimiter
+from service.file_checks import FileChecks
+from service.limits import ConcurrencyLimit, ContentLengthLimit, FailedAuthLimiter
 from service.routes import health, studies
 
 MAX_BODY_BYTES = 1_000_000
@@ -59,12 +60,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
+        # Each pool holds as many connections as requests may run at once (ConcurrencyLimit):
+        # a request waits for its turn at the door, where waiting is bounded and answers 503,
+        # never for a connection, where a pool timeout would be a 500.
+        pool = {"pool_size": settings.api_concurrency, "max_overflow": 0}
+        db = Database(make_engine(settings.database_url, **pool))
         app.state.settings = settings
         app.state.engine = db.engine
         app.state.sessions = db.sessions
-        app.state.storage = make_storage(settings)
+        app.state.storage = make_storage(settings, **pool)
         app.state.auth_limiter = FailedAuthLimiter(settings.auth_failures_per_minute)
+        app.state.file_checks = FileChecks(
+            timeout_s=settings.preflight_timeout_s,
+            per_owner=settings.preflight_per_owner,
+            threads=settings.preflight_threads,
+        )
         app.state.dashboard = dashboard.Dashboard(settings=settings, storage=app.state.storage)
         yield
         app.state.dashboard.close()
@@ -84,7 +94,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     _serve_docs(app)
-    app.add_middleware(ContentLengthLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        ContentLengthLimit, max_bytes=MAX_BODY_BYTES, body_timeout_s=settings.api_body_timeout_s
+    )
+    # Outermost: a shed request costs nothing past this. Health checks and static files take
+    # no turn, so a load balancer still sees a live process while the API sheds load.
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=settings.api_concurrency,
+        queue=settings.api_queue,
+        wait_s=settings.api_queue_timeout_s,
+        exempt=("/healthz", DOCS_ASSETS_URL),
+    )
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(dashboard.router)  # optuna-dashboard's paths and /login, /logout
