@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from hpo.core.db import Database, make_engine
 from hpo.core.settings import Settings, get_settings
@@ -52,6 +53,16 @@ def _serve_docs(app: FastAPI) -> None:
             redoc_favicon_url=favicon,
             with_google_fonts=False,
         )
+
+
+def _takes_no_turn(scope: Scope) -> bool:
+    """Requests the concurrency limit lets through: health checks and static files, so a load
+    balancer still sees a live process while the API sheds load, and registrations, whose file
+    checks are bounded on their own (``FileChecks``) and must not hold a turn while they run;
+    their few queries wait for a pooled connection, and a pool timeout answers 503."""
+    path = scope["path"]
+    registration = scope["method"] == "POST" and path == "/studies"
+    return registration or path == "/healthz" or path.startswith(DOCS_ASSETS_URL)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -97,14 +108,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ContentLengthLimit, max_bytes=MAX_BODY_BYTES, body_timeout_s=settings.api_body_timeout_s
     )
-    # Outermost: a shed request costs nothing past this. Health checks and static files take
-    # no turn, so a load balancer still sees a live process while the API sheds load.
+    # Outermost: a shed request costs nothing past this.
     app.add_middleware(
         ConcurrencyLimit,
         limit=settings.api_concurrency,
         queue=settings.api_queue,
         wait_s=settings.api_queue_timeout_s,
-        exempt=("/healthz", DOCS_ASSETS_URL),
+        exempt=_takes_no_turn,
     )
     app.include_router(health.router)
     app.include_router(studies.router)

@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,10 +35,6 @@ async def send_json(send: Send, status: int, detail: str, headers: dict[str, str
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class BodyTimeout(Exception):
-    """The client did not send the body it declared within the time allowed."""
 
 
 class ContentLengthLimit:
@@ -69,30 +66,34 @@ class ContentLengthLimit:
         """Run the app with a deadline on reading the body: a slow sender holds no task forever.
 
         The deadline covers the whole body, not each chunk, so trickling bytes does not reset it.
+        Past it the app is told the client left, and whatever it answers becomes a 408.
         """
         if not has_body:
             await self.app(scope, receive, send)
             return
         deadline = time.monotonic() + self.body_timeout_s
-        started = False
+        timed_out = answered = False
+        detail = f"request body not received within {self.body_timeout_s:g} s"
 
         async def timed_receive() -> Message:
+            nonlocal timed_out
             try:
                 return await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
             except TimeoutError:
-                raise BodyTimeout from None
+                timed_out = True
+                return {"type": "http.disconnect"}
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, tracked_send)
-        except BodyTimeout:
-            if not started:
-                detail = f"request body not received within {self.body_timeout_s:g} s"
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if not timed_out:
+                await send(message)
+            elif message["type"] == "http.response.start" and not answered:
+                answered = True
                 await send_json(send, 408, detail, {"Connection": "close"})
+
+        await self.app(scope, timed_receive, guarded_send)
+        if timed_out and not answered:
+            await send_json(send, 408, detail, {"Connection": "close"})
 
 
 class ConcurrencyLimit:
@@ -101,7 +102,7 @@ class ConcurrencyLimit:
     Sized to the database pool, this keeps requests from queueing on pooled connections (where
     a pool timeout would be a 500) and keeps the process's memory bounded under a flood: a
     request past the queue, or one that waits too long, answers 503 with ``Retry-After``.
-    ``exempt`` path prefixes (``/healthz``, static assets) never wait.
+    Requests ``exempt`` says yes to never wait.
     """
 
     def __init__(
@@ -111,7 +112,7 @@ class ConcurrencyLimit:
         limit: int,
         queue: int,
         wait_s: float,
-        exempt: tuple[str, ...] = (),
+        exempt: Callable[[Scope], bool] = lambda _: False,
     ) -> None:
         self.app = app
         self.queue = queue
@@ -121,7 +122,7 @@ class ConcurrencyLimit:
         self._waiting = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+        if scope["type"] != "http" or self.exempt(scope):
             await self.app(scope, receive, send)
             return
         if self._slots.locked() and self._waiting >= self.queue:
