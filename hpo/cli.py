@@ -212,13 +212,14 @@ def serve(
 
     from hpo.core.migrate import check_database, upgrade
     from service.app import create_app
+    from service.server import uvicorn_config
 
     settings = _settings(database_url)
     with _one_line_errors():
         if migrate:
             upgrade(settings.database_url, create=False)
         check_database(settings.database_url)
-    uvicorn.run(create_app(settings), host=host, port=port)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
 
 
 @app.command()

@@ -11,13 +11,15 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
-from hpo.core.db import Database
+from hpo.core.db import Database, make_engine
 from hpo.core.settings import Settings, get_settings
 from hpo.core.storage import make_storage
 from service import dashboard
 from service.errors import install_error_handlers
-from service.limits import ContentLengthLimit, FailedAuthLimiter
+from service.file_checks import FileChecks
+from service.limits import ConcurrencyLimit, ContentLengthLimit, FailedAuthLimiter
 from service.routes import health, studies
 
 MAX_BODY_BYTES = 1_000_000
@@ -53,18 +55,37 @@ def _serve_docs(app: FastAPI) -> None:
         )
 
 
+def _takes_no_turn(scope: Scope) -> bool:
+    """Requests the concurrency limit lets through: health checks and static files, so a load
+    balancer still sees a live process while the API sheds load, and registrations, whose file
+    checks are bounded on their own (``FileChecks``) and must not hold a turn while they run;
+    their few queries wait for a pooled connection, and a pool timeout answers 503."""
+    path = scope["path"]
+    registration = scope["method"] == "POST" and path == "/studies"
+    return registration or path == "/healthz" or path.startswith(DOCS_ASSETS_URL)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the database is opened at startup, not at import."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
+        # Each pool holds as many connections as requests may run at once (ConcurrencyLimit):
+        # a request waits for its turn at the door, where waiting is bounded and answers 503,
+        # never for a connection, where a pool timeout would be a 500.
+        pool = {"pool_size": settings.api_concurrency, "max_overflow": 0}
+        db = Database(make_engine(settings.database_url, **pool))
         app.state.settings = settings
         app.state.engine = db.engine
         app.state.sessions = db.sessions
-        app.state.storage = make_storage(settings)
+        app.state.storage = make_storage(settings, **pool)
         app.state.auth_limiter = FailedAuthLimiter(settings.auth_failures_per_minute)
+        app.state.file_checks = FileChecks(
+            timeout_s=settings.preflight_timeout_s,
+            per_owner=settings.preflight_per_owner,
+            threads=settings.preflight_threads,
+        )
         app.state.dashboard = dashboard.Dashboard(settings=settings, storage=app.state.storage)
         yield
         app.state.dashboard.close()
@@ -84,7 +105,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     _serve_docs(app)
-    app.add_middleware(ContentLengthLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        ContentLengthLimit, max_bytes=MAX_BODY_BYTES, body_timeout_s=settings.api_body_timeout_s
+    )
+    # Outermost: a shed request costs nothing past this.
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=settings.api_concurrency,
+        queue=settings.api_queue,
+        wait_s=settings.api_queue_timeout_s,
+        exempt=_takes_no_turn,
+    )
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(dashboard.router)  # optuna-dashboard's paths and /login, /logout

@@ -26,14 +26,17 @@ hashed token table, so revoking or expiring a token signs its browsers out at on
 service keeps no signing key and no session table. HttpOnly keeps it from scripts,
 SameSite=Strict off cross-site requests, and it is Secure when the request came over https as
 uvicorn reports the scheme: uvicorn takes X-Forwarded-Proto only from the proxies listed in
-FORWARDED_ALLOW_IPS (default 127.0.0.1), so a client cannot fake it, and a TLS proxy beside
-``hpo serve`` on the same host needs no setting (for compose, see docker-compose.yml).
+FORWARDED_ALLOW_IPS (``hpo serve`` trusts none unless it is set), so a client cannot fake it; a
+TLS proxy beside ``hpo serve`` on the same host needs FORWARDED_ALLOW_IPS=127.0.0.1 (for
+compose, see docker-compose.yml). ``POST /login`` and ``POST /logout`` refuse forms posted from
+another origin (login CSRF).
 """
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any, cast
+from urllib.parse import urlsplit
 
 import optuna_dashboard
 from a2wsgi import WSGIMiddleware
@@ -92,9 +95,14 @@ class Dashboard:
                 raise
             await RedirectResponse("/login", status_code=303)(scope, receive, send)
             return
+        # Bottle's asset routes index Accept-Encoding without a default (a KeyError, so a 500,
+        # for a client that sends none): say "identity", which is what no header means.
+        headers = scope["headers"]
+        if not any(name == b"accept-encoding" for name, _ in headers):
+            headers = [*headers, (b"accept-encoding", b"identity")]
+        scoped = {**scope, "headers": headers, _STUDIES_KEY: visible}
         # a2wsgi types ASGI messages with TypedDicts of its own; Starlette's are plain dicts.
-        await self._wsgi(cast(Any, {**scope, _STUDIES_KEY: visible}), cast(Any, receive),
-                         cast(Any, send))  # fmt: skip
+        await self._wsgi(cast(Any, scoped), cast(Any, receive), cast(Any, send))
 
     def _authorize(self, request: Request) -> frozenset[int]:
         """The ids of the studies the request's owner may see.
@@ -208,9 +216,35 @@ def login_form() -> HTMLResponse:
     return _login_page()
 
 
+def _same_origin(request: Request) -> None:
+    """Refuse a form posted from another site (login CSRF, forced sign-out): 403.
+
+    SameSite=Strict keeps our cookie off cross-site requests but cannot stop a foreign page
+    from setting it (signing the victim in as the attacker) or clearing it. Browsers say where a
+    form came from: ``Origin`` on every POST, ``Sec-Fetch-Site`` in current ones, ``Referer``
+    unless suppressed. Any of them naming another host than the request's ``Host`` is refused
+    (a proxy in front must pass ``Host`` on); a client that sends none of them (curl, scripts)
+    is not a browser being steered and passes. The scheme is not compared, so a proxy whose
+    X-Forwarded-Proto is not trusted does not lock browsers out.
+    """
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    referer = request.headers.get("referer")
+    fetch_site = request.headers.get("sec-fetch-site")
+    if origin is not None:
+        foreign = urlsplit(origin).netloc != host
+    elif fetch_site is not None:
+        foreign = fetch_site not in ("same-origin", "none")
+    else:
+        foreign = referer is not None and urlsplit(referer).netloc != host
+    if foreign:
+        raise HTTPException(403, "cross-origin sign-in and sign-out are refused")
+
+
 @router.post("/login")
 def login(request: Request, session: SessionDep, token: Annotated[str, Form()] = "") -> Response:
     """Sign a browser in: the token goes into the login cookie (see the module docstring)."""
+    _same_origin(request)
     token = token.strip()
     try:
         authenticate(request, session, token or None)
@@ -225,6 +259,7 @@ def login(request: Request, session: SessionDep, token: Annotated[str, Form()] =
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
+    _same_origin(request)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=_secure(request))
     return response

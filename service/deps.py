@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from hpo.core.db import session_scope
 from hpo.core.settings import Settings
 from hpo.core.tokens import owner_of
+from service.file_checks import FileChecks
 
 LOCAL_OWNER = "local"
 _bearer = HTTPBearer(auto_error=False, description="A token from `hpo token create NAME`.")
@@ -32,30 +33,27 @@ def get_storage(request: Request) -> RDBStorage:
     return request.app.state.storage
 
 
+def get_file_checks(request: Request) -> FileChecks:
+    return request.app.state.file_checks
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 # scope="function": the commit runs when the route returns, before the response is sent, so a
 # client never acts on an answer whose write is not yet committed.
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 StorageDep = Annotated[RDBStorage, Depends(get_storage)]
+FileChecksDep = Annotated[FileChecks, Depends(get_file_checks)]
 
 
 def authenticate(request: Request, session: Session, token: str | None) -> str:
     """The owner of ``token``, or an HTTP 401/429 error.
 
-    Shared by the REST routes (bearer header) and the dashboard (header or login cookie).
+    Shared by the REST routes (bearer header) and the dashboard (header or login cookie). The
+    token is checked before the failed-check limit is, so a valid token is never refused.
     """
     settings: Settings = request.app.state.settings
     if settings.auth == "disabled":
         return LOCAL_OWNER
-    limiter = request.app.state.auth_limiter
-    client = request.client.host if request.client else "unknown"
-    wait = limiter.retry_after(client)
-    if wait is not None:
-        raise HTTPException(
-            429,
-            "too many failed token checks from this address; try again later",
-            {"Retry-After": str(math.ceil(wait))},
-        )
     challenge = {"WWW-Authenticate": "Bearer"}
     if token is None:
         raise HTTPException(
@@ -63,18 +61,28 @@ def authenticate(request: Request, session: Session, token: str | None) -> str:
             challenge,
         )  # fmt: skip
     owner = owner_of(session, token)
-    if owner is None:
-        limiter.failed(client)
-        raise HTTPException(401, "invalid bearer token (unknown, revoked or expired)", challenge)
-    return owner
+    if owner is not None:
+        return owner
+    # uvicorn sets the client from X-Forwarded-For only for the proxies FORWARDED_ALLOW_IPS names.
+    client = request.client.host if request.client else "unknown"
+    wait = request.app.state.auth_limiter.failed(client)
+    if wait is not None:
+        raise HTTPException(
+            429,
+            "too many failed token checks from this address; try again later",
+            {"Retry-After": str(math.ceil(wait))},
+        )
+    raise HTTPException(401, "invalid bearer token (unknown, revoked or expired)", challenge)
 
 
 def get_owner(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    return authenticate(request, session, credentials.credentials if credentials else None)
+    # A session of its own, closed before the route runs: a route that does slow work before
+    # its first query (registration's file checks) holds no pooled connection meanwhile.
+    with session_scope(request.app.state.sessions) as session:
+        return authenticate(request, session, credentials.credentials if credentials else None)
 
 
 CurrentOwner = Annotated[str, Depends(get_owner)]

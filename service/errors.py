@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from hpo.core.errors import (
@@ -85,5 +86,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StorageUnavailable, _unavailable)
     app.add_exception_handler(OperationalError, _unavailable)
     app.add_exception_handler(StorageInternalError, _unavailable)
+    app.add_exception_handler(PoolTimeout, _unavailable)  # no pooled connection came in time
     app.add_exception_handler(HTTPException, _http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

@@ -52,6 +52,22 @@ class Settings(BaseSettings):
     model_roots: list[Path] = Field(default_factory=lambda: [Path(".")])
     # Failed token checks one client address may make per minute before it gets 429s.
     auth_failures_per_minute: int = Field(default=30, ge=1)
+    # API load shedding, per `hpo serve` process: requests served at once (sized to the database
+    # pool, which gets as many connections), requests that may wait for a turn, and how long
+    # they wait before a 503 with Retry-After.
+    api_concurrency: int = Field(default=15, ge=1)
+    api_queue: int = Field(default=200, ge=0)
+    api_queue_timeout_s: float = Field(default=5.0, gt=0)
+    # A request's headers must arrive within api_header_timeout_s (else the connection is closed)
+    # and its body within api_body_timeout_s (else 408): slow senders hold nothing for long.
+    api_header_timeout_s: float = Field(default=10.0, gt=0)
+    api_body_timeout_s: float = Field(default=30.0, gt=0)
+    # Registration's file checks: their deadline (then 422), and how many may run at once per
+    # owner and in all (then 429 / 503): a check stuck on a file cannot be cancelled, only
+    # abandoned, so these bound the threads one owner can leave blocked.
+    preflight_timeout_s: float = Field(default=20.0, gt=0)
+    preflight_per_owner: int = Field(default=2, ge=1)
+    preflight_threads: int = Field(default=16, ge=1)
     # Check at registration that local datasets and models exist and parse. Turn off only where
     # the API host cannot see the workers' files; workers then find the mistakes.
     verify_inputs: bool = True

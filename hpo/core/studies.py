@@ -41,18 +41,36 @@ TRANSITIONS: dict[str, tuple[StudyStatus, ...]] = {
 def create_study(
     session: Session, storage: RDBStorage, *, spec: StudySpec, owner: str, settings: Settings
 ) -> StudyRecord:
-    """Register ``spec`` and create its Optuna study, both or neither; commits.
+    """``check_spec`` then ``register_study``: for callers that own their session."""
+    check_spec(spec, settings)
+    return register_study(session, storage, spec=spec, owner=owner, settings=settings)
+
+
+def check_spec(spec: StudySpec, settings: Settings) -> None:
+    """What registration checks without the database: paths, the files they name, the search.
+
+    It reads files, so the API runs it under a deadline and before it opens a session.
 
     Raises:
         SpecError: The spec points outside the allowed roots, or at data or a model that
             cannot be read as the spec says.
-        StudyConflict: The name is taken (by any owner: Optuna study names are global).
-        QuotaExceeded: The owner has ``max_active_studies_per_owner`` active studies.
     """
     check_spec_paths(spec, settings)
     check_inputs(spec, settings)
     build_sampler(spec.search)
     build_pruner(spec.search.pruner)
+
+
+def register_study(
+    session: Session, storage: RDBStorage, *, spec: StudySpec, owner: str, settings: Settings
+) -> StudyRecord:
+    """Register a checked ``spec`` and create its Optuna study, both or neither; commits.
+
+    Raises:
+        SpecError: A decode study names an adapter study this owner cannot use.
+        StudyConflict: The name is taken (by any owner: Optuna study names are global).
+        QuotaExceeded: The owner has ``max_active_studies_per_owner`` active studies.
+    """
     check_study_quota(session, owner=owner, settings=settings)
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
         raise StudyConflict(f"a study named {spec.name!r} already exists")

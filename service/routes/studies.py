@@ -31,7 +31,7 @@ from hpo.core.schemas import (
     ValidationErrorPublic,
 )
 from hpo.core.spec import NAME_PATTERN, StudySpec
-from service.deps import CurrentOwner, SessionDep, SettingsDep, StorageDep
+from service.deps import CurrentOwner, FileChecksDep, SessionDep, SettingsDep, StorageDep
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorPublic, "description": "Missing, invalid, revoked or expired token."},
@@ -46,6 +46,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorPublic,
         "description": "Too many failed token checks from this client, or the owner is at a "
         "quota (the body's `quota` names the setting, `limit` its value).",
+    },
+    503: {
+        "model": ErrorPublic,
+        "description": "Busy or the database is unavailable; retry after `Retry-After` seconds.",
     },
 }
 router = APIRouter(prefix="/studies", tags=["studies"], responses=ERRORS)
@@ -104,8 +108,12 @@ def create_study(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
+    file_checks: FileChecksDep,
 ) -> StudyPublic:
-    record = studies.create_study(session, storage, spec=spec, owner=owner, settings=settings)
+    # The file checks first, bounded, while the session has no connection yet (it takes one
+    # at its first query): a check that blocks on a tenant's file holds nothing shared.
+    file_checks.run(owner, lambda: studies.check_spec(spec, settings))
+    record = studies.register_study(session, storage, spec=spec, owner=owner, settings=settings)
     return _public(record, storage)
 
 
@@ -123,11 +131,7 @@ def list_studies(
 def get_study(
     name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
 ) -> StudyPublic:
-    record = studies.get_study(session, name=name, owner=owner)
-    studies.finish_if_spent(
-        session, storage, record=record, study_id=studies.optuna_study_id(storage, record)
-    )
-    return _public(record, storage)
+    return _public(studies.get_study(session, name=name, owner=owner), storage)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialPublic])
@@ -247,25 +251,38 @@ def enqueue_trial(
     return EnqueuePublic(params=params)
 
 
-def _transition(name: str, owner: str, session: SessionDep, status: StudyStatus) -> StudySummary:
+def _transition(
+    name: str, owner: str, session: SessionDep, storage: StorageDep, status: StudyStatus
+) -> StudySummary:
     record = studies.get_study(session, name=name, owner=owner)
     studies.set_status(session, record=record, status=status)
+    # A study resumed with its budget spent (say its timeout passed while paused) completes
+    # here: reads never write, so the status follows the budget where the budget is looked at.
+    studies.finish_if_spent(
+        session, storage, record=record, study_id=studies.optuna_study_id(storage, record)
+    )
     return StudySummary.model_validate(record, from_attributes=True)
 
 
 @router.post("/{name}/pause", response_model=StudySummary)
-def pause(name: Name, owner: CurrentOwner, session: SessionDep) -> StudySummary:
-    return _transition(name, owner, session, StudyStatus.PAUSED)
+def pause(
+    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+) -> StudySummary:
+    return _transition(name, owner, session, storage, StudyStatus.PAUSED)
 
 
 @router.post("/{name}/resume", response_model=StudySummary)
-def resume(name: Name, owner: CurrentOwner, session: SessionDep) -> StudySummary:
-    return _transition(name, owner, session, StudyStatus.RUNNING)
+def resume(
+    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+) -> StudySummary:
+    return _transition(name, owner, session, storage, StudyStatus.RUNNING)
 
 
 @router.post("/{name}/stop", response_model=StudySummary)
-def stop(name: Name, owner: CurrentOwner, session: SessionDep) -> StudySummary:
-    return _transition(name, owner, session, StudyStatus.STOPPED)
+def stop(
+    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+) -> StudySummary:
+    return _transition(name, owner, session, storage, StudyStatus.STOPPED)
 
 
 @router.delete("/{name}", status_code=204)

@@ -1,0 +1,81 @@
+"""How ``hpo serve`` runs the app under uvicorn: which proxies it believes, how long it waits.
+
+uvicorn reads the client address and scheme from ``X-Forwarded-For`` / ``-Proto`` only when the
+connection comes from a proxy listed in ``FORWARDED_ALLOW_IPS``. uvicorn's own default trusts
+127.0.0.1, which lets any process on the host pick its address (and dodge the failed-token
+limit); ``hpo serve`` trusts no proxy unless the variable names it.
+
+uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not the time a
+client takes to send a request's headers: a connection trickling a header forever stays open.
+``HeaderTimeoutH11`` closes a connection whose request headers are not complete within the
+header timeout; the body's own deadline is the app's (``service.limits.ContentLengthLimit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from hpo.core.settings import Settings
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for each request's headers."""
+
+    header_timeout_s: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # the headers are in
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """The uvicorn configuration ``hpo serve`` runs ``app`` with."""
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "")
+    protocol = type(
+        "H11", (HeaderTimeoutH11,), {"header_timeout_s": settings.api_header_timeout_s}
+    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "http": protocol,
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or None,
+        "timeout_keep_alive": 5,
+    }
+    return uvicorn.Config(app, **options)
