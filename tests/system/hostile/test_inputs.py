@@ -174,8 +174,9 @@ def test_malformed_json_is_422_naming_the_file(rooted: ApiServer, tmp_path: Path
     (splits / "dataset_dict.json").write_text('{"splits": 5}')
     features = _saved(data / "features", train=["a b"] * 4)
     (features / "train" / "dataset_info.json").write_text('{"features": 5}')
-    for path, named in ((data / "deep.jsonl", "deep.jsonl"),
-                        (splits, "dataset_dict.json"), (features, "dataset_info.json")):  # fmt: skip
+    cases = [(data / "deep.jsonl", "deep.jsonl"), (splits, "dataset_dict.json"),
+             (features, "dataset_info.json")]  # fmt: skip
+    for path, named in cases:
         error = _refused(rooted, minimal_spec("malformed", dataset={"path": str(path)}))
         assert error["loc"] == ["body", "train", "dataset", "path"]
         assert named in error["msg"], error
@@ -241,12 +242,14 @@ def test_hostile_trials_fail_with_a_reason_and_the_worker_goes_on(
                 for name in ("regex", "template", "fifo", "gguf")}  # fmt: skip
     (regex,) = outcomes["regex"]
     assert regex.state == TrialState.COMPLETE, regex.user_attrs.get("error")
-    for name, reason, says in (("template", "deadline", "chat template"),
-                               ("fifo", "input", "FIFO"), ("gguf", "input", "claims")):  # fmt: skip
+    failures = [("template", "deadline", "chat template"), ("fifo", "input", "FIFO"),
+                ("gguf", "input", "claims")]  # fmt: skip
+    for name, reason, says in failures:
         (trial,) = outcomes[name]
         assert trial.state == TrialState.FAIL, name
         assert trial.user_attrs[FAIL_REASON_ATTR] == reason, trial.user_attrs
         assert says in trial.user_attrs["error"], trial.user_attrs
-    _registered(rooted, small_study("normal", budget={"max_trials": 1}))
+    lean = {"path": "builtin:demo-text", "max_train_examples": 32, "max_eval_examples": 16}
+    _registered(rooted, small_study("normal", dataset=lean, budget={"max_trials": 1}))
     (normal,) = wait_until(lambda: finished("normal"), timeout=300, what="the normal trial")
     assert normal.state == TrialState.COMPLETE, normal.user_attrs.get("error")
