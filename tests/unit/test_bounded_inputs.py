@@ -106,7 +106,7 @@ def test_patterns_run_on_re2() -> None:
 
 def test_the_deadline_stops_a_python_loop() -> None:
     """What a looping chat template does: Python that never returns, holding the GIL."""
-    with pytest.raises(Overrun, match="spinning took longer than 0.05 s"), deadline(0.05, "spinning"):
+    with pytest.raises(Overrun, match="spinning took longer"), deadline(0.05, "spinning"):
         while True:
             pass
     with deadline(60, "quick"):
