@@ -28,6 +28,7 @@ CANONICAL = {
     "conversational": {"messages_field": "messages"},
 }
 CLASSIFICATION = "classification"
+MAX_LABELS = 10_000
 
 
 @dataclass
@@ -119,6 +120,8 @@ def load_splits(spec: DatasetSpec, *, task: str, cache_dir: Path) -> Splits:
     if shape != CLASSIFICATION:
         return Splits(train, evaluation, test, shape)
     label_names = sorted({*train["label"], *evaluation["label"], *(test["label"] if test else [])})
+    if len(label_names) > MAX_LABELS:  # each is a row of the classifier's head
+        raise ValueError(f"{len(label_names)} distinct labels; at most {MAX_LABELS} are allowed")
     index = {label: i for i, label in enumerate(label_names)}
 
     def to_id(row: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,9 @@ from worker.objective import ObjectiveFactory, WorkerContext, make_objective
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
 MAX_BACKOFF_S = 30.0
 GONE_REASON = "the study was deleted or renamed; this worker goes on with the others"
+# Failures that would repeat on every try: the same error, or the tenant's own inputs (a file
+# refused, work past its deadline, no progress). A streak of them fails the study.
+STREAK_REASONS = ("error", "input", "deadline", STALLED)
 
 
 class BudgetSpent(Exception):
@@ -506,7 +509,7 @@ class Worker:
         if (
             len(recent) == limit
             and all(t.state == TrialState.FAIL for t in recent)
-            and all(t.user_attrs.get(FAIL_REASON_ATTR) == "error" for t in recent)
+            and all(t.user_attrs.get(FAIL_REASON_ATTR) in STREAK_REASONS for t in recent)
             and len(errors) == 1
         ):
             error = errors.pop()

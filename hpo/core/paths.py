@@ -70,22 +70,27 @@ def _check_folder(path: str, roots: list[Path], max_entries: int) -> None:
 
     ``os.walk`` lists a symlink to a folder among the folders and does not descend into it by
     default, so folders are checked like files, and walked through links (a link inside the
-    roots may lead to a folder holding links out). Links may loop: the entry count bounds it.
+    roots may lead to a folder holding links out); each real folder once, so links that loop
+    end, and at most ``max_entries`` entries in all.
     """
-    seen = 0
+    seen, walked = 0, set()
     for folder, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in walked:
+            dirs.clear()
+            continue
+        walked.add(real)
         for name in (*dirs, *files):
             seen += 1
             if seen > max_entries:
                 raise _TooMany
-            entry = os.path.join(folder, name)
-            if not _inside(entry, roots):
+            if not _inside(os.path.join(folder, name), roots):
                 raise _Outside
         for name in files:
             try:
                 check_regular(os.path.join(folder, name))
-            except FileNotFoundError:
-                raise NotRegularFile(f"{name} is a broken link.") from None
+            except OSError as exc:
+                raise NotRegularFile(f"{name} cannot be read ({exc.strerror}).") from None
 
 
 def check_spec_paths(spec: StudySpec, settings: Settings) -> None:

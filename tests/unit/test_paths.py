@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,66 @@ def _folder_with_link(folder: Path, target: Path) -> str:
     folder.mkdir()
     (folder / "part.arrow").symlink_to(target)
     return str(folder)
+
+
+def test_a_directory_link_out_of_the_roots_is_refused(roots: tuple[Path, Path, Settings]) -> None:
+    """os.walk lists a link to a folder among the folders and does not descend into it."""
+    data, outside, settings = roots
+    (data / "ds").mkdir()
+    (data / "ds" / "train").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SpecError, match="leads outside the roots"):
+        _check(settings, data=str(data / "ds"))
+
+
+def test_links_inside_the_roots_are_walked_through(roots: tuple[Path, Path, Settings]) -> None:
+    """A folder link inside the roots is followed: the folder it leads to may hold links out."""
+    data, outside, settings = roots
+    (data / "other").mkdir()
+    (data / "other" / "x.csv").symlink_to(outside / "secret.csv")
+    (data / "ds").mkdir()
+    (data / "ds" / "train").symlink_to(data / "other", target_is_directory=True)
+    with pytest.raises(SpecError, match="leads outside the roots"):
+        _check(settings, data=str(data / "ds"))
+
+
+def test_looping_links_end(roots: tuple[Path, Path, Settings]) -> None:
+    data, _, settings = roots
+    (data / "ds").mkdir()
+    (data / "ds" / "x.csv").write_text("text\nhi\n")
+    (data / "ds" / "loop").symlink_to(data / "ds", target_is_directory=True)
+    _check(settings, data=str(data / "ds"))
+
+
+def test_folders_hold_a_bounded_number_of_entries(roots: tuple[Path, Path, Settings]) -> None:
+    data, _, settings = roots
+    for n in range(3):
+        (data / "ds" / str(n)).mkdir(parents=True)
+        (data / "ds" / str(n) / "x.csv").write_text("text\nhi\n")
+    _check(settings.model_copy(update={"max_folder_entries": 6}), data=str(data / "ds"))
+    with pytest.raises(SpecError, match="more than 5 entries"):
+        _check(settings.model_copy(update={"max_folder_entries": 5}), data=str(data / "ds"))
+
+
+def test_fifos_and_broken_links_are_refused(roots: tuple[Path, Path, Settings]) -> None:
+    data, _, settings = roots
+    (data / "ds").mkdir()
+    os.mkfifo(data / "ds" / "data.arrow")
+    with pytest.raises(SpecError, match="data.arrow is a FIFO"):
+        _check(settings, data=str(data / "ds"))
+    os.mkfifo(data / "rows.jsonl")
+    with pytest.raises(SpecError, match="rows.jsonl is a FIFO"):
+        _check(settings, data=str(data / "rows.jsonl"))
+    (data / "ds" / "data.arrow").unlink()
+    (data / "ds" / "gone.arrow").symlink_to(data / "nowhere.arrow")
+    with pytest.raises(SpecError, match="gone.arrow cannot be read"):
+        _check(settings, data=str(data / "ds"))
+
+
+def test_validation_and_test_files_are_checked_too(roots: tuple[Path, Path, Settings]) -> None:
+    data, outside, settings = roots
+    (data / "ok.csv").write_text("text\nhi\n")
+    spec = StudySpec.model_validate(minimal_spec("p", dataset={
+        "path": str(data / "ok.csv"), "test_path": str(outside / "secret.csv")}))  # fmt: skip
+    with pytest.raises(SpecError, match="outside the roots") as refused:
+        check_spec_paths(spec, settings)
+    assert refused.value.loc == ("train", "dataset", "test_path")

@@ -1,0 +1,113 @@
+"""The pure helpers that bound work on a tenant's inputs (issue 20): regular files read
+non-blocking and bounded, GGUF headers checked against the file, RE2 patterns, the deadline."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from hpo.core.files import NotRegularFile, read_head, read_whole
+from hpo.core.gguf import MAX_NESTING, BadGGUF, check_gguf
+from hpo.core.patterns import MAX_MATCHED_CHARS, bounded, compile_pattern
+from worker.deadline import Overrun, deadline
+from worker.metrics import regex_match
+
+
+def test_fifos_are_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")  # no writer: a plain open() would block forever
+    with pytest.raises(NotRegularFile, match="pipe is a FIFO"):
+        read_head(tmp_path / "pipe", 10)
+    with pytest.raises(NotRegularFile, match="is a folder"):
+        read_head(tmp_path, 10)
+
+
+def test_reads_are_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 100)
+    assert read_head(path, 10) == b"x" * 10
+    assert read_whole(path, 100) == b"x" * 100
+    with pytest.raises(ValueError, match="larger than 99 bytes"):
+        read_whole(path, 99)
+
+
+def _string(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+def _gguf(path: Path, *entries: bytes, tensors: int = 0, size: int | None = None) -> Path:
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, tensors, len(entries)) + b"".join(entries))
+    if size is not None:
+        os.truncate(path, size)
+    return path
+
+
+def _array(key: bytes, item: int, count: int, items: bytes = b"") -> bytes:
+    return _string(key) + struct.pack("<IIQ", 9, item, count) + items
+
+
+def test_a_gguf_header_that_fits_passes(tmp_path: Path) -> None:
+    tokens = b"".join(_string(t) for t in (b"a", b"bc", b"d"))
+    scores = struct.pack("<3f", 0.0, 1.0, 2.0)
+    version = _string(b"general.version") + struct.pack("<I", 8) + _string(b"v1")
+    _gguf(tmp_path / "ok.gguf", _array(b"tokens", 8, 3, tokens),
+          _array(b"scores", 6, 3, scores), version)  # fmt: skip
+    check_gguf(tmp_path / "ok.gguf", max_items=6)  # 3 entries, 3 strings; floats are skipped
+
+
+def test_gguf_counts_beyond_the_file_or_the_limit_are_refused(tmp_path: Path) -> None:
+    sparse = _gguf(tmp_path / "sparse.gguf", _array(b"tokens", 8, 2**28), size=2**31)
+    with pytest.raises(BadGGUF, match="claims 268435456 items in metadata 'tokens'"):
+        check_gguf(sparse, max_items=2**40)  # the size alone refuses it
+    floats = _gguf(tmp_path / "floats.gguf", _array(b"scores", 6, 2**40))
+    with pytest.raises(BadGGUF, match="can hold"):
+        check_gguf(floats, max_items=2**40)
+    tokens = b"".join(_string(b"t") for _ in range(5))
+    many = _gguf(tmp_path / "many.gguf", _array(b"tokens", 8, 5, tokens))
+    check_gguf(many, max_items=6)  # the entry and its 5 items
+    with pytest.raises(BadGGUF, match="HPO_GGUF_MAX_ITEMS"):
+        check_gguf(many, max_items=5)
+    tensors = _gguf(tmp_path / "tensors.gguf", tensors=2**30)
+    with pytest.raises(BadGGUF, match="tensor list"):
+        check_gguf(tensors, max_items=2**40)
+
+
+def test_malformed_ggufs_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "text.gguf").write_text("not a model")
+    with pytest.raises(BadGGUF, match="not a GGUF file"):
+        check_gguf(tmp_path / "text.gguf", max_items=10)
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF" + struct.pack("<I", 3))  # no counts
+    with pytest.raises(BadGGUF, match="ends inside its header"):
+        check_gguf(tmp_path / "cut.gguf", max_items=10)
+    no_value = _gguf(tmp_path / "no-value.gguf", _string(b"k" * 12))  # no type, no value
+    with pytest.raises(BadGGUF, match="ends inside its header"):
+        check_gguf(no_value, max_items=10)
+    nested = struct.pack("<IQ", 9, 1) * (MAX_NESTING + 2)  # arrays of one array, and so on
+    deep = _gguf(tmp_path / "deep.gguf", _string(b"k") + struct.pack("<I", 9) + nested)
+    os.truncate(deep, 1024)
+    with pytest.raises(BadGGUF, match="nested"):
+        check_gguf(deep, max_items=100)
+    os.mkfifo(tmp_path / "pipe.gguf")
+    with pytest.raises(NotRegularFile):
+        check_gguf(tmp_path / "pipe.gguf", max_items=10)
+
+
+def test_patterns_run_on_re2() -> None:
+    catastrophic = regex_match("(a+)+b")  # exponential on Python's re, linear on RE2
+    assert catastrophic("a" * 36, "a" * 36) == 0.0
+    assert regex_match(r"answer: (\d+)")("so the answer: 42.", "answer: 42") == 1.0
+    for refused in (r"(a)\1", r"(?<=a)b", "("):
+        with pytest.raises(ValueError, match="RE2"):
+            compile_pattern(refused)
+    assert len(bounded("x" * (MAX_MATCHED_CHARS + 5))) == MAX_MATCHED_CHARS
+
+
+def test_the_deadline_stops_a_python_loop() -> None:
+    """What a looping chat template does: Python that never returns, holding the GIL."""
+    with pytest.raises(Overrun, match="spinning took longer"), deadline(0.05, "spinning"):
+        while True:
+            pass
+    with deadline(60, "quick"):
+        assert sum(range(10)) == 45  # the timer is off again once the block ends
