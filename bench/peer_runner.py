@@ -104,8 +104,11 @@ def _syne_tune(task: Curves, method: str, workers: int, seed: int, trace: Trace)
             return results
 
         def _run_job_and_collect_results(self, trial_id: int, config: Any = None) -> Any:
+            config = self._filter_config(config or self._trial_dict[trial_id].config)
+            if task.key(config) not in task.curves:  # fails at no cost, as in hpo.simulate
+                return Status.failed, []
             paused = self._resource_paused_for_trial.get(trial_id)
-            curve = task.curve(self._filter_config(config or self._trial_dict[trial_id].config))
+            curve = task.curve(config)
             if paused is not None and paused >= len(curve):
                 # paused at a rung that is its curve's end, then promoted: nothing to train
                 last = {METRIC: curve[-1][1], RESOURCE: len(curve), ELAPSED: 0.01, "cost": 0.0}
@@ -116,7 +119,8 @@ def _syne_tune(task: Curves, method: str, workers: int, seed: int, trace: Trace)
             super()._process_start_event(trial_id, time_event, config=config)
             started[trial_id] = time_event
             done = self._resource_paused_for_trial.get(trial_id, 0)
-            curve = task.curve(self._filter_config(self._trial_dict[trial_id].config))
+            config = self._filter_config(self._trial_dict[trial_id].config)
+            curve = task.curves.get(task.key(config), [])
             next_cost[trial_id] = curve[done][0] if done < len(curve) else 0.0
 
     def spent(now: float) -> float:
@@ -157,10 +161,18 @@ def _syne_tune(task: Curves, method: str, workers: int, seed: int, trace: Trace)
         extra = {} if kind == "dyhpo" else {"type": "promotion" if kind != "bohb" else "stopping"}
         scheduler = cls(space, **multi, **extra)
     callback = SimulatorCallback()
-    tuner = Tuner(trial_backend=backend, scheduler=scheduler, n_workers=workers,
-                  stop_criterion=lambda status: trace.done(),
-                  sleep_time=0, callbacks=[callback, Hooks()], save_tuner=False,
-                  results_update_interval=1e9, print_update_interval=1e9)  # fmt: skip
+    tuner = Tuner(
+        trial_backend=backend,
+        scheduler=scheduler,
+        n_workers=workers,
+        stop_criterion=lambda status: trace.done(),
+        max_failures=10**6,  # an unrecorded configuration fails, as in hpo.simulate
+        sleep_time=0,
+        callbacks=[callback, Hooks()],
+        save_tuner=False,
+        results_update_interval=1e9,
+        print_update_interval=1e9,
+    )
     tuner.run()
 
 
