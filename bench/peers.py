@@ -169,6 +169,9 @@ def summarise(runs: list[dict[str, Any]], tasks: dict[str, Any]) -> list[dict[st
                                      tasks[r["task"]]["best"], tasks[r["task"]]["grid"])
                      for r in ok]  # fmt: skip
             row[rule] = {str(t): target_stats([c[str(t)] for c in costs]) for t in TARGETS}
+        covered = len({r["task"] for r in ok})
+        total = sum(t["set"] == task_set for t in tasks.values())
+        row["tasks"] = f"{covered} of {total} tasks" if covered < total else None
         if ok:
             row["configurations"] = sorted(r["configurations"] for r in ok)[len(ok) // 2]
             row["seconds"] = sum(r["seconds"] for r in ok)
@@ -195,7 +198,9 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "# Peer libraries on the curve sets of bench.strategies (simulated)",
         "",
         f"Commit `{meta['commit']}`, {meta['machine']}, {meta['seeds']} seeds per row and task, "
-        f"{meta['seconds']:.0f} s with {meta['jobs']} processes; {', '.join(meta['versions'])}.",
+        f"{meta['runner_seconds']:.0f} s of runs in {meta['jobs']} processes + one for Ray, "
+        f"{meta['jobs_total'] - meta['missing_runs']} of {meta['jobs_total']} runs finished; "
+        f"{', '.join(meta['versions'])}.",
         "",
         "Each peer runs through its own runtime on the exported curves (bench/peer_runner.py): "
         "Syne Tune's `UserBlackboxBackend` (each configuration's own curve) + `SimulatorCallback`"
@@ -236,6 +241,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 name = (
                     f"**{r['strategy']}**" if r["strategy"].startswith("ours") else r["strategy"]
                 )
+                if r.get("tasks"):  # a run cut short: say which part of the set it covers
+                    name += f" ({r['tasks']})"
                 lines.append(f"| {name} | {_cell(t1, runs)} | {_cell(t2, runs)} | "
                              f"{_cell(done, runs)} |")  # fmt: skip
     failed = [f"{r['strategy']} ({r['set']}, W={r['workers']}): {e}" for r in rows
@@ -269,6 +276,11 @@ def main() -> None:
         default=ROOT / ".peers-work",
         help="exported tasks and per-run traces; finished runs are reused",
     )
+    parser.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="run nothing: tabulate the finished runs under --work (e.g. after a cut-short run)",
+    )
     args = parser.parse_args()
     if args.setup:
         print(setup())
@@ -277,7 +289,8 @@ def main() -> None:
         parser.error("the path to nmtlc.pkl is required")
     started = time.time()
     jobs, tasks = _jobs(args, args.work)
-    _run_all(jobs, args.python, args.jobs, args.work)
+    if not args.summarise_only:
+        _run_all(jobs, args.python, args.jobs, args.work)
     runs = [{**json.loads(Path(j["out"]).read_text()), "task": j["name"]}
             for j in jobs if Path(j["out"]).exists()]  # fmt: skip
     mine = ours(args.sets, args.workers)
@@ -286,6 +299,7 @@ def main() -> None:
                                               not r["strategy"].startswith("ours")))  # fmt: skip
     meta = {"commit": commit(), "machine": machine(), "seeds": args.seeds, "jobs": args.jobs,
             "seconds": time.time() - started, "versions": _versions(args.python),
+            "runner_seconds": sum(r.get("seconds", 0.0) for r in runs), "jobs_total": len(jobs),
             "ours_seeds": mine[0]["seeds"] if mine else 0,
             "ours_commit": mine[0]["commit"] if mine else "",
             "missing_runs": len(jobs) - len(runs)}  # fmt: skip
