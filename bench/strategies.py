@@ -31,7 +31,7 @@ from bench import RESULTS, commit, machine, save
 from hpo.core.scheduling import spearman
 from hpo.core.spec import SearchSpace, SearchSpec
 from hpo.nmtlc import load_tasks
-from hpo.simulate import CurvePoint, simulate
+from hpo.simulate import CurvePoint, Simulation, simulate
 from hpo.synthetic import make_task
 
 TARGETS = (0.01, 0.001)  # within 1% and 0.1% of the task's best final loss
@@ -135,6 +135,23 @@ def _search(task: Task, strategy: Strategy) -> SearchSpec:
     )
 
 
+def cost_to_targets(
+    best_curve: list[tuple[float, float]], best_value: float, grid: float
+) -> dict[str, float]:
+    """Per target, the cost (share of the full-grid cost) at which ``best_curve`` (device
+    cost, best value so far) first got within it of ``best_value``; inf if never."""
+    sim = Simulation(best_curve=best_curve)
+    return {str(t): sim.cost_to_reach(best_value * (1 + t)) / grid for t in TARGETS}
+
+
+def target_stats(values: list[float]) -> dict[str, Any]:
+    """Median (IQR) of runs' costs to a target and how many reached it (inf = never)."""
+    q25, q50, q75 = _quantiles(values)
+    reached = sum(not math.isinf(v) for v in values)
+    return {"median": q50, "iqr": (q25, q75), "reached": reached / len(values),
+            "reached_runs": reached}  # fmt: skip
+
+
 def _run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(1)  # GP fits: one thread per pool process, no oversubscription
@@ -148,9 +165,7 @@ def _run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
         results.append(
             {
                 "task": task.name,
-                "cost_to_target": {
-                    str(t): sim.cost_to_reach(task.best_value * (1 + t)) / grid for t in TARGETS
-                },
+                "cost_to_target": cost_to_targets(sim.best_curve, task.best_value, grid),
                 "regret_at": {
                     str(b): ((v - task.best_value) / task.best_value if v is not None else None)
                     for b in BUDGET_POINTS
@@ -203,15 +218,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                  == (task_set, strategy, workers) for t in r["tasks"]]  # fmt: skip
         costs = {}
         for target in TARGETS:
-            values = [t["cost_to_target"][str(target)] for t in tasks]
-            q25, q50, q75 = _quantiles(values)
-            reached = sum(not math.isinf(v) for v in values)
-            costs[str(target)] = {
-                "median": q50,
-                "iqr": (q25, q75),
-                "reached": reached / len(values),
-                "reached_runs": reached,
-            }
+            costs[str(target)] = target_stats([t["cost_to_target"][str(target)] for t in tasks])
         regrets = {}
         for b in BUDGET_POINTS:
             vals = [t["regret_at"][str(b)] for t in tasks]

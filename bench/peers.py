@@ -1,0 +1,311 @@
+"""Peer HPO libraries (Syne Tune 0.13, Ray Tune 2.60) on the curve sets of bench.strategies.
+
+    python -m bench.peers --setup                      # makes .peers-venv/ (pinned versions)
+    python -m bench.peers PATH/TO/nmtlc.pkl [--seeds 5] [--workers 1 8] [--jobs 2]
+        [--sets nmtlc synthetic-mixed] [--methods ...] [--python .peers-venv/bin/python]
+
+The peers need NumPy < 1.27, so they run in their own virtualenv (``bench/peers-requirements.txt``)
+with ``bench/peer_runner.py``, which imports no project code. This side writes every task as
+JSON (``export_task``), runs the runner under ``nice -n 10`` in ``--jobs`` processes, reads
+their traces and computes cost to 1% / 0.1% of the task's best final value with the functions of
+bench.strategies. Our default's rows are bench.strategies' committed ones
+(``bench/results/strategies.json``, seeds 0..N-1 as here). Writes bench/results/peers.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+from typing import Any
+
+from bench import RESULTS, ROOT, commit, machine, save
+from bench.strategies import (
+    DEFAULT,
+    MAX_COST,
+    SETS,
+    TARGETS,
+    Task,
+    cost_to_targets,
+    load_set,
+    target_stats,
+)
+from hpo.core.spec import CategoricalDistribution, SearchSpace
+from hpo.simulate import CurvePoint, NotRecorded
+
+VENV = ROOT / ".peers-venv"
+REQUIREMENTS = ROOT / "bench" / "peers-requirements.txt"
+RUNNER = ROOT / "bench" / "peer_runner.py"
+# The runner's methods (bench/peer_runner.py METHODS): Ray Tune runs at one worker only.
+SYNE_TUNE = ("st gp bo", "st asha stop", "st asha promotion", "st bohb", "st mobster",
+             "st hypertune", "st dyhpo")  # fmt: skip
+RAY = ("ray asha", "ray hyperband + optuna")
+METHODS = SYNE_TUNE + RAY
+NAMES = ("learning_rate", "per_device_train_batch_size", "lora_r")
+
+
+def export_task(task: Task) -> dict[str, Any]:
+    """A task as the runner reads it: choices per parameter, each configuration's curve."""
+    space = task.search_space
+    choices = {
+        n: list(d.choices)
+        for n in NAMES
+        if isinstance(d := getattr(space, n), CategoricalDistribution)
+    }
+    configurations = []
+    for key in task.curves:
+        params = dict(zip(NAMES, key, strict=True))
+        configurations.append({"params": params, "curve": [list(p) for p in task.curve(params)]})
+    return {"name": task.name, "choices": choices, "configurations": configurations,
+            "best_value": task.best_value, "full_grid_cost": task.full_grid_cost}  # fmt: skip
+
+
+class ExportedTask:
+    """An exported task read back: the same objective as the one written."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.name: str = data["name"]
+        self.choices: dict[str, list[Any]] = data["choices"]
+        self.points = {tuple(c["params"][n] for n in NAMES): [(p[0], p[1]) for p in c["curve"]]
+                       for c in data["configurations"]}  # fmt: skip
+        self.curves = {k: [v for _, v in pts] for k, pts in self.points.items()}
+        self.best_value: float = data["best_value"]
+        self.full_grid_cost: float = data["full_grid_cost"]
+
+    @property
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.model_validate(
+            {n: CategoricalDistribution(choices=c) for n, c in self.choices.items()}
+        )
+
+    def curve(self, params: dict[str, Any]) -> list[CurvePoint]:
+        key = tuple(params[n] for n in NAMES)
+        if key not in self.points:
+            raise NotRecorded(f"{self.name} has no configuration {params}")
+        return list(self.points[key])
+
+
+def best_curve(trace: list[list[Any]], *, completed_only: bool) -> list[tuple[float, float]]:
+    """(device cost, best value) each time a trial end improved the best, as
+    ``hpo.simulate.Simulation.best_curve``; a trial's value is its last reported point."""
+    out: list[tuple[float, float]] = []
+    for cost, value, completed in trace:
+        if (completed or not completed_only) and (not out or value < out[-1][1]):
+            out.append((cost, value))
+    return out
+
+
+def setup(python: str = sys.executable) -> Path:
+    """Create .peers-venv/ with the pinned peers (a few minutes, from the package index)."""
+    if not (VENV / "bin" / "python").exists():
+        venv.create(VENV, with_pip=True)
+    subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
+                    str(REQUIREMENTS)], check=True)  # fmt: skip
+    return VENV / "bin" / "python"
+
+
+def _jobs(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    jobs, tasks = [], {}
+    for task_set in args.sets:
+        for task in load_set(task_set, args.data):
+            path = work / "tasks" / (task.name.replace("/", "_") + ".json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(export_task(task)))
+            tasks[task.name] = {"set": task_set, "best": task.best_value,
+                                "grid": task.full_grid_cost}  # fmt: skip
+            for method in args.methods:
+                for w in args.workers:
+                    if method in RAY and w != 1:
+                        continue
+                    for seed in range(args.seeds):
+                        name = f"{task.name}-{method}-w{w}-s{seed}".replace("/", "_")
+                        out = work / "runs" / f"{name}.json"
+                        jobs.append({"task": str(path), "name": task.name, "method": method,
+                                     "workers": w, "seed": seed, "out": str(out),
+                                     "max_cost": MAX_COST * task.full_grid_cost})  # fmt: skip
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    # GP BO's fits make its runs the slowest: last, so a run cut short still has the others
+    jobs.sort(key=lambda j: (j["method"] == "st gp bo", j["workers"], j["seed"]))
+    return jobs, tasks
+
+
+def _run_all(jobs: list[dict[str, Any]], python: str, processes: int, work: Path) -> None:
+    # Ray starts a cluster per process: its runs share one process; Syne Tune's the rest.
+    ray = [j for j in jobs if j["method"] in RAY]
+    rest = [j for j in jobs if j["method"] not in RAY]
+    chunks = [c for c in (ray, *(rest[i::processes] for i in range(processes))) if c]
+    procs = []
+    for i, chunk in enumerate(chunks):
+        path = work / f"jobs-{i}.json"
+        path.write_text(json.dumps(chunk))
+        log = (work / f"runner-{i}.log").open("w")
+        procs.append(subprocess.Popen(["nice", "-n", "10", python, str(RUNNER), str(path)],
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))  # fmt: skip
+    for p in procs:
+        p.wait()
+
+
+def summarise(runs: list[dict[str, Any]], tasks: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    keys = sorted({(tasks[r["task"]]["set"], r["workers"], r["method"]) for r in runs},
+                  key=lambda k: (SETS.index(k[0]), k[1], METHODS.index(k[2])))  # fmt: skip
+    for task_set, workers, method in keys:
+        group = [r for r in runs if (tasks[r["task"]]["set"], r["workers"], r["method"])
+                 == (task_set, workers, method)]  # fmt: skip
+        ok = [r for r in group if "error" not in r]
+        row: dict[str, Any] = {"set": task_set, "workers": workers, "strategy": method,
+                               "runs": len(ok), "errors": sorted({r["error"] for r in group
+                                                                  if "error" in r})}  # fmt: skip
+        # headline: only completed trials count, as for ours in bench.strategies
+        for rule, completed_only in (("cost_to_target", True), ("last_point", False)):
+            costs = [cost_to_targets(best_curve(r["trace"], completed_only=completed_only),
+                                     tasks[r["task"]]["best"], tasks[r["task"]]["grid"])
+                     for r in ok]  # fmt: skip
+            row[rule] = {str(t): target_stats([c[str(t)] for c in costs]) for t in TARGETS}
+        covered = len({r["task"] for r in ok})
+        total = sum(t["set"] == task_set for t in tasks.values())
+        row["tasks"] = f"{covered} of {total} tasks" if covered < total else None
+        if ok:
+            row["configurations"] = sorted(r["configurations"] for r in ok)[len(ok) // 2]
+            row["seconds"] = sum(r["seconds"] for r in ok)
+        rows.append(row)
+    return rows
+
+
+def ours(sets: list[str], workers: list[int]) -> list[dict[str, Any]]:
+    """Our default's rows from the committed bench.strategies run."""
+    data = json.loads((RESULTS / "strategies.json").read_text())
+    return [{**r, "strategy": f"ours: {DEFAULT} (default)", "seeds": data["meta"]["seeds"],
+             "commit": data["meta"]["commit"]}  # fmt: skip
+            for r in data["rows"] if r["strategy"] == DEFAULT and r["set"] in sets
+            and r["workers"] in workers]  # fmt: skip
+
+
+def _cell(c: dict[str, Any], runs: int) -> str:
+    f = lambda x: "never" if math.isinf(x) else f"{x:.3f}"  # noqa: E731
+    return f"{f(c['median'])} ({f(c['iqr'][0])}-{f(c['iqr'][1])}) | {c['reached_runs']}/{runs}"
+
+
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Peer libraries on the curve sets of bench.strategies (simulated)",
+        "",
+        f"Commit `{meta['commit']}`, {meta['machine']}, {meta['seeds']} seeds per row and task, "
+        f"{meta['runner_seconds']:.0f} s of runs in {meta['jobs']} processes + one for Ray, "
+        f"{meta['jobs_total'] - meta['missing_runs']} of {meta['jobs_total']} runs finished; "
+        f"{', '.join(meta['versions'])}.",
+        "",
+        "Each peer runs through its own runtime on the exported curves (bench/peer_runner.py): "
+        "Syne Tune's `UserBlackboxBackend` (each configuration's own curve) + `SimulatorCallback`"
+        " with W simulated workers; Ray Tune's `Tuner` at one worker, a function trainable that "
+        "replays the curve and checkpoints its step (HyperBand resumes without paying twice). "
+        "Cost = our device-seconds (recorded cost of every point trained, plus the elapsed part "
+        "of in-flight points) / full-grid cost. Rungs as ours: first at R/9 (R = median curve "
+        "length), eta = 3, max_t = the longest curve. As for ours in bench.strategies, the "
+        "cost columns count only trials that ran their whole curve (value = its last point); "
+        "the last column also counts a stopped or paused trial's last reported point, which on "
+        "NMTLC can lie below the best final value (curves that rise again). A peer run stops "
+        "once a "
+        f"completed trial is within 0.1%, or at {MAX_COST}x the grid cost ('never'). Cells: "
+        "median cost (IQR) | runs reaching the target. "
+        f"Our default's rows: bench/results/strategies.json (commit `{meta['ours_commit']}`, "
+        f"seeds 0..{meta['ours_seeds'] - 1}; peers ran seeds 0..{meta['seeds'] - 1}).",
+    ]
+    for task_set in SETS:
+        for workers in sorted({r["workers"] for r in rows}):
+            group = [r for r in rows if (r["set"], r["workers"]) == (task_set, workers)]
+            if not group:
+                continue
+            lines += [
+                "",
+                f"## {task_set}, {workers} worker(s)",
+                "",
+                "| strategy | cost to 1% | reached | cost to 0.1% | reached | "
+                "0.1%, last point of any trial | reached |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in group:
+                runs = r["runs"]
+                if r.get("errors") and not runs:
+                    lines.append(f"| {r['strategy']} | failed: {r['errors'][0][:120]} |||||| ")
+                    continue
+                t1, t2 = (r["cost_to_target"][str(t)] for t in TARGETS)
+                done = r.get("last_point", r["cost_to_target"])["0.001"]
+                name = (
+                    f"**{r['strategy']}**" if r["strategy"].startswith("ours") else r["strategy"]
+                )
+                if r.get("tasks"):  # a run cut short: say which part of the set it covers
+                    name += f" ({r['tasks']})"
+                lines.append(f"| {name} | {_cell(t1, runs)} | {_cell(t2, runs)} | "
+                             f"{_cell(done, runs)} |")  # fmt: skip
+    failed = [f"{r['strategy']} ({r['set']}, W={r['workers']}): {e}" for r in rows
+              for e in r.get("errors", [])]  # fmt: skip
+    if failed:
+        lines += ["", "Failed runs: " + "; ".join(failed)]
+    return "\n".join(lines) + "\n"
+
+
+def _versions(python: str) -> list[str]:
+    code = ("import importlib.metadata as m; print(*[f'{p} {m.version(p)}' for p in "
+            "('syne-tune', 'ray', 'optuna', 'numpy')], sep=';')")  # fmt: skip
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip().split(";")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("data", type=Path, nargs="?", help="NMTLC's nmtlc.pkl")
+    parser.add_argument("--setup", action="store_true", help="create .peers-venv/ and exit")
+    default_python = os.environ.get("PEERS_PYTHON", str(VENV / "bin" / "python"))
+    parser.add_argument("--python", default=default_python, help="the peers venv's python")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / ".peers-work",
+        help="exported tasks and per-run traces; finished runs are reused",
+    )
+    parser.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="run nothing: tabulate the finished runs under --work (e.g. after a cut-short run)",
+    )
+    args = parser.parse_args()
+    if args.setup:
+        print(setup())
+        return
+    if args.data is None:
+        parser.error("the path to nmtlc.pkl is required")
+    started = time.time()
+    jobs, tasks = _jobs(args, args.work)
+    if not args.summarise_only:
+        _run_all(jobs, args.python, args.jobs, args.work)
+    runs = [{**json.loads(Path(j["out"]).read_text()), "task": j["name"]}
+            for j in jobs if Path(j["out"]).exists()]  # fmt: skip
+    mine = ours(args.sets, args.workers)
+    rows = summarise(runs, tasks)
+    rows = sorted(mine + rows, key=lambda r: (SETS.index(r["set"]), r["workers"],
+                                              not r["strategy"].startswith("ours")))  # fmt: skip
+    meta = {"commit": commit(), "machine": machine(), "seeds": args.seeds, "jobs": args.jobs,
+            "seconds": time.time() - started, "versions": _versions(args.python),
+            "runner_seconds": sum(r.get("seconds", 0.0) for r in runs), "jobs_total": len(jobs),
+            "ours_seeds": mine[0]["seeds"] if mine else 0,
+            "ours_commit": mine[0]["commit"] if mine else "",
+            "missing_runs": len(jobs) - len(runs)}  # fmt: skip
+    save("peers", {"meta": meta, "rows": rows}, _markdown(rows, meta))
+    print(_markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
