@@ -95,8 +95,8 @@ def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
     """
     query = best_query(study_id, storage.get_study_directions(study_id)[0])
     with storage.engine.connect() as conn:
-        trial_id = conn.scalar(query)
-    return None if trial_id is None else storage.get_trial(trial_id)
+        row = conn.execute(query).first()
+    return None if row is None else storage.get_trial(row.trial_id)
 
 
 def best_query(study_id: int, direction: StudyDirection) -> Select[tuple[int, int, float]]:

@@ -55,7 +55,7 @@ def study_summary(storage: RDBStorage, name: str) -> Summary:
             )
         )
         counts = trial_counts(storage, study_id, connection=conn)
-        row = conn.execute(best_query(study_id, StudyDirection[direction])).first()
+        row = conn.execute(best_query(study_id, StudyDirection[str(direction)])).first()
         best = None
         if row is not None:
             params = conn.execute(
