@@ -23,6 +23,7 @@ from service.limits import ConcurrencyLimit, ContentLengthLimit, FailedAuthLimit
 from service.routes import health, studies
 
 MAX_BODY_BYTES = 1_000_000
+POOL_HEADROOM = 5  # connections for health checks and registrations, which take no turn
 # Swagger UI and ReDoc from the fastapi-offline wheel: FastAPI's defaults load them from a CDN,
 # which leaves /docs and /redoc blank on a machine without internet.
 DOCS_ASSETS_URL = "/docs-assets"
@@ -71,10 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Each pool holds as many connections as requests may run at once (ConcurrencyLimit):
-        # a request waits for its turn at the door, where waiting is bounded and answers 503,
-        # never for a connection, where a pool timeout would be a 500.
-        pool = {"pool_size": settings.api_concurrency, "max_overflow": 0}
+        # Each pool holds as many connections as requests may run at once (ConcurrencyLimit),
+        # plus a few for those that take no turn: a request waits for its turn at the door,
+        # where waiting is bounded and answers 503, not for a connection.
+        pool = {"pool_size": settings.api_concurrency, "max_overflow": POOL_HEADROOM}
         db = Database(make_engine(settings.database_url, **pool))
         app.state.settings = settings
         app.state.engine = db.engine

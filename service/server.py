@@ -35,15 +35,17 @@ class HeaderTimeoutH11(H11Protocol):
         super().connection_made(transport)
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        # A kept-alive connection's next request starts its own deadline with its first bytes;
+        # idle time before them is uvicorn's keep-alive timeout's to bound.
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm()
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # the headers are in
             self._disarm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection gets its own deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -38,3 +38,18 @@ def study_id(study: Study | FrozenStudy) -> int:
 def trial_id(trial: Trial | FrozenTrial) -> int:
     """Optuna's row id of a trial (numbers restart per study; ids do not)."""
     return trial._trial_id  # noqa: SLF001
+
+
+study_directions = table(
+    "study_directions", column("study_id"), column("direction"), column("objective")
+)
+study_user_attributes = table(
+    "study_user_attributes", column("study_id"), column("key"), column("value_json")
+)
+trial_params = table(
+    "trial_params",
+    column("trial_id"),
+    column("param_name"),
+    column("param_value"),
+    column("distribution_json"),
+)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Connection, Float, case, cast, exists, func, select
+from sqlalchemy import Connection, Float, Select, case, cast, exists, func, select
 
 from hpo.core.db import ArtifactRecord
 from hpo.core.optuna_tables import trial_user_attributes as attrs
@@ -93,11 +93,18 @@ def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
     ``/best/adapter`` always name the same trial, and a worker keeps an adapter whenever its
     trial ties the best so far.
     """
-    direction = storage.get_study_directions(study_id)[0]
+    query = best_query(study_id, storage.get_study_directions(study_id)[0])
+    with storage.engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else storage.get_trial(row.trial_id)
+
+
+def best_query(study_id: int, direction: StudyDirection) -> Select[tuple[int, int, float]]:
+    """The best COMPLETE trial's id, number and value, in ``best_trial``'s order."""
     value = trial_values.c.value
     has_adapter = exists().where(ArtifactRecord.trial_id == trials.c.trial_id)
-    query = (
-        select(trials.c.trial_id)
+    return (
+        select(trials.c.trial_id, trials.c.number, value)
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
         .where(
             trials.c.study_id == study_id,
@@ -112,19 +119,9 @@ def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
         )
         .limit(1)
     )
-    with storage.engine.connect() as conn:
-        trial_id = conn.scalar(query)
-    return None if trial_id is None else storage.get_trial(trial_id)
 
 
 BASELINE_PREFIX = "baseline_"  # study user attrs: the untuned model's scores
-
-
-def baseline(storage: RDBStorage, study_id: int) -> dict[str, float]:
-    """The untuned model's scores, as the first trial measured them."""
-    attrs = storage.get_study_user_attrs(study_id)
-    n = len(BASELINE_PREFIX)
-    return {k[n:]: float(v) for k, v in attrs.items() if k.startswith(BASELINE_PREFIX)}
 
 
 def beats(value: float, than: float | None, *, minimize: bool) -> bool:

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # they wait before a 503 with Retry-After.
     api_concurrency: int = Field(default=15, ge=1)
     api_queue: int = Field(default=200, ge=0)
-    api_queue_timeout_s: float = Field(default=5.0, gt=0)
+    api_queue_timeout_s: float = Field(default=10.0, gt=0)
     # A request's headers must arrive within api_header_timeout_s (else the connection is closed)
     # and its body within api_body_timeout_s (else 408): slow senders hold nothing for long.
     api_header_timeout_s: float = Field(default=10.0, gt=0)

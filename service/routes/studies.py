@@ -17,7 +17,7 @@ from hpo.core.errors import StudyConflict, StudyNotFound
 from hpo.core.export import best_configuration
 from hpo.core.factory import check_params
 from hpo.core.optuna_tables import trial_id
-from hpo.core.progress import baseline, best_trial, trial_counts, trial_page
+from hpo.core.progress import best_trial, trial_page
 from hpo.core.schemas import (
     BestConfigPublic,
     EnqueuePublic,
@@ -31,6 +31,7 @@ from hpo.core.schemas import (
     ValidationErrorPublic,
 )
 from hpo.core.spec import NAME_PATTERN, StudySpec
+from hpo.core.summary import study_summary
 from service.deps import CurrentOwner, FileChecksDep, SessionDep, SettingsDep, StorageDep
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -59,9 +60,8 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 def _public(record: StudyRecord, storage: RDBStorage) -> StudyPublic:
-    study_id = studies.optuna_study_id(storage, record)
-    counts = trial_counts(storage, study_id)
-    best = best_trial(storage, study_id)
+    summary = study_summary(storage, record.name)
+    counts, best = summary.counts, summary.best
     return StudyPublic(
         **StudySummary.model_validate(record, from_attributes=True).model_dump(),
         spec=StudySpec.model_validate(record.spec),
@@ -69,7 +69,7 @@ def _public(record: StudyRecord, storage: RDBStorage) -> StudyPublic:
         best_value=best.value if best else None,
         best_params=best.params if best else None,
         best_trial=best.number if best else None,
-        baseline=baseline(storage, study_id),
+        baseline=summary.baseline,
     )
 
 

@@ -455,15 +455,18 @@ def test_a_worker_leaving_on_max_trials_completes_the_spent_study(
         assert client.get("/studies/exact").json()["status_reason"] == "max_trials=2 reached"
 
 
-def test_a_read_settles_a_study_whose_budget_was_spent_elsewhere(
+def test_a_lifecycle_route_settles_a_study_whose_budget_was_spent_elsewhere(
     pg_api: ApiServer, make_spec: SpecFactory
 ) -> None:
+    """A read never writes (issue 21): the status follows the budget where it is looked at."""
     with pg_api.client() as client:
         spec = make_spec("told", budget={"max_trials": 2})
         assert client.post("/studies", json=spec).status_code == 201
         for value in (0.3, 0.2):
             _complete(pg_api.settings, "told", value)
-        study = client.get("/studies/told").json()
+        assert client.get("/studies/told").json()["status"] == "running"
+        assert client.post("/studies/told/pause").json()["status"] == "paused"
+        study = client.post("/studies/told/resume").json()
     assert (study["status"], study["status_reason"]) == ("completed", "max_trials=2 reached")
 
 
