@@ -8,6 +8,8 @@ objective seam.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,6 +25,7 @@ from hpo.core.studies import create_study
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.worker_process import cheap_objective
+from tests.workers import worker_env
 from worker.loop import Worker
 
 CROWD = 100  # the owner's studies; the scan's statements do not depend on it
@@ -140,3 +143,17 @@ def test_study_quota_answers_429_naming_it(pg_settings: Settings) -> None:
         first = next(f"m-{i}" for i, code in enumerate(codes) if code == 201)
         assert mallory.post(f"/studies/{first}/stop").status_code == 200
         assert mallory.post("/studies", json=spec("one-more")).status_code == 201
+
+
+def test_an_owner_weight_set_from_the_cli_reaches_the_scan(pg_settings: Settings) -> None:
+    register(pg_settings, "zoe", ["zoes-study"])
+    env = worker_env(pg_settings)
+    hpo = [sys.executable, "-m", "hpo", "owner"]
+    set_ = subprocess.run([*hpo, "weight", "zoe", "2.5"], env=env, capture_output=True, text=True)
+    assert set_.returncode == 0, set_.stderr
+    assert subprocess.run([*hpo, "weight", "zoe", "0"], env=env).returncode != 0
+    listed = subprocess.run([*hpo, "list"], env=env, capture_output=True, text=True).stdout
+    assert listed.split() == ["zoe", "2.5"]
+    with Database(pg_settings.database_url) as db, db.engine.connect() as conn:
+        [load] = fairshare.scan(conn, grace_period=pg_settings.grace_period)
+    assert (load.owner, load.weight) == ("zoe", 2.5)
