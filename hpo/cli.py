@@ -23,8 +23,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="The service's own tables (Alembic).")
 token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
 model_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.")
+owner_app = typer.Typer(no_args_is_help=True, help="Owners' shares of the workers.")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
+app.add_typer(owner_app, name="owner")
 app.add_typer(study_app, name="study")
 app.add_typer(token_app, name="token")
 
@@ -174,6 +176,34 @@ def token_revoke(
     with _token_session(database_url) as session:
         revoke_token(session, name=name)
     typer.echo(f"revoked {name}")
+
+
+@owner_app.command("weight")
+def owner_weight(
+    owner: Annotated[str, typer.Argument(metavar="OWNER", help="The owner (as on tokens).")],
+    weight: Annotated[
+        float, typer.Argument(metavar="WEIGHT", min=0.001, help="Share relative to 1.")
+    ],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Give OWNER WEIGHT times the default share: workers serve the owner with the fewest
+    running trials per unit of weight first (every owner starts at 1)."""
+    from hpo.core.owners import set_weight
+
+    with _token_session(database_url) as session:
+        set_weight(session, owner=owner, weight=weight)
+    typer.echo(f"{owner}: weight {weight:g}")
+
+
+@owner_app.command("list")
+def owner_list(database_url: DatabaseUrl = None) -> None:
+    """Owners whose weight was set (every other owner has weight 1)."""
+    from hpo.core.owners import list_weights
+
+    with _token_session(database_url) as session:
+        rows = [(row.owner, row.weight) for row in list_weights(session)]
+    for owner, weight in rows:
+        typer.echo(f"{owner}\t{weight:g}")
 
 
 @model_app.command("from-gguf")

@@ -118,7 +118,7 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
     )
     grace = dt.timedelta(seconds=grace_period)
     loads = []
-    for row in connection.execute(query):
+    for row in connection.execute(query).all():
         (record_id, name, owner, status, optuna_id, running, finished, waiting, unbeaten,
          oldest_beat, last_start, max_trials, scheduler, weight, now) = row  # fmt: skip
         # Optuna compares naive heartbeats with the database's clock the same way.

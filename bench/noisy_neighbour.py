@@ -1,0 +1,326 @@
+"""Noisy neighbour: a normal 4-trial study's wall time alone, and beside a hostile owner.
+
+    python -m bench.noisy_neighbour [--rows 1 2 3 4 5 9] [--crowd 1000] [--trials 4]
+                                    [--workers 2] [--timeout 600]
+
+Each phase starts its own PostgreSQL cluster, `hpo serve` and W `hpo worker` CPU processes
+(loopback only), then stops them all. Alone: owner `normal` registers a study of N trials on
+the tiny built-in model and the workers start. Hostile: owner `hostile` first registers the
+issue's rows (1: a `(a+)+b` regex objective over completions of 36 `a`s; 2: a chat template
+that loops 99,999^2 times; 3: a FIFO as `dataset_info.json`; 4: a FIFO swapped in for the
+arrow data after registration; 5: a GGUF header rewritten after registration to claim 2^28
+strings in a sparse 2 GiB file; 9: `--crowd` ordinary studies), then `normal` registers the
+same study and the workers start. A phase that does not finish in `--timeout` seconds is
+reported as such; every request has a timeout and every process is killed at the end.
+Writes bench/results/noisy-neighbour.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import event, func, select
+
+from bench import commit, machine, save
+from hpo.core import fairshare
+from hpo.core.db import Database, StudyRecord
+from hpo.core.migrate import upgrade
+from hpo.core.optuna_tables import studies as optuna_studies
+from hpo.core.optuna_tables import trials as optuna_trials
+from tests.pg import PostgresCluster, _free_port
+from tests.specs import study_spec
+from tests.workers import small_study, wait_healthy
+
+LEAN = {"path": "builtin:demo-text", "max_train_examples": 64, "max_eval_examples": 16}
+LOOPING_TEMPLATE = (
+    "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+)
+REQUEST_TIMEOUT_S = 30.0
+
+
+def normal_study(name: str, trials: int) -> dict[str, Any]:
+    return small_study(name, dataset=LEAN, budget={"max_trials": trials}, pruner={"type": "none"})
+
+
+# --- the hostile owner's studies (the issue's rows) ----------------------------------------
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _saved(folder: Path) -> Path:
+    import datasets
+
+    data = datasets.Dataset.from_dict({"text": ["ada has two cups ."] * 16})
+    datasets.DatasetDict({"train": data}).save_to_disk(str(folder))
+    return folder
+
+
+def _fifo_in_place_of(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _gguf(path: Path, *, strings: int | None) -> None:
+    """A GGUF header; with ``strings``, one entry claiming that many, in a sparse 2 GiB file."""
+    entries = b""
+    if strings is not None:
+        key = b"tokenizer.ggml.tokens"
+        entries = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 8, strings)
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, int(strings is not None)) + entries)
+    if strings is not None:
+        os.truncate(path, 2 * 2**30)
+
+
+def hostile_rows(rows: set[int], data: Path, models: Path, cache: Path) -> list[tuple[str, Any]]:
+    """(row, spec) to register, each with what to do once it is registered (or None)."""
+    once = {"budget": {"max_trials": 1, "max_failures_in_a_row": 1}, "pruner": {"type": "none"}}
+    out: list[tuple[str, Any]] = []
+    if 1 in rows:
+        a36 = [{"prompt": f"say {i}", "completion": "a" * 36} for i in range(8)]
+        spec = study_spec(
+            "row1-regex", mode="decode", model={"name_or_path": "builtin:tiny-llama"},
+            dataset={"path": _jsonl(data / "a.jsonl", a36), "validation_fraction": 0.5},
+            training={"max_new_tokens": 4}, evaluation={"generation": {"max_examples": 4}},
+            space={"temperature": {"type": "float", "low": 0.5, "high": 1.0}},
+            objective={"metric": "regex", "pattern": "(a+)+b"}, **once,
+        )  # fmt: skip
+        out.append(("1", (spec, None)))
+    if 2 in rows:
+        from worker import builtin
+
+        folder = models / "looping"
+        shutil.copytree(builtin.resolve("builtin:tiny-llama", cache), folder)
+        (folder / "chat_template.jinja").write_text(LOOPING_TEMPLATE)
+        chat = [{"messages": [{"role": "user", "content": "two cups?"},
+                              {"role": "assistant", "content": "two cups ."}]}] * 8  # fmt: skip
+        dataset = {"path": _jsonl(data / "chat.jsonl", chat)}
+        spec = small_study("row2-template", model={"name_or_path": str(folder)},
+                           dataset=dataset, **once)  # fmt: skip
+        out.append(("2", (spec, None)))
+    if 3 in rows:
+        folder = _saved(data / "info-fifo")
+        _fifo_in_place_of(folder / "train" / "dataset_info.json")
+        out.append(("3", (small_study("row3-fifo", dataset={"path": str(folder)}, **once), None)))
+    if 4 in rows:
+        folder = _saved(data / "arrow-fifo")
+        (arrow,) = folder.rglob("*.arrow")
+        spec = small_study("row4-fifo", dataset={"path": str(folder)}, **once)
+        out.append(("4", (spec, lambda: _fifo_in_place_of(arrow))))
+    if 5 in rows:
+        gguf = models / "model.gguf"
+        _gguf(gguf, strings=None)
+        spec = small_study("row5-gguf", model={"name_or_path": str(gguf)}, **once)
+        out.append(("5", (spec, lambda: _gguf(gguf, strings=2**28))))
+    return out
+
+
+# --- one phase ------------------------------------------------------------------------------
+
+
+def _post(base: str, token: str, spec: dict[str, Any]) -> str:
+    try:
+        response = httpx.post(f"{base}/studies", json=spec, timeout=REQUEST_TIMEOUT_S,
+                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return str(response.status_code)
+
+
+def _token(env: dict[str, str], owner: str) -> str:
+    return subprocess.run([sys.executable, "-m", "hpo", "token", "create", owner], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+
+def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # own process group: a stuck worker's children die with it
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # SIGTERM ignored: a stalled worker
+            proc.wait()
+
+
+def _scan_figures(url: str, *, grace_period: float) -> dict[str, Any]:
+    """A worker's study choice with every study registered: statements, time, normal's place."""
+    with Database(url) as db:
+        statements: list[str] = []
+        event.listen(db.engine, "before_cursor_execute",
+                     lambda _c, _k, sql, *_: statements.append(sql))  # fmt: skip
+        times, order = [], []
+        for _ in range(5):
+            statements.clear()
+            started = time.perf_counter()
+            with db.engine.connect() as conn:
+                loads = fairshare.scan(conn, grace_period=grace_period)
+            order = fairshare.fair_order(loads)
+            times.append(time.perf_counter() - started)
+    place = next((i + 1 for i, s in enumerate(order) if s.owner == "normal"), None)
+    median_ms = statistics.median(times) * 1000
+    return {"studies_in_order": len(order), "normal_place": place,
+            "statements": len(statements), "median_ms": median_ms}  # fmt: skip
+
+
+def _trials_by_owner(url: str) -> dict[str, dict[str, int]]:
+    query = (
+        select(StudyRecord.owner, optuna_trials.c.state, func.count())
+        .select_from(optuna_trials)
+        .join(optuna_studies, optuna_studies.c.study_id == optuna_trials.c.study_id)
+        .join(StudyRecord, StudyRecord.name == optuna_studies.c.study_name)
+        .group_by(StudyRecord.owner, optuna_trials.c.state)
+    )
+    out: dict[str, dict[str, int]] = {}
+    with Database(url) as db, db.engine.connect() as conn:
+        for owner, state, n in conn.execute(query):
+            out.setdefault(owner, {})[state.lower()] = n
+    return out
+
+
+def run_phase(*, rows: set[int], crowd: int, trials: int, workers: int, timeout: float,
+              workdir: Path) -> dict[str, Any]:  # fmt: skip
+    """One phase; ``rows`` empty: the normal study alone."""
+    workdir.mkdir(parents=True)
+    data, models, cache = workdir / "data", workdir / "models", workdir / "cache"
+    data.mkdir()
+    models.mkdir()
+    cluster = PostgresCluster()
+    procs: list[subprocess.Popen[bytes]] = []
+    result: dict[str, Any] = {"rows": sorted(rows), "crowd": crowd if 9 in rows else 0}
+    try:
+        url = cluster.url()
+        upgrade(url)
+        env = dict(os.environ, HPO_DATABASE_URL=url, HPO_ARTIFACT_DIR=str(workdir / "artifacts"),
+                   HPO_CACHE_DIR=str(cache), HPO_DATA_ROOTS=json.dumps([str(data)]),
+                   HPO_MODEL_ROOTS=json.dumps([str(models)]), HPO_HEARTBEAT_INTERVAL="2",
+                   HPO_GRACE_PERIOD="20", HPO_MAX_ACTIVE_STUDIES_PER_OWNER=str(crowd + 10),
+                   PYTHONUNBUFFERED="1")  # fmt: skip
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        procs.append(_spawn([sys.executable, "-m", "hpo", "serve", "--port", str(port),
+                             "--no-migrate"], env, workdir / "api.log"))  # fmt: skip
+        wait_healthy(base)
+        hostile, normal = _token(env, "hostile"), _token(env, "normal")
+        registered: dict[str, str] = {}
+        for row, (spec, after) in hostile_rows(rows, data, models, cache):
+            registered[f"row {row}"] = _post(base, hostile, spec)
+            if after is not None:
+                after()
+        if 9 in rows:
+            started = time.monotonic()
+            specs = [normal_study(f"crowd-{i}", trials) for i in range(crowd)]
+            with ThreadPoolExecutor(8) as pool:
+                codes = list(pool.map(lambda s: _post(base, hostile, s), specs))
+            registered["row 9"] = f"{codes.count('201')} of {crowd} accepted"
+            result["crowd_registration_s"] = time.monotonic() - started
+        result["hostile_registrations"] = registered
+        result["normal_registration"] = _post(base, normal, normal_study("normal", trials))
+        if result["normal_registration"] == "201":
+            result["scan"] = _scan_figures(url, grace_period=20)
+        started = time.monotonic()
+        worker = [sys.executable, "-m", "hpo", "worker", "--device", "cpu", "--cpu-threads", "1"]
+        for i in range(workers):
+            procs.append(_spawn(worker, env, workdir / f"worker{i}.log"))
+        result["normal_wall_s"] = None
+        headers = {"Authorization": f"Bearer {normal}"}
+        while result["normal_registration"] == "201" and time.monotonic() - started < timeout:
+            try:
+                study = httpx.get(f"{base}/studies/normal", headers=headers, timeout=10).json()
+            except (httpx.HTTPError, ValueError):
+                study = {}
+            if study.get("trials", {}).get("finished", 0) >= trials:
+                result["normal_wall_s"] = time.monotonic() - started
+                break
+            time.sleep(1)
+        result["trials_by_owner"] = _trials_by_owner(url)
+    finally:
+        _stop(procs)
+        cluster.stop()
+    return result
+
+
+def _wall(phase: dict[str, Any], timeout: float) -> str:
+    wall = phase["normal_wall_s"]
+    return f"{wall:.0f} s" if wall is not None else f"did not finish in {timeout:.0f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[9], choices=[1, 2, 3, 4, 5, 9])
+    parser.add_argument("--crowd", type=int, default=1000)
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    common = {"crowd": args.crowd, "trials": args.trials, "workers": args.workers,
+              "timeout": args.timeout}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = run_phase(rows=set(), workdir=Path(tmp) / "alone", **common)
+        hostile = run_phase(rows=set(args.rows), workdir=Path(tmp) / "hostile", **common)
+    ratio = (
+        hostile["normal_wall_s"] / alone["normal_wall_s"]
+        if hostile["normal_wall_s"] and alone["normal_wall_s"]
+        else None
+    )
+    result = {"commit": commit(), "machine": machine("loopback", f"{args.workers} CPU workers"),
+              "args": vars(args), "alone": alone, "hostile": hostile, "ratio": ratio}  # fmt: skip
+    scan = hostile.get("scan") or {}
+    lines = [
+        "# Noisy neighbour",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']}. Owner `normal` runs a "
+        f"{args.trials}-trial study on the tiny built-in model; owner `hostile` runs rows "
+        f"{', '.join(map(str, sorted(args.rows)))} of issue 20 beside it.",
+        "",
+        "| phase | normal study's wall time | trials by owner |",
+        "|---|---|---|",
+        f"| alone | {_wall(alone, args.timeout)} | {alone['trials_by_owner']} |",
+        f"| beside the hostile owner | {_wall(hostile, args.timeout)} | "
+        f"{hostile['trials_by_owner']} |",
+        "",
+        f"Ratio: {f'{ratio:.2f}x' if ratio else 'n/a'} (target: within 1.5x).",
+        "",
+        f"Hostile registrations: {hostile['hostile_registrations']}"
+        + (
+            f" ({hostile['crowd_registration_s']:.0f} s)"
+            if "crowd_registration_s" in hostile
+            else ""
+        )  # fmt: skip
+        + f"; the normal study's: {hostile['normal_registration']}.",
+        "",
+        f"A worker's study choice with every study registered: {scan.get('statements')} SQL "
+        f"statement(s), {scan.get('median_ms', float('nan')):.0f} ms (median of 5), the normal "
+        f"study at place {scan.get('normal_place')} of {scan.get('studies_in_order')}.",
+    ]
+    save("noisy-neighbour", result, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
