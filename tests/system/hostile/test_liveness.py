@@ -135,10 +135,10 @@ def test_sigterm_ends_a_worker_whose_trial_holds_the_gil(
     wait_until(
         lambda: [t for t in trials(pg_api.settings, "term")
                  if t.state == TrialState.RUNNING and "worker" in t.user_attrs],
-        timeout=120, what="the marked trial to stall",
+        timeout=600, what="the marked trial to stall",
     )  # fmt: skip
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=120) == 0
+    assert worker.wait(timeout=300) == 0
     [child] = _events(tmp_path / "term.log", "child_start")
     assert not _alive(child["pid"])
     [killed] = _events(tmp_path / "term.log", "child_killed")
@@ -164,7 +164,7 @@ def test_a_halted_study_of_a_dead_worker_does_not_keep_its_trials_running(
     wait_until(
         lambda: [t for t in trials(pg_api.settings, "halted")
                  if t.state == TrialState.RUNNING and "worker" in t.user_attrs],
-        timeout=120, what="the marked trial to run",
+        timeout=600, what="the marked trial to run",
     )  # fmt: skip
     dead.kill()
     dead.wait()
@@ -177,7 +177,7 @@ def test_a_halted_study_of_a_dead_worker_does_not_keep_its_trials_running(
             found: dict[str, int] = client.get("/studies/halted").json()["trials"]
             return found if found["running"] == 0 else None
 
-        settled = wait_until(counts, timeout=120, what="no trial running")
+        settled = wait_until(counts, timeout=600, what="no trial running")
     assert (settled["fail"], settled["waiting"]) == (1, 1)
     everything = trials(pg_api.settings, "halted")
     assert everything[0].user_attrs["fail_reason"].startswith("stale")
