@@ -152,7 +152,7 @@ def trial_failer(settings: Settings) -> FailTrial:
     def fail(trial_id: int, reason: str, error: str) -> None:
         from hpo.core.storage import make_storage  # Optuna: not before a child was killed
 
-        storage = make_storage(settings, pool_size=1, max_overflow=0)
+        storage = make_storage(settings, pool_size=1, max_overflow=2)
         try:
             storage.fail_killed(trial_id, reason=reason, error=error)
         finally:

@@ -30,8 +30,14 @@ class Clock:
 def test_reports_round_trip_and_garbage_is_ignored() -> None:
     for report in (Report(7, RUN, 5.0), Report(None, IDLE, None)):
         assert Report.decode(report.encode().strip()) == report
-    garbage = [b"", b"not json", b"[]", b'{"trial": "7", "phase": "run", "timeout": 1}',
-               b'{"trial": 7, "phase": "run"}', b'{"trial": 7, "phase": "run", "timeout": "x"}']  # fmt: skip
+    garbage = [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"trial": "7", "phase": "run", "timeout": 1}',
+        b'{"trial": 7, "phase": "run"}',
+        b'{"trial": 7, "phase": "run", "timeout": "x"}',
+    ]
     assert [Report.decode(line) for line in garbage] == [None] * len(garbage)
 
 
