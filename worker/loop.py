@@ -153,16 +153,12 @@ class Worker:
         liveness.use(self.liveness)
         idle_since = time.monotonic()
         failures = 0
-        next_sweep = 0.0
         self._event("worker_start", device=str(self.ctx.device))
         while not self.ctx.stop.is_set():
             if self.max_trials is not None and self.trials_run >= self.max_trials:
                 break
             wait = self.poll_interval
             try:
-                if time.monotonic() >= next_sweep:  # studies no worker picks from
-                    self.storage.sweep_idle_studies()
-                    next_sweep = time.monotonic() + self.settings.grace_period
                 ran = self._run_next()
                 failures = 0
             except Exception as exc:  # no study and no database outage may end the worker

@@ -12,14 +12,13 @@ from typing import Any
 from optuna import Study
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.samplers import RandomSampler
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from hpo.core import optuna_tables
-from hpo.core.db import StudyRecord, StudyStatus
-from hpo.core.optuna_tables import studies, trial_heartbeats, trials
+from hpo.core.optuna_tables import trial_heartbeats, trials
 from hpo.core.settings import Settings
 
 RETRIED_FROM_ATTR = "retried_from"
@@ -153,29 +152,6 @@ class HeartbeatStorage(RDBStorage):
         name = self.get_study_name_from_id(owner)
         self.retry(Study(name, self, sampler=RandomSampler()), self.get_trial(trial_id))
         return True
-
-    def sweep_idle_studies(self) -> None:
-        """Fail and retry the stale trials of studies that are not running.
-
-        Workers sweep a study when they consider it for a trial, which they do only while it
-        runs: a study stopped or paused while its worker was dead would keep that trial
-        RUNNING (and counted as running) for ever.
-        """
-        query = select(studies.c.study_name).where(
-            exists().where(
-                trials.c.study_id == studies.c.study_id,
-                trials.c.state == TrialState.RUNNING.name,
-            ),
-            studies.c.study_name.not_in(
-                select(StudyRecord.name).where(StudyRecord.status == StudyStatus.RUNNING)
-            ),
-        )
-        with self.engine.connect() as conn:
-            names = list(conn.execute(query).scalars())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            for name in names:
-                fail_stale_trials(Study(name, self, sampler=RandomSampler()))
 
     def _adopt_orphans(self, study_id: int) -> None:
         """Give RUNNING trials without a heartbeat one stamped with the database's clock.
