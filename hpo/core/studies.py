@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from hpo.core import artifacts
 from hpo.core.budget import spent_reason
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
+from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
 from hpo.core.optuna_tables import trial_id
@@ -80,6 +81,10 @@ def create_study(
     except BaseException:
         storage.delete_study(study_id)
         raise
+    if spec.train.mode == "decode":
+        optuna.load_study(study_name=spec.name, storage=storage).enqueue_trial(
+            {}, user_attrs={GREEDY_ATTR: True}
+        )
     return record
 
 
