@@ -486,4 +486,8 @@ def log_to_stderr() -> None:
 
 
 def main() -> None:
-    app(prog_name="hpo")
+    try:
+        app(prog_name="hpo")
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handler: no traceback
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

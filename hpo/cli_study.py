@@ -123,6 +123,7 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
     """Status, trial counts and the best trial of a study."""
     with _client() as client:
         study = client.get_study(name)
+        running = [] if as_json else client.trials(name, state="running", limit=20).data
 
     def human() -> None:
         t = study.trials
@@ -140,6 +141,14 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
         if metric in study.baseline:
             label = "greedy decoding (baseline)" if decode else "untuned model"
             console.print(f"{label}: {metric} {study.baseline[metric]:.4g}")
+        for trial in running:  # where each running trial is: its last report
+            if trial.intermediate_values:
+                step = max(trial.intermediate_values)
+                value = trial.intermediate_values[step]
+                console.print(f"trial {trial.number} running: {metric} {value:.4g} at {step} "
+                              "examples")  # fmt: skip
+            else:
+                console.print(f"trial {trial.number} running: no report yet")
 
     _emit(study, as_json, human)
 

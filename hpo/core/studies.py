@@ -7,6 +7,7 @@ holds it, and the answer does not say who.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import optuna
@@ -81,10 +82,12 @@ def create_study(
     except BaseException:
         storage.delete_study(study_id)
         raise
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    with warnings.catch_warnings():  # experimental in Optuna; it only names the axes
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.search.objective.metric])  # optuna-dashboard's axes
     if spec.train.mode == "decode":
-        optuna.load_study(study_name=spec.name, storage=storage).enqueue_trial(
-            {}, user_attrs={GREEDY_ATTR: True}
-        )
+        study.enqueue_trial({}, user_attrs={GREEDY_ATTR: True})
     return record
 
 

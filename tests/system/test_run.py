@@ -185,6 +185,7 @@ def test_a_decode_study_starts_from_greedy_and_never_reports_worse(
     assert greedy.params == {}
     assert all("temperature" in t.params for t in searched)
     assert study.user_attrs["baseline_contains"] == greedy.value
+    assert study.metric_names == ["contains"]  # optuna-dashboard's axes name the metric
 
     with ApiServer(settings) as api:
         env = {"HPO_API_URL": api.base_url, "HPO_TOKEN": api.token("alice"), "COLUMNS": "200"}
