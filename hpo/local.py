@@ -263,7 +263,7 @@ def _watch(
                 )  # fmt: skip
                 if not alive:
                     break
-                pool.stopping.wait(0.5)
+                time.sleep(0.5)  # a signal runs its handler during the sleep
         console.print()
     finally:
         if pool.alive():  # we are leaving on an error: do not leave workers behind
