@@ -138,8 +138,8 @@ def _register(
             return created, False
         if record.spec != spec.model_dump(mode="json"):
             raise StudyConflict(
-                f"a study named {spec.name!r} already exists in {settings.database_url} with "
-                "another spec; give this spec another name to start a new study"
+                f"a study named {spec.name!r} already exists in this database with another "
+                "spec; give this spec another name to start a new study"
             )
         session.expunge(record)
         return record, True
