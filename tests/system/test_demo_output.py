@@ -24,7 +24,7 @@ def test_demo_prints_whole_paths_and_worker_progress(
     result = subprocess.run(
         [sys.executable, "-m", "hpo", "demo", "--workdir", str(workdir), "--workers", "1",
          "--trials", "2"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=900,  # a busy 2-core box
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
