@@ -19,6 +19,8 @@ from hpo.core.settings import Settings, get_settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from hpo.core.spec import StudySpec
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="The service's own tables (Alembic).")
 token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
@@ -289,6 +291,8 @@ def worker(
     settings = _settings(database_url)
     with _one_line_errors():
         check_database(settings.database_url)
+    if study:
+        _check_studies_exist(settings.database_url, study)
     log_to_stderr()
     if progress_fd is None:
         if device is not None and (gpus is not None or processes > 1):
@@ -306,6 +310,21 @@ def worker(
         cpu_threads=cpu_threads,
         report_fd=progress_fd,
     ).run()
+
+
+def _check_studies_exist(url: str, names: list[str]) -> None:
+    """--study naming no study is a typo, not a study to wait for: say so and exit 1."""
+    from sqlalchemy import select
+
+    from hpo.core.db import Database, StudyRecord
+
+    with Database(url) as db, db.session() as session:
+        query = select(StudyRecord.name).where(StudyRecord.name.in_(names))
+        found = set(session.scalars(query))
+    if missing := [name for name in names if name not in found]:
+        typer.echo(f"error: no study named {missing[0]!r} in this database "
+                   "(hpo study list shows them)", err=True)  # fmt: skip
+        raise typer.Exit(1)
 
 
 def _supervise(
@@ -336,53 +355,99 @@ def _supervise(
     Supervisor.for_settings(children, settings).run()
 
 
+Workers = Annotated[int, typer.Option(min=1, help="Local worker processes (CPU threads split).")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:0, mps, ... for every worker.")]
+
+
+@app.command()
+def run(
+    spec_file: Annotated[
+        Path, typer.Argument(metavar="SPEC", help="The study spec (YAML or JSON).")
+    ],
+    workers: Workers = 1,
+    device: Device = "cpu",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run a study on this machine: no server, no token. The database is hpo.db in this folder
+    (or HPO_DATABASE_URL), adapters go to ./artifacts. Running the same spec again continues
+    its study; Ctrl-C stops it and re-queues the running trials. For many machines, register
+    the same file with hpo study create against the service."""
+    from pydantic import ValidationError
+
+    from hpo.cli_study import load_spec
+    from hpo.core.spec import StudySpec
+
+    try:
+        spec = StudySpec.model_validate(load_spec(spec_file))
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            typer.echo(f"error: {spec_file}: {where}: {error['msg']}", err=True)
+        raise typer.Exit(1) from None
+    _run_and_report(spec, Path.cwd(), workers, device, database_url)
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Folder for the database and adapters.")] = Path(
         "hpo-demo"
     ),
     database_url: DatabaseUrl = None,
-    workers: int = 2,
+    workers: Workers = 2,
     trials: int = 16,
 ) -> None:
-    """Run a demo study end to end on this machine (tiny local model, CPU, no network)."""
+    """Run a demo study end to end on this machine (tiny local model, CPU, no network): hpo run
+    on a built-in spec."""
+    import datetime as dt
+
+    from hpo.demo import demo_spec
+
+    name = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    _run_and_report(demo_spec(name, trials=trials), workdir, workers, "cpu", database_url)
+
+
+def _run_and_report(
+    spec: StudySpec, workdir: Path, workers: int, device: str, database_url: str | None
+) -> None:
     from rich.console import Console
 
-    from hpo.demo import run_demo
+    from hpo.local import hpo_command, run_study
 
     console = Console()
-    with _one_line_errors():
-        result = run_demo(
-            workdir=workdir,
-            database_url=database_url,
-            workers=workers,
-            trials=trials,
-            console=console,
-        )
-    counts = result.counts
-    console.print(
-        f"finished {counts.finished} trials ({counts.complete} complete, {counts.pruned} pruned, "
-        f"{counts.fail} failed)"
-    )
 
     def plain(text: str) -> None:  # paths and commands: one line each, to copy as they are
         console.print(text, soft_wrap=True, markup=False, highlight=False)
 
+    with _one_line_errors():
+        result = run_study(spec, workdir=workdir, workers=workers, device=device,
+                           console=console, database_url=database_url)  # fmt: skip
+    counts = result.counts
+    console.print(
+        f"finished {counts.finished}/{result.budget} trials ({counts.complete} complete, "
+        f"{counts.pruned} pruned, {counts.fail} failed)"
+    )
+    if result.interrupted:
+        console.print("stopped; the running trials are queued again: run the same command "
+                      "to continue")  # fmt: skip
     if result.best_params is None:
-        console.print("[red]no trial completed[/]; see the worker logs in")
-        plain(str(workdir.resolve()))
-        raise typer.Exit(1)
-    console.print(f"[bold green]best eval_loss[/] {result.best_value:.4f}")
+        if not result.interrupted:
+            console.print("[red]no trial completed[/]; see the worker logs in")
+            plain(str(workdir.resolve()))
+        raise typer.Exit(130 if result.interrupted else 1)
+    console.print(f"[bold green]best {result.metric}[/] {result.best_value:.4f} "
+                  f"(trial {result.best_number})")  # fmt: skip
     for key, value in result.best_params.items():
         console.print(f"  {key} = {value}")
     plain(f"best adapter: {result.adapter or 'not saved'}")
-    artifacts = (workdir / "artifacts").resolve()
+    plain(f"best configuration: {result.config_file}")
     console.print("to browse it in the dashboard, run (local only: no login)")
     plain(
         f"HPO_AUTH=disabled HPO_DATABASE_URL={result.database_url} "
-        f"HPO_ARTIFACT_DIR={artifacts} hpo serve"
+        f"HPO_ARTIFACT_DIR={result.artifact_dir} {hpo_command()} serve"
     )
     console.print("and open http://127.0.0.1:8000/dashboard")
+    if result.interrupted:
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -458,4 +523,8 @@ def log_to_stderr() -> None:
 
 
 def main() -> None:
-    app(prog_name="hpo")
+    try:
+        app(prog_name="hpo")
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handler: no traceback
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -13,9 +13,11 @@ import typer
 import yaml
 from pydantic import BaseModel
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from hpo.client import ApiError, Client
+from hpo.core.derived import GREEDY_ATTR
 from hpo.core.schemas import TrialPublic
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -59,7 +61,7 @@ def _emit(value: BaseModel | list[Any], as_json: bool, human: Callable[[], None]
         human()
 
 
-def _load_spec(path: Path) -> dict[str, Any]:
+def load_spec(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -92,7 +94,7 @@ def create(
 ) -> None:
     """Register the study in a YAML or JSON spec file."""
     with _client() as client:
-        study = client.create_study(_load_spec(spec_file))
+        study = client.create_study(load_spec(spec_file))
     _emit(study, as_json, lambda: console.print(f"created study [bold]{study.name}[/]"))
 
 
@@ -121,6 +123,7 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
     """Status, trial counts and the best trial of a study."""
     with _client() as client:
         study = client.get_study(name)
+        running = [] if as_json else client.trials(name, state="running", limit=20).data
 
     def human() -> None:
         t = study.trials
@@ -130,9 +133,22 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
             f"({t.complete} complete, {t.pruned} pruned), {t.fail} failed, {t.running} running"
         )
         metric = study.spec.search.objective.metric
-        console.print(f"best {metric}: {study.best_value} {study.best_params or ''}")
+        decode = study.spec.train.mode == "decode"
+        if decode and study.best_params == {}:
+            console.print(f"best {metric}: {study.best_value} greedy decoding (nothing beat it)")
+        else:
+            console.print(f"best {metric}: {study.best_value} {study.best_params or ''}")
         if metric in study.baseline:
-            console.print(f"untuned model: {metric} {study.baseline[metric]:.4g}")
+            label = "greedy decoding (baseline)" if decode else "untuned model"
+            console.print(f"{label}: {metric} {study.baseline[metric]:.4g}")
+        for trial in running:  # where each running trial is: its last report
+            if trial.intermediate_values:
+                step = max(trial.intermediate_values)
+                value = trial.intermediate_values[step]
+                console.print(f"trial {trial.number} running: {metric} {value:.4g} at {step} "
+                              "examples")  # fmt: skip
+            else:
+                console.print(f"trial {trial.number} running: no report yet")
 
     _emit(study, as_json, human)
 
@@ -143,10 +159,24 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def print_whole(table: Table) -> None:
+    """Print ``table`` without cutting a name or a value: as wide as it needs, where that is
+    wider than the terminal (which then wraps the lines) rather than with ellipses."""
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    # Console.print caps its width at the console's: print through a wider one
+    Console(file=console.file, width=natural, color_system="auto",
+            force_terminal=console.is_terminal).print(table)  # fmt: skip
+
+
 def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> Table:
     """One row per trial: state, value, one column per searched hyperparameter, duration and
     why it failed or was pruned."""
-    table = Table("#", "state", metric, *searched, "duration (s)", "reason")
+    table = Table()
+    for header in ("#", "state", metric, *searched, "duration (s)", "reason"):
+        table.add_column(header, no_wrap=True)
     for t in found:
         reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
         duration = "" if t.duration_s is None else f"{t.duration_s:.1f}"
@@ -182,7 +212,7 @@ def trials(
     _emit(
         found,
         as_json,
-        lambda: console.print(
+        lambda: print_whole(
             trials_table(search.objective.metric, list(search.space.distributions()), found)
         ),
     )
@@ -195,7 +225,8 @@ def best(name: StudyName, as_json: AsJson = False) -> None:
         trial = client.best(name)
 
     def human() -> None:
-        console.print(f"trial {trial.number}: {trial.value}")
+        greedy = " greedy decoding" if trial.user_attrs.get(GREEDY_ATTR) is True else ""
+        console.print(f"trial {trial.number}: {trial.value}{greedy}")
         for key, value in trial.params.items():
             console.print(f"  {key} = {value}")
 
@@ -282,6 +313,17 @@ def export(
         typer.echo(text)
         return
     out.write_text(text)
+    console.print(f"wrote {out}", soft_wrap=True, markup=False)
+
+
+@study_app.command("download")
+def download(
+    name: StudyName,
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="The zip to write.")],
+) -> None:
+    """The best trial's adapter as a zip: unzip it, then PeftModel.from_pretrained(model, DIR)."""
+    with _client() as client:
+        client.download_adapter(name, out)
     console.print(f"wrote {out}", soft_wrap=True, markup=False)
 
 

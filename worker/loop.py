@@ -153,6 +153,7 @@ class Worker:
         liveness.use(self.liveness)
         idle_since = time.monotonic()
         failures = 0
+        waiting = False
         self._event("worker_start", device=str(self.ctx.device))
         while not self.ctx.stop.is_set():
             if self.max_trials is not None and self.trials_run >= self.max_trials:
@@ -169,7 +170,12 @@ class Worker:
                 self._event(kind, error=describe(root_cause(exc)), retry_in=wait)
             if ran:
                 idle_since = time.monotonic()
+                waiting = False
                 continue
+            if not waiting:  # once per idle spell: a silent worker looks stuck
+                waiting = True
+                self._event("waiting", studies=self.studies or "all running",
+                            reason="no trial to run now")  # fmt: skip
             # Idle also while failing: a worker told to leave when idle leaves a lost database.
             if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                 break

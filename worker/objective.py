@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from hpo.core import artifacts
 from hpo.core.budget import DEVICE_SECONDS_ATTR, EXAMPLES_TRAINED_ATTR
 from hpo.core.db import StudyRecord, session_scope
+from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError
 from hpo.core.factory import suggest_params
 from hpo.core.files import NotRegularFile
@@ -180,7 +181,8 @@ def make_objective(
         on_start(trial)
         started = time.perf_counter()
         with _proposing(ctx, record, spec):
-            params = suggest_params(trial, spec.search)
+            greedy = trial.user_attrs.get(GREEDY_ATTR) is True
+            params = {} if greedy else suggest_params(trial, spec.search)
         for key, value in {
             "worker": ctx.worker_id,
             "hostname": ctx.hostname,
@@ -307,6 +309,9 @@ def decode_trial(
     """Generate with the trial's decoding settings on the evaluation prompts and score the
     answers; nothing is trained. The study's adapter (if any) is fetched once per worker."""
     model: Any = loaded.model
+    greedy = trial.user_attrs.get(GREEDY_ATTR) is True
+    if greedy:  # even where the study fixes a sampling setting
+        settings = settings | dict.fromkeys(generation.SAMPLING)
     if record.adapter_artifact_id is not None:
         folder = ctx.adapters.folder(record.adapter_artifact_id)
         model = PeftModel.from_pretrained(loaded.model, str(folder))
@@ -325,4 +330,6 @@ def decode_trial(
             detach(model)  # the cached base model stays as it was
     trial.set_user_attr("generation_seconds", round(scored.seconds, 4))
     trial.set_user_attr("sample_answer", scored.predictions[0][:500] if scored.predictions else "")
+    if greedy:  # the study's baseline
+        trial.study.set_user_attr(f"{BASELINE_PREFIX}{objective.metric}", scored.value)
     return scored.value

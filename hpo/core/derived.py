@@ -7,6 +7,10 @@ from typing import Any
 
 from hpo.core.spec import StudySpec
 
+# The first trial of every decode study: greedy decoding (no searched setting applies), the
+# baseline a searched setting must beat. Earliest among equals, it stays the best on a tie.
+GREEDY_ATTR = "greedy_baseline"
+
 DECODING_SPACE: dict[str, Any] = {
     "temperature": {"type": "float", "low": 0.05, "high": 1.5, "log": True},
     "top_p": {"type": "float", "low": 0.5, "high": 1.0},

@@ -7,6 +7,7 @@ FastAPI, no torch, no transformers.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable
 from pathlib import PurePath
@@ -153,7 +154,9 @@ def check_distribution(hp: Hyperparameter, dist: Distribution) -> None:
 def _unknown(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"unknown {kind} {unknown[0]!r}; known ones are {sorted(known)}.")
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown {kind} {unknown[0]!r}; {hint}known ones are {sorted(known)}.")
 
 
 class _Settings(_Strict):

@@ -7,6 +7,7 @@ holds it, and the answer does not say who.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import optuna
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from hpo.core import artifacts
 from hpo.core.budget import spent_reason
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
+from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
 from hpo.core.optuna_tables import trial_id
@@ -101,6 +103,12 @@ def register_study(
     except BaseException:
         storage.delete_study(study_id)
         raise
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    with warnings.catch_warnings():  # experimental in Optuna; it only names the axes
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.search.objective.metric])  # optuna-dashboard's axes
+    if spec.train.mode == "decode":
+        study.enqueue_trial({}, user_attrs={GREEDY_ATTR: True})
     return record
 
 

@@ -1,0 +1,325 @@
+"""``hpo run`` and ``hpo demo``: one study on this machine, no server and no token.
+
+The study is registered on the embedded default (SQLite in the working folder) or on
+``HPO_DATABASE_URL``, and N local worker processes (``python -m hpo.local``, the CPU threads
+split between them) run its trials while a live table shows progress. Running the same spec
+again continues its study. Ctrl-C stops the workers, which re-queue their running trials.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import optuna
+import yaml
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from hpo.core.artifacts import recorded
+from hpo.core.budget import max_trials
+from hpo.core.db import Database, StudyRecord, StudyStatus
+from hpo.core.errors import StudyConflict, StudyNotFound
+from hpo.core.export import best_configuration
+from hpo.core.migrate import upgrade
+from hpo.core.optuna_tables import trial_id
+from hpo.core.progress import TrialCounts, best_trial, trial_counts
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from hpo.core.storage import make_storage
+from hpo.core.studies import create_study, get_study
+
+# A worker with nothing left to run exits after this long; the run ends when all have.
+IDLE_EXIT_S = 5.0
+OWNER = "local"  # whom the service serves with HPO_AUTH=disabled: its dashboard shows them
+
+
+@dataclass
+class RunResult:
+    study: str
+    metric: str
+    database_url: str
+    artifact_dir: Path
+    counts: TrialCounts
+    budget: int
+    interrupted: bool
+    best_number: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    adapter: Path | None = None
+    config_file: Path | None = None
+
+
+def local_settings(workdir: Path, database_url: str | None) -> Settings:
+    """The environment's settings, with the database and adapters in ``workdir`` unless
+    ``database_url`` / ``HPO_DATABASE_URL`` / ``HPO_ARTIFACT_DIR`` say otherwise."""
+    base = Settings()
+    url = database_url or os.environ.get("HPO_DATABASE_URL") or f"sqlite:///{workdir / 'hpo.db'}"
+    artifacts = base.artifact_dir if "HPO_ARTIFACT_DIR" in os.environ else workdir / "artifacts"
+    return base.model_copy(
+        update={
+            "database_url": Settings(database_url=url).database_url,
+            "artifact_dir": artifacts.resolve(),
+            "auth": "disabled",
+        }
+    )
+
+
+def hpo_command() -> str:
+    """How to call ``hpo`` from a shell as things are: plain ``hpo`` when that is this one on
+    the PATH, else its full path (a virtualenv that is not activated)."""
+    here = Path(sys.executable).parent / "hpo"
+    on_path = shutil.which("hpo")
+    if on_path is not None and (not here.exists() or Path(on_path).resolve() == here.resolve()):
+        return "hpo"
+    return str(here) if here.exists() else f"{sys.executable} -m hpo"
+
+
+def progress_table(
+    name: str,
+    metric: str,
+    counts: TrialCounts,
+    best: float | None,
+    elapsed: float,
+    total: int,
+    *,
+    alive: int,
+    workers: int,
+) -> Table:
+    # Until a worker has imported torch and built the model and data, nothing runs: say so.
+    starting = alive and not counts.running and not counts.finished
+    table = Table(
+        title=f"study {name}",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,  # with the box above, fits 80 columns
+        caption="workers starting: importing torch, building the model and the data"
+        if starting
+        else None,
+    )
+    best_label = "best loss" if metric == "eval_loss" else f"best {metric}"
+    columns = ("finished", "complete", "pruned", "failed", "running", "workers", best_label,
+               "elapsed")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{counts.finished}/{total}",
+        str(counts.complete),
+        str(counts.pruned),
+        str(counts.fail),
+        str(counts.running),
+        f"{alive}/{workers}",
+        "-" if best is None else f"{best:.4f}",
+        f"{elapsed:.0f}s",
+    )
+    return table
+
+
+def _register(
+    db: Database, storage: Any, spec: StudySpec, settings: Settings
+) -> tuple[StudyRecord, bool]:
+    """The study of this spec, and whether an earlier run registered it."""
+    with db.session() as session:
+        try:
+            record = get_study(session, name=spec.name, owner=None)
+        except StudyNotFound:
+            created = create_study(session, storage, spec=spec, owner=OWNER, settings=settings)
+            session.expunge(created)
+            return created, False
+        if record.spec != spec.model_dump(mode="json"):
+            raise StudyConflict(
+                f"a study named {spec.name!r} already exists in this database with another "
+                "spec; give this spec another name to start a new study"
+            )
+        session.expunge(record)
+        return record, True
+
+
+class _Workers:
+    """N ``python -m hpo.local`` processes; a signal to us is passed on to them."""
+
+    def __init__(self, name: str, settings: Settings, workdir: Path, n: int, device: str) -> None:
+        env = dict(
+            os.environ,
+            HPO_DATABASE_URL=settings.database_url,  # not on the command line: `ps` shows it
+            HPO_ARTIFACT_DIR=str(settings.artifact_dir),
+            HPO_CACHE_DIR=str(settings.cache_dir),
+        )
+        threads = max(1, (os.cpu_count() or 1) // n) if device == "cpu" else 1
+        self.stopping = threading.Event()
+        self.procs = []
+        for i in range(n):
+            with (workdir / f"worker-{i}.log").open("ab") as log:
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "hpo.local", name, device, str(threads)],
+                        env=env, stdout=log, stderr=subprocess.STDOUT,
+                    )
+                )  # fmt: skip
+
+    def alive(self) -> int:
+        return sum(p.poll() is None for p in self.procs)
+
+    def stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        self.stopping.set()
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)  # the worker re-queues its running trial
+
+    def wait(self) -> None:
+        for p in self.procs:
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    workdir: Path,
+    workers: int,
+    device: str,
+    console: Console,
+    database_url: str | None = None,
+) -> RunResult:
+    """Register (or continue) ``spec``'s study and run it with local workers until its budget
+    is spent or a signal stops it."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = local_settings(workdir, database_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    upgrade(settings.database_url)
+    storage = make_storage(settings)
+    db = Database(settings.database_url)
+    try:
+        record, existed = _register(db, storage, spec, settings)
+        study_id = storage.get_study_id_from_name(spec.name)
+        total = max_trials(spec.search)
+        metric = spec.search.objective.metric
+        before = trial_counts(storage, study_id)
+        # soft_wrap: a path broken over two lines cannot be copied
+        verb = "continuing" if existed else "study"
+        console.print(
+            f"{verb} {spec.name} · {before.finished}/{total} trials done · {workdir}",
+            soft_wrap=True,
+            markup=False,
+        )
+        interrupted = False
+        if record.status == StudyStatus.RUNNING:
+            interrupted = _watch(spec.name, metric, total, storage, study_id, settings, workdir,
+                                 workers=workers, device=device, console=console)  # fmt: skip
+        else:
+            console.print(f"study {spec.name} is {record.status}: nothing to run")
+        return _result(spec, settings, db, storage, record.id, study_id, workdir, interrupted)
+    finally:
+        db.close()
+        storage.engine.dispose()
+
+
+def _watch(
+    name: str,
+    metric: str,
+    total: int,
+    storage: Any,
+    study_id: int,
+    settings: Settings,
+    workdir: Path,
+    *,
+    workers: int,
+    device: str,
+    console: Console,
+) -> bool:
+    """Start the workers and show progress until they have all exited; True if stopped."""
+    plural = "s" if workers != 1 else ""
+    console.print(
+        f"starting {workers} {device.upper() if device == 'cpu' else device} worker{plural} "
+        "(the first trial builds the model and the data)..."
+    )
+    pool = _Workers(name, settings, workdir, workers, device)
+    previous = {sig: signal.signal(sig, pool.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    try:
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                counts = trial_counts(storage, study_id)
+                best = best_trial(storage, study_id)
+                alive = pool.alive()
+                live.update(
+                    progress_table(name, metric, counts, best.value if best else None,
+                                   time.monotonic() - started, total, alive=alive,
+                                   workers=workers)
+                )  # fmt: skip
+                if not alive:
+                    break
+                time.sleep(0.5)  # a signal runs its handler during the sleep
+        console.print()
+    finally:
+        if pool.alive():  # we are leaving on an error: do not leave workers behind
+            pool.stop(signal.SIGINT)
+        pool.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return pool.stopping.is_set()
+
+
+def _result(
+    spec: StudySpec,
+    settings: Settings,
+    db: Database,
+    storage: Any,
+    record_id: int,
+    study_id: int,
+    workdir: Path,
+    interrupted: bool,
+) -> RunResult:
+    result = RunResult(
+        study=spec.name,
+        metric=spec.search.objective.metric,
+        database_url=settings.database_url,
+        artifact_dir=settings.artifact_dir,
+        counts=trial_counts(storage, study_id),
+        budget=max_trials(spec.search),
+        interrupted=interrupted,
+    )
+    best = best_trial(storage, study_id)
+    if best is None:
+        return result
+    result.best_number, result.best_value = best.number, best.value
+    result.best_params = best.params
+    with db.session() as session:
+        stored = recorded(session, study_id=record_id, trial_id=trial_id(best))
+        result.adapter = settings.artifact_dir / stored.artifact_id if stored else None
+    result.config_file = workdir / f"{spec.name}-best.yaml"
+    config = best_configuration(spec, best)
+    result.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    return result
+
+
+def _worker_main(name: str, device: str, threads: str) -> None:
+    """A local worker of ``hpo run``: settings from the environment, this one study only."""
+    from hpo.cli import log_to_stderr
+    from hpo.core.migrate import check_database
+
+    settings = Settings()
+    check_database(settings.database_url)
+    log_to_stderr()
+    from worker.loop import Worker  # torch: only in the worker processes
+
+    Worker(settings, device=device, studies=[name], idle_exit=IDLE_EXIT_S,
+           cpu_threads=int(threads)).run()  # fmt: skip
+
+
+if __name__ == "__main__":
+    _worker_main(*sys.argv[1:])

@@ -1,0 +1,209 @@
+"""``hpo run SPEC``: a study on this machine as one process, with no server, no token and no
+``HPO_DATABASE_URL``: it prints the best trial and writes its configuration, and a run stopped
+with SIGINT continues, when started again, to exactly its budget."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from hpo.cli import app
+from hpo.core.db import Database
+from hpo.core.derived import GREEDY_ATTR
+from hpo.core.settings import Settings
+from hpo.core.spec import StudySpec
+from hpo.core.storage import RETRIED_FROM_ATTR, make_storage
+from hpo.core.studies import create_study
+from tests.conftest import ApiServer
+from tests.specs import minimal_spec
+from worker.loop import Worker
+
+DEADLINE_S = 600  # worker start-up (torch, the tiny model) on a loaded 2-core box
+
+
+def _spec(name: str, trials: int) -> dict[str, object]:
+    return {
+        "name": name,
+        "train": {
+            "model": {"name_or_path": "builtin:tiny-llama"},
+            "dataset": {
+                "path": "builtin:demo-text",
+                "max_train_examples": 48,
+                "max_eval_examples": 16,
+            },
+            "training": {"max_seq_length": 32},
+        },  # fmt: skip
+        "search": {
+            "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+            "budget": {"max_trials": trials},
+        },
+    }
+
+
+def _hpo_run(folder: Path, spec: Path, cache: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
+    env.update(COLUMNS="80", HPO_CACHE_DIR=str(cache))
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", str(spec), "--workers", "2"],
+        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    out, _ = proc.communicate(timeout=3 * DEADLINE_S)
+    return out
+
+
+def _trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'hpo.db'}")
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    finally:
+        storage.engine.dispose()
+
+
+def _finished(trials: list[optuna.trial.FrozenTrial]) -> int:
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+@pytest.mark.slow
+def test_run_prints_best_exports_it_and_resumes_after_sigint(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump(_spec("first", trials=2)))
+    proc = _hpo_run(tmp_path, first, model_cache_dir)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert (tmp_path / "hpo.db").is_file()  # the embedded default, in the working folder
+    best = re.search(r"^best eval_loss (\S+) \(trial (\d+)\)$", out, re.MULTILINE)
+    assert best is not None, out
+    exported = Path(re.search(r"^best configuration: (.+)$", out, re.MULTILINE)[1])  # type: ignore[index]
+    config = yaml.safe_load(exported.read_text())
+    assert config["study"] == "first"
+    assert config["trial"] == int(best[2])
+    assert f"{config['value']:.4f}" == best[1]
+    assert config["training_arguments"]["learning_rate"] > 0
+    adapter = Path(re.search(r"^best adapter: (.+)$", out, re.MULTILINE)[1])  # type: ignore[index]
+    assert adapter.is_file()
+    served = Settings(database_url=f"sqlite:///{tmp_path / 'hpo.db'}", auth="disabled",
+                      artifact_dir=tmp_path / "artifacts")  # fmt: skip
+    with ApiServer(served) as api:  # the same database under the service: the adapter
+        zipped = tmp_path / "best.zip"
+        got = CliRunner().invoke(app, ["study", "download", "first", "--out", str(zipped)],
+                                 env={"HPO_API_URL": api.base_url})  # fmt: skip
+    assert got.exit_code == 0, got.output
+    assert zipped.read_bytes() == adapter.read_bytes()
+
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(_spec("second", trials=3)))
+    proc = _hpo_run(tmp_path, second, model_cache_dir)
+    deadline = time.monotonic() + DEADLINE_S
+    while not any(t.state == TrialState.RUNNING for t in _trials_or_none(tmp_path, "second")):
+        assert proc.poll() is None, _finish(proc)
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out = _finish(proc)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    assert "run the same command to continue" in out
+    stopped = _trials(tmp_path, "second")
+    assert not [t for t in stopped if t.state == TrialState.RUNNING]
+    assert _finished(stopped) < 3
+    for t in stopped:  # an interrupted trial is failed as a shutdown and queued again
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs.get("fail_reason") == "shutdown"
+            queued = [w for w in stopped if w.user_attrs.get(RETRIED_FROM_ATTR) == t.number]
+            assert [w.state for w in queued] == [TrialState.WAITING]
+            assert queued[0].system_attrs["fixed_params"] == t.params
+
+    proc = _hpo_run(tmp_path, second, model_cache_dir)
+    out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert out.startswith("continuing second")
+    resumed = _trials(tmp_path, "second")
+    assert _finished(resumed) == 3
+    assert not [t for t in resumed if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def _trials_or_none(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials, or none while ``hpo run`` has not registered it yet."""
+    try:
+        return _trials(folder, name)
+    except (KeyError, optuna.exceptions.StorageInternalError):
+        return []
+
+
+@pytest.mark.slow
+def test_a_decode_study_starts_from_greedy_and_never_reports_worse(
+    pg_settings: Settings, tmp_path: Path
+) -> None:
+    data = tmp_path / "sums.jsonl"
+    rows = [{"prompt": f"{a} plus {b} is", "completion": f" {a + b}"} for a in range(6)
+            for b in range(4)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = pg_settings.model_copy(update={"data_roots": [tmp_path]})
+    spec = minimal_spec(
+        "sums-decode",
+        mode="decode",
+        dataset={"path": str(data), "max_eval_examples": 8},
+        training={"max_new_tokens": 4, "max_seq_length": 32},
+        evaluation={"generation": {"max_examples": 4}},
+        space={
+            "temperature": {"type": "float", "low": 0.1, "high": 1.5},
+            "top_p": {"type": "float", "low": 0.5, "high": 1.0},
+        },  # fmt: skip
+        objective={"metric": "contains"},
+        sampler={"type": "random", "seed": 0},
+        budget={"max_trials": 3},
+    )
+    storage = make_storage(settings)
+    with Database(settings.database_url) as db, db.session() as session:
+        create_study(session, storage, spec=StudySpec.model_validate(spec), owner="alice",
+                     settings=settings)  # fmt: skip
+    Worker(settings, max_trials=3, cpu_threads=1).run(handle_signals=False)
+    study = optuna.load_study(study_name="sums-decode", storage=storage)
+    done = study.get_trials(deepcopy=False)
+    storage.engine.dispose()
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 3, done[-1].user_attrs
+    greedy, *searched = done
+    assert greedy.user_attrs[GREEDY_ATTR] is True
+    assert greedy.params == {}
+    assert all("temperature" in t.params for t in searched)
+    assert study.user_attrs["baseline_contains"] == greedy.value
+    assert study.metric_names == ["contains"]  # optuna-dashboard's axes name the metric
+
+    with ApiServer(settings) as api:
+        env = {"HPO_API_URL": api.base_url, "HPO_TOKEN": api.token("alice"), "COLUMNS": "200"}
+        shown = CliRunner().invoke(app, ["study", "show", "sums-decode"], env=env)
+        best = CliRunner().invoke(app, ["study", "best", "sums-decode", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert f"greedy decoding (baseline): contains {greedy.value:.4g}" in shown.output
+    best_trial = json.loads(best.output)
+    assert best_trial["value"] >= greedy.value
+    if not any(t.value > greedy.value for t in searched):  # nothing beat greedy: it is the best
+        assert best_trial["number"] == greedy.number
+        assert "greedy decoding (nothing beat it)" in shown.output
+
+
+def test_an_idle_worker_says_it_is_waiting(
+    pg_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hpo.worker")
+    Worker(pg_settings, idle_exit=0.5, poll_interval=0.1).run(handle_signals=False)
+    waiting = [r.getMessage() for r in caplog.records if '"event": "waiting"' in r.getMessage()]
+    assert len(waiting) == 1  # once per idle spell, not once per poll
