@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hpo.client import ApiError, Client
 from hpo.core.derived import GREEDY_ATTR
+from hpo.core.export import RANK_PATTERN_ATTR
 from hpo.core.schemas import TrialPublic
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -171,11 +172,23 @@ def print_whole(table: Table) -> None:
             force_terminal=console.is_terminal).print(table)  # fmt: skip
 
 
+def _ranks(ranks: dict[str, int] | None) -> list[str]:
+    """An AdaLoRA trial's final ranks, per kind of module in layer order (q_proj 6,3 ...)."""
+    if not ranks:
+        return [""]
+    kinds: dict[str, list[str]] = {}
+    for module, rank in ranks.items():
+        kinds.setdefault(module.rsplit(".", 1)[-1], []).append(str(rank))
+    return [" ".join(f"{kind} {','.join(r)}" for kind, r in kinds.items())]
+
+
 def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> Table:
-    """One row per trial: state, value, one column per searched hyperparameter, duration and
-    why it failed or was pruned."""
+    """One row per trial: state, value, one column per searched hyperparameter, duration, why
+    it failed or was pruned, and where an AdaLoRA trial's rank budget went."""
+    adalora = any(RANK_PATTERN_ATTR in t.user_attrs for t in found)
+    headers = ["#", "state", metric, *searched, "duration (s)", "reason"]
     table = Table()
-    for header in ("#", "state", metric, *searched, "duration (s)", "reason"):
+    for header in [*headers, "ranks"] if adalora else headers:
         table.add_column(header, no_wrap=True)
     for t in found:
         reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
@@ -187,6 +200,7 @@ def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> 
             *(_cell(t.params.get(key)) for key in searched),
             duration,
             _cell(reason),
+            *(_ranks(t.user_attrs.get(RANK_PATTERN_ATTR)) if adalora else []),
         )
     return table
 

@@ -20,9 +20,11 @@ from hpo.core.settings import Settings
 
 # What Trainer.train(resume_from_checkpoint=...) reads: the adapter, the optimizer moments,
 # the scheduler, the AMP scaler, the RNG streams and the trainer state (step, examples and
-# tokens seen, which places the data loader). Not the tokenizer Trainer saves beside them.
+# tokens seen, which places the data loader), AdaLoRA's allocator. Not the tokenizer Trainer
+# saves beside them.
+ADALORA_STATE = "adalora_state.pt"
 STATE_FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.pt",
-               "scheduler.pt", "scaler.pt", "trainer_state.json")  # fmt: skip
+               "scheduler.pt", "scaler.pt", "trainer_state.json", ADALORA_STATE)  # fmt: skip
 RNG_FILES = "rng_state*.pth"
 
 

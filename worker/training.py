@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model, set_peft_model_state_dict
+from peft import (
+    AdaLoraConfig,
+    LoraConfig,
+    PeftModel,
+    TaskType,
+    get_peft_model,
+    set_peft_model_state_dict,
+)
 from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from peft.utils import ModulesToSaveWrapper
 from safetensors.torch import load_file
@@ -38,10 +45,11 @@ from trl import SFTTrainer
 
 from hpo.core.budget import EXAMPLES_TRAINED_ATTR
 from hpo.core.export import RESOLVED_TARGETS_ATTR
-from hpo.core.hyperparameters import arguments, resolve, scheduler_kwargs
+from hpo.core.hyperparameters import arguments, peft_config, resolve, scheduler_kwargs
 from hpo.core.spec import StudySpec
 from hpo.core.storage import PAUSED_AT_ATTR, PRUNE_REASON_ATTR
 from worker import generation, sft
+from worker.adalora import RankAllocation
 from worker.callbacks import (
     FidelityCallback,
     Paused,
@@ -61,11 +69,15 @@ def trial_settings(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
     return resolve(spec.train.training.values(), params)
 
 
-def lora_config(settings: dict[str, Any], loaded: LoadedModel, task: str) -> LoraConfig:
-    lora = arguments(settings, "lora")
-    lora["target_modules"] = target_modules(loaded.model, lora["target_modules"])
+def lora_config(
+    settings: dict[str, Any], loaded: LoadedModel, task: str, steps: int = 1
+) -> LoraConfig:
+    """The trial's PEFT config (an ``AdaLoraConfig`` for adalora, over ``steps`` steps)."""
+    name, kwargs = peft_config(settings, steps)
+    kwargs["target_modules"] = target_modules(loaded.model, kwargs["target_modules"])
     task_type = TaskType.CAUSAL_LM if task == "causal-lm" else TaskType.SEQ_CLS
-    return LoraConfig(task_type=task_type, **lora)
+    config_class = AdaLoraConfig if name == "AdaLoraConfig" else LoraConfig
+    return config_class(task_type=task_type, **kwargs)
 
 
 def examples_per_step(settings: dict[str, Any]) -> int:
@@ -318,18 +330,23 @@ def train_trial(
     task = spec.train.model.task
     objective = spec.search.objective
     set_seed(settings["seed"])
-    peft_model = get_peft_model(loaded.model, lora_config(settings, loaded, task))
+    per_step = examples_per_step(settings)
+    n_train = len(raw.train)
+    steps = total_steps(settings, n_train)
+    peft_model = get_peft_model(loaded.model, lora_config(settings, loaded, task, steps))
     resolved: Any = peft_model.peft_config["default"]
     trial.set_user_attr(RESOLVED_TARGETS_ATTR, sorted(resolved.target_modules))
+    allocation = (
+        [RankAllocation(peft_model, trial, resume.folder if resume else None)]
+        if isinstance(resolved, AdaLoraConfig)
+        else []
+    )
     scorer = (
         Scorer(spec, settings, loaded, raw, peft_model, cache.prepare_timeout)
         if objective.generates
         else None
     )
     reports_generation = scorer is not None and spec.train.evaluation.generation.at_every_report
-    per_step = examples_per_step(settings)
-    n_train = len(raw.train)
-    steps = total_steps(settings, n_train)
     fidelity = FidelityCallback(
         trial,
         metric=objective.metric,
@@ -362,7 +379,8 @@ def train_trial(
             retune = [] if resume is None else [
                 Retune(learning_rate=settings["learning_rate"],
                        weight_decay=settings["weight_decay"])]  # fmt: skip
-            callbacks = [fidelity, *retune, *_tensorboard(spec, Path(out_dir)),
+            # the allocation first: it records the rank pattern at a report that prunes
+            callbacks = [*allocation, fidelity, *retune, *_tensorboard(spec, Path(out_dir)),
                          ProgressCallback(), *hooks.extra_callbacks]  # fmt: skip
             trainer, prepared = _build(
                 spec, settings, loaded, peft_model, raw, cache, kwargs, callbacks

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # trainer: transformers' TrainingArguments; sft: TRL's SFTConfig (causal LMs) on top of it;
-# lora: PEFT's LoraConfig; data: the worker's tokenization; generation: GenerationConfig.
-Target = Literal["trainer", "sft", "lora", "data", "generation"]
+# lora: PEFT's LoraConfig; adapter: which PEFT config and its budget (``peft_config``);
+# data: the worker's tokenization; generation: GenerationConfig.
+Target = Literal["trainer", "sft", "lora", "adapter", "data", "generation"]
 Kind = type[float] | type[int] | type[str] | type[bool]
 
 LR_SCHEDULERS = (
@@ -29,6 +30,13 @@ LR_SCHEDULERS = (
     "warmup_stable_decay",
 )
 LORA_TARGETS = ("attention", "mlp", "all-linear")
+# lora: plain LoRA; dora: weight-decomposed (use_dora); rslora: scale alpha/sqrt(r)
+# (use_rslora); adalora: AdaLoRA, which moves a rank budget to the modules that matter.
+LORA_METHODS = ("lora", "dora", "rslora", "adalora")
+# PEFT's init_lora_weights; "default" is its True. PiSSA and OLoRA are left out: they rewrite
+# the base weights, which a worker shares between trials, and their adapters need a conversion
+# before they load on the original base model.
+LORA_INITS = ("default", "gaussian", "orthogonal")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd")
 
 
@@ -295,6 +303,72 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         argument="target_modules",
         choices=LORA_TARGETS,
     ),
+    Hyperparameter(
+        "lora_method",
+        str,
+        "lora",
+        "Adapter method: lora; dora (weight-decomposed LoRA); rslora (scale alpha/sqrt(r), "
+        "steadier at high ranks); adalora (starts at adalora_init_r and prunes to an average "
+        "rank of lora_r, giving more to the modules that matter).",
+        "adapter",
+        choices=LORA_METHODS,
+    ),
+    Hyperparameter(
+        "init_lora_weights",
+        str,
+        "default",
+        "LoRA initialisation (PEFT's init_lora_weights): default (A Kaiming-uniform, B zero), "
+        "gaussian (A normal, B zero), orthogonal (A, B orthogonal with BA = 0; even ranks); "
+        "not for adalora, which initialises its own.",
+        "adapter",
+        choices=LORA_INITS,
+    ),
+    Hyperparameter(
+        "adalora_init_r",
+        int,
+        None,
+        "AdaLoRA's rank before pruning; default 1.5 x lora_r (lora_r is its target average rank).",
+        "adapter",
+        low=1,
+        high=1024,
+    ),
+    Hyperparameter(
+        "adalora_tinit",
+        float,
+        0.1,
+        "AdaLoRA: share of the optimiser steps trained before its rank budget starts to shrink.",
+        "adapter",
+        low=0.0,
+        high=0.9,
+    ),
+    Hyperparameter(
+        "adalora_tfinal",
+        float,
+        0.2,
+        "AdaLoRA: share of the optimiser steps trained at the final rank pattern.",
+        "adapter",
+        low=0.0,
+        high=0.9,
+    ),
+    Hyperparameter(
+        "adalora_delta_t",
+        int,
+        1,
+        "AdaLoRA: optimiser steps between two rank allocations (PEFT's deltaT).",
+        "adapter",
+        low=1,
+        high=10**6,
+    ),
+    Hyperparameter(
+        "adalora_orth_reg_weight",
+        float,
+        0.5,
+        "AdaLoRA: weight of the orthogonality regulariser on its P and Q in the training loss "
+        "(evaluation losses leave it out).",
+        "adapter",
+        low=0.0,
+        high=100.0,
+    ),
     # --- the data --------------------------------------------------------------------------------
     Hyperparameter(
         "max_seq_length",
@@ -393,7 +467,42 @@ def resolve(fixed: dict[str, Any], searched: dict[str, Any]) -> dict[str, Any]:
     settings = {name: BY_NAME[name].cast(value) for name, value in merged.items()}
     if settings["lora_alpha"] is None:  # the usual rule: scale alpha / r = 2
         settings["lora_alpha"] = 2.0 * settings["lora_r"]
+    if settings["adalora_init_r"] is None:
+        settings["adalora_init_r"] = math.ceil(1.5 * settings["lora_r"])
     return settings
+
+
+def adalora_phases(settings: dict[str, Any], steps: int) -> tuple[int, int]:
+    """AdaLoRA's (tinit, tfinal) in optimiser steps of a run of ``steps``: their shares sum to
+    less than 1, so tinit < steps - tfinal, as PEFT requires."""
+    return math.floor(settings["adalora_tinit"] * steps), math.floor(
+        settings["adalora_tfinal"] * steps
+    )
+
+
+def peft_config(settings: dict[str, Any], steps: int) -> tuple[str, dict[str, Any]]:
+    """The PEFT config class (``LoraConfig`` or ``AdaLoraConfig``) of a trial's adapter and its
+    keyword arguments, for a run of ``steps`` optimiser steps (AdaLoRA's ``total_step``)."""
+    lora = arguments(settings, "lora")
+    method = settings["lora_method"]
+    if method == "adalora":
+        tinit, tfinal = adalora_phases(settings, steps)
+        del lora["r"]  # AdaLoraConfig ignores r: it starts at init_r, ends at target_r on average
+        return "AdaLoraConfig", lora | {
+            "init_r": max(settings["adalora_init_r"], settings["lora_r"]),
+            "target_r": settings["lora_r"],
+            "tinit": tinit,
+            "tfinal": tfinal,
+            "deltaT": settings["adalora_delta_t"],
+            "orth_reg_weight": settings["adalora_orth_reg_weight"],
+            "total_step": steps,
+        }
+    init = settings["init_lora_weights"]
+    return "LoraConfig", lora | {
+        "use_dora": method == "dora",
+        "use_rslora": method == "rslora",
+        "init_lora_weights": True if init == "default" else init,
+    }
 
 
 def scheduler_kwargs(settings: dict[str, Any], steps: int) -> dict[str, Any]:

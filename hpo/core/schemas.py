@@ -69,7 +69,8 @@ class BestConfigPublic(BaseModel):
     model: str
     training_arguments: dict[str, Any] = Field(description="transformers.TrainingArguments")
     sft_config: dict[str, Any] = Field(description="trl.SFTConfig, on top of those")
-    lora_config: dict[str, Any] = Field(description="peft.LoraConfig")
+    peft_config_class: str = Field(description="LoraConfig or AdaLoraConfig (peft)")
+    lora_config: dict[str, Any] = Field(description="peft.LoraConfig / peft.AdaLoraConfig")
     generation_config: dict[str, Any] = Field(description="transformers.GenerationConfig")
 
 

@@ -843,6 +843,8 @@ class StudySpec(_Strict):
         if metric == "eval_accuracy" and model.task == "causal-lm":
             raise ValueError("objective eval_accuracy needs task sequence-classification.")
         _check_mode(self.train, self.search)
+        if self.train.mode == "fine-tune":
+            _check_adapter(self.train, self.search)
         builtin_task = BUILTIN_MODELS.get(model.name_or_path)
         if builtin_task and builtin_task != model.task:
             raise ValueError(
@@ -901,6 +903,57 @@ def _check_scheduler(train: TrainSpec, search: SearchSpec) -> None:
             f"PBT trains population_size={scheduler.population_size} members; "
             f"budget.max_trials={search.budget.max_trials} counts them and must be at least "
             "that."
+        )
+
+
+def _where(name: str, search: SearchSpec) -> str:
+    return f"{'search.space' if name in search.space.names() else 'train.training'}.{name}"
+
+
+def _possible(name: str, train: TrainSpec, search: SearchSpec) -> list[Any]:
+    """The values a setting can take in a study's trials: its choices, the ends of a searched
+    range, or the one value fixed or defaulted."""
+    dists = search.space.distributions()
+    if name in dists:
+        dist = dists[name]
+        if isinstance(dist, CategoricalDistribution | IntDistribution):
+            return list(dist.values())
+        return [dist.low, dist.high]
+    return [train.training.values().get(name, BY_NAME[name].default)]
+
+
+def _check_adapter(train: TrainSpec, search: SearchSpec) -> None:
+    """Refuse at registration the adapter settings PEFT would refuse in every trial they
+    meet (or silently ignore), naming the field."""
+    methods = _possible("lora_method", train, search)
+    inits = set(_possible("init_lora_weights", train, search)) - {"default"}
+    if "adalora" in methods and inits:
+        raise ValueError(
+            f"{_where('init_lora_weights', search)}: {sorted(inits)} with lora_method adalora; "
+            "AdaLoRA initialises its own adapter (PEFT ignores init_lora_weights there): "
+            "leave it default."
+        )
+    ranks = _possible("lora_r", train, search)
+    if "orthogonal" in inits and any(r % 2 for r in ranks):
+        raise ValueError(
+            f"{_where('lora_r', search)}: init_lora_weights orthogonal needs an even rank, "
+            f"but lora_r can be {next(r for r in ranks if r % 2)}."
+        )
+    if "adalora" not in methods:
+        return
+    tinit = max(_possible("adalora_tinit", train, search))
+    tfinal = max(_possible("adalora_tfinal", train, search))
+    if tinit + tfinal >= 1:
+        raise ValueError(
+            f"{_where('adalora_tfinal', search)}: adalora_tinit + adalora_tfinal can be "
+            f"{tinit:g} + {tfinal:g}; the shares of the steps before and after AdaLoRA's rank "
+            "allocation must leave some steps to allocate in (sum below 1)."
+        )
+    fixed = train.training.values()
+    if "adalora_init_r" in fixed and fixed["adalora_init_r"] < max(ranks):
+        raise ValueError(
+            f"train.training.adalora_init_r: {fixed['adalora_init_r']} is below lora_r "
+            f"{max(ranks)}, AdaLoRA's target average rank; it starts above and prunes down."
         )
 
 
