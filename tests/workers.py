@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,21 @@ def wait_healthy(base_url: str, *, timeout: float = 60) -> None:
             return False
 
     wait_until(healthy, timeout=timeout, what=f"{base_url}/healthz")
+
+
+def log_events(log: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON events named ``event`` in a worker's or supervisor's log file."""
+    found = []
+    for line in log.read_text().splitlines():
+        text = line.split(" ", 3)[-1]
+        if text.startswith("{") and f'"{event}"' in text:
+            found.append(json.loads(text))
+    return [e for e in found if e["event"] == event]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ApiServer
-from tests.workers import small_study, trials, wait_until, worker_env
+from tests.workers import alive, log_events, small_study, trials, wait_until, worker_env
 
 pytestmark = pytest.mark.slow
-
-
-def _events(log: Path, event: str) -> list[dict[str, Any]]:
-    lines = (line.split(" ", 3)[-1] for line in log.read_text().splitlines())
-    found = []
-    for line in lines:
-        if line.startswith("{") and f'"{event}"' in line:
-            found.append(json.loads(line))
-    return [e for e in found if e["event"] == event]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_children_restart_and_stop_with_the_supervisor(pg_api: ApiServer, tmp_path: Path) -> None:
@@ -50,8 +31,8 @@ def test_children_restart_and_stop_with_the_supervisor(pg_api: ApiServer, tmp_pa
             env=worker_env(settings), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        wait_until(lambda: len(_events(log, "child_start")) == 2, timeout=30, what="children")
-        started = _events(log, "child_start")
+        wait_until(lambda: len(log_events(log, "child_start")) == 2, timeout=30, what="children")
+        started = log_events(log, "child_start")
         assert sorted(e["child"] for e in started) == ["cpu0", "cpu1"]
 
         def training(pid: int) -> list[int]:
@@ -63,9 +44,9 @@ def test_children_restart_and_stop_with_the_supervisor(pg_api: ApiServer, tmp_pa
         killed = wait_until(lambda: training(victim["pid"]), timeout=120,
                             what="the victim to train")  # fmt: skip
         os.kill(victim["pid"], signal.SIGKILL)
-        crash = wait_until(lambda: _events(log, "child_crash"), timeout=10, what="the crash")[0]
+        crash = wait_until(lambda: log_events(log, "child_crash"), timeout=10, what="the crash")[0]
         assert crash["code"] == -signal.SIGKILL and crash["child"] == victim["child"]
-        restarted = wait_until(lambda: _events(log, "child_start")[2:], timeout=10,
+        restarted = wait_until(lambda: log_events(log, "child_start")[2:], timeout=10,
                                what="the restart")[0]  # fmt: skip
         assert restarted["child"] == victim["child"] and restarted["pid"] != victim["pid"]
 
@@ -77,8 +58,8 @@ def test_children_restart_and_stop_with_the_supervisor(pg_api: ApiServer, tmp_pa
     finally:
         if supervisor.poll() is None:
             supervisor.kill()
-    assert not [pid for pid in children if _alive(pid)]
-    assert {e["child"] for e in _events(log, "child_exit")} == {"cpu0", "cpu1"}
+    assert not [pid for pid in children if alive(pid)]
+    assert {e["child"] for e in log_events(log, "child_exit")} == {"cpu0", "cpu1"}
     everything = trials(settings, "supervised")
     # Only the SIGKILLed child's trial is left RUNNING (a later worker's sweep fails it).
     assert [t.number for t in everything if t.state == TrialState.RUNNING] == killed

@@ -10,7 +10,6 @@ with the marked params stall) and real PostgreSQL behind the real API.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ApiServer
-from tests.workers import small_study, start_worker, trials, wait_until
+from tests.workers import alive, log_events, small_study, start_worker, trials, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -58,23 +57,6 @@ def _study_with_a_marked_trial(api: ApiServer, name: str, max_trials: int) -> No
         assert client.post(f"/studies/{name}/trials", json={"params": MARKED}).status_code == 201
 
 
-def _events(log: Path, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in log.read_text().splitlines():
-        text = line.split(" ", 3)[-1]
-        if text.startswith("{") and f'"{event}"' in text:
-            found.append(json.loads(text))
-    return [e for e in found if e["event"] == event]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _stalled_chain(name: str, api: ApiServer) -> list[Any]:
     """The marked trial and its one retry: both failed as stalled, nothing retried after."""
     everything = trials(api.settings, name)
@@ -98,13 +80,13 @@ def test_a_stall_holding_the_gil_is_killed_failed_retried_and_the_worker_goes_on
                    "--idle-exit", "3", **SHORT)  # fmt: skip
     assert worker.wait(timeout=600) == 0
     everything = _stalled_chain("gil", pg_api)
-    killed = _events(tmp_path / "gil.log", "child_killed")
+    killed = log_events(tmp_path / "gil.log", "child_killed")
     assert [(e["reason"], e["trial_id"]) for e in killed] == [
         ("stalled", t._trial_id) for t in everything[:2]
     ]
     assert all("no progress in phase 'run'" in t.user_attrs["error"] for t in everything[:2])
     # The third child (after two kills) ran the study's normal trials to its budget.
-    last = _events(tmp_path / "gil.log", "child_start")[-1]
+    last = log_events(tmp_path / "gil.log", "child_start")[-1]
     finished = [t for t in everything if t.state == TrialState.COMPLETE]
     assert len(finished) == 2
     assert all(f"-{last['pid']}-" in t.user_attrs["worker"] for t in finished)
@@ -139,9 +121,9 @@ def test_sigterm_ends_a_worker_whose_trial_holds_the_gil(
     )  # fmt: skip
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=300) == 0
-    [child] = _events(tmp_path / "term.log", "child_start")
-    assert not _alive(child["pid"])
-    [killed] = _events(tmp_path / "term.log", "child_killed")
+    [child] = log_events(tmp_path / "term.log", "child_start")
+    assert not alive(child["pid"])
+    [killed] = log_events(tmp_path / "term.log", "child_killed")
     assert killed["reason"] == "shutdown"
     everything = trials(pg_api.settings, "term")
     assert [(t.state, t.user_attrs["fail_reason"]) for t in everything[:1]] == [
