@@ -115,6 +115,7 @@ def test_dashboard_shows_a_finished_study(
     home = _render(sign_in_page, tmp_path / "profile-home")
     assert "in-browser" in home
     assert "bobs-study" not in home
+    assert "Read-only dashboard" in home  # the banner survives the frontend's rendering
     trials_page = f"{sign_in_page}?next={quote('/dashboard/studies/1/trials')}"
     page = _render(trials_page, tmp_path / "profile-trials")
     assert "in-browser" in page
