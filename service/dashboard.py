@@ -11,7 +11,8 @@ Each dashboard request passes, in this order:
 
 1. Only GET and HEAD: any other method answers 403 before Bottle, which blocks every write the
    dashboard offers (rename, delete, tell, notes, user attrs, artifact upload and delete,
-   preferences, LLM queries).
+   preferences, LLM queries). The 403 carries a ``reason`` (what the frontend's error
+   messages show), and every page a banner saying the dashboard is read-only.
 2. A bearer token or the login cookie names the owner (``service.deps.authenticate``, as for
    the REST API, failed-check limit included); without a valid one, pages redirect to
    ``/login`` and everything else answers 401.
@@ -42,7 +43,7 @@ import optuna_dashboard
 from a2wsgi import WSGIMiddleware
 from a2wsgi.wsgi_typing import Environ, IterableChunks, StartResponse
 from fastapi import APIRouter, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security.utils import get_authorization_scheme_param
 from optuna.storages import RDBStorage
 from sqlalchemy import select
@@ -68,6 +69,16 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 _STUDIES_KEY = "hpo.dashboard.studies"  # in the ASGI scope: the study ids Bottle may show
 _STUDY_IN_PATH = re.compile(r"/(?:api/studies|csv|artifacts)/(-?\d+)(?=/|$)")
 _TRIAL_ARTIFACT = re.compile(r"/artifacts/-?\d+/(-?\d+)/([^/]+)$")
+READ_ONLY = "the dashboard is read-only; use the REST API"
+# On every page, outside the frontend's root: markup and inline style only, which the page's
+# Content-Security-Policy allows (no inline scripts).
+BANNER = (
+    b'<div id="hpo-read-only" role="status" style="position: fixed; bottom: 0; left: 0; '
+    b"right: 0; z-index: 10000; padding: 4px 12px; background: #fff3cd; color: #664d03; "
+    b'font: 14px system-ui, sans-serif; text-align: center">Read-only dashboard: its edit, '
+    b"delete, tell and note buttons do nothing here. Change studies with <code>hpo</code> or "
+    b"the REST API.</div>"
+)
 
 
 class Dashboard:
@@ -87,7 +98,10 @@ class Dashboard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         if request.method not in READ_METHODS:
-            raise HTTPException(403, "the dashboard is read-only; use the REST API")
+            # ``reason``: what the frontend puts in its "Failed to ..." messages
+            body = {"detail": READ_ONLY, "reason": READ_ONLY}
+            await JSONResponse(body, status_code=403)(scope, receive, send)
+            return
         try:
             visible = await run_in_threadpool(self._authorize, request)
         except HTTPException as exc:
@@ -148,7 +162,32 @@ class Dashboard:
         """Bottle on the storage scoped to the studies the gate allowed (none if it did not)."""
         scope = cast(dict[str, Any], environ)["asgi.scope"]  # a2wsgi adds the ASGI scope
         with self._storage.scoped(scope.get(_STUDIES_KEY, frozenset())):
+            if environ["PATH_INFO"].startswith("/dashboard"):
+                return self._page(environ, start_response)
             return self._bottle(environ, start_response)
+
+    def _page(self, environ: Environ, start_response: StartResponse) -> IterableChunks:
+        """The dashboard's page (one small HTML file for every route), with ``BANNER``."""
+        started: list[Any] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            started[:] = [status, headers, exc_info]
+            return lambda data: None  # Bottle returns its body, never calls write()
+
+        chunks = self._bottle(environ, cast(StartResponse, keep))
+        try:
+            body = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        status, headers, exc_info = started
+        if status.startswith("200") and b"</body>" in body:
+            body = body.replace(b"</body>", BANNER + b"</body>", 1)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers, exc_info)
+        return [body]
 
 
 def _credentials(request: Request) -> str | None:

@@ -36,6 +36,9 @@ class Paused(optuna.TrialPruned):
 
 
 INITIAL_LOSS_ATTR = "initial_train_loss"
+# {examples seen: eval_loss} at each report, whatever the objective: a generation objective
+# reports its score, and this keeps the loss curve beside it
+EVAL_LOSS_CURVE_ATTR = "eval_loss_curve"
 
 
 class FidelityCallback(TrainerCallback):
@@ -86,6 +89,7 @@ class FidelityCallback(TrainerCallback):
         self.stop = stop
         self.pending: int | None = None
         self.reported: dict[int, float] = dict(resumed or {})
+        self.loss_curve: dict[str, float] = {}
         self.last_value: float | None = None
         self.until = until
         self.paused_at: int | None = None
@@ -170,6 +174,9 @@ class FidelityCallback(TrainerCallback):
             return
         self.reported[step] = value
         self.trial.report(value, step)
+        if loss is not None:
+            self.loss_curve[str(step)] = loss
+            self.trial.set_user_attr(EVAL_LOSS_CURVE_ATTR, self.loss_curve)
         # Training that ends here anyway has its result: neither pruned nor paused.
         if final or self.examples_seen(state) >= self.max_examples:
             return

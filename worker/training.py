@@ -285,14 +285,16 @@ class Scorer:
         self.metric, self.pattern = objective.metric, objective.pattern
         self.config = generation.decoding(settings, loaded.tokenizer)
         self.limit = spec.train.evaluation.generation.max_examples
+        self.report_limit = spec.train.evaluation.generation.report_limit()
         self.max_prompt_tokens = settings["max_seq_length"]
         self.raw = raw
         self.seconds = 0.0
 
-    def __call__(self, split: str = "eval") -> float:
+    def __call__(self, split: str = "eval", limit: int | None = None) -> float:
+        """The metric on the first ``limit`` prompts of ``split`` (default: ``max_examples``)."""
         data = self.raw.eval if split == "eval" else self.raw.test
         assert data is not None
-        chosen = generation.examples(data, self.raw.shape, self.limit)
+        chosen = generation.examples(data, self.raw.shape, limit or self.limit)
         result = generation.score(self.model, self.loaded.tokenizer, chosen, metric=self.metric,
                                   pattern=self.pattern, config=self.config,
                                   batch_size=GENERATION_BATCH,
@@ -346,7 +348,9 @@ def train_trial(
         if objective.generates
         else None
     )
-    reports_generation = scorer is not None and spec.train.evaluation.generation.at_every_report
+    # a generation objective reports its score on a fixed subset (cheap); its value at the
+    # end is on the full evaluation set (``_final``)
+    reports_generation = scorer is not None and scorer.report_limit > 0
     fidelity = FidelityCallback(
         trial,
         metric=objective.metric,
@@ -358,7 +362,9 @@ def train_trial(
         stop=stop,
         divergence_factor=objective.divergence_factor,
         on_train_begin=hooks.on_train_begin,
-        score=(lambda metrics: scorer()) if reports_generation and scorer else None,
+        score=(lambda metrics: scorer(limit=scorer.report_limit))
+        if reports_generation and scorer
+        else None,
         reports=scorer is None or reports_generation,
         until=until,
         resumed=resume.reported if resume else None,
@@ -553,6 +559,8 @@ def _final(
             trainer.evaluate()  # the final point, reported on the fidelity axis
         metrics = dict(fidelity.last_metrics)
         value = fidelity.last_value
+        if scorer is not None and scorer.report_limit < scorer.limit:
+            value = metrics[scorer.metric] = scorer()  # reports scored a subset; this, all
     else:  # a generation objective scored once, at the end
         with fidelity.silenced():
             metrics = _scores(trainer.evaluate())

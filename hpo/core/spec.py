@@ -716,11 +716,27 @@ class BudgetSpec(_Strict):
 
 class GenerationEvalSpec(_Strict):
     """Answers generated for the generation metrics (greedy unless the decoding settings say
-    otherwise). Generating is slow: it runs at the end of a trial, and at every report only
-    when asked."""
+    otherwise). Generating is slow: the objective's value is scored on ``max_examples`` at the
+    end of a trial; each report scores only the first ``report_examples`` (a fixed subset, so
+    trials compare like with like), or all ``max_examples`` with ``at_every_report``."""
 
     max_examples: int = Field(default=32, ge=1, le=10_000)
+    report_examples: int = Field(
+        default=8,
+        ge=0,
+        le=10_000,
+        description="Evaluation prompts scored at each report (0: none, the trial reports "
+        "nothing until its end).",
+    )
     at_every_report: bool = False
+
+    def report_limit(self) -> int:
+        """How many prompts each report scores (0: reports are not scored)."""
+        return (
+            self.max_examples
+            if self.at_every_report
+            else min(self.report_examples, self.max_examples)
+        )
 
 
 class EvaluationSpec(_Strict):
@@ -883,11 +899,11 @@ def _check_scheduler(train: TrainSpec, search: SearchSpec) -> None:
     scheduler = search.scheduler
     if scheduler.type == "none":
         return
-    if search.objective.generates and not train.evaluation.generation.at_every_report:
+    if search.objective.generates and not train.evaluation.generation.report_limit():
         raise ValueError(
             f"scheduler {scheduler.type!r} ranks trials by the reports they make as they "
-            f"train; {search.objective.metric} is scored once at the end unless "
-            "train.evaluation.generation.at_every_report is true."
+            f"train; {search.objective.metric} is scored once at the end when "
+            "train.evaluation.generation.report_examples is 0 (set it, or at_every_report)."
         )
     if cools_down(scheduler):
         fixed = train.training.values().get("lr_scheduler_type")

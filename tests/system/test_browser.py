@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import httpx
 import pytest
 
 from tests.conftest import ApiServer
@@ -32,10 +33,9 @@ pytestmark = [
 # Posts the token to /login as the login form does. Without ?next it submits the form and the
 # browser follows the service's redirect to /dashboard. With ?next it posts first, then opens
 # that page: synchronously, as headless Chromium's virtual time hangs on a navigation started
-# after the page has loaded. The post answers without CORS headers, so send() throws, but the
-# browser has kept the cookie.
+# after the page has loaded.
 SIGN_IN = """<!doctype html>
-<form method="post" action="{api}/login"><input type="hidden" name="token" value="{token}">
+<form method="post" action="/login"><input type="hidden" name="token" value="{token}">
 </form>
 <script>
 const form = document.forms[0];
@@ -45,32 +45,56 @@ if (next === null) {{
 }} else {{
   const post = new XMLHttpRequest();
   post.open("POST", form.action, false);
-  post.withCredentials = true;
   post.setRequestHeader("Content-Type", "application/x-www-form-urlencoded");
-  try {{ post.send(new URLSearchParams(new FormData(form)).toString()); }} catch {{}}
-  location.href = "{api}" + next;
+  post.send(new URLSearchParams(new FormData(form)).toString());
+  location.href = next;
 }}
 </script>
 """
+# Hop-by-hop headers, and those httpx's decoded body no longer matches.
+_NOT_PASSED = frozenset({"connection", "transfer-encoding", "content-length", "content-encoding"})
 
 
-class _Quiet(SimpleHTTPRequestHandler):
+class _SameOrigin(BaseHTTPRequestHandler):
+    """The sign-in page at /sign-in.html and the service behind every other path, with the
+    browser's Host passed on: the page's login post is same-origin, as /login requires."""
+
+    page: bytes
+    api: str
+
+    def _forward(self) -> None:
+        if urlsplit(self.path).path == "/sign-in.html":
+            status, headers, body = 200, [("Content-Type", "text/html")], self.page
+        else:
+            length = int(self.headers.get("content-length") or 0)
+            sent = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_PASSED}
+            answer = httpx.request(self.command, self.api + self.path, headers=sent,
+                                   content=self.rfile.read(length), timeout=60)  # fmt: skip
+            status, body = answer.status_code, answer.content
+            headers = [(k, v) for k, v in answer.headers.multi_items()
+                       if k.lower() not in _NOT_PASSED]  # fmt: skip
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_HEAD = _forward
+
     def log_message(self, *_: object) -> None:
         pass
 
 
 @pytest.fixture
-def sign_in_page(pg_api: ApiServer, tmp_path: Path) -> Iterator[str]:
-    """The sign-in page, served from loopback on another port.
+def sign_in_page(pg_api: ApiServer) -> Iterator[str]:
+    """The sign-in page, on the service's origin (through ``_SameOrigin``).
 
-    A file:// page would not do: its requests are cross-site to the service, so the browser
-    keeps the SameSite=Strict login cookie off the redirect that follows the login.
+    A page of another origin would not do: the service refuses its login post (login CSRF).
     """
-    site = tmp_path / "site"
-    site.mkdir()
-    page = SIGN_IN.format(api=pg_api.base_url, token=pg_api.token("alice"))
-    (site / "sign-in.html").write_text(page)
-    handler = functools.partial(_Quiet, directory=str(site))
+    page = SIGN_IN.format(token=pg_api.token("alice")).encode()
+    handler = type("Handler", (_SameOrigin,), {"page": page, "api": pg_api.base_url})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}/sign-in.html"
@@ -115,6 +139,7 @@ def test_dashboard_shows_a_finished_study(
     home = _render(sign_in_page, tmp_path / "profile-home")
     assert "in-browser" in home
     assert "bobs-study" not in home
+    assert "Read-only dashboard" in home  # the banner survives the frontend's rendering
     trials_page = f"{sign_in_page}?next={quote('/dashboard/studies/1/trials')}"
     page = _render(trials_page, tmp_path / "profile-trials")
     assert "in-browser" in page

@@ -20,11 +20,12 @@ from hpo.core.db import ArtifactRecord, Database, StudyRecord
 from hpo.core.settings import Settings
 from hpo.core.storage import make_storage
 from hpo.core.tokens import create_token, revoke_token
+from service import dashboard
 from service.dashboard import COOKIE
 from service.dashboard_storage import OwnerScopedStorage
 from tests.conftest import ApiServer, SpecFactory
 
-READ_ONLY = {"detail": "the dashboard is read-only; use the REST API"}
+READ_ONLY = {"detail": dashboard.READ_ONLY, "reason": dashboard.READ_ONLY}
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,16 @@ def test_dashboard_writes_are_403_and_change_nothing(world: World) -> None:
     assert {k: r.status_code for k, r in answers.items()} == dict.fromkeys(answers, 403)
     assert all(r.json() == READ_ONLY for r in answers.values())
     assert _snapshot(world.api.settings) == before
+
+
+def test_every_page_says_the_dashboard_is_read_only(pg_api: ApiServer) -> None:
+    with _signed_in(pg_api, pg_api.token("alice")) as client:
+        pages = [client.get(p) for p in ("/dashboard", "/dashboard/studies/1/trials")]
+    for page in pages:
+        assert page.status_code == 200, page.text
+        assert dashboard.BANNER.decode() in page.text
+        assert int(page.headers["content-length"]) == len(page.content)
+        assert "script-src 'self'" in page.headers["content-security-policy"]
 
 
 def test_auth_disabled_shows_the_local_owners_studies(

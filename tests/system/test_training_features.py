@@ -23,6 +23,7 @@ from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.workers import small_study, trials
 from worker import builtin
+from worker.callbacks import EVAL_LOSS_CURVE_ATTR
 from worker.loop import Worker
 
 pytestmark = pytest.mark.slow
@@ -172,3 +173,32 @@ def test_packing_fills_every_sequence(pg_api: ApiServer) -> None:
     (trial,) = _run(pg_api, spec)
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
     assert trial.user_attrs["tokens_seen"] > 0.8 * steps * batch * length
+
+
+def test_a_generation_objective_reports_a_subset_score_and_the_loss_curve(
+    rooted: ApiServer, tmp_path: Path
+) -> None:
+    rows = [{"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}
+            for a in range(8) for b in range(6)]  # fmt: skip
+    every, batch, steps = 8, 4, 6
+    spec = small_study(
+        "generating",
+        dataset={"path": _jsonl(tmp_path / "sums.jsonl", rows), "max_eval_examples": 8},
+        training={"max_steps": steps, "max_seq_length": 32, "max_new_tokens": 4},
+        space={"per_device_train_batch_size": {"type": "categorical", "choices": [batch]}},
+        objective={"metric": "exact_match"},
+        pruner={"type": "none"},
+        budget={"max_trials": 1},
+        evaluation={"every_examples": every, "generation": {"max_examples": 8,
+                                                            "report_examples": 2}},
+    )  # fmt: skip
+    (trial,) = _run(rooted, spec)
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
+    points = list(range(every, steps * batch + 1, every))
+    assert sorted(trial.intermediate_values) == points
+    # a subset of 2 prompts scores in halves; the final value is on all 8 prompts
+    assert all(v in (0.0, 0.5, 1.0) for v in trial.intermediate_values.values())
+    assert 0.0 <= trial.value <= 1.0
+    curve = trial.user_attrs[EVAL_LOSS_CURVE_ATTR]
+    assert sorted(int(k) for k in curve) == points and all(v > 0 for v in curve.values())
+    assert trial.user_attrs["eval_seconds"] > 0

@@ -120,9 +120,12 @@ def test_queued_trials_that_start_a_configuration_are_told_apart_from_segments()
 def test_studies_check_what_a_scheduler_needs() -> None:
     asha = {"type": "asha", "min_steps": 64}
     assert StudySpec.model_validate(minimal_spec(scheduler=asha)).search.scheduler.type == "asha"
-    with pytest.raises(ValidationError, match="at_every_report"):
-        StudySpec.model_validate(minimal_spec(scheduler=asha,
-                                              objective={"metric": "exact_match"}))  # fmt: skip
+    generating = {"metric": "exact_match"}
+    assert StudySpec.model_validate(minimal_spec(scheduler=asha, objective=generating))
+    with pytest.raises(ValidationError, match="report_examples is 0"):
+        StudySpec.model_validate(minimal_spec(
+            scheduler=asha, objective=generating,
+            evaluation={"generation": {"report_examples": 0}}))  # fmt: skip
     with pytest.raises(ValidationError, match="must be at least"):
         StudySpec.model_validate(minimal_spec(
             space=SPACE, budget={"max_trials": 4},
