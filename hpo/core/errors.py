@@ -38,7 +38,7 @@ class StudyBroken(HPOError):
 
 
 class QuotaExceeded(HPOError):
-    """An owner is at one of their quotas (``hpo.core.quotas``).
+    """An owner is at one of their quotas (``hpo.core.owners``).
 
     Args:
         message: What is at its limit and what frees it.
