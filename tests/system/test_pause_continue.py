@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 
 from hpo.core.artifacts import CHECKPOINT, unpack
-from hpo.core.db import ArtifactRecord, Database, StudyRecord, session_scope
+from hpo.core.db import ArtifactRecord, Database, session_scope
 from hpo.core.pbt import LINEAGE_ATTR
 from hpo.core.scheduling import CONTINUES_ATTR, UNTIL_ATTR, configurations
 from hpo.core.settings import Settings
@@ -149,11 +149,10 @@ def test_racing_workers_continue_a_paused_trial_exactly_once(pg_api: ApiServer) 
     with pg_api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
     _paused_study(pg_api.settings, "race")
-    with session_scope(Database(pg_api.settings.database_url).sessions) as session:
-        record = session.scalars(select(StudyRecord).where(StudyRecord.name == "race")).one()
-        session.expunge(record)
     workers = [Worker(pg_api.settings, objective_factory=cheap_objective) for _ in range(4)]
-    candidates: list[Candidate | None] = [w._candidate(record) for w in workers]  # noqa: SLF001
+    candidates: list[Candidate | None] = [
+        w._candidate(next(load for load in w._scan() if load.name == "race")) for w in workers
+    ]
     assert all(c is not None for c in candidates)
     barrier = threading.Barrier(len(workers))
     ran: list[bool] = []

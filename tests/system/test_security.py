@@ -241,10 +241,12 @@ def test_a_polled_study_deleted_by_hand_is_dropped(
     with pg_api.client() as client:
         assert client.post("/studies", json=make_spec("polled")).status_code == 201
     worker = Worker(pg_api.settings, cpu_threads=1)
-    assert [c.record.name for c in worker._candidates()] == ["polled"]
+    (load,) = worker._scan()
+    assert load.name == "polled"
+    assert worker._candidate(load) is not None
     optuna.delete_study(study_name="polled", storage=pg_api.settings.database_url)
-    assert worker._candidates() == []
-    assert worker._studies == {}
+    assert worker._scan() == []
+    assert worker._run_next() is False
     worker.close()
 
 
@@ -433,9 +435,12 @@ def test_failed_token_checks_are_rate_limited(pg_settings: Settings) -> None:
         bad = {"Authorization": "Bearer hpo_guess"}
         codes = [httpx.get(f"{api.base_url}/studies", headers=bad).status_code for _ in range(4)]
         assert codes == [401, 401, 401, 429]
-        limited = httpx.get(f"{api.base_url}/studies", headers=good)
+        limited = httpx.get(f"{api.base_url}/studies", headers=bad)
+        # only failures are limited: a valid token is never refused (issue 20, row 7)
+        valid = httpx.get(f"{api.base_url}/studies", headers=good)
     assert limited.status_code == 429
     assert 0 < int(limited.headers["Retry-After"]) <= 60
+    assert valid.status_code == 200
 
 
 # --- 11. the status follows the budget, whoever stops -------------------------------------------
