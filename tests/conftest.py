@@ -189,11 +189,14 @@ def make_spec() -> SpecFactory:
 
 @pytest.fixture
 def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start ``hpo worker`` processes; any still alive at teardown are killed."""
+    """Start ``hpo worker`` processes (``injected=True``: ``tests.worker_process``); any still
+    alive at teardown are killed (a supervisor's child dies with it)."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def spawn(settings: Settings, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        proc = start_worker(settings, tmp_path / f"{name}.log", *args, **env)
+    def spawn(
+        settings: Settings, name: str, *args: str, injected: bool = False, **env: str
+    ) -> subprocess.Popen[bytes]:
+        proc = start_worker(settings, tmp_path / f"{name}.log", *args, injected=injected, **env)
         started.append(proc)
         return proc
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ApiServer
-from tests.workers import alive, log_events, small_study, start_worker, trials, wait_until
+from tests.workers import alive, log_events, small_study, trials, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,24 +30,6 @@ STALL_WHEN = ("--stall-when", json.dumps({"learning_rate": MARKED["learning_rate
 # so that a busy machine never fails a healthy trial.
 SHORT = {"HPO_PROGRESS_TIMEOUT": "2", "HPO_SETUP_TIMEOUT": "120", "HPO_MAX_RETRIES": "1"}
 Spawn = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """``tests.worker_process`` workers; any still alive at teardown are killed (a
-    supervisor's child dies with it)."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def run(api: ApiServer, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        proc = start_worker(api.settings, tmp_path / f"{name}.log", *args, injected=True, **env)
-        started.append(proc)
-        return proc
-
-    yield run
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _study_with_a_marked_trial(api: ApiServer, name: str, max_trials: int) -> None:
@@ -71,13 +53,23 @@ def _stalled_chain(name: str, api: ApiServer) -> list[Any]:
 
 
 def test_a_stall_holding_the_gil_is_killed_failed_retried_and_the_worker_goes_on(
-    pg_api: ApiServer, spawn: Spawn, tmp_path: Path
+    pg_api: ApiServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     """Row 1: ``re`` on a catastrophic pattern holds the GIL, so no in-process check (and no
     heartbeat) runs: the supervisor kills the child, fails the trial, restarts the child."""
     _study_with_a_marked_trial(pg_api, "gil", max_trials=2)
-    worker = spawn(pg_api, "gil", "--supervised", *STALL_WHEN, "--stall", "gil",
-                   "--idle-exit", "3", **SHORT)  # fmt: skip
+    worker = spawn_worker(
+        pg_api.settings,
+        "gil",
+        "--supervised",
+        *STALL_WHEN,
+        "--stall",
+        "gil",
+        "--idle-exit",
+        "3",
+        injected=True,
+        **SHORT,
+    )
     assert worker.wait(timeout=600) == 0
     everything = _stalled_chain("gil", pg_api)
     killed = log_events(tmp_path / "gil.log", "child_killed")
@@ -93,13 +85,22 @@ def test_a_stall_holding_the_gil_is_killed_failed_retried_and_the_worker_goes_on
 
 
 def test_a_python_level_stall_is_failed_by_the_workers_own_check(
-    pg_api: ApiServer, spawn: Spawn
+    pg_api: ApiServer, spawn_worker: Spawn
 ) -> None:
     """Row 2: blocked without progress while the heartbeat stays fresh; no supervisor here,
     so only the worker's in-process check can fail it, and the same process goes on."""
     _study_with_a_marked_trial(pg_api, "python", max_trials=2)
-    worker = spawn(pg_api, "python", *STALL_WHEN, "--stall", "python", "--idle-exit", "3",
-                   **SHORT)  # fmt: skip
+    worker = spawn_worker(
+        pg_api.settings,
+        "python",
+        *STALL_WHEN,
+        "--stall",
+        "python",
+        "--idle-exit",
+        "3",
+        injected=True,
+        **SHORT,
+    )
     assert worker.wait(timeout=600) == 0
     everything = _stalled_chain("python", pg_api)
     assert {t.user_attrs["worker"] for t in everything} == {everything[0].user_attrs["worker"]}
@@ -107,13 +108,21 @@ def test_a_python_level_stall_is_failed_by_the_workers_own_check(
 
 
 def test_sigterm_ends_a_worker_whose_trial_holds_the_gil(
-    pg_api: ApiServer, spawn: Spawn, tmp_path: Path
+    pg_api: ApiServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     """A SIGTERM is forwarded, ignored by the stalled child, which is killed after the
     shutdown grace; its trial is failed and queued again, never left RUNNING."""
     _study_with_a_marked_trial(pg_api, "term", max_trials=2)
-    worker = spawn(pg_api, "term", "--supervised", *STALL_WHEN, "--stall", "gil",
-                   HPO_SHUTDOWN_GRACE="2")  # fmt: skip
+    worker = spawn_worker(
+        pg_api.settings,
+        "term",
+        "--supervised",
+        *STALL_WHEN,
+        "--stall",
+        "gil",
+        injected=True,
+        HPO_SHUTDOWN_GRACE="2",
+    )
     wait_until(
         lambda: [t for t in trials(pg_api.settings, "term")
                  if t.state == TrialState.RUNNING and "worker" in t.user_attrs],
@@ -137,12 +146,12 @@ def test_sigterm_ends_a_worker_whose_trial_holds_the_gil(
 
 @pytest.mark.parametrize("action", ["stop", "pause"])
 def test_a_halted_study_of_a_dead_worker_does_not_keep_its_trials_running(
-    pg_api: ApiServer, spawn: Spawn, action: str
+    pg_api: ApiServer, spawn_worker: Spawn, action: str
 ) -> None:
     """Row 12: its trial is failed as stale after the grace period by another worker, which
     only sweeps (the study is not running), and the API counts nothing running."""
     _study_with_a_marked_trial(pg_api, "halted", max_trials=2)
-    dead = spawn(pg_api, "dead", *STALL_WHEN, "--stall", "gil")
+    dead = spawn_worker(pg_api.settings, "dead", *STALL_WHEN, "--stall", "gil", injected=True)
     wait_until(
         lambda: [t for t in trials(pg_api.settings, "halted")
                  if t.state == TrialState.RUNNING and "worker" in t.user_attrs],
@@ -153,7 +162,7 @@ def test_a_halted_study_of_a_dead_worker_does_not_keep_its_trials_running(
     with pg_api.client() as client:
         assert client.post(f"/studies/halted/{action}").status_code == 200
         assert client.get("/studies/halted").json()["trials"]["running"] == 1
-        spawn(pg_api, "sweeper", "--cheap")
+        spawn_worker(pg_api.settings, "sweeper", "--cheap", injected=True)
 
         def settled() -> bool:
             found = client.get("/studies/halted").json()["trials"]
