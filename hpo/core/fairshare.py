@@ -20,10 +20,9 @@ from sqlalchemy import Connection, func, or_, select
 from hpo.core.db import OwnerRecord, StudyRecord, StudyStatus
 from hpo.core.optuna_tables import studies as optuna_studies
 from hpo.core.optuna_tables import trial_heartbeats as beats
-from hpo.core.optuna_tables import trial_user_attributes as attrs
 from hpo.core.optuna_tables import trials
 from hpo.core.owners import DEFAULT_WEIGHT
-from hpo.core.progress import INFEASIBLE_RECORD_ATTR
+from hpo.core.progress import is_a_record
 
 _NEVER = dt.datetime.min
 
@@ -65,11 +64,6 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
     the database's clock (as Optuna's own check), so a sweep is due before counts are exact.
     """
     is_running = trials.c.state == "RUNNING"
-    is_a_record = (
-        select(attrs.c.trial_id)
-        .where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == INFEASIBLE_RECORD_ATTR)
-        .exists()
-    )
     running_studies = (
         select(optuna_studies.c.study_id)
         .join(StudyRecord, StudyRecord.name == optuna_studies.c.study_name)
@@ -80,7 +74,7 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
             trials.c.study_id,
             func.count().filter(is_running).label("running"),
             func.count()
-            .filter(trials.c.state.in_(("COMPLETE", "PRUNED")), ~is_a_record)
+            .filter(trials.c.state.in_(("COMPLETE", "PRUNED")), ~is_a_record())
             .label("finished"),
             func.count().filter(trials.c.state == "WAITING").label("waiting"),
             func.count().filter(is_running, beats.c.heartbeat.is_(None)).label("unbeaten"),

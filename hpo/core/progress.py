@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Connection, Float, Select, case, cast, exists, func, select
+from sqlalchemy import Connection, Exists, Float, Select, case, cast, exists, func, select
 
 from hpo.core.db import ArtifactRecord
 from hpo.core.optuna_tables import trial_user_attributes as attrs
@@ -36,6 +36,13 @@ class TrialCounts:
         return self.complete + self.pruned
 
 
+def is_a_record() -> Exists:
+    """SQL: the trial of the enclosing query is an infeasible record (not a trial that ran)."""
+    return exists().where(
+        attrs.c.trial_id == trials.c.trial_id, attrs.c.key == INFEASIBLE_RECORD_ATTR
+    )
+
+
 def trial_counts(
     storage: RDBStorage, study_id: int, *, connection: Connection | None = None
 ) -> TrialCounts:
@@ -43,12 +50,9 @@ def trial_counts(
 
     ``connection``: run it there rather than on one from the storage's pool.
     """
-    is_a_record = exists().where(
-        attrs.c.trial_id == trials.c.trial_id, attrs.c.key == INFEASIBLE_RECORD_ATTR
-    )
     query = (
         select(trials.c.state, func.count())
-        .where(trials.c.study_id == study_id, ~is_a_record)
+        .where(trials.c.study_id == study_id, ~is_a_record())
         .group_by(trials.c.state)
     )
     with nullcontext(connection) if connection is not None else storage.engine.connect() as conn:
