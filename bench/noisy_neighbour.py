@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,10 @@ def run_phase(*, rows: set[int], crowd: int, trials: int, workers: int, timeout:
             specs = [normal_study(f"crowd-{i}", trials) for i in range(crowd)]
             with ThreadPoolExecutor(8) as pool:
                 codes = list(pool.map(lambda s: _post(base, hostile, s), specs))
-            registered["row 9"] = f"{codes.count('201')} of {crowd} accepted"
+            others = Counter(c for c in codes if c != "201")
+            registered["row 9"] = f"{codes.count('201')} of {crowd} accepted" + (
+                f" (others: {dict(others)})" if others else ""
+            )
             result["crowd_registration_s"] = time.monotonic() - started
         result["hostile_registrations"] = registered
         result["normal_registration"] = _post(base, normal, normal_study("normal", trials))

@@ -77,12 +77,13 @@ def authenticate(request: Request, session: Session, token: str | None) -> str:
 
 def get_owner(
     request: Request,
+    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    # A session of its own, closed before the route runs: a route that does slow work before
-    # its first query (registration's file checks) holds no pooled connection meanwhile.
-    with session_scope(request.app.state.sessions) as session:
-        return authenticate(request, session, credentials.credentials if credentials else None)
+    # The request's session: the route's queries run on the connection the token check took,
+    # so a read costs one checkout (and one ping). A route that does slow work before its
+    # first query (registration's file checks) commits first, giving the connection back.
+    return authenticate(request, session, credentials.credentials if credentials else None)
 
 
 CurrentOwner = Annotated[str, Depends(get_owner)]

@@ -369,9 +369,7 @@ class Worker:
                 yield segments.first_segment_attrs(trials, candidate.spec.search)
                 return
             # On the lock's connection: another would be opened while the lock is held.
-            counts = trial_counts(
-                self.storage, study_id(candidate.study), connection=lock.connection
-            )
+            counts = trial_counts(lock.connection or self.storage, study_id(candidate.study))
             if counts.finished + counts.running >= max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
             yield {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 from optuna.storages import RDBStorage
@@ -43,20 +42,22 @@ def is_a_record() -> Exists:
     )
 
 
-def trial_counts(
-    storage: RDBStorage, study_id: int, *, connection: Connection | None = None
-) -> TrialCounts:
+def trial_counts(source: RDBStorage | Connection, study_id: int) -> TrialCounts:
     """Trials by state, infeasible records left out: one aggregate query, any study size.
 
-    ``connection``: run it there rather than on one from the storage's pool.
+    ``source``: a storage (a connection from its pool) or a connection already held.
     """
     query = (
         select(trials.c.state, func.count())
         .where(trials.c.study_id == study_id, ~is_a_record())
         .group_by(trials.c.state)
     )
-    with nullcontext(connection) if connection is not None else storage.engine.connect() as conn:
-        counts = {state.lower(): n for state, n in conn.execute(query)}
+    if isinstance(source, Connection):
+        rows = source.execute(query).all()
+    else:
+        with source.engine.connect() as conn:
+            rows = conn.execute(query).all()
+    counts = {state.lower(): n for state, n in rows}
     return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
 
 

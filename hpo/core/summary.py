@@ -1,8 +1,11 @@
-"""A study's summary for ``GET /studies/{name}`` in one connection: the API's hottest read.
+"""A study's summary for ``GET /studies/{name}`` on the request's own connection: the API's
+hottest read.
 
 Optuna's storage API opens a session (and a pooled connection, pinged first) per call and
 loads whole trials; the summary needs its study id, direction, counts, best trial's number,
-value and parameters, and the baseline scores. Six small queries on one connection serve it.
+value and parameters, and the baseline scores. Four small queries on the connection that
+already checked the token and read the study's record serve it: every extra checkout costs a
+ping, and on a busy host a round trip costs more than the query.
 """
 
 from __future__ import annotations
@@ -12,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from optuna.distributions import json_to_distribution
-from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from hpo.core.errors import StudyBroken
 from hpo.core.optuna_tables import studies, study_directions, study_user_attributes, trial_params
@@ -35,46 +37,53 @@ class Summary:
     baseline: dict[str, float]
 
 
-def study_summary(storage: RDBStorage, name: str) -> Summary:
-    """Counts, best trial and baseline of the Optuna study ``name``.
+def study_summary(conn: Connection, name: str) -> Summary:
+    """Counts, best trial and baseline of the Optuna study ``name``, read on ``conn``.
 
     Raises:
         StudyBroken: The Optuna study is gone (deleted or renamed outside the service).
     """
-    with storage.engine.connect() as conn:
-        study_id = conn.scalar(select(studies.c.study_id).where(studies.c.study_name == name))
-        if study_id is None:
-            raise StudyBroken(
-                f"study {name!r} is registered but its Optuna study is gone (deleted or "
-                "renamed outside the service, e.g. with optuna-dashboard on the database); "
-                f"DELETE /studies/{name} removes the registration so the name can be used again"
-            )
-        direction = conn.scalar(
-            select(study_directions.c.direction).where(
-                study_directions.c.study_id == study_id, study_directions.c.objective == 0
-            )
+    study = conn.execute(
+        select(studies.c.study_id, study_directions.c.direction)
+        .join(study_directions, study_directions.c.study_id == studies.c.study_id)
+        .where(studies.c.study_name == name, study_directions.c.objective == 0)
+    ).first()
+    if study is None:
+        raise StudyBroken(
+            f"study {name!r} is registered but its Optuna study is gone (deleted or "
+            "renamed outside the service, e.g. with optuna-dashboard on the database); "
+            f"DELETE /studies/{name} removes the registration so the name can be used again"
         )
-        counts = trial_counts(storage, study_id, connection=conn)
-        row = conn.execute(best_query(study_id, StudyDirection[str(direction)])).first()
-        best = None
-        if row is not None:
-            params = conn.execute(
-                select(
-                    trial_params.c.param_name,
-                    trial_params.c.param_value,
-                    trial_params.c.distribution_json,
-                ).where(trial_params.c.trial_id == row.trial_id)
-            )
-            best = Best(
-                number=row.number,
-                value=row.value,
-                params={p: json_to_distribution(d).to_external_repr(v) for p, v, d in params},
-            )
-        attrs = conn.execute(
-            select(study_user_attributes.c.key, study_user_attributes.c.value_json).where(
-                study_user_attributes.c.study_id == study_id,
-                study_user_attributes.c.key.startswith(BASELINE_PREFIX, autoescape=True),
-            )
+    study_id = study.study_id
+    counts = trial_counts(conn, study_id)
+    best_trial = best_query(study_id, StudyDirection[str(study.direction)]).subquery()
+    rows = conn.execute(
+        select(
+            best_trial.c.number,
+            best_trial.c.value,
+            trial_params.c.param_name,
+            trial_params.c.param_value,
+            trial_params.c.distribution_json,
+        ).outerjoin(trial_params, trial_params.c.trial_id == best_trial.c.trial_id)
+    ).all()
+    best = None
+    if rows:
+        best = Best(
+            number=rows[0].number,
+            value=rows[0].value,
+            params={
+                r.param_name: json_to_distribution(r.distribution_json).to_external_repr(
+                    r.param_value
+                )
+                for r in rows
+                if r.param_name is not None
+            },
         )
-        baseline = {k[len(BASELINE_PREFIX) :]: float(json.loads(v)) for k, v in attrs}
+    attrs = conn.execute(
+        select(study_user_attributes.c.key, study_user_attributes.c.value_json).where(
+            study_user_attributes.c.study_id == study_id,
+            study_user_attributes.c.key.startswith(BASELINE_PREFIX, autoescape=True),
+        )
+    )
+    baseline = {k[len(BASELINE_PREFIX) :]: float(json.loads(v)) for k, v in attrs}
     return Summary(counts=counts, best=best, baseline=baseline)

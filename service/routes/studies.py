@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session
 
 from hpo.core import artifacts, studies
 from hpo.core.db import StudyRecord, StudyStatus
@@ -59,8 +60,8 @@ Offset = Annotated[int, Query(ge=0, le=10**7)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
-def _public(record: StudyRecord, storage: RDBStorage) -> StudyPublic:
-    summary = study_summary(storage, record.name)
+def _public(record: StudyRecord, session: Session) -> StudyPublic:
+    summary = study_summary(session.connection(), record.name)
     counts, best = summary.counts, summary.best
     return StudyPublic(
         **StudySummary.model_validate(record, from_attributes=True).model_dump(),
@@ -110,11 +111,12 @@ def create_study(
     settings: SettingsDep,
     file_checks: FileChecksDep,
 ) -> StudyPublic:
-    # The file checks first, bounded, while the session has no connection yet (it takes one
-    # at its first query): a check that blocks on a tenant's file holds nothing shared.
+    # The token check's connection goes back to the pool before the file checks, which are
+    # bounded but may block on a tenant's file: they must hold nothing shared.
+    session.commit()
     file_checks.run(owner, lambda: studies.check_spec(spec, settings))
     record = studies.register_study(session, storage, spec=spec, owner=owner, settings=settings)
-    return _public(record, storage)
+    return _public(record, session)
 
 
 @router.get("", response_model=Page[StudySummary])
@@ -131,7 +133,7 @@ def list_studies(
 def get_study(
     name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
 ) -> StudyPublic:
-    return _public(studies.get_study(session, name=name, owner=owner), storage)
+    return _public(studies.get_study(session, name=name, owner=owner), session)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialPublic])
