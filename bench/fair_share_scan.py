@@ -26,6 +26,7 @@ from sqlalchemy import event
 
 from bench import commit, machine, save
 from hpo.core import fairshare
+from hpo.core.budget import trial_cap
 from hpo.core.db import Database, StudyRecord, StudyStatus
 from hpo.core.migrate import upgrade
 from hpo.core.spec import StudySpec
@@ -41,8 +42,16 @@ def _register(db: Database, storage: RDBStorage, names: list[tuple[str, str]]) -
     with db.sessions() as session:
         for owner, name in names:
             ids.append(storage.create_new_study([StudyDirection.MINIMIZE], name))
-            spec = StudySpec.model_validate(minimal_spec(name=name)).model_dump(mode="json")
-            session.add(StudyRecord(name=name, owner=owner, spec=spec, status=StudyStatus.RUNNING))
+            spec = StudySpec.model_validate(minimal_spec(name=name))
+            session.add(
+                StudyRecord(
+                    name=name,
+                    owner=owner,
+                    spec=spec.model_dump(mode="json"),
+                    status=StudyStatus.RUNNING,
+                    trial_cap=trial_cap(spec.search),
+                )
+            )
         session.commit()
     return ids
 

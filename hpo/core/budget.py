@@ -25,6 +25,12 @@ def max_trials(search: SearchSpec) -> int:
     return search.budget.max_trials
 
 
+def trial_cap(search: SearchSpec) -> int | None:
+    """The study's cap as the workers' scan reads it (``StudyRecord.trial_cap``): its number of
+    trials, or None when a scheduler decides whether there is more work."""
+    return None if scheduled(search) else max_trials(search)
+
+
 def spent_reason(
     storage: RDBStorage, record: StudyRecord, spec: StudySpec, counts: TrialCounts
 ) -> str | None:

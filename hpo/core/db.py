@@ -59,6 +59,10 @@ class StudyRecord(Base):
     status_reason: Mapped[str | None] = mapped_column(Text, default=None)
     # A decode study's adapter, pinned at registration: every trial decodes with the same one.
     adapter_artifact_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # How many trials the study runs, copied from the spec at registration (a spec never
+    # changes) so the workers' scan reads a column, not every spec's JSON; None: a scheduler
+    # decides the study's next work.
+    trial_cap: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow

@@ -86,7 +86,6 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
         .group_by(trials.c.study_id)
         .subquery()
     )
-    search = StudyRecord.spec["search"]
     query = (
         select(
             StudyRecord.id,
@@ -100,8 +99,7 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
             func.coalesce(per_study.c.unbeaten, 0),
             per_study.c.oldest_beat,
             per_study.c.last_start,
-            search[("budget", "max_trials")].as_integer(),
-            search[("scheduler", "type")].as_string(),
+            StudyRecord.trial_cap,
             func.coalesce(OwnerRecord.weight, DEFAULT_WEIGHT),
             func.now(),
         )
@@ -114,7 +112,7 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
     loads = []
     for row in connection.execute(query).all():
         (record_id, name, owner, status, optuna_id, running, finished, waiting, unbeaten,
-         oldest_beat, last_start, max_trials, scheduler, weight, now) = row  # fmt: skip
+         oldest_beat, last_start, trial_cap, weight, now) = row  # fmt: skip
         # Optuna compares naive heartbeats with the database's clock the same way.
         stale = unbeaten > 0 or (
             oldest_beat is not None and now.replace(tzinfo=None) - oldest_beat > grace
@@ -131,7 +129,7 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
                 waiting=waiting,
                 stale=stale,
                 last_start=last_start,
-                max_trials=max_trials if scheduler in (None, "none") else None,
+                max_trials=trial_cap,
                 weight=weight,
             )
         )

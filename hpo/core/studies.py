@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpo.core import artifacts
-from hpo.core.budget import spent_reason
+from hpo.core.budget import spent_reason, trial_cap
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
 from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
@@ -90,6 +90,7 @@ def register_study(
         spec=spec.model_dump(mode="json"),
         status=StudyStatus.RUNNING,
         adapter_artifact_id=adapter,
+        trial_cap=trial_cap(spec.search),
     )
     try:
         storage.set_study_user_attr(study_id, "owner", owner)
