@@ -1,0 +1,40 @@
+"""The registries of data shapes and metrics: the core's entries and the worker's functions
+keyed by the same names stay in step, so a new entry cannot be half added."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpo.core.hyperparameters import HYPERPARAMETERS
+from hpo.core.spec import DATA_SHAPES, METRICS, PBT_MUTABLE, DatasetSpec, Task, dataset_shape
+from worker.generation import REFERENCES
+from worker.metrics import SCORERS
+
+
+def test_every_generation_metric_has_a_scorer_and_only_those() -> None:
+    assert set(SCORERS) == {name for name, metric in METRICS.items() if metric.generates}
+
+
+def test_every_shape_with_references_has_a_reader_and_only_those() -> None:
+    assert set(REFERENCES) == {name for name, shape in DATA_SHAPES.items() if shape.references}
+
+
+def test_the_pbt_mutable_settings_are_those_declared_mutable() -> None:
+    assert PBT_MUTABLE
+    assert set(PBT_MUTABLE) == {hp.name for hp in HYPERPARAMETERS if hp.mutable}
+
+
+@pytest.mark.parametrize(
+    ("columns", "task", "shape"),
+    [
+        ({"text"}, "causal-lm", "language_modeling"),
+        ({"text", "prompt", "completion"}, "causal-lm", "prompt_completion"),
+        ({"prompt", "completion", "messages"}, "causal-lm", "conversational"),
+        ({"text", "label", "messages"}, "sequence-classification", "classification"),
+    ],
+)
+def test_auto_takes_the_most_specific_shape_the_fields_allow(
+    columns: set[str], task: Task, shape: str
+) -> None:
+    spec = DatasetSpec(path="data.jsonl", label_field="label")
+    assert dataset_shape(spec, columns, task=task) == shape
