@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hpo.core.patterns import MAX_PATTERN_CHARS, compile_pattern
 from hpo.core.spec.base import MAX_GRID_SIZE, MAX_STEP, MAX_TRIALS, Strict
-from hpo.core.spec.metrics import METRICS, PATTERN_METRICS, MetricName
+from hpo.core.spec.metrics import METRICS, PATTERN_METRICS, Direction, MetricName
 from hpo.core.spec.schedulers import (
     PBT_MUTABLE,
     NoSchedulerSpec,
@@ -26,7 +26,7 @@ class ObjectiveSpec(Strict):
     (the reference appears in the answer)."""
 
     metric: MetricName = "eval_loss"
-    direction: Literal["minimize", "maximize"] = Field(
+    direction: Direction = Field(
         default="minimize", description="Follows the metric when not given: a loss minimizes."
     )
     pattern: str | None = Field(
