@@ -335,7 +335,10 @@ def violations(source: str) -> list[str]:
             found.add((node.lineno, repr(node.value), "1: an hpo_ string"))
         elif node.value in DISTINCTIVE:
             found.add((node.lineno, repr(node.value), "3: a records key"))
-    return [f"{line}: {text} (rule {rule})" for line, text, rule in sorted(found)]
+    first = {}  # one line per spelling, under the first rule that flags it
+    for line, text, rule in sorted(found):
+        first.setdefault((line, text), rule)
+    return [f"{line}: {text} (rule {rule})" for (line, text), rule in first.items()]
 
 
 def test_the_scanner_finds_each_way_of_spelling_a_key() -> None:
