@@ -335,7 +335,7 @@ def violations(source: str) -> list[str]:
             found.add((node.lineno, repr(node.value), "1: an hpo_ string"))
         elif node.value in DISTINCTIVE:
             found.add((node.lineno, repr(node.value), "3: a records key"))
-    first = {}  # one line per spelling, under the first rule that flags it
+    first: dict[tuple[int, str], str] = {}  # one line per spelling, under its first rule
     for line, text, rule in sorted(found):
         first.setdefault((line, text), rule)
     return [f"{line}: {text} (rule {rule})" for (line, text), rule in first.items()]
