@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ from hpo.core.spec import (
     SearchSpec,
     cools_down,
 )
+from hpo.core.warm_start import WARM_START_ATTR, WarmConfig
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
 STUDY = "simulated"
@@ -138,6 +140,7 @@ def simulate(
     workers: int,
     seed: int,
     max_cost: float | None = None,
+    warm: Sequence[WarmConfig] = (),
 ) -> Simulation:
     """Run ``search``'s sampler, pruner and scheduler against ``objective`` with ``workers``
     workers.
@@ -149,6 +152,8 @@ def simulate(
     that re-reports its earlier values for free) from the point where it stopped. Stops
     once ``search.budget.max_trials`` configurations (not segments) started and none can
     continue, or once ``max_cost`` device-seconds were spent, whichever comes first.
+    ``warm`` configurations (``hpo.core.warm_start``) are enqueued first, as registration
+    enqueues them.
 
     Raises:
         SpecError: The scheduler is PBT, which changes hyperparameters mid-run, or scores with
@@ -175,6 +180,8 @@ def simulate(
         warnings.simplefilter("ignore", ExperimentalWarning)
         # Worker w samples exactly as a real worker whose seed offset is w would.
         studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
+    for config in warm:
+        studies[0].enqueue_trial(config.params, user_attrs={WARM_START_ATTR: config.source})
     sim = Simulation()
     curves: dict[int, list[CurvePoint]] = {}  # configuration -> its curve
     records: dict[int, SimTrial] = {}
