@@ -121,9 +121,7 @@ def summarise(rows: list[dict], peers: list[dict]) -> list[dict]:
                   if math.isfinite(r["cold"][key]) and math.isfinite(r["warm"][key])]  # fmt: skip
         row["median_warm_over_cold"] = median(ratios) if ratios else None
         row["runs_at_most_a_third"] = sum(x <= 1 / 3 for x in ratios)
-        row["runs_where_warm_cost_more"] = sum(
-            r["warm"][key] > r["cold"][key] for r in mine
-        )
+        row["runs_where_warm_cost_more"] = sum(r["warm"][key] > r["cold"][key] for r in mine)
         hurt: dict[str, int] = {}
         for r in mine:
             if r["warm"][key] > r["cold"][key]:
