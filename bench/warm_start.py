@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--out", default="warm-start", help="results file stem")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     began = time.monotonic()
@@ -203,10 +204,10 @@ def main() -> None:
             "seeds": args.seeds, "top_k": args.top_k,
             "seconds": time.monotonic() - began}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "warm-start.json").write_text(
+    (RESULTS / f"{args.out}.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1)
     )
-    (RESULTS / "warm-start.md").write_text(markdown(summary, meta))
+    (RESULTS / f"{args.out}.md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))
 
 
