@@ -85,10 +85,9 @@ def run_set(task_set: str, data: Path, *, workers: int, seed: int, top_k: int) -
         warm = warm_start_configs(sources, task.search_space, top_k=top_k)
         sim = simulate(_search(task, strategy), task, workers=workers, seed=seed,
                        max_cost=MAX_COST * task.full_grid_cost, warm=warm)  # fmt: skip
-        first = [
-            (c.params[k] for k in ("learning_rate", "per_device_train_batch_size", "lora_r"))
-            for c in warm
-        ]
+        names = ("learning_rate", "per_device_train_batch_size", "lora_r")
+        keys = [tuple(c.params.get(k) for k in names) for c in warm]
+        finals = [task.curves[key][-1] for key in keys if key in task.curves]  # recorded ones
         rows.append(
             {
                 "set": task_set,
@@ -98,12 +97,9 @@ def run_set(task_set: str, data: Path, *, workers: int, seed: int, top_k: int) -
                 "cold": _outcome(task, cold[i]),
                 "warm": _outcome(task, sim),
                 # how near the task's best the best warm configuration alone is
-                "warm_first_regret": min(
-                    (task.curves[tuple(key)][-1] - task.best_value) / task.best_value
-                    for key in first
-                )
-                if warm
-                else None,
+                "warm_first_regret": (
+                    (min(finals) - task.best_value) / task.best_value if finals else None
+                ),
             }
         )
     return rows
