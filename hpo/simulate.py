@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from optuna.trial import TrialState
 from hpo.core.errors import SpecError
 from hpo.core.factory import load_study, suggest_params
 from hpo.core.progress import beats
+from hpo.core.records import warm_start_attrs
 from hpo.core.scheduling import (
     CONTINUES_ATTR,
     PAUSED_AT_ATTR,
@@ -37,6 +39,7 @@ from hpo.core.spec import (
     SearchSpec,
     cools_down,
 )
+from hpo.core.warm_start import WarmConfig
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
 STUDY = "simulated"
@@ -138,6 +141,7 @@ def simulate(
     workers: int,
     seed: int,
     max_cost: float | None = None,
+    warm: Sequence[WarmConfig] = (),
 ) -> Simulation:
     """Run ``search``'s sampler, pruner and scheduler against ``objective`` with ``workers``
     workers.
@@ -149,6 +153,8 @@ def simulate(
     that re-reports its earlier values for free) from the point where it stopped. Stops
     once ``search.budget.max_trials`` configurations (not segments) started and none can
     continue, or once ``max_cost`` device-seconds were spent, whichever comes first.
+    ``warm`` configurations (``hpo.core.warm_start``) are enqueued first, as registration
+    enqueues them.
 
     Raises:
         SpecError: The scheduler is PBT, which changes hyperparameters mid-run, or scores with
@@ -175,6 +181,8 @@ def simulate(
         warnings.simplefilter("ignore", ExperimentalWarning)
         # Worker w samples exactly as a real worker whose seed offset is w would.
         studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
+    for config in warm:
+        studies[0].enqueue_trial(config.params, user_attrs=warm_start_attrs(config.source))
     sim = Simulation()
     curves: dict[int, list[CurvePoint]] = {}  # configuration -> its curve
     records: dict[int, SimTrial] = {}

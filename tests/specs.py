@@ -14,7 +14,7 @@ TRAIN_PARTS = (
     "evaluation",
     "report_to",
 )
-SEARCH_PARTS = ("space", "objective", "sampler", "pruner", "scheduler", "budget")
+SEARCH_PARTS = ("space", "objective", "sampler", "pruner", "scheduler", "budget", "warm_start")
 
 
 def study_spec(name: str, **parts: Any) -> dict[str, Any]:

@@ -86,6 +86,8 @@ RANK_PATTERN_ATTR = "adalora_rank_pattern"
 # baseline a searched setting must beat. Earliest among equals, it stays the best on a tie.
 GREEDY_ATTR = "greedy_baseline"
 ENQUEUED_BY_ATTR = "enqueued_by"
+# An enqueued warm-start trial: the earlier study its configuration came from.
+WARM_START_ATTR = "warm_start_from"
 # study user attributes
 OWNER_ATTR = "owner"
 OBJECTIVE_ATTR = "objective"
@@ -131,6 +133,7 @@ KEYS = frozenset(
         RANK_PATTERN_ATTR,
         GREEDY_ATTR,
         ENQUEUED_BY_ATTR,
+        WARM_START_ATTR,
         OWNER_ATTR,
         OBJECTIVE_ATTR,
         FIDELITY_ATTR,
@@ -582,6 +585,15 @@ def is_greedy(record: Attrs) -> bool:
 def greedy_attrs() -> dict[str, Any]:
     """The user attributes of a decode study's first, greedy trial (enqueued)."""
     return {GREEDY_ATTR: True}
+
+
+def warm_start_attrs(source: str) -> dict[str, Any]:
+    """The user attributes of a trial enqueued from the earlier study ``source``."""
+    return {WARM_START_ATTR: source}
+
+
+def warm_start_source(record: Attrs) -> str | None:
+    return _str(record, WARM_START_ATTR)
 
 
 def enqueued_by(record: Attrs) -> str | None:

@@ -14,6 +14,7 @@ import optuna
 from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
+from optuna.trial import TrialState
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,6 +31,7 @@ from hpo.core.preflight import check_inputs
 from hpo.core.progress import best_trial, trial_counts
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
+from hpo.core.warm_start import SourceStudy, WarmConfig, warm_start_configs
 
 # Which status a transition may start from.
 TRANSITIONS: dict[str, tuple[StudyStatus, ...]] = {
@@ -68,7 +70,8 @@ def register_study(
     """Register a checked ``spec`` and create its Optuna study, both or neither; commits.
 
     Raises:
-        SpecError: A decode study names an adapter study this owner cannot use.
+        SpecError: A decode study names an adapter study this owner cannot use, or the warm
+            start names a study this owner does not have.
         StudyConflict: The name is taken (by any owner: Optuna study names are global).
         QuotaExceeded: The owner has ``max_active_studies_per_owner`` active studies.
     """
@@ -76,6 +79,7 @@ def register_study(
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
         raise StudyConflict(f"a study named {spec.name!r} already exists")
     adapter = _pinned_adapter(session, storage, spec, owner) if spec.train.adapter else None
+    warm = _warm_configs(session, storage, spec, owner)
     # Optuna's study first: SQLite allows one writer, so our row cannot stay flushed
     # while Optuna writes through its own connection. Undo Optuna's half if ours fails.
     direction = StudyDirection[spec.search.objective.direction.upper()]
@@ -110,7 +114,44 @@ def register_study(
         study.set_metric_names([spec.search.objective.metric])  # optuna-dashboard's axes
     if spec.train.mode == "decode":
         study.enqueue_trial({}, user_attrs=records.greedy_attrs())
+    for config in warm:  # enqueued: every worker and every sampler runs them first
+        study.enqueue_trial(config.params, user_attrs=records.warm_start_attrs(config.source))
     return record
+
+
+def _warm_configs(
+    session: Session, storage: RDBStorage, spec: StudySpec, owner: str
+) -> list[WarmConfig]:
+    """The configurations ``search.warm_start`` says to try first (none when it is off).
+
+    Raises:
+        SpecError: A named study is not one of this owner's.
+    """
+    warm = spec.search.warm_start
+    if warm is None:
+        return []
+    sources = []
+    for i, name in enumerate(warm.studies):
+        try:
+            record = get_study(session, name=name, owner=owner)
+        except StudyNotFound:
+            raise SpecError(
+                f"you have no study named {name!r}.", loc=("search", "warm_start", "studies", i)
+            ) from None
+        source = StudySpec.model_validate(record.spec)
+        done = storage.get_all_trials(
+            optuna_study_id(storage, record), deepcopy=False, states=(TrialState.COMPLETE,)
+        )
+        sources.append(
+            SourceStudy(
+                name=name,
+                minimize=source.search.objective.direction == "minimize",
+                trials=[(t.params, t.value) for t in done if t.value is not None],
+                fixed=source.train.training.values(),
+            )
+        )
+    top_k = min(warm.top_k, spec.search.budget.max_trials)  # never queue past the budget
+    return warm_start_configs(sources, spec.search.space, top_k=top_k)
 
 
 def _pinned_adapter(session: Session, storage: RDBStorage, spec: StudySpec, owner: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from hpo.core.errors import SpecError
 from hpo.core.factory import load_study, suggest_params
 from hpo.core.spec import CategoricalDistribution, FloatDistribution, SearchSpace, SearchSpec
+from hpo.core.warm_start import WarmConfig
 from hpo.simulate import NotRecorded, simulate
 
 
@@ -270,3 +271,14 @@ def test_what_recorded_curves_cannot_say_is_not_replayed(
     )
     with pytest.raises(SpecError, match=says):
         simulate(search, Bowl(), workers=1, seed=0)
+
+
+def test_warm_configurations_run_first_on_every_worker() -> None:
+    warm = [WarmConfig({"learning_rate": 1e-3, "per_device_train_batch_size": 8}, "earlier"),
+            WarmConfig({"learning_rate": 2e-3}, "earlier")]  # fmt: skip
+    sim = simulate(spec(max_trials=6), Bowl(), workers=2, seed=0, warm=warm)
+    first = sorted(sim.trials, key=lambda t: t.number)[:2]
+    assert first[0].params == warm[0].params
+    assert first[1].params["learning_rate"] == warm[1].params["learning_rate"]  # batch sampled
+    cold = simulate(spec(max_trials=6), Bowl(), workers=2, seed=0)
+    assert sim.best_curve[0][1] < cold.best_curve[0][1]  # 1e-3 is the bowl's floor

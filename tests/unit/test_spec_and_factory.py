@@ -43,7 +43,7 @@ def test_search_knows_nothing_of_models() -> None:
     """The simulator builds a SearchSpec alone: no fake model or dataset."""
     search = SearchSpec.model_validate({"space": GRID, "sampler": {"type": "grid"}})
     assert set(SearchSpec.model_fields) == {
-        "space", "objective", "sampler", "pruner", "scheduler", "budget"
+        "space", "objective", "sampler", "pruner", "scheduler", "budget", "warm_start"
     }  # fmt: skip
     assert max_trials(search) == 9  # the grid's size, below the default budget of 20
 

@@ -63,6 +63,7 @@ from hpo.core.spec.search import (
     SearchSpec,
     SuccessiveHalvingPrunerSpec,
     TPESamplerSpec,
+    WarmStartSpec,
 )
 from hpo.core.spec.shapes import DATA_SHAPES, DataShape, Task
 from hpo.core.spec.space import (
@@ -142,6 +143,7 @@ __all__ = [
     "TopKSchedulerSpec",
     "TrainSpec",
     "TrainingSettings",
+    "WarmStartSpec",
     "check_distribution",
     "cools_down",
     "dataset_format",

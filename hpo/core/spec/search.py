@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from hpo.core.patterns import MAX_PATTERN_CHARS, compile_pattern
-from hpo.core.spec.base import MAX_GRID_SIZE, MAX_STEP, MAX_TRIALS, Strict
+from hpo.core.spec.base import MAX_GRID_SIZE, MAX_STEP, MAX_TRIALS, NAME_PATTERN, Strict
 from hpo.core.spec.metrics import METRICS, PATTERN_METRICS, Direction, MetricName
 from hpo.core.spec.schedulers import (
     PBT_MUTABLE,
@@ -182,6 +182,34 @@ class BudgetSpec(Strict):
     max_failures_in_a_row: int = Field(default=5, ge=1, le=1000)
 
 
+MAX_WARM_START_STUDIES = 16
+MAX_WARM_START_TOP_K = 20
+
+
+class WarmStartSpec(Strict):
+    """Try earlier studies' best configurations first (``hpo.core.warm_start``)."""
+
+    studies: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        min_length=1,
+        max_length=MAX_WARM_START_STUDIES,
+        description="Earlier studies of the same owner whose finished trials seed this one.",
+    )
+    top_k: int = Field(
+        default=3,
+        ge=1,
+        le=MAX_WARM_START_TOP_K,
+        description="How many of their best configurations (interleaved across the studies) "
+        "are tried first; then the sampler searches as usual, with them as its history.",
+    )
+
+    @field_validator("studies")
+    @classmethod
+    def _unique(cls, studies: list[str]) -> list[str]:
+        if len(set(studies)) != len(studies):
+            raise ValueError(f"studies must be unique, but got {studies}.")
+        return studies
+
+
 class SearchSpec(Strict):
     """What to search and how: the space, the objective, the sampler, the pruner and the budget.
     Everything the simulator needs; nothing about a model."""
@@ -198,6 +226,9 @@ class SearchSpec(Strict):
     # curves ranked like their final loss, bench/results/strategies.md).
     scheduler: SchedulerSpec = NoSchedulerSpec()
     budget: BudgetSpec = BudgetSpec()
+    warm_start: WarmStartSpec | None = Field(
+        default=None, description="Off by default: every study starts cold."
+    )
 
     @model_validator(mode="after")
     def _scheduler(self) -> SearchSpec:

@@ -1,0 +1,54 @@
+"""Warm start with the real API, PostgreSQL and a real worker: an owner's earlier study's best
+configurations run first in a new study; another owner's study cannot seed one."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from hpo.core.records import WARM_START_ATTR
+from tests.conftest import ApiServer
+from tests.workers import small_study, trials
+from worker.loop import Worker
+
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+    "lora_r": {"type": "categorical", "choices": [4, 8]},
+}
+
+
+def test_a_warm_started_study_runs_the_earlier_studys_best_first(pg_api: ApiServer) -> None:
+    settings = pg_api.settings
+    earlier = small_study("earlier", space=SPACE, sampler={"type": "random", "seed": 0},
+                          pruner={"type": "none"}, budget={"max_trials": 3})  # fmt: skip
+    # lora_r 16 is not in the new space: the earlier values are snapped to its nearest choice
+    later = small_study(
+        "later",
+        space={**SPACE, "lora_r": {"type": "categorical", "choices": [4, 8, 16]}},
+        pruner={"type": "none"},
+        budget={"max_trials": 2},
+        warm_start={"studies": ["earlier"], "top_k": 2},
+    )
+    with pg_api.client("alice") as alice, pg_api.client("bob") as bob:
+        assert alice.post("/studies", json=earlier).status_code == 201
+        Worker(settings, max_trials=3, cpu_threads=1).run(handle_signals=False)
+        done = [t for t in trials(settings, "earlier") if t.state == TrialState.COMPLETE]
+        assert len(done) >= 2, [t.user_attrs for t in trials(settings, "earlier")]
+        best = sorted(done, key=lambda t: t.value)[:2]
+
+        stolen = bob.post("/studies", json={**later, "name": "bobs"})
+        assert stolen.status_code == 422, stolen.text
+        (error,) = stolen.json()["detail"]
+        assert error["loc"] == ["body", "search", "warm_start", "studies", 0]
+        assert "earlier" in error["msg"]
+        assert bob.get("/studies/bobs").status_code == 404  # nothing was registered
+
+        created = alice.post("/studies", json=later)
+        assert created.status_code == 201, created.text
+    Worker(settings, max_trials=2, cpu_threads=1).run(handle_signals=False)
+    first = sorted(trials(settings, "later"), key=lambda t: t.number)[:2]
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2
+    assert [t.params for t in first] == [t.params for t in best]
+    assert [t.user_attrs[WARM_START_ATTR] for t in first] == ["earlier"] * 2
