@@ -529,7 +529,7 @@ SamplerSpec = Annotated[
 
 def cools_down(scheduler: SchedulerSpec) -> bool:
     """Whether paused configurations are ranked by a cool-down branch's score."""
-    return isinstance(scheduler, AshaSchedulerSpec | TopKSchedulerSpec) and scheduler.cooldown
+    return bool(getattr(scheduler, "cooldown", False))
 
 
 MAX_STEP = 10**12  # steps are training examples seen; far beyond any fine-tune
@@ -591,7 +591,7 @@ PrunerSpec = Annotated[
 # --- schedulers: pause trials at rungs and continue the best from where they stopped --------
 # A scheduler replaces the pruner's stop-only decisions: a trial that reaches its segment's
 # last step is *paused* (its adapter and optimizer state kept), and a worker asking for work
-# either continues a paused trial (hpo.core.scheduling.next_work decides which) or starts a
+# either continues a paused trial (hpo.core.schedulers decides which) or starts a
 # new configuration. Steps are the fidelity axis: training examples seen.
 
 
@@ -665,7 +665,7 @@ PBT_MUTABLE: tuple[PBTMutable, ...] = ("learning_rate", "weight_decay", "lora_dr
 
 
 class PBTSchedulerSpec(_Strict):
-    """Population-based training over LoRA adapters (``hpo.core.pbt``).
+    """Population-based training over LoRA adapters (``hpo.core.schedulers.pbt``).
 
     Every ``interval_steps`` a member in the bottom ``quantile`` of the population copies the
     adapter and optimizer state of one in the top ``quantile`` (exploit) and perturbs the

@@ -28,7 +28,7 @@ STALE_REASON = "stale: no heartbeat within the grace period (worker died or lost
 # attributes the claimed trial gets before the gate closes.
 ClaimGate = Callable[[int | None], AbstractContextManager[dict[str, Any]]]
 PRUNE_REASON_ATTR = "prune_reason"
-# A segment paused at this rung, its state kept (hpo.core.scheduling).
+# A segment paused at this rung, its state kept (hpo.core.schedulers).
 PAUSED_AT_ATTR = "hpo_paused_at"
 # Its score at that rung after a cool-down branch (a scheduler's ``cooldown``).
 COOLED_ATTR = "hpo_cooled_score"

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpo.core import artifacts
-from hpo.core.budget import spent_reason
+from hpo.core.budget import decision_now, spent_reason
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
 from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
@@ -213,7 +213,8 @@ def finish_if_spent(
     if record.status != StudyStatus.RUNNING:
         return None
     counts = trial_counts(storage, study_id)
-    reason = spent_reason(storage, record, StudySpec.model_validate(record.spec), counts)
+    spec = StudySpec.model_validate(record.spec)
+    reason = spent_reason(storage, record, spec, counts, decision_now(storage, record, spec))
     if reason is None or counts.running:
         return None
     changed = session.execute(

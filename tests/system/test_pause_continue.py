@@ -19,8 +19,9 @@ from sqlalchemy import select
 
 from hpo.core.artifacts import CHECKPOINT, unpack
 from hpo.core.db import ArtifactRecord, Database, session_scope
-from hpo.core.pbt import LINEAGE_ATTR
-from hpo.core.scheduling import CONTINUES_ATTR, UNTIL_ATTR, configurations
+from hpo.core.schedulers.base import CONTINUES_ATTR, UNTIL_ATTR
+from hpo.core.schedulers.pbt import LINEAGE_ATTR
+from hpo.core.schedulers.rungs import configurations
 from hpo.core.settings import Settings
 from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR
 from tests.conftest import ApiServer

@@ -10,7 +10,8 @@ from optuna.distributions import FloatDistribution as OptunaFloat
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 
-from hpo.core.pbt import (
+from hpo.core.schedulers import Idle, Start
+from hpo.core.schedulers.pbt import (
     SLOT_ATTR,
     Checkpoint,
     ContinueMember,
@@ -20,8 +21,8 @@ from hpo.core.pbt import (
     members,
     pbt_next,
 )
-from hpo.core.scheduling import PAUSED_AT_ATTR, Idle, Start
 from hpo.core.spec import PBTSchedulerSpec, SearchSpace, SearchSpec
+from hpo.core.storage import PAUSED_AT_ATTR
 
 SPACE = SearchSpace.model_validate(
     {

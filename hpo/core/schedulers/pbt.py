@@ -1,7 +1,7 @@
 """Population-based training over LoRA adapters: pure decisions for the worker.
 
 A population of ``population_size`` members trains in segments of ``interval_steps`` (the
-segments of ``hpo.core.scheduling``: each an Optuna trial, paused with its adapter and
+segments of ``hpo.core.schedulers.base``: each an Optuna trial, paused with its adapter and
 optimizer state saved). When a member's segment ends, the worker asks ``pbt_next``:
 
 - a member in the bottom ``quantile`` *exploits*: it loads the state of a member in the top
@@ -33,7 +33,14 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.core.scheduling import Idle, Start
+from hpo.core.schedulers.base import (
+    CONTINUES_ATTR,
+    UNTIL_ATTR,
+    Continuation,
+    Decision,
+    Idle,
+    Start,
+)
 from hpo.core.spec import (
     PBT_MUTABLE,
     CategoricalDistribution,
@@ -41,6 +48,7 @@ from hpo.core.spec import (
     FloatDistribution,
     PBTSchedulerSpec,
     SearchSpace,
+    SearchSpec,
 )
 from hpo.core.storage import PAUSED_AT_ATTR
 
@@ -117,8 +125,61 @@ class ContinueMember:
     until: int
     lineage: Lineage | None = None
 
+    def continuation(self, trials: Sequence[FrozenTrial]) -> Continuation:
+        attrs: dict[str, Any] = {CONTINUES_ATTR: self.trial, UNTIL_ATTR: self.until}
+        attrs[SLOT_ATTR] = self.slot
+        if self.lineage is not None:
+            attrs[LINEAGE_ATTR] = self.lineage.to_attr()
+        return Continuation(dict(self.params), attrs)
+
 
 PBTDecision = Start | ContinueMember | Idle
+
+
+class PBTScheduler:
+    """The population's scheduler: members are configurations, and they change params."""
+
+    pauses = True
+    cools_down = False
+    enqueue_refusal = (
+        "runs PBT: its population is sampled, and its members change their own hyperparameters"
+    )
+    replay_refusal = "PBT changes hyperparameters mid-run; recorded curves cannot replay it."
+
+    def __init__(
+        self, spec: PBTSchedulerSpec, space: SearchSpace, *, minimize: bool = True
+    ) -> None:
+        self.spec = spec
+        self.space = space
+        self.minimize = minimize
+
+    def started(self, trials: Sequence[FrozenTrial]) -> int:
+        return len(members(trials))
+
+    def decide(self, trials: Sequence[FrozenTrial], *, can_start: bool, seed: int) -> Decision:
+        decision = pbt_next(
+            members(trials), self.spec, self.space, seed=seed, minimize=self.minimize
+        )
+        if isinstance(decision, Start) and not can_start:
+            busy = (TrialState.RUNNING, TrialState.WAITING)
+            return Idle(done=not any(t.state in busy for t in trials))
+        return decision
+
+    def first_attrs(
+        self, trials: Sequence[FrozenTrial], decision: Start | None = None
+    ) -> dict[str, Any]:
+        """A new member pauses after its first interval, in the first free slot."""
+        return {UNTIL_ATTR: self.spec.interval_steps, SLOT_ATTR: len(members(trials))}
+
+    def done_reason(self, max_trials: int) -> str:
+        return f"PBT population of {self.spec.population_size} trained to the end"
+
+
+def build(search: SearchSpec) -> PBTScheduler:
+    assert isinstance(search.scheduler, PBTSchedulerSpec)
+    return PBTScheduler(
+        search.scheduler, search.space, minimize=search.objective.direction == "minimize"
+    )
 
 
 def members(trials: Iterable[FrozenTrial]) -> list[Member]:
@@ -150,7 +211,7 @@ def members(trials: Iterable[FrozenTrial]) -> list[Member]:
                     )
                     for s in saved
                     if _state(s) == "paused"
-                ),  # fmt: skip
+                ),
             )
         )
     return out
@@ -187,8 +248,9 @@ def pbt_next(
     rng = random.Random(f"{seed}:{member.slot}:{member.step}")
     donor = exploit(population, member, quantile=spec.quantile, rng=rng, minimize=minimize)
     if donor is None:
-        return ContinueMember(member.slot, member.trial, member.params,
-                              member.step + spec.interval_steps)  # fmt: skip
+        return ContinueMember(
+            member.slot, member.trial, member.params, member.step + spec.interval_steps
+        )
     params, perturbations = explore(donor.params, space, spec, rng=rng)
     return ContinueMember(
         member.slot,
