@@ -254,7 +254,8 @@ class Worker:
         return spec, study
 
     def _candidate(self, load: StudyLoad) -> Candidate | None:
-        """A closer look at a scanned study: its budget, or its scheduler's next work."""
+        """A closer look at a scanned study: its budget (a scheduled study's next work is
+        decided once, as a worker claims: ``_claim_gate``)."""
         record = self._record(load)
         if record.status != StudyStatus.RUNNING:
             return None
@@ -398,10 +399,12 @@ class Worker:
                 ):
                     yield {}
                     return
-                if queued is None and not isinstance(decision, Start):
-                    raise BudgetSpent(candidate.spec.name)
+                start = None
+                if queued is None:
+                    if not isinstance(decision, Start):
+                        raise BudgetSpent(candidate.spec.name)
+                    start = decision
                 trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
-                start = decision if queued is None else None
                 yield dispatch.first_segment_attrs(trials, search, start)
         finally:
             lock.release()

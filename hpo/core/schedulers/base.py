@@ -80,10 +80,17 @@ class Scheduler(Protocol):
         replay_refusal: Why recorded curves cannot replay it, or None when they can.
     """
 
-    pauses: bool
-    cools_down: bool
-    enqueue_refusal: str | None
-    replay_refusal: str | None
+    @property
+    def pauses(self) -> bool: ...
+
+    @property
+    def cools_down(self) -> bool: ...
+
+    @property
+    def enqueue_refusal(self) -> str | None: ...
+
+    @property
+    def replay_refusal(self) -> str | None: ...
 
     def started(self, trials: Sequence[FrozenTrial]) -> int:
         """Configurations started, which ``budget.max_trials`` counts."""
