@@ -1,6 +1,6 @@
 """The simulator's strategy table for fixed seeds: every scheduler on two task sets, W=1 and 8.
 
-    python -m bench.scheduler_table PATH/TO/nmtlc.pkl OUT.md [--seeds 0 1]
+    python -m bench.scheduler_table PATH/TO/nmtlc.pkl OUT.md [--seeds 0 1] [--tasks 2]
 
 Deterministic (one process, fixed seeds, modelled costs): run it before and after a change
 that must not change behaviour, and diff the two files. Each row digests every simulated
@@ -56,9 +56,11 @@ def _digest(sim: Simulation) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _row(data: Path, task_set: str, name: str, workers: int, seed: int) -> dict[str, Any]:
+def _row(
+    data: Path, task_set: str, name: str, workers: int, seed: int, tasks: int
+) -> dict[str, Any]:
     digests, configs, segments, cost = [], 0, 0, 0.0
-    for task in load_set(task_set, data):
+    for task in load_set(task_set, data)[:tasks]:
         sim = simulate(
             _search(task, STRATEGIES[name]),
             task,
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("data", type=Path, help="NMTLC's nmtlc.pkl")
     parser.add_argument("out", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--tasks", type=int, default=2, help="the first N tasks of each set")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     lines = [
@@ -114,7 +117,7 @@ def main() -> None:
                 continue
             for workers in (1, 8):
                 for seed in args.seeds:
-                    r = _row(args.data, task_set, name, workers, seed)
+                    r = _row(args.data, task_set, name, workers, seed, args.tasks)
                     lines.append("| " + " | ".join(str(v) for v in r.values()) + " |")
                     print(lines[-1], flush=True)
     lines.append(f"\npbt: {_pbt_refusal()}\n")

@@ -18,13 +18,12 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from hpo.core import records
 from hpo.core.errors import SpecError
 from hpo.core.factory import load_study, suggest_params
 from hpo.core.progress import beats
 from hpo.core.schedulers import Idle, Resumption, Scheduler, Start, build_scheduler
-from hpo.core.schedulers.base import UNTIL_ATTR
 from hpo.core.spec import SearchSpace, SearchSpec
-from hpo.core.storage import PAUSED_AT_ATTR
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
 STUDY = "simulated"
@@ -237,7 +236,7 @@ class _Replay:
             self.sim.stalled_workers += 1
             return
         if until is not None:
-            trial.set_user_attr(UNTIL_ATTR, until)
+            records.set_until(trial, until)
         self.started += 1
         self.curves[trial.number] = curve
         self.records[trial.number] = SimTrial(
@@ -306,7 +305,8 @@ class _Replay:
         record.state, record.value, record.end = state, value, event.time
         record.segments[-1].end = event.time
         if state == "paused":
-            event.trial.set_user_attr(PAUSED_AT_ATTR, event.until)
+            assert event.until is not None, "a segment pauses at its until"
+            records.mark_paused(event.trial, at=event.until)
         told = TrialState.COMPLETE if state == "complete" else TrialState.PRUNED
         self.studies[event.worker].tell(event.trial, value, state=told)
         if (

@@ -16,18 +16,24 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_file
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from hpo.cli import app
 from hpo.core.artifacts import CHECKPOINT, unpack
 from hpo.core.db import ArtifactRecord, Database, session_scope
+from hpo.core.records import (
+    CONTINUES_ATTR,
+    COOLED_ATTR,
+    LINEAGE_ATTR,
+    PAUSED_AT_ATTR,
+    UNTIL_ATTR,
+)
 from hpo.core.schedulers import Decision
-from hpo.core.schedulers.base import CONTINUES_ATTR, UNTIL_ATTR
 from hpo.core.schedulers.builder import SCHEDULERS
-from hpo.core.schedulers.pbt import LINEAGE_ATTR
 from hpo.core.schedulers.rungs import configurations
 from hpo.core.schedulers.top_k import TopKScheduler
 from hpo.core.settings import Settings
 from hpo.core.spec import SearchSpec, StudySpec, TopKSchedulerSpec
-from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.worker_process import cheap_objective
@@ -74,6 +80,8 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
         _register_two_configurations(client, spec)
         _run_worker(pg_api.settings)
         study = client.get("/studies/paused").json()
+        env = {"HPO_API_URL": pg_api.base_url, "HPO_TOKEN": pg_api.token("alice")}
+        shown = CliRunner().invoke(app, ["study", "show", "paused"], env=env)
         first, second, last = trials(pg_api.settings, "paused")
         parent = (first, second)[last.user_attrs[CONTINUES_ATTR]]
         assert client.post("/studies", json=plain).status_code == 201
@@ -97,6 +105,13 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
     assert last.intermediate_values == pytest.approx(uninterrupted.intermediate_values, rel=1e-5)
     assert study["status"] == "completed"
     assert "configurations" in study["status_reason"]
+    # Both configurations paused at 64 (their segments count as paused, not as pruned); one
+    # continued to its end.
+    counts = study["trials"]
+    assert (counts["complete"], counts["pruned"], counts["paused"]) == (1, 0, 2)
+    assert counts["finished"] == 3
+    assert shown.exit_code == 0, shown.output
+    assert "(1 complete, 0 pruned, 2 paused)" in shown.stdout
 
 
 @pytest.mark.slow

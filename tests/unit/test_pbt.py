@@ -10,9 +10,9 @@ from optuna.distributions import FloatDistribution as OptunaFloat
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 
+from hpo.core.records import PAUSED_AT_ATTR, SLOT_ATTR
 from hpo.core.schedulers import Idle, Start
 from hpo.core.schedulers.pbt import (
-    SLOT_ATTR,
     Checkpoint,
     ContinueMember,
     Member,
@@ -22,7 +22,6 @@ from hpo.core.schedulers.pbt import (
     pbt_next,
 )
 from hpo.core.spec import PBTSchedulerSpec, SearchSpace, SearchSpec
-from hpo.core.storage import PAUSED_AT_ATTR
 
 SPACE = SearchSpace.model_validate(
     {

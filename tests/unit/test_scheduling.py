@@ -11,6 +11,13 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 
 from hpo.core.progress import INFEASIBLE_RECORD_ATTR
+from hpo.core.records import (
+    CONTINUES_ATTR,
+    COOLED_ATTR,
+    PAUSED_AT_ATTR,
+    RETRIED_FROM_ATTR,
+    UNTIL_ATTR,
+)
 from hpo.core.schedulers import Decision, Idle, Start
 from hpo.core.schedulers.adaptive import (
     AdaptiveScheduler,
@@ -20,7 +27,6 @@ from hpo.core.schedulers.adaptive import (
     trusted_rungs,
 )
 from hpo.core.schedulers.asha import AshaScheduler
-from hpo.core.schedulers.base import CONTINUES_ATTR, UNTIL_ATTR
 from hpo.core.schedulers.none import NoScheduler
 from hpo.core.schedulers.rungs import Config, Continue, RungScheduler, configurations
 from hpo.core.schedulers.top_k import TopKScheduler
@@ -32,7 +38,6 @@ from hpo.core.spec import (
     StudySpec,
     TopKSchedulerSpec,
 )
-from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR, RETRIED_FROM_ATTR
 
 ASHA = AshaSchedulerSpec(min_steps=1, reduction_factor=3)
 SchedulerSpec = NoSchedulerSpec | AshaSchedulerSpec | TopKSchedulerSpec | AdaptiveSchedulerSpec

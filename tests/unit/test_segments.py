@@ -13,8 +13,15 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from hpo.core.records import (
+    CONTINUES_ATTR,
+    LINEAGE_ATTR,
+    PAUSED_AT_ATTR,
+    RETRIED_FROM_ATTR,
+    SLOT_ATTR,
+    UNTIL_ATTR,
+)
 from hpo.core.schedulers import Idle, Start
-from hpo.core.schedulers.base import CONTINUES_ATTR, UNTIL_ATTR
 from hpo.core.schedulers.dispatch import (
     Segment,
     continuation,
@@ -23,16 +30,9 @@ from hpo.core.schedulers.dispatch import (
     started,
     starts_configuration,
 )
-from hpo.core.schedulers.pbt import (
-    LINEAGE_ATTR,
-    SLOT_ATTR,
-    ContinueMember,
-    Lineage,
-    Perturbation,
-)
+from hpo.core.schedulers.pbt import ContinueMember, Lineage, Perturbation
 from hpo.core.schedulers.rungs import Continue
 from hpo.core.spec import SearchSpec, StudySpec
-from hpo.core.storage import PAUSED_AT_ATTR, RETRIED_FROM_ATTR
 from tests.specs import minimal_spec
 from worker.callbacks import FidelityCallback
 

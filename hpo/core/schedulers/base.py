@@ -3,12 +3,13 @@
 A scheduler pauses configurations and continues some of them (Ray Tune's ``TrialScheduler``
 over Optuna trials). Each runs in *segments*, each an Optuna trial with its params:
 
-- the first segment is asked from the sampler as usual; ``UNTIL_ATTR`` says where it pauses
-  (absent: it runs to its end);
+- the first segment is asked from the sampler as usual; its ``records.until`` says where it
+  pauses (None: it runs to its end);
 - a segment that reached its ``until`` step (its first evaluation at or after it) is told
-  PRUNED with ``PAUSED_AT_ATTR`` = that ``until``, after its adapter and optimizer state were
-  saved: samplers read it as a trial pruned there, which it is until someone continues it;
-- a continuation is a trial enqueued with ``CONTINUES_ATTR`` = the paused segment's number; it
+  PRUNED, marked paused at that ``until`` (``records.mark_paused``) after its adapter and
+  optimizer state were saved: samplers read it as a trial pruned there, which it is until
+  someone continues it (``records.segment_status``);
+- a continuation is a trial enqueued with ``records.continues`` = the paused segment; it
   loads that segment's state, reports the earlier values again (free) and trains on, so a
   configuration's last segment holds its whole curve on the fidelity axis.
 
@@ -24,9 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from optuna.trial import FrozenTrial
-
-UNTIL_ATTR = "hpo_until"
-CONTINUES_ATTR = "hpo_continues"
 
 
 @dataclass(frozen=True)

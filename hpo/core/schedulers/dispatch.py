@@ -13,18 +13,11 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.core import records
 from hpo.core.progress import is_record
-from hpo.core.schedulers.base import (
-    CONTINUES_ATTR,
-    UNTIL_ATTR,
-    Continuation,
-    Decision,
-    Resumption,
-    Start,
-)
+from hpo.core.schedulers.base import Continuation, Decision, Resumption, Start
 from hpo.core.schedulers.builder import build_scheduler
 from hpo.core.spec import SearchSpec
-from hpo.core.storage import RETRIED_FROM_ATTR
 
 
 def scheduled(search: SearchSpec) -> bool:
@@ -71,7 +64,7 @@ def first_segment_attrs(
 def starts_configuration(trial: FrozenTrial) -> bool:
     """Whether a queued trial starts a configuration (one a user enqueued) rather than
     continue or retry a segment of one."""
-    return not {CONTINUES_ATTR, RETRIED_FROM_ATTR} & trial.user_attrs.keys()
+    return records.starts_configuration(trial)
 
 
 def continuation(decision: Resumption, trials: Sequence[FrozenTrial]) -> Continuation:
@@ -94,7 +87,7 @@ class Segment:
 
     @classmethod
     def of(cls, user_attrs: dict[str, Any]) -> Segment:
-        return cls(user_attrs.get(UNTIL_ATTR), user_attrs.get(CONTINUES_ATTR))
+        return cls(records.until(user_attrs), records.continues(user_attrs))
 
 
 def decision_seed(search: SearchSpec, study_row_id: int) -> int:

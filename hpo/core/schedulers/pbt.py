@@ -18,7 +18,7 @@ judged against the scores of members further along a decreasing loss curve, and 
 skips training it did not pay for (every member trains the whole schedule). A member
 decided while others have not reached its step yet is ranked among those that have.
 
-Each segment carries ``SLOT_ATTR`` (its member) and, after an exploit, ``LINEAGE_ATTR``: the
+Each segment carries its member (``records.slot``) and, after an exploit, its lineage: the
 trial whose state it copied, at which step, and each perturbation. Decisions draw from a
 random stream seeded by (study seed, member, step), so they replay exactly.
 """
@@ -33,14 +33,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.core.schedulers.base import (
-    CONTINUES_ATTR,
-    UNTIL_ATTR,
-    Continuation,
-    Decision,
-    Idle,
-    Start,
-)
+from hpo.core import records
+from hpo.core.records import SegmentStatus
+from hpo.core.schedulers.base import Continuation, Decision, Idle, Start
 from hpo.core.spec import (
     PBT_MUTABLE,
     CategoricalDistribution,
@@ -50,10 +45,6 @@ from hpo.core.spec import (
     SearchSpace,
     SearchSpec,
 )
-from hpo.core.storage import PAUSED_AT_ATTR
-
-SLOT_ATTR = "hpo_pbt_slot"
-LINEAGE_ATTR = "hpo_pbt_lineage"
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ class Member:
     params: dict[str, Any]
     step: int
     score: float | None
-    state: str
+    state: SegmentStatus
     checkpoints: tuple[Checkpoint, ...] = ()
 
     def at(self, step: int) -> Checkpoint | None:
@@ -104,7 +95,7 @@ class Perturbation:
 
 @dataclass(frozen=True)
 class Lineage:
-    """Where an exploited member's state came from: record it as ``LINEAGE_ATTR``."""
+    """Where an exploited member's state came from (``records.lineage``)."""
 
     parent: int
     step: int
@@ -126,10 +117,10 @@ class ContinueMember:
     lineage: Lineage | None = None
 
     def continuation(self, trials: Sequence[FrozenTrial]) -> Continuation:
-        attrs: dict[str, Any] = {CONTINUES_ATTR: self.trial, UNTIL_ATTR: self.until}
-        attrs[SLOT_ATTR] = self.slot
-        if self.lineage is not None:
-            attrs[LINEAGE_ATTR] = self.lineage.to_attr()
+        lineage = None if self.lineage is None else self.lineage.to_attr()
+        attrs = records.segment_attrs(
+            continues=self.trial, until=self.until, slot=self.slot, lineage=lineage
+        )
         return Continuation(dict(self.params), attrs)
 
 
@@ -169,7 +160,7 @@ class PBTScheduler:
         self, trials: Sequence[FrozenTrial], decision: Start | None = None
     ) -> dict[str, Any]:
         """A new member pauses after its first interval, in the first free slot."""
-        return {UNTIL_ATTR: self.spec.interval_steps, SLOT_ATTR: len(members(trials))}
+        return records.segment_attrs(until=self.spec.interval_steps, slot=len(members(trials)))
 
     def done_reason(self, max_trials: int) -> str:
         return f"PBT population of {self.spec.population_size} trained to the end"
@@ -186,12 +177,12 @@ def members(trials: Iterable[FrozenTrial]) -> list[Member]:
     """Each member at its latest checkpoint (a paused or complete segment), by slot."""
     by_slot: dict[int, list[FrozenTrial]] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        slot = trial.user_attrs.get(SLOT_ATTR)
+        slot = records.slot(trial)
         if slot is not None:
             by_slot.setdefault(slot, []).append(trial)
     out = []
     for slot, segments in sorted(by_slot.items()):
-        saved = [s for s in segments if _state(s) in ("paused", "complete")]
+        saved = [s for s in segments if records.segment_status(s) in ("paused", "complete")]
         base = saved[-1] if saved else segments[0]
         steps = sorted(base.intermediate_values.items()) if saved else []
         out.append(
@@ -201,28 +192,21 @@ def members(trials: Iterable[FrozenTrial]) -> list[Member]:
                 params=dict(base.params),
                 step=steps[-1][0] if steps else 0,
                 score=steps[-1][1] if steps else None,
-                state=_state(segments[-1]),
-                checkpoints=tuple(
-                    Checkpoint(
-                        s.user_attrs[PAUSED_AT_ATTR],
-                        s.number,
-                        dict(s.params),
-                        s.intermediate_values[s.user_attrs[PAUSED_AT_ATTR]],
-                    )
-                    for s in saved
-                    if _state(s) == "paused"
-                ),
+                state=records.segment_status(segments[-1]),
+                checkpoints=tuple(c for s in saved if (c := _checkpoint(s)) is not None),
             )
         )
     return out
 
 
-def _state(trial: FrozenTrial) -> str:
-    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
-        return "running"
-    if trial.state == TrialState.PRUNED and PAUSED_AT_ATTR in trial.user_attrs:
-        return "paused"
-    return "complete" if trial.state == TrialState.COMPLETE else "stopped"
+def _checkpoint(segment: FrozenTrial) -> Checkpoint | None:
+    """The state a segment saved by pausing; None if it did not pause."""
+    rung = records.paused_at(segment)
+    if rung is None or records.segment_status(segment) != "paused":
+        return None
+    return Checkpoint(
+        rung, segment.number, dict(segment.params), segment.intermediate_values[rung]
+    )
 
 
 def pbt_next(
@@ -236,8 +220,8 @@ def pbt_next(
     """What a worker asking for work does: fill the population, else decide for the paused
     member that trained least (keeping members in step), else wait.
 
-    A new member starts with ``Start(until=interval_steps)`` and ``SLOT_ATTR`` = the first
-    free slot (``len(population)``); record ``CONTINUES_ATTR`` = ``trial`` on a continuation.
+    A new member starts with ``Start(until=interval_steps)`` in the first free slot
+    (``len(population)``); a continuation records ``trial`` as the segment it continues.
     """
     if len(population) < spec.population_size:
         return Start(until=spec.interval_steps)

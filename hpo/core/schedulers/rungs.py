@@ -1,7 +1,7 @@
 """What the rung schedulers (none, ASHA, top-k, adaptive) share: configurations as chains of
 segments, ranked at rungs; the most advanced promotable paused one continues.
 
-A retried segment (``RETRIED_FROM_ATTR``) belongs to the configuration it retries. Each
+A retried segment (``records.retried_from``) belongs to the configuration it retries. Each
 subclass says where its rungs are (``rungs``) and who continues (``promotable``).
 """
 
@@ -11,23 +11,15 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
+from hpo.core import records
 from hpo.core.progress import is_record
-from hpo.core.schedulers.base import (
-    CONTINUES_ATTR,
-    UNTIL_ATTR,
-    Continuation,
-    Decision,
-    Idle,
-    Start,
-)
+from hpo.core.records import SegmentStatus
+from hpo.core.schedulers.base import Continuation, Decision, Idle, Start
 from hpo.core.spec import MAX_STEP
-from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR, RETRIED_FROM_ATTR
-
-Status = Literal["running", "paused", "complete", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +42,7 @@ class Config:
     number: int
     params: dict[str, Any]
     values: tuple[tuple[int, float], ...]
-    status: Status
+    status: SegmentStatus
     last_trial: int
     unpaused: bool
     paused_rung: int | None = None
@@ -81,7 +73,7 @@ def configurations(trials: Iterable[FrozenTrial]) -> list[Config]:
     chains: dict[int, list[FrozenTrial]] = {}
     for trial in sorted((t for t in trials if not is_record(t)), key=lambda t: t.number):
         # A parent always has a smaller number than the segments that continue or retry it.
-        parent = trial.user_attrs.get(CONTINUES_ATTR, trial.user_attrs.get(RETRIED_FROM_ATTR))
+        parent = records.parent(trial)
         root = roots[trial.number] = trial.number if parent is None else roots.get(parent, parent)
         chains.setdefault(root, []).append(trial)
     return [_config(number, segments) for number, segments in chains.items()]
@@ -93,31 +85,22 @@ def _config(number: int, segments: list[FrozenTrial]) -> Config:
     # curve so far (a just-enqueued continuation has none yet).
     carrier = next((s for s in reversed(segments) if s.intermediate_values), latest)
     cooled = (
-        (s.user_attrs[PAUSED_AT_ATTR], s.user_attrs[COOLED_ATTR])
+        (rung, score)
         for s in segments
-        if COOLED_ATTR in s.user_attrs and PAUSED_AT_ATTR in s.user_attrs
+        if (score := records.cooled_score(s)) is not None
+        and (rung := records.paused_at(s)) is not None
     )
     return Config(
         number=number,
         params=dict(latest.params or segments[0].params),
         values=tuple(sorted(carrier.intermediate_values.items())),
-        status=_status(latest),
+        status=records.segment_status(latest),
         last_trial=latest.number,
-        unpaused=segments[0].user_attrs.get(UNTIL_ATTR) is None
-        and not any(PAUSED_AT_ATTR in s.user_attrs for s in segments),
-        paused_rung=latest.user_attrs.get(PAUSED_AT_ATTR),
+        unpaused=records.until(segments[0]) is None
+        and not any(records.paused_at(s) is not None for s in segments),
+        paused_rung=records.paused_at(latest),
         cooled=tuple(sorted(cooled)),
     )
-
-
-def _status(trial: FrozenTrial) -> Status:
-    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
-        return "running"
-    if trial.state == TrialState.COMPLETE:
-        return "complete"
-    if trial.state == TrialState.PRUNED and PAUSED_AT_ATTR in trial.user_attrs:
-        return "paused"
-    return "stopped"
 
 
 @dataclass(frozen=True)
@@ -129,10 +112,8 @@ class Continue:
     until: int | None
 
     def continuation(self, trials: Sequence[FrozenTrial]) -> Continuation:
-        attrs: dict[str, Any] = {CONTINUES_ATTR: self.trial}
-        if self.until is not None:
-            attrs[UNTIL_ATTR] = self.until
         parent = next(t for t in trials if t.number == self.trial)
+        attrs = records.segment_attrs(continues=self.trial, until=self.until)
         return Continuation(dict(parent.params), attrs)
 
 
@@ -264,7 +245,7 @@ class RungScheduler:
         self, trials: Sequence[FrozenTrial], decision: Start | None = None
     ) -> dict[str, Any]:
         until = self.first_until(configurations(trials)) if decision is None else decision.until
-        return {} if until is None else {UNTIL_ATTR: until}
+        return records.segment_attrs(until=until)
 
     def done_reason(self, max_trials: int) -> str:
         return f"max_trials={max_trials} configurations ran; no paused one continues"
