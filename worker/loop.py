@@ -54,6 +54,10 @@ class BudgetSpent(Exception):
     """Raised inside the budget gate: the study had no free slot when this worker claimed."""
 
 
+class NoWorkNow(BudgetSpent):
+    """Raised as a scheduled study's claim begins: its scheduler says to wait, or it is done."""
+
+
 class OwnerAtQuota(BudgetSpent):
     """Raised inside the budget gate: the study's owner has their quota of running trials."""
 
@@ -341,8 +345,8 @@ class Worker:
     # --- one trial --------------------------------------------------------------------------
 
     @contextmanager
-    def _claim_gate(self, candidate: Candidate) -> Iterator[ClaimGate | None]:
-        """The gate for a trial's claim; None when a scheduled study has nothing to do now.
+    def _claim_gate(self, candidate: Candidate) -> Iterator[ClaimGate]:
+        """The gate for a trial's claim; ``NoWorkNow`` when a scheduled study has none.
 
         A scheduled study's claim takes ONE decision, under the study's lock (none while a
         trial is queued: that is claimed first). A continuation it picks is enqueued, and the
@@ -358,8 +362,7 @@ class Worker:
                 lock.release()
                 if decision.done:
                     self._finish_if_spent(candidate.record, candidate.study)
-                yield None
-                return
+                raise NoWorkNow(candidate.spec.name)
             if decision is not None and not isinstance(decision, Start):
                 queued = dispatch.continuation(decision, trials)
                 candidate.study.enqueue_trial(queued.params, user_attrs=queued.attrs)
@@ -439,11 +442,8 @@ class Worker:
                 marks["returned"] = time.perf_counter()
 
         try:
-            with self._claim_gate(candidate) as gate:
-                if gate is None:
-                    return False
-                with self.storage.claiming(gate):
-                    study.optimize(timed, n_trials=1, catch=(Exception,))
+            with self._claim_gate(candidate) as gate, self.storage.claiming(gate):
+                study.optimize(timed, n_trials=1, catch=(Exception,))
         except BudgetSpent:
             return False
         except Exception as exc:
