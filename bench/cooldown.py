@@ -30,7 +30,7 @@ import optuna
 import torch
 
 from bench import ROOT, commit, machine, save
-from hpo.core.scheduling import fisher_lower_bound, spearman
+from hpo.core.schedulers.adaptive import fisher_lower_bound, spearman
 from hpo.core.spec import StudySpec
 from worker.callbacks import Paused
 from worker.data import DataCache

@@ -28,7 +28,7 @@ import optuna
 import torch
 
 from bench import RESULTS, commit, machine, save
-from hpo.core.scheduling import spearman
+from hpo.core.schedulers.adaptive import spearman
 from hpo.core.spec import SearchSpace, SearchSpec
 from hpo.nmtlc import load_tasks
 from hpo.simulate import CurvePoint, Simulation, simulate

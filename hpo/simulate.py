@@ -19,26 +19,12 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
+from hpo.core import records
 from hpo.core.errors import SpecError
 from hpo.core.factory import load_study, suggest_params
 from hpo.core.progress import beats
-from hpo.core.records import warm_start_attrs
-from hpo.core.scheduling import (
-    CONTINUES_ATTR,
-    PAUSED_AT_ATTR,
-    UNTIL_ATTR,
-    Continue,
-    Start,
-    configurations,
-    next_work,
-)
-from hpo.core.spec import (
-    NoSchedulerSpec,
-    PBTSchedulerSpec,
-    SearchSpace,
-    SearchSpec,
-    cools_down,
-)
+from hpo.core.schedulers import Idle, Resumption, Scheduler, Start, build_scheduler
+from hpo.core.spec import SearchSpace, SearchSpec
 from hpo.core.warm_start import WarmConfig
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
@@ -147,25 +133,22 @@ def simulate(
     workers.
 
     A configuration's value is its curve's last point, as a worker reports its final
-    evaluation. With a scheduler, a worker asking for work does what
-    ``hpo.core.scheduling.next_work`` says over the study's trials, exactly as a real worker
-    would under the study's lock: a paused configuration continues in a new segment (a trial
-    that re-reports its earlier values for free) from the point where it stopped. Stops
-    once ``search.budget.max_trials`` configurations (not segments) started and none can
-    continue, or once ``max_cost`` device-seconds were spent, whichever comes first.
-    ``warm`` configurations (``hpo.core.warm_start``) are enqueued first, as registration
-    enqueues them.
+    evaluation. With a scheduler, a worker asking for work does what its ``decide`` says
+    over the study's trials, exactly as a real worker would under the study's lock: a paused
+    configuration continues in a new segment (a trial that re-reports its earlier values for
+    free) from the point where it stopped. Stops once ``search.budget.max_trials``
+    configurations (not segments) started and none can continue, or once ``max_cost``
+    device-seconds were spent, whichever comes first. ``warm`` configurations
+    (``hpo.core.warm_start``) are enqueued first, as registration enqueues them.
 
     Raises:
-        SpecError: The scheduler is PBT, which changes hyperparameters mid-run, or scores with
-            a cool-down branch: a recorded curve cannot say what would have happened.
+        SpecError: The scheduler changes hyperparameters mid-run (PBT), or scores with a
+            cool-down branch: a recorded curve cannot say what would have happened.
     """
-    if isinstance(search.scheduler, PBTSchedulerSpec):
-        raise SpecError(
-            "PBT changes hyperparameters mid-run; recorded curves cannot replay it.",
-            loc=("search", "scheduler"),
-        )
-    if cools_down(search.scheduler):
+    scheduler = build_scheduler(search)
+    if scheduler.replay_refusal is not None:
+        raise SpecError(scheduler.replay_refusal, loc=("search", "scheduler"))
+    if scheduler.cools_down:
         raise SpecError(
             "cool-down scores come from branches a recorded curve does not have.",
             loc=("search", "scheduler", "cooldown"),
@@ -175,127 +158,167 @@ def simulate(
     )
     storage = optuna.storages.InMemoryStorage()
     direction = search.objective.direction
-    minimize = direction == "minimize"
     optuna.create_study(storage=storage, study_name=STUDY, direction=direction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         # Worker w samples exactly as a real worker whose seed offset is w would.
         studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
     for config in warm:
-        studies[0].enqueue_trial(config.params, user_attrs=warm_start_attrs(config.source))
-    sim = Simulation()
-    curves: dict[int, list[CurvePoint]] = {}  # configuration -> its curve
-    records: dict[int, SimTrial] = {}
-    in_flight: dict[int, tuple[float, float]] = {}  # worker -> (point start, point cost)
-    idle: set[int] = set()
-    started = 0
-    queue: list[_Event] = []
-    best: float | None = None
+        studies[0].enqueue_trial(config.params, user_attrs=records.warm_start_attrs(config.source))
+    return _Replay(search, scheduler, objective, studies, seed=seed, max_cost=max_cost).play()
 
-    def spent(now: float) -> float:
-        return sim.total_cost + sum(now - start for start, _ in in_flight.values())
 
-    def ask_for_work(worker: int, now: float) -> None:
-        if max_cost is not None and spent(now) >= max_cost:
+class _Replay:
+    """One simulation's state: the simulated workers, their events and the clock."""
+
+    def __init__(
+        self,
+        search: SearchSpec,
+        scheduler: Scheduler,
+        objective: CurveObjective,
+        studies: list[optuna.Study],
+        *,
+        seed: int,
+        max_cost: float | None,
+    ) -> None:
+        self.search, self.scheduler, self.objective = search, scheduler, objective
+        self.studies, self.seed, self.max_cost = studies, seed, max_cost
+        self.minimize = search.objective.direction == "minimize"
+        self.sim = Simulation()
+        self.curves: dict[int, list[CurvePoint]] = {}  # configuration -> its curve
+        self.records: dict[int, SimTrial] = {}
+        self.config_of: dict[int, int] = {}  # segment's trial number -> its configuration
+        self.in_flight: dict[int, tuple[float, float]] = {}  # worker -> (point start, cost)
+        self.idle: set[int] = set()
+        self.started = 0
+        self.queue: list[_Event] = []
+        self.best: float | None = None
+
+    def play(self) -> Simulation:
+        for worker in range(len(self.studies)):
+            self.ask_for_work(worker, 0.0)
+        while self.queue:
+            event = heapq.heappop(self.queue)
+            if self.train_point(event):
+                continue
+            self.ask_for_work(event.worker, event.time)
+            # what ended may have made a paused configuration promotable
+            for worker in sorted(self.idle):
+                self.idle.discard(worker)
+                self.ask_for_work(worker, event.time)
+        for record in self.records.values():
+            record.cost = sum(s.cost for s in record.segments)
+        self.sim.trials = sorted(self.records.values(), key=lambda t: (t.end, t.number))
+        return self.sim
+
+    def spent(self, now: float) -> float:
+        return self.sim.total_cost + sum(now - start for start, _ in self.in_flight.values())
+
+    def ask_for_work(self, worker: int, now: float) -> None:
+        if self.max_cost is not None and self.spent(now) >= self.max_cost:
             return
         # With no scheduler the decision does not depend on the trials: skip reading them.
-        plain = isinstance(search.scheduler, NoSchedulerSpec)
-        configs = [] if plain else configurations(studies[worker].get_trials(deepcopy=False))
-        can_start = started < search.budget.max_trials
-        decision = next_work(configs, search.scheduler, can_start=can_start, minimize=minimize)
+        study = self.studies[worker]
+        trials = study.get_trials(deepcopy=False) if self.scheduler.pauses else []
+        can_start = self.started < self.search.budget.max_trials
+        decision = self.scheduler.decide(trials, can_start=can_start, seed=self.seed)
         if isinstance(decision, Start):
-            start_config(worker, now, decision.until)
-        elif isinstance(decision, Continue):
-            continue_config(worker, now, decision)
+            self.start_config(worker, now, decision.until)
+        elif isinstance(decision, Idle):
+            self.idle.add(worker)
         else:
-            idle.add(worker)
+            self.continue_config(worker, now, decision)
 
-    def start_config(worker: int, now: float, until: int | None) -> None:
-        nonlocal started
+    def start_config(self, worker: int, now: float, until: int | None) -> None:
+        study = self.studies[worker]
         for _ in range(MAX_UNRECORDED_IN_A_ROW):
-            trial = studies[worker].ask()
+            trial = study.ask()
             try:
-                curve = objective.curve(suggest_params(trial, search))
+                curve = self.objective.curve(suggest_params(trial, self.search))
                 break
             except NotRecorded:
-                studies[worker].tell(trial, state=TrialState.FAIL)
+                study.tell(trial, state=TrialState.FAIL)
         else:
-            sim.stalled_workers += 1
+            self.sim.stalled_workers += 1
             return
         if until is not None:
-            trial.set_user_attr(UNTIL_ATTR, until)
-        started += 1
-        curves[trial.number] = curve
-        records[trial.number] = SimTrial(trial.number, worker, trial.params, "running", None,
-                                         0.0, now, now)  # fmt: skip
-        run_segment(worker, trial, trial.number, 0, until, now)
+            records.set_until(trial, until)
+        self.started += 1
+        self.curves[trial.number] = curve
+        self.records[trial.number] = SimTrial(
+            trial.number, worker, trial.params, "running", None, 0.0, now, now
+        )
+        self.run_segment(worker, trial, trial.number, 0, until, now)
 
-    def continue_config(worker: int, now: float, decision: Continue) -> None:
-        paused = studies[worker].get_trials(deepcopy=False)[decision.trial]
-        attrs: dict[str, Any] = {CONTINUES_ATTR: decision.trial}
-        if decision.until is not None:
-            attrs[UNTIL_ATTR] = decision.until
-        studies[worker].enqueue_trial(paused.params, user_attrs=attrs)
-        trial = studies[worker].ask()  # pops the continuation: the only trial waiting
-        suggest_params(trial, search)
+    def continue_config(self, worker: int, now: float, decision: Resumption) -> None:
+        study = self.studies[worker]
+        trials = study.get_trials(deepcopy=False)
+        paused = trials[decision.trial]
+        queued = decision.continuation(trials)
+        study.enqueue_trial(queued.params, user_attrs=queued.attrs)
+        trial = study.ask()  # pops the continuation: the only trial waiting
+        suggest_params(trial, self.search)
         for step, value in sorted(paused.intermediate_values.items()):
             trial.report(value, step)  # the earlier segments, again: one curve, no cost
-        run_segment(worker, trial, decision.config, max(paused.intermediate_values),
-                    decision.until, now)  # fmt: skip
+        config = self.config_of[decision.trial]
+        point = max(paused.intermediate_values)
+        self.run_segment(worker, trial, config, point, decision.until, now)
 
     def run_segment(
-        worker: int, trial: optuna.Trial, config: int, point: int, until: int | None, now: float
+        self,
+        worker: int,
+        trial: optuna.Trial,
+        config: int,
+        point: int,
+        until: int | None,
+        now: float,
     ) -> None:
-        records[config].segments.append(Segment(trial.number, worker, point + 1, point, 0.0,
-                                                now, now))  # fmt: skip
-        records[config].state = "running"
-        schedule(_Event(now, worker, trial, point, until, config))
+        self.config_of[trial.number] = config
+        segment = Segment(trial.number, worker, point + 1, point, 0.0, now, now)
+        self.records[config].segments.append(segment)
+        self.records[config].state = "running"
+        self.schedule(_Event(now, worker, trial, point, until, config))
 
-    def schedule(event: _Event) -> None:
-        cost = curves[event.config][event.point][0]
-        in_flight[event.worker] = (event.time, cost)
+    def schedule(self, event: _Event) -> None:
+        cost = self.curves[event.config][event.point][0]
+        self.in_flight[event.worker] = (event.time, cost)
         event.time += cost
-        heapq.heappush(queue, event)
+        heapq.heappush(self.queue, event)
 
-    def end_segment(event: _Event, state: str, value: float | None) -> None:
-        nonlocal best
-        record = records[event.config]
-        record.state, record.value, record.end = state, value, event.time
-        record.segments[-1].end = event.time
-        if state == "paused":
-            event.trial.set_user_attr(PAUSED_AT_ATTR, event.until)
-        told = TrialState.COMPLETE if state == "complete" else TrialState.PRUNED
-        studies[event.worker].tell(event.trial, value, state=told)
-        if state == "complete" and value is not None and beats(value, best, minimize=minimize):
-            best = value
-            sim.best_curve.append((spent(event.time), best))
-
-    for worker in range(workers):
-        ask_for_work(worker, 0.0)
-    while queue:
-        event = heapq.heappop(queue)
-        cost, value = curves[event.config][event.point]
-        del in_flight[event.worker]
-        sim.total_cost += cost
-        segment = records[event.config].segments[-1]
+    def train_point(self, event: _Event) -> bool:
+        """Train and report one point; whether the segment goes on (else it ended)."""
+        cost, value = self.curves[event.config][event.point]
+        del self.in_flight[event.worker]
+        self.sim.total_cost += cost
+        segment = self.records[event.config].segments[-1]
         segment.cost += cost
         segment.last_step = step = event.point + 1
         event.trial.report(value, step=step)
-        if step == len(curves[event.config]):
-            end_segment(event, "complete", value)
+        if step == len(self.curves[event.config]):
+            self.end_segment(event, "complete", value)
         elif event.trial.should_prune():
-            end_segment(event, "pruned", None)
+            self.end_segment(event, "pruned", None)
         elif event.until is not None and step >= event.until:
-            end_segment(event, "paused", None)
+            self.end_segment(event, "paused", None)
         else:
             event.point += 1
-            schedule(event)
-            continue
-        ask_for_work(event.worker, event.time)
-        for worker in sorted(idle):  # what ended may have made a paused configuration promotable
-            idle.discard(worker)
-            ask_for_work(worker, event.time)
-    for record in records.values():
-        record.cost = sum(s.cost for s in record.segments)
-    sim.trials = sorted(records.values(), key=lambda t: (t.end, t.number))
-    return sim
+            self.schedule(event)
+            return True
+        return False
+
+    def end_segment(self, event: _Event, state: str, value: float | None) -> None:
+        record = self.records[event.config]
+        record.state, record.value, record.end = state, value, event.time
+        record.segments[-1].end = event.time
+        if state == "paused":
+            assert event.until is not None, "a segment pauses at its until"
+            records.mark_paused(event.trial, at=event.until)
+        told = TrialState.COMPLETE if state == "complete" else TrialState.PRUNED
+        self.studies[event.worker].tell(event.trial, value, state=told)
+        if (
+            state == "complete"
+            and value is not None
+            and beats(value, self.best, minimize=self.minimize)
+        ):
+            self.best = value
+            self.sim.best_curve.append((self.spent(event.time), self.best))

@@ -1,5 +1,5 @@
 """A paused segment's training state: kept in the artifact store when it pauses, fetched by
-whichever worker continues it (``hpo.core.segments``)."""
+whichever worker continues it (``hpo.core.schedulers``)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 import torch
@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy import text, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import fairshare, owners, segments, studies
+from hpo.core import fairshare, owners, studies
 from hpo.core.budget import max_trials, spent_reason
 from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope, utcnow
 from hpo.core.errors import StorageUnavailable
@@ -30,10 +30,11 @@ from hpo.core.factory import load_study, optuna_distributions
 from hpo.core.fairshare import StudyLoad
 from hpo.core.optuna_tables import study_id, trial_id
 from hpo.core.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
-from hpo.core.segments import Continue, ContinueMember, Decision, Idle, Start, scheduled
+from hpo.core.schedulers import Decision, Idle, Start, dispatch
+from hpo.core.schedulers.dispatch import scheduled
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, make_storage
+from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, ClaimGate, make_storage
 from worker import liveness
 from worker.data import DataCache
 from worker.liveness import STALLED, Liveness, TrialStalled, phase_timeouts
@@ -51,6 +52,10 @@ STREAK_REASONS = ("error", "input", "deadline", STALLED)
 
 class BudgetSpent(Exception):
     """Raised inside the budget gate: the study had no free slot when this worker claimed."""
+
+
+class NoWorkNow(BudgetSpent):
+    """Raised as a scheduled study's claim begins: its scheduler says to wait, or it is done."""
 
 
 class OwnerAtQuota(BudgetSpent):
@@ -253,20 +258,19 @@ class Worker:
         return spec, study
 
     def _candidate(self, load: StudyLoad) -> Candidate | None:
-        """A closer look at a scanned study: its budget, or its scheduler's next work."""
+        """A closer look at a scanned study: its budget (a scheduled study's next work is
+        decided once, as a worker claims: ``_claim_gate``)."""
         record = self._record(load)
         if record.status != StudyStatus.RUNNING:
             return None
         spec, study = self._study(load, record)
         counts = trial_counts(self.storage, study_id(study))
-        if spent_reason(self.storage, record, spec, counts) is not None:
+        # A scheduled study's one decision per claim is taken under its lock (_claim_gate).
+        if spent_reason(self.storage, record, spec, counts, None) is not None:
             self._finish_if_spent(record, study)
             return None
-        if scheduled(spec.search):
-            has_work = self._next_segment(record, spec, self.storage.get_all_trials(
-                study_id(study), deepcopy=False)) is not None  # fmt: skip
-        else:
-            has_work = counts.finished + counts.running < max_trials(spec.search)
+        limit = max_trials(spec.search)
+        has_work = scheduled(spec.search) or counts.finished + counts.running < limit
         return Candidate(record, spec, study, counts) if has_work else None
 
     def _forget_load(self, load: StudyLoad) -> None:
@@ -293,16 +297,11 @@ class Worker:
                 raise OwnerAtQuota(owner)
             yield
 
-    def _next_segment(self, record: StudyRecord, spec: StudySpec, trials: list[FrozenTrial]
-                      ) -> Decision | Literal["waiting"] | None:  # fmt: skip
-        """A scheduled study's next work: a queued trial first, then the scheduler's say;
-        None when there is nothing to do now."""
-        if segments.waiting(trials):
-            return "waiting"
-        seed = segments.decision_seed(spec.search, record.id)
-        decision = segments.decide(trials, spec.search, max_trials=max_trials(spec.search),
-                                   seed=seed)  # fmt: skip
-        return None if isinstance(decision, Idle) else decision
+    def _decide(self, candidate: Candidate, trials: list[FrozenTrial]) -> Decision:
+        """The scheduler's say on a scheduled study's next work: once per claim."""
+        search = candidate.spec.search
+        seed = dispatch.decision_seed(search, candidate.record.id)
+        return dispatch.decide(trials, search, max_trials=max_trials(search), seed=seed)
 
     def _study_exists(self, study: optuna.Study, record: StudyRecord) -> bool:
         try:
@@ -346,45 +345,70 @@ class Worker:
     # --- one trial --------------------------------------------------------------------------
 
     @contextmanager
+    def _claim_gate(self, candidate: Candidate) -> Iterator[ClaimGate]:
+        """The gate for a trial's claim; ``NoWorkNow`` when a scheduled study has none.
+
+        A scheduled study's claim takes ONE decision, under the study's lock (none while a
+        trial is queued: that is claimed first). A continuation it picks is enqueued, and the
+        lock is held until the trial is claimed, so exactly one worker continues a paused
+        configuration and the new configuration it says to start is the one claimed."""
+        if not scheduled(candidate.spec.search):
+            yield lambda queued: self._budget_gate(candidate, queued)
+            return
+        with StudyLock(self.engine, candidate.record.id) as lock:
+            trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
+            decision = None if dispatch.waiting(trials) else self._decide(candidate, trials)
+            if isinstance(decision, Idle):
+                lock.release()
+                if decision.done:
+                    self._finish_if_spent(candidate.record, candidate.study)
+                raise NoWorkNow(candidate.spec.name)
+            if decision is not None and not isinstance(decision, Start):
+                queued = dispatch.continuation(decision, trials)
+                candidate.study.enqueue_trial(queued.params, user_attrs=queued.attrs)
+                self._event("segment_queued", study=candidate.spec.name, **queued.attrs)
+            yield lambda queued: self._scheduled_gate(candidate, queued, lock, decision)
+
+    @contextmanager
     def _budget_gate(self, candidate: Candidate, queued: int | None) -> Iterator[dict[str, Any]]:
         """Held around a trial's claim (``queued``: the id of a WAITING one): count, then
         RUNNING, under the study's lock, so the count every worker sees includes every
-        claimed trial. With a scheduler, a queued segment was decided on already, a queued
-        configuration runs as a user asked, and a new one starts only if the scheduler still
-        says so; a configuration's first segment gets its attributes in the same critical
-        section."""
+        claimed trial."""
         with (
             StudyLock(self.engine, candidate.record.id) as lock,
             self._owner_quota(candidate, lock),
         ):
-            if scheduled(candidate.spec.search):
-                trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
-                if queued is None:
-                    decision = self._next_segment(candidate.record, candidate.spec, trials)
-                    if not isinstance(decision, Start):
-                        raise BudgetSpent(candidate.spec.name)
-                elif not segments.starts_configuration(self.storage.get_trial(queued)):
-                    yield {}
-                    return
-                yield segments.first_segment_attrs(trials, candidate.spec.search)
-                return
             # On the lock's connection: another would be opened while the lock is held.
             counts = trial_counts(lock.connection or self.storage, study_id(candidate.study))
             if counts.finished + counts.running >= max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
             yield {}
 
-    def _queue_continuation(self, candidate: Candidate) -> bool:
-        """Under the study's lock: enqueue the continuation the scheduler picks, if any, so
-        that exactly one worker continues a paused configuration. False: nothing to do."""
-        with StudyLock(self.engine, candidate.record.id):
-            trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
-            decision = self._next_segment(candidate.record, candidate.spec, trials)
-            if isinstance(decision, Continue | ContinueMember):
-                queued = segments.continuation(decision, trials)
-                candidate.study.enqueue_trial(queued.params, user_attrs=queued.attrs)
-                self._event("segment_queued", study=candidate.spec.name, **queued.attrs)
-        return decision is not None
+    @contextmanager
+    def _scheduled_gate(
+        self, candidate: Candidate, queued: int | None, lock: StudyLock, decision: Decision | None
+    ) -> Iterator[dict[str, Any]]:
+        """A scheduled study's claim, under the lock its decision was taken in (released once
+        claimed): a queued segment was decided on already, a queued configuration runs as a
+        user asked, and a new one starts as the decision says; a configuration's first
+        segment gets its attributes in the same critical section."""
+        search = candidate.spec.search
+        try:
+            with self._owner_quota(candidate, lock):
+                if queued is not None and not dispatch.starts_configuration(
+                    self.storage.get_trial(queued)
+                ):
+                    yield {}
+                    return
+                start = None
+                if queued is None:
+                    if not isinstance(decision, Start):
+                        raise BudgetSpent(candidate.spec.name)
+                    start = decision
+                trials = self.storage.get_all_trials(study_id(candidate.study), deepcopy=False)
+                yield dispatch.first_segment_attrs(trials, search, start)
+        finally:
+            lock.release()
 
     def _run_one(self, candidate: Candidate) -> bool:
         spec, study = candidate.spec, candidate.study
@@ -397,7 +421,7 @@ class Worker:
         def on_start(trial: optuna.Trial) -> None:
             marks["started"] = time.perf_counter()
             claimed.update(id=trial_id(trial), number=trial.number)
-            segment = segments.Segment.of(trial.user_attrs)
+            segment = dispatch.Segment.of(trial.user_attrs)
             self._event("trial_start", study=spec.name, trial=trial.number,
                         continues=segment.continues, until=segment.until)  # fmt: skip
 
@@ -416,9 +440,7 @@ class Worker:
                 marks["returned"] = time.perf_counter()
 
         try:
-            if scheduled(spec.search) and not self._queue_continuation(candidate):
-                return False
-            with self.storage.claiming(lambda queued: self._budget_gate(candidate, queued)):
+            with self._claim_gate(candidate) as gate, self.storage.claiming(gate):
                 study.optimize(timed, n_trials=1, catch=(Exception,))
         except BudgetSpent:
             return False

@@ -33,7 +33,7 @@ from hpo.core.gguf import BadGGUF
 from hpo.core.optuna_tables import study_id
 from hpo.core.paths import check_spec_paths
 from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
-from hpo.core.segments import Segment
+from hpo.core.schedulers.dispatch import Segment
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec, cools_down
 from hpo.core.storage import COOLED_ATTR, FAIL_REASON_ATTR, HeartbeatStorage

@@ -13,8 +13,9 @@ from hpo.core.progress import TrialCounts, user_attr_sum
 # Re-exported for worker/ modules that still import them from here; hpo.core.records owns them.
 from hpo.core.records import DEVICE_SECONDS_ATTR as DEVICE_SECONDS_ATTR
 from hpo.core.records import EXAMPLES_TRAINED_ATTR as EXAMPLES_TRAINED_ATTR
-from hpo.core.segments import Idle, decide, decision_seed, scheduled
-from hpo.core.spec import PBTSchedulerSpec, SearchSpec, StudySpec, grid_size
+from hpo.core.schedulers import Decision, Idle, build_scheduler
+from hpo.core.schedulers.dispatch import decide, decision_seed
+from hpo.core.spec import SearchSpec, StudySpec, grid_size
 
 
 def max_trials(search: SearchSpec) -> int:
@@ -29,19 +30,30 @@ def max_trials(search: SearchSpec) -> int:
 def trial_cap(search: SearchSpec) -> int | None:
     """The study's cap as the workers' scan reads it (``StudyRecord.trial_cap``): its number of
     trials, or None when a scheduler decides whether there is more work."""
-    return None if scheduled(search) else max_trials(search)
+    return None if build_scheduler(search).pauses else max_trials(search)
 
 
 def spent_reason(
-    storage: RDBStorage, record: StudyRecord, spec: StudySpec, counts: TrialCounts
+    storage: RDBStorage,
+    record: StudyRecord,
+    spec: StudySpec,
+    counts: TrialCounts,
+    decision: Decision | None,
 ) -> str | None:
-    """Why no new trial may start, or None while budget is left."""
+    """Why no new trial may start, or None while budget is left.
+
+    Args:
+        decision: With a scheduler, the study's decision now (``decision_now``): it is done
+            when that says ``Idle(done=True)``; None leaves that part unjudged.
+    """
     budget = spec.search.budget
-    if scheduled(spec.search):
-        if (reason := _schedule_done(storage, record, spec)) is not None:
-            return reason
-    elif counts.finished >= max_trials(spec.search):
-        return f"max_trials={max_trials(spec.search)} reached"
+    scheduler = build_scheduler(spec.search)
+    limit = max_trials(spec.search)
+    # With a scheduler finished trials are segments: the study is done when no configuration
+    # may start, none runs and none of the paused ones will continue.
+    done = isinstance(decision, Idle) and decision.done
+    if done if scheduler.pauses else counts.finished >= limit:
+        return scheduler.done_reason(limit)
     if budget.timeout_s is not None:
         created = record.created_at.replace(tzinfo=record.created_at.tzinfo or dt.UTC)
         if (utcnow() - created).total_seconds() > budget.timeout_s:
@@ -54,16 +66,16 @@ def spent_reason(
     return None
 
 
-def _schedule_done(storage: RDBStorage, record: StudyRecord, spec: StudySpec) -> str | None:
-    """With a scheduler, finished trials are segments: the study is done when no
-    configuration may start, none runs and none of the paused ones will continue."""
+def decision_now(storage: RDBStorage, record: StudyRecord, spec: StudySpec) -> Decision | None:
+    """The scheduler's decision on the study's trials now; None without a scheduler (the
+    budget counts trials). For a check outside a claim: a worker's claim decides itself."""
+    if not build_scheduler(spec.search).pauses:
+        return None
     study_id = storage.get_study_id_from_name(record.name)
     trials = storage.get_all_trials(study_id, deepcopy=False)
-    limit = max_trials(spec.search)
-    decision = decide(trials, spec.search, max_trials=limit,
-                      seed=decision_seed(spec.search, record.id))  # fmt: skip
-    if not isinstance(decision, Idle) or not decision.done:
-        return None
-    if isinstance(spec.search.scheduler, PBTSchedulerSpec):
-        return f"PBT population of {spec.search.scheduler.population_size} trained to the end"
-    return f"max_trials={limit} configurations ran; no paused one continues"
+    return decide(
+        trials,
+        spec.search,
+        max_trials=max_trials(spec.search),
+        seed=decision_seed(spec.search, record.id),
+    )

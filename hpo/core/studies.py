@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpo.core import artifacts, records
-from hpo.core.budget import spent_reason, trial_cap
+from hpo.core.budget import decision_now, spent_reason, trial_cap
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
@@ -255,7 +255,8 @@ def finish_if_spent(
     if record.status != StudyStatus.RUNNING:
         return None
     counts = trial_counts(storage, study_id)
-    reason = spent_reason(storage, record, StudySpec.model_validate(record.spec), counts)
+    spec = StudySpec.model_validate(record.spec)
+    reason = spent_reason(storage, record, spec, counts, decision_now(storage, record, spec))
     if reason is None or counts.running:
         return None
     changed = session.execute(

@@ -19,6 +19,7 @@ from hpo.core.export import best_configuration
 from hpo.core.factory import check_params
 from hpo.core.optuna_tables import trial_id
 from hpo.core.progress import best_trial, trial_page
+from hpo.core.schedulers import build_scheduler
 from hpo.core.schemas import (
     BestConfigPublic,
     EnqueuePublic,
@@ -247,11 +248,9 @@ def enqueue_trial(
     if record.status not in (StudyStatus.RUNNING, StudyStatus.PAUSED):
         raise StudyConflict(f"study {name!r} is {record.status}; it takes no new trials")
     spec = StudySpec.model_validate(record.spec)
-    if spec.search.scheduler.type == "pbt":
-        raise StudyConflict(
-            f"study {name!r} runs PBT: its population is sampled, and its members change "
-            "their own hyperparameters; it takes no enqueued trials"
-        )
+    refusal = build_scheduler(spec.search).enqueue_refusal
+    if refusal is not None:
+        raise StudyConflict(f"study {name!r} {refusal}; it takes no enqueued trials")
     params = check_params(spec.search, body.params)
     studies.enqueue_trial(
         storage, record=record, params=params, user_attrs=records.enqueued_attrs(owner)

@@ -17,7 +17,7 @@ from peft import AdaLoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from hpo.core.export import RANK_PATTERN_ATTR
-from hpo.core.scheduling import CONTINUES_ATTR
+from hpo.core.records import CONTINUES_ATTR
 from hpo.core.settings import Settings
 from tests.conftest import ApiServer
 from tests.specs import study_spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,29 @@ from typer.testing import CliRunner
 from hpo.cli import app
 from hpo.core.artifacts import CHECKPOINT, unpack
 from hpo.core.db import ArtifactRecord, Database, session_scope
-from hpo.core.pbt import LINEAGE_ATTR
-from hpo.core.scheduling import CONTINUES_ATTR, UNTIL_ATTR, configurations
+from hpo.core.records import (
+    CONTINUES_ATTR,
+    COOLED_ATTR,
+    LINEAGE_ATTR,
+    PAUSED_AT_ATTR,
+    UNTIL_ATTR,
+)
+from hpo.core.schedulers import Decision
+from hpo.core.schedulers.builder import SCHEDULERS
+from hpo.core.schedulers.rungs import configurations
+from hpo.core.schedulers.top_k import TopKScheduler
 from hpo.core.settings import Settings
-from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR
+from hpo.core.spec import SearchSpec, StudySpec, TopKSchedulerSpec
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.worker_process import cheap_objective
 from tests.workers import small_study, trials, wait_until
 from worker.loop import Candidate, Worker
+from worker.objective import WorkerContext
 from worker.training import RESUMED_VALUE_ATTR
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
+Objective = Callable[[optuna.Trial], float]
 TOP_1_OF_2 = {"type": "top_k", "at_steps": 64, "k": 1, "min_scored": 2}
 CONFIG = {"learning_rate": 3e-3, "per_device_train_batch_size": 8, "lora_r": 4}
 
@@ -185,6 +196,58 @@ def test_racing_workers_continue_a_paused_trial_exactly_once(pg_api: ApiServer) 
     assert continued.user_attrs[CONTINUES_ATTR] == paused.number
     assert continued.state == TrialState.COMPLETE
     assert continued.intermediate_values[1] == 0.5  # the paused curve, carried on
+
+
+def test_each_claim_takes_one_scheduler_decision(
+    pg_api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the worker's whole claim path (scan, closer look, lock, claim), a new
+    configuration and then the continuation of its paused segment each cost the scheduler
+    one decision."""
+    spec = minimal_spec(
+        "one-decision",
+        space={"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}},
+        scheduler={"type": "top_k", "at_steps": 1, "k": 1, "min_scored": 1},
+        budget={"max_trials": 1},
+    )
+    with pg_api.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+    decisions: list[bool] = []
+
+    class Counted(TopKScheduler):
+        def decide(self, trials: Sequence[FrozenTrial], *, can_start: bool, seed: int) -> Decision:
+            decisions.append(can_start)
+            return super().decide(trials, can_start=can_start, seed=seed)
+
+    def counted(search: SearchSpec) -> Counted:
+        assert isinstance(search.scheduler, TopKSchedulerSpec)
+        return Counted(search.scheduler)
+
+    monkeypatch.setitem(SCHEDULERS, "top_k", counted)
+    at_claim: list[int] = []
+
+    def objective(ctx: WorkerContext, spec: StudySpec, **kwargs: Any) -> Objective:
+        cheap = cheap_objective(ctx, spec, **kwargs)
+
+        def run(trial: optuna.Trial) -> float:
+            at_claim.append(len(decisions))  # the trial was claimed: its decisions were taken
+            return cheap(trial)
+
+        return run
+
+    worker = Worker(pg_api.settings, studies=["one-decision"], objective_factory=objective)
+    per_claim = []
+    try:
+        for _ in range(2):
+            before = len(decisions)
+            assert worker._run_next()  # noqa: SLF001
+            per_claim.append(at_claim[-1] - before)
+    finally:
+        worker.close()
+    assert per_claim == [1, 1]
+    first, continued = trials(pg_api.settings, "one-decision")
+    assert continued.user_attrs[CONTINUES_ATTR] == first.number
+    assert continued.state == TrialState.COMPLETE
 
 
 def _segments_of(all_trials: list[FrozenTrial]) -> dict[int, list[int]]:

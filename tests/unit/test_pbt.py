@@ -10,8 +10,9 @@ from optuna.distributions import FloatDistribution as OptunaFloat
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 
-from hpo.core.pbt import (
-    SLOT_ATTR,
+from hpo.core.records import PAUSED_AT_ATTR, SLOT_ATTR
+from hpo.core.schedulers import Idle, Start
+from hpo.core.schedulers.pbt import (
     Checkpoint,
     ContinueMember,
     Member,
@@ -20,7 +21,6 @@ from hpo.core.pbt import (
     members,
     pbt_next,
 )
-from hpo.core.scheduling import PAUSED_AT_ATTR, Idle, Start
 from hpo.core.spec import PBTSchedulerSpec, SearchSpace, SearchSpec
 
 SPACE = SearchSpace.model_validate(

@@ -1,4 +1,4 @@
-"""Pause-and-continue decisions: pure functions over a study's trials (hpo.core.scheduling)."""
+"""Pause-and-continue decisions: pure functions over a study's trials (hpo.core.schedulers)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,25 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 
 from hpo.core.progress import INFEASIBLE_RECORD_ATTR
-from hpo.core.scheduling import (
+from hpo.core.records import (
     CONTINUES_ATTR,
+    COOLED_ATTR,
     PAUSED_AT_ATTR,
+    RETRIED_FROM_ATTR,
     UNTIL_ATTR,
-    Config,
-    Continue,
-    Idle,
-    Start,
-    configurations,
+)
+from hpo.core.schedulers import Decision, Idle, Start
+from hpo.core.schedulers.adaptive import (
+    AdaptiveScheduler,
     fisher_lower_bound,
-    next_work,
     rung_agreement,
     spearman,
     trusted_rungs,
 )
+from hpo.core.schedulers.asha import AshaScheduler
+from hpo.core.schedulers.none import NoScheduler
+from hpo.core.schedulers.rungs import Config, Continue, RungScheduler, configurations
+from hpo.core.schedulers.top_k import TopKScheduler
 from hpo.core.spec import (
     AdaptiveSchedulerSpec,
     AshaSchedulerSpec,
@@ -34,9 +38,25 @@ from hpo.core.spec import (
     StudySpec,
     TopKSchedulerSpec,
 )
-from hpo.core.storage import COOLED_ATTR, RETRIED_FROM_ATTR
 
 ASHA = AshaSchedulerSpec(min_steps=1, reduction_factor=3)
+SchedulerSpec = NoSchedulerSpec | AshaSchedulerSpec | TopKSchedulerSpec | AdaptiveSchedulerSpec
+
+
+def next_work(
+    configs: list[Config], spec: SchedulerSpec, *, can_start: bool, minimize: bool = True
+) -> Decision:
+    """What the scheduler ``spec`` names decides over ``configs``."""
+    scheduler: RungScheduler
+    if isinstance(spec, NoSchedulerSpec):
+        scheduler = NoScheduler(minimize=minimize)
+    elif isinstance(spec, AshaSchedulerSpec):
+        scheduler = AshaScheduler(spec, minimize=minimize)
+    elif isinstance(spec, TopKSchedulerSpec):
+        scheduler = TopKScheduler(spec, minimize=minimize)
+    else:
+        scheduler = AdaptiveScheduler(spec, minimize=minimize)
+    return scheduler.next_work(configs, can_start=can_start)
 
 
 def segment(

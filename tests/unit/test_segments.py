@@ -1,4 +1,4 @@
-"""What a worker does next in a scheduled study (hpo.core.segments) and how a segment ends
+"""What a worker does next in a scheduled study (hpo.core.schedulers) and how a segment ends
 (worker.callbacks.FidelityCallback): pure decisions and one callback, no database."""
 
 from __future__ import annotations
@@ -13,9 +13,16 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from hpo.core.pbt import LINEAGE_ATTR, SLOT_ATTR, ContinueMember, Lineage, Perturbation
-from hpo.core.scheduling import CONTINUES_ATTR, UNTIL_ATTR, Continue, Idle, Start
-from hpo.core.segments import (
+from hpo.core.records import (
+    CONTINUES_ATTR,
+    LINEAGE_ATTR,
+    PAUSED_AT_ATTR,
+    RETRIED_FROM_ATTR,
+    SLOT_ATTR,
+    UNTIL_ATTR,
+)
+from hpo.core.schedulers import Idle, Start
+from hpo.core.schedulers.dispatch import (
     Segment,
     continuation,
     decide,
@@ -23,8 +30,9 @@ from hpo.core.segments import (
     started,
     starts_configuration,
 )
+from hpo.core.schedulers.pbt import ContinueMember, Lineage, Perturbation
+from hpo.core.schedulers.rungs import Continue
 from hpo.core.spec import SearchSpec, StudySpec
-from hpo.core.storage import PAUSED_AT_ATTR, RETRIED_FROM_ATTR
 from tests.specs import minimal_spec
 from worker.callbacks import FidelityCallback
 

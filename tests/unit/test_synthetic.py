@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpo.core.scheduling import spearman
+from hpo.core.schedulers.adaptive import spearman
 from hpo.core.spec import SearchSpec
 from hpo.simulate import simulate
 from hpo.synthetic import make_task

@@ -2,7 +2,7 @@
 
 A scheduler replaces the pruner's stop-only decisions: a trial that reaches its segment's last
 step is *paused* (its adapter and optimizer state kept), and a worker asking for work either
-continues a paused trial (``hpo.core.scheduling.next_work`` decides which) or starts a new
+continues a paused trial (``hpo.core.schedulers`` decides which) or starts a new
 configuration. Steps are the fidelity axis: training examples seen.
 """
 
@@ -93,7 +93,7 @@ def _listed(names: tuple[str, ...]) -> str:
 
 
 class PBTSchedulerSpec(Strict):
-    """Population-based training over LoRA adapters (``hpo.core.pbt``).
+    """Population-based training over LoRA adapters (``hpo.core.schedulers.pbt``).
 
     Every ``interval_steps`` a member in the bottom ``quantile`` of the population copies the
     adapter and optimizer state of one in the top ``quantile`` (exploit) and perturbs the
@@ -137,4 +137,4 @@ SchedulerSpec = Annotated[
 
 def cools_down(scheduler: SchedulerSpec) -> bool:
     """Whether paused configurations are ranked by a cool-down branch's score."""
-    return isinstance(scheduler, AshaSchedulerSpec | TopKSchedulerSpec) and scheduler.cooldown
+    return bool(getattr(scheduler, "cooldown", False))

@@ -1,7 +1,7 @@
 """Population-based training over LoRA adapters: pure decisions for the worker.
 
 A population of ``population_size`` members trains in segments of ``interval_steps`` (the
-segments of ``hpo.core.scheduling``: each an Optuna trial, paused with its adapter and
+segments of ``hpo.core.schedulers.base``: each an Optuna trial, paused with its adapter and
 optimizer state saved). When a member's segment ends, the worker asks ``pbt_next``:
 
 - a member in the bottom ``quantile`` *exploits*: it loads the state of a member in the top
@@ -18,7 +18,7 @@ judged against the scores of members further along a decreasing loss curve, and 
 skips training it did not pay for (every member trains the whole schedule). A member
 decided while others have not reached its step yet is ranked among those that have.
 
-Each segment carries ``SLOT_ATTR`` (its member) and, after an exploit, ``LINEAGE_ATTR``: the
+Each segment carries its member (``records.slot``) and, after an exploit, its lineage: the
 trial whose state it copied, at which step, and each perturbation. Decisions draw from a
 random stream seeded by (study seed, member, step), so they replay exactly.
 """
@@ -33,7 +33,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.core.scheduling import Idle, Start
+from hpo.core import records
+from hpo.core.records import SegmentStatus
+from hpo.core.schedulers.base import Continuation, Decision, Idle, Start
 from hpo.core.spec import (
     PBT_MUTABLE,
     CategoricalDistribution,
@@ -41,11 +43,8 @@ from hpo.core.spec import (
     FloatDistribution,
     PBTSchedulerSpec,
     SearchSpace,
+    SearchSpec,
 )
-from hpo.core.storage import PAUSED_AT_ATTR
-
-SLOT_ATTR = "hpo_pbt_slot"
-LINEAGE_ATTR = "hpo_pbt_lineage"
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class Member:
     params: dict[str, Any]
     step: int
     score: float | None
-    state: str
+    state: SegmentStatus
     checkpoints: tuple[Checkpoint, ...] = ()
 
     def at(self, step: int) -> Checkpoint | None:
@@ -96,7 +95,7 @@ class Perturbation:
 
 @dataclass(frozen=True)
 class Lineage:
-    """Where an exploited member's state came from: record it as ``LINEAGE_ATTR``."""
+    """Where an exploited member's state came from (``records.lineage``)."""
 
     parent: int
     step: int
@@ -117,20 +116,73 @@ class ContinueMember:
     until: int
     lineage: Lineage | None = None
 
+    def continuation(self, trials: Sequence[FrozenTrial]) -> Continuation:
+        lineage = None if self.lineage is None else self.lineage.to_attr()
+        attrs = records.segment_attrs(
+            continues=self.trial, until=self.until, slot=self.slot, lineage=lineage
+        )
+        return Continuation(dict(self.params), attrs)
+
 
 PBTDecision = Start | ContinueMember | Idle
+
+
+class PBTScheduler:
+    """The population's scheduler: members are configurations, and they change params."""
+
+    pauses = True
+    cools_down = False
+    enqueue_refusal = (
+        "runs PBT: its population is sampled, and its members change their own hyperparameters"
+    )
+    replay_refusal = "PBT changes hyperparameters mid-run; recorded curves cannot replay it."
+
+    def __init__(
+        self, spec: PBTSchedulerSpec, space: SearchSpace, *, minimize: bool = True
+    ) -> None:
+        self.spec = spec
+        self.space = space
+        self.minimize = minimize
+
+    def started(self, trials: Sequence[FrozenTrial]) -> int:
+        return len(members(trials))
+
+    def decide(self, trials: Sequence[FrozenTrial], *, can_start: bool, seed: int) -> Decision:
+        decision = pbt_next(
+            members(trials), self.spec, self.space, seed=seed, minimize=self.minimize
+        )
+        if isinstance(decision, Start) and not can_start:
+            busy = (TrialState.RUNNING, TrialState.WAITING)
+            return Idle(done=not any(t.state in busy for t in trials))
+        return decision
+
+    def first_attrs(
+        self, trials: Sequence[FrozenTrial], decision: Start | None = None
+    ) -> dict[str, Any]:
+        """A new member pauses after its first interval, in the first free slot."""
+        return records.segment_attrs(until=self.spec.interval_steps, slot=len(members(trials)))
+
+    def done_reason(self, max_trials: int) -> str:
+        return f"PBT population of {self.spec.population_size} trained to the end"
+
+
+def build(search: SearchSpec) -> PBTScheduler:
+    assert isinstance(search.scheduler, PBTSchedulerSpec)
+    return PBTScheduler(
+        search.scheduler, search.space, minimize=search.objective.direction == "minimize"
+    )
 
 
 def members(trials: Iterable[FrozenTrial]) -> list[Member]:
     """Each member at its latest checkpoint (a paused or complete segment), by slot."""
     by_slot: dict[int, list[FrozenTrial]] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        slot = trial.user_attrs.get(SLOT_ATTR)
+        slot = records.slot(trial)
         if slot is not None:
             by_slot.setdefault(slot, []).append(trial)
     out = []
     for slot, segments in sorted(by_slot.items()):
-        saved = [s for s in segments if _state(s) in ("paused", "complete")]
+        saved = [s for s in segments if records.segment_status(s) in ("paused", "complete")]
         base = saved[-1] if saved else segments[0]
         steps = sorted(base.intermediate_values.items()) if saved else []
         out.append(
@@ -140,28 +192,21 @@ def members(trials: Iterable[FrozenTrial]) -> list[Member]:
                 params=dict(base.params),
                 step=steps[-1][0] if steps else 0,
                 score=steps[-1][1] if steps else None,
-                state=_state(segments[-1]),
-                checkpoints=tuple(
-                    Checkpoint(
-                        s.user_attrs[PAUSED_AT_ATTR],
-                        s.number,
-                        dict(s.params),
-                        s.intermediate_values[s.user_attrs[PAUSED_AT_ATTR]],
-                    )
-                    for s in saved
-                    if _state(s) == "paused"
-                ),  # fmt: skip
+                state=records.segment_status(segments[-1]),
+                checkpoints=tuple(c for s in saved if (c := _checkpoint(s)) is not None),
             )
         )
     return out
 
 
-def _state(trial: FrozenTrial) -> str:
-    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
-        return "running"
-    if trial.state == TrialState.PRUNED and PAUSED_AT_ATTR in trial.user_attrs:
-        return "paused"
-    return "complete" if trial.state == TrialState.COMPLETE else "stopped"
+def _checkpoint(segment: FrozenTrial) -> Checkpoint | None:
+    """The state a segment saved by pausing; None if it did not pause."""
+    rung = records.paused_at(segment)
+    if rung is None or records.segment_status(segment) != "paused":
+        return None
+    return Checkpoint(
+        rung, segment.number, dict(segment.params), segment.intermediate_values[rung]
+    )
 
 
 def pbt_next(
@@ -175,8 +220,8 @@ def pbt_next(
     """What a worker asking for work does: fill the population, else decide for the paused
     member that trained least (keeping members in step), else wait.
 
-    A new member starts with ``Start(until=interval_steps)`` and ``SLOT_ATTR`` = the first
-    free slot (``len(population)``); record ``CONTINUES_ATTR`` = ``trial`` on a continuation.
+    A new member starts with ``Start(until=interval_steps)`` in the first free slot
+    (``len(population)``); a continuation records ``trial`` as the segment it continues.
     """
     if len(population) < spec.population_size:
         return Start(until=spec.interval_steps)
@@ -187,8 +232,9 @@ def pbt_next(
     rng = random.Random(f"{seed}:{member.slot}:{member.step}")
     donor = exploit(population, member, quantile=spec.quantile, rng=rng, minimize=minimize)
     if donor is None:
-        return ContinueMember(member.slot, member.trial, member.params,
-                              member.step + spec.interval_steps)  # fmt: skip
+        return ContinueMember(
+            member.slot, member.trial, member.params, member.step + spec.interval_steps
+        )
     params, perturbations = explore(donor.params, space, spec, rng=rng)
     return ContinueMember(
         member.slot,
