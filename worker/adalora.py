@@ -26,7 +26,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hpo.core.export import RANK_PATTERN_ATTR
-from worker.checkpoints import ADALORA_STATE as STATE_NAME
+from worker.continuation import ADALORA_STATE as STATE_NAME
 
 
 def ranks(rank_pattern: dict[str, list[bool]]) -> dict[str, int]:
@@ -72,9 +72,15 @@ class RankAllocation(TrainerCallback):
     ) -> None:
         allocator = self.tuner.rankallocator
         folder = Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        torch.save({"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
-                    "exp_avg_unc": allocator.exp_avg_unc,
-                    "rank_pattern": self.rank_pattern}, folder / STATE_NAME)  # fmt: skip
+        torch.save(
+            {
+                "ipt": allocator.ipt,
+                "exp_avg_ipt": allocator.exp_avg_ipt,
+                "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": self.rank_pattern,
+            },
+            folder / STATE_NAME,
+        )
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
-from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hpo.core.storage import PRUNE_REASON_ATTR
@@ -24,15 +23,6 @@ class WorkerShutdown(Exception):
 class Diverged(optuna.TrialPruned):
     """Training diverged (a NaN/inf loss, or one far above where it started): pruned, with
     ``prune_reason`` saying which, so it neither looks like a result nor hides among them."""
-
-
-class Paused(optuna.TrialPruned):
-    """The segment reached its ``until``: its state is saved and the trial told PRUNED with
-    ``PAUSED_AT_ATTR``, until a worker continues it. ``reported``: its reports so far."""
-
-    def __init__(self, reason: str, reported: dict[int, float]) -> None:
-        super().__init__(reason)
-        self.reported = reported
 
 
 INITIAL_LOSS_ATTR = "initial_train_loss"
@@ -208,40 +198,6 @@ class FidelityCallback(TrainerCallback):
         raise Diverged(reason)
 
 
-class Retune(TrainerCallback):
-    """Give a resumed run this segment's learning rate and weight decay.
-
-    The optimizer and scheduler state a continuation loads hold the values of the segment
-    that saved them; a PBT member that explored has new ones. The scheduler keeps its step
-    and shape, on the new base learning rate. (LoRA dropout needs nothing: the adapter is
-    built from this segment's settings before the saved weights are loaded into it.)
-    """
-
-    def __init__(self, *, learning_rate: float, weight_decay: float) -> None:
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-
-    def on_train_begin(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        optimizer: Any = None,
-        lr_scheduler: Any = None,
-        **_: Any,
-    ) -> None:
-        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper
-        if not isinstance(scheduler, LambdaLR):
-            raise TypeError(f"cannot retune a {type(scheduler).__name__} learning-rate schedule")
-        groups = optimizer.param_groups
-        # Trainer puts the parameters that decay first, those that do not (weight 0) second.
-        groups[0]["weight_decay"] = self.weight_decay
-        scheduler.base_lrs = [self.learning_rate] * len(groups)
-        for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
-            group["initial_lr"] = self.learning_rate
-            group["lr"] = self.learning_rate * factor(scheduler.last_epoch)
-
-
 class ProgressCallback(TrainerCallback):
     """A Trainer's steps, evaluation batches and saves are a trial's progress
     (``worker.liveness``)."""
@@ -250,3 +206,9 @@ class ProgressCallback(TrainerCallback):
         liveness.progress()
 
     on_step_end = on_substep_end = on_prediction_step = on_save = on_train_begin
+
+
+def scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scores from HF's evaluation metrics (not its runtime figures)."""
+    keep = ("_loss", "_accuracy")
+    return {k: float(v) for k, v in metrics.items() if k.endswith(keep)}

@@ -23,8 +23,8 @@ from tests.conftest import ApiServer
 from tests.specs import study_spec
 from tests.workers import small_study, trials
 from worker.builtin import resolve
+from worker.continuation import RESUMED_VALUE_ATTR
 from worker.loop import Worker
-from worker.training import RESUMED_VALUE_ATTR
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["lora", "dora", "rslora", "adalora"]

@@ -27,8 +27,8 @@ from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.worker_process import cheap_objective
 from tests.workers import small_study, trials, wait_until
+from worker.continuation import RESUMED_VALUE_ATTR
 from worker.loop import Candidate, Worker
-from worker.training import RESUMED_VALUE_ATTR
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 TOP_1_OF_2 = {"type": "top_k", "at_steps": 64, "k": 1, "min_scored": 2}
