@@ -115,7 +115,7 @@ class Worker:
         """``report_fd``: the pipe that tells a supervisor of the trials' progress."""
         self.settings = settings
         self.study_names = studies
-        self.trial_limit = max_trials
+        self.max_trials = max_trials
         self.idle_exit = idle_exit
         self.poll_interval = poll_interval
         # Our tables and Optuna's share one pool. The main thread holds two connections at
@@ -171,7 +171,7 @@ class Worker:
         waiting = False
         self._event("worker_start", device=str(self.ctx.device))
         while not self.ctx.stop.is_set():
-            if self.trial_limit is not None and self.trials_run >= self.trial_limit:
+            if self.max_trials is not None and self.trials_run >= self.max_trials:
                 break
             wait = self.poll_interval
             try:
