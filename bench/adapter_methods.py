@@ -30,9 +30,9 @@ from transformers import AutoModelForCausalLM
 
 from bench import ROOT, commit, machine, save
 from hpo.checkpoints import convert_gguf, packaged_smollm2
-from hpo.core.export import RANK_PATTERN_ATTR
 from hpo.core.hyperparameters import resolve
 from hpo.core.migrate import upgrade
+from hpo.core.records import RANK_PATTERN_ATTR
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import make_storage

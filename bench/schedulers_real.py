@@ -31,8 +31,8 @@ from optuna.trial import TrialState
 from sqlalchemy.orm import Session
 
 from bench import ROOT, commit, machine, save
-from hpo.core.budget import DEVICE_SECONDS_ATTR, EXAMPLES_TRAINED_ATTR
 from hpo.core.migrate import upgrade
+from hpo.core.records import DEVICE_SECONDS_ATTR, EXAMPLES_TRAINED_ATTR
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import make_storage

@@ -257,7 +257,7 @@ def _run_and_report(
     counts = result.counts
     console.print(
         f"finished {counts.finished}/{result.budget} trials ({counts.complete} complete, "
-        f"{counts.pruned} pruned, {counts.fail} failed)"
+        f"{counts.pruned} pruned, {counts.paused} paused, {counts.fail} failed)"
     )
     if result.interrupted:
         console.print(

@@ -17,8 +17,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from hpo.client import ApiError, Client
-from hpo.core.derived import GREEDY_ATTR
-from hpo.core.export import RANK_PATTERN_ATTR
+from hpo.core import records
 from hpo.core.schemas import TrialPublic
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -131,7 +130,8 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
         console.print(f"[bold]{study.name}[/] {study.status} {study.status_reason or ''}")
         console.print(
             f"trials: {t.finished}/{study.spec.search.budget.max_trials} finished "
-            f"({t.complete} complete, {t.pruned} pruned), {t.fail} failed, {t.running} running"
+            f"({t.complete} complete, {t.pruned} pruned, {t.paused} paused), {t.fail} failed, "
+            f"{t.running} running"
         )
         metric = study.spec.search.objective.metric
         decode = study.spec.train.mode == "decode"
@@ -146,8 +146,9 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
             if trial.intermediate_values:
                 step = max(trial.intermediate_values)
                 value = trial.intermediate_values[step]
-                console.print(f"trial {trial.number} running: {metric} {value:.4g} at {step} "
-                              "examples")  # fmt: skip
+                console.print(
+                    f"trial {trial.number} running: {metric} {value:.4g} at {step} examples"
+                )
             else:
                 console.print(f"trial {trial.number} running: no report yet")
 
@@ -168,8 +169,12 @@ def print_whole(table: Table) -> None:
         console.print(table)
         return
     # Console.print caps its width at the console's: print through a wider one
-    Console(file=console.file, width=natural, color_system="auto",
-            force_terminal=console.is_terminal).print(table)  # fmt: skip
+    Console(
+        file=console.file,
+        width=natural,
+        color_system="auto",
+        force_terminal=console.is_terminal,
+    ).print(table)
 
 
 def _ranks(ranks: dict[str, int] | None) -> list[str]:
@@ -184,14 +189,13 @@ def _ranks(ranks: dict[str, int] | None) -> list[str]:
 
 def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> Table:
     """One row per trial: state, value, one column per searched hyperparameter, duration, why
-    it failed or was pruned, and where an AdaLoRA trial's rank budget went."""
-    adalora = any(RANK_PATTERN_ATTR in t.user_attrs for t in found)
+    it failed or was pruned (or paused), and where an AdaLoRA trial's rank budget went."""
+    adalora = any(records.rank_pattern(t) is not None for t in found)
     headers = ["#", "state", metric, *searched, "duration (s)", "reason"]
     table = Table()
     for header in [*headers, "ranks"] if adalora else headers:
         table.add_column(header, no_wrap=True)
     for t in found:
-        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
         duration = "" if t.duration_s is None else f"{t.duration_s:.1f}"
         table.add_row(
             str(t.number),
@@ -199,8 +203,8 @@ def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> 
             _cell(t.value),
             *(_cell(t.params.get(key)) for key in searched),
             duration,
-            _cell(reason),
-            *(_ranks(t.user_attrs.get(RANK_PATTERN_ATTR)) if adalora else []),
+            _cell(records.reason(t)),
+            *(_ranks(records.rank_pattern(t)) if adalora else []),
         )
     return table
 
@@ -239,7 +243,7 @@ def best(name: StudyName, as_json: AsJson = False) -> None:
         trial = client.best(name)
 
     def human() -> None:
-        greedy = " greedy decoding" if trial.user_attrs.get(GREEDY_ATTR) is True else ""
+        greedy = " greedy decoding" if records.is_greedy(trial) else ""
         console.print(f"trial {trial.number}: {trial.value}{greedy}")
         for key, value in trial.params.items():
             console.print(f"  {key} = {value}")

@@ -102,20 +102,33 @@ def progress_table(
     table = Table(
         title=f"study {name}",
         box=box.SIMPLE_HEAD,
-        collapse_padding=True,  # with the box above, fits 80 columns
+        # with the box above, no edge and no padding at the edges: 9 columns in 80
+        collapse_padding=True,
+        show_edge=False,
+        pad_edge=False,
         caption="workers starting: importing torch, building the model and the data"
         if starting
         else None,
     )
     best_label = "best loss" if metric == "eval_loss" else f"best {metric}"
-    columns = ("finished", "complete", "pruned", "failed", "running", "workers", best_label,
-               "elapsed")  # fmt: skip
+    columns = (
+        "finished",
+        "complete",
+        "pruned",
+        "paused",
+        "failed",
+        "running",
+        "workers",
+        best_label,
+        "elapsed",
+    )
     for col in columns:
         table.add_column(col, justify="right")
     table.add_row(
         f"{counts.finished}/{total}",
         str(counts.complete),
         str(counts.pruned),
+        str(counts.paused),
         str(counts.fail),
         str(counts.running),
         f"{alive}/{workers}",
@@ -163,9 +176,11 @@ class _Workers:
                 self.procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "hpo.local", name, device, str(threads)],
-                        env=env, stdout=log, stderr=subprocess.STDOUT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
                     )
-                )  # fmt: skip
+                )
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.procs)
@@ -218,8 +233,18 @@ def run_study(
         )
         interrupted = False
         if record.status == StudyStatus.RUNNING:
-            interrupted = _watch(spec.name, metric, total, storage, study_id, settings, workdir,
-                                 workers=workers, device=device, console=console)  # fmt: skip
+            interrupted = _watch(
+                spec.name,
+                metric,
+                total,
+                storage,
+                study_id,
+                settings,
+                workdir,
+                workers=workers,
+                device=device,
+                console=console,
+            )
         else:
             console.print(f"study {spec.name} is {record.status}: nothing to run")
         return _result(spec, settings, db, storage, record.id, study_id, workdir, interrupted)
@@ -257,10 +282,17 @@ def _watch(
                 best = best_trial(storage, study_id)
                 alive = pool.alive()
                 live.update(
-                    progress_table(name, metric, counts, best.value if best else None,
-                                   time.monotonic() - started, total, alive=alive,
-                                   workers=workers)
-                )  # fmt: skip
+                    progress_table(
+                        name,
+                        metric,
+                        counts,
+                        best.value if best else None,
+                        time.monotonic() - started,
+                        total,
+                        alive=alive,
+                        workers=workers,
+                    )
+                )
                 if not alive:
                     break
                 time.sleep(0.5)  # a signal runs its handler during the sleep
@@ -317,8 +349,9 @@ def _worker_main(name: str, device: str, threads: str) -> None:
     log_to_stderr()
     from worker.loop import Worker  # torch: only in the worker processes
 
-    Worker(settings, device=device, studies=[name], idle_exit=IDLE_EXIT_S,
-           cpu_threads=int(threads)).run()  # fmt: skip
+    Worker(
+        settings, device=device, studies=[name], idle_exit=IDLE_EXIT_S, cpu_threads=int(threads)
+    ).run()
 
 
 if __name__ == "__main__":

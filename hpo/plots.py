@@ -8,6 +8,7 @@ import optuna
 from matplotlib.figure import Figure
 from optuna.trial import TrialState, create_trial
 
+from hpo.core import records
 from hpo.core.factory import optuna_distributions
 from hpo.core.progress import beats
 from hpo.core.schemas import TrialPublic
@@ -20,7 +21,7 @@ def best_so_far(trials: list[TrialPublic], *, maximize: bool) -> tuple[list[floa
     best: list[float] = []
     spent, current = 0.0, None
     for trial in sorted(trials, key=lambda t: t.number):
-        spent += float(trial.user_attrs.get("device_seconds", 0.0)) / 3600
+        spent += records.device_seconds(trial) / 3600
         value = trial.value if trial.state == "complete" else None
         if value is not None and beats(value, current, minimize=not maximize):
             current = value

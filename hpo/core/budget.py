@@ -6,14 +6,15 @@ import datetime as dt
 
 from optuna.storages import RDBStorage
 
+from hpo.core import records
 from hpo.core.db import StudyRecord, utcnow
 from hpo.core.progress import TrialCounts, user_attr_sum
+
+# Re-exported for worker/ modules that still import them from here; hpo.core.records owns them.
+from hpo.core.records import DEVICE_SECONDS_ATTR as DEVICE_SECONDS_ATTR
+from hpo.core.records import EXAMPLES_TRAINED_ATTR as EXAMPLES_TRAINED_ATTR
 from hpo.core.segments import Idle, decide, decision_seed, scheduled
 from hpo.core.spec import PBTSchedulerSpec, SearchSpec, StudySpec, grid_size
-
-DEVICE_SECONDS_ATTR = "device_seconds"
-# What a segment trained (a continuation only the rest): cost on the fidelity axis.
-EXAMPLES_TRAINED_ATTR = "examples_trained"
 
 
 def max_trials(search: SearchSpec) -> int:
@@ -41,7 +42,7 @@ def spent_reason(
             return f"timeout_s={budget.timeout_s} reached"
     if budget.max_gpu_hours is not None:
         study_id = storage.get_study_id_from_name(record.name)
-        hours = user_attr_sum(storage, study_id, DEVICE_SECONDS_ATTR) / 3600
+        hours = user_attr_sum(storage, study_id, records.DEVICE_SECONDS_ATTR) / 3600
         if hours >= budget.max_gpu_hours:
             return f"max_gpu_hours={budget.max_gpu_hours} reached ({hours:.3f} used)"
     return None

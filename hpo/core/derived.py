@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# Re-exported for worker/ modules that still import it from here; hpo.core.records owns it.
+from hpo.core.records import GREEDY_ATTR as GREEDY_ATTR
 from hpo.core.spec import StudySpec
-
-# The first trial of every decode study: greedy decoding (no searched setting applies), the
-# baseline a searched setting must beat. Earliest among equals, it stays the best on a tie.
-GREEDY_ATTR = "greedy_baseline"
 
 DECODING_SPACE: dict[str, Any] = {
     "temperature": {"type": "float", "low": 0.05, "high": 1.5, "log": True},

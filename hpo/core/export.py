@@ -10,22 +10,25 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
+from hpo.core import records
 from hpo.core.hyperparameters import arguments, peft_config, resolve, scheduler_kwargs
-from hpo.core.spec import StudySpec
 
-# Recorded by the worker: LoRA targets resolved on the model ("attention" -> module names).
-RESOLVED_TARGETS_ATTR = "lora_target_modules_resolved"
-# Recorded by the worker for an AdaLoRA trial: the rank each module ended at.
-RANK_PATTERN_ATTR = "adalora_rank_pattern"
+# Re-exported for worker/ modules that still import them from here; hpo.core.records owns them.
+from hpo.core.records import RANK_PATTERN_ATTR as RANK_PATTERN_ATTR
+from hpo.core.records import RESOLVED_TARGETS_ATTR as RESOLVED_TARGETS_ATTR
+from hpo.core.spec import StudySpec
 
 
 def best_configuration(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
     settings = resolve(spec.train.training.values(), trial.params)
     training = arguments(settings, "trainer")
     per_step = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
-    steps = math.ceil(trial.user_attrs.get("examples_seen", per_step) / per_step)
+    seen = records.examples_seen(trial)
+    steps = math.ceil((per_step if seen is None else seen) / per_step)
     config_class, lora = peft_config(settings, steps)
-    lora["target_modules"] = trial.user_attrs.get(RESOLVED_TARGETS_ATTR, lora["target_modules"])
+    resolved = records.resolved_targets(trial)
+    if resolved is not None:
+        lora["target_modules"] = resolved
     if kwargs := scheduler_kwargs(settings, steps):
         training["lr_scheduler_kwargs"] = kwargs
     return {
@@ -38,7 +41,7 @@ def best_configuration(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
         | {
             "max_length": settings["max_seq_length"],
             "completion_only_loss": spec.train.loss_on == "completion",
-        },  # fmt: skip
+        },
         "peft_config_class": config_class,
         "lora_config": lora,
         "generation_config": arguments(settings, "generation"),

@@ -8,39 +8,61 @@ from dataclasses import dataclass
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Connection, Exists, Float, Select, case, cast, exists, func, select
+from sqlalchemy import (
+    Connection,
+    Exists,
+    Float,
+    Select,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    select,
+)
 
+from hpo.core import records
 from hpo.core.db import ArtifactRecord
 from hpo.core.optuna_tables import trial_user_attributes as attrs
 from hpo.core.optuna_tables import trial_values, trials
 
-# A PRUNED copy of an out-of-memory trial that only tells samplers the config is infeasible;
-# it is not a finished trial and does not count against the budget.
-INFEASIBLE_RECORD_ATTR = "infeasible_record_of"
+# Re-exported for modules that still import them from here (the schedulers and worker/);
+# hpo.core.records owns them.
+from hpo.core.records import BASELINE_PREFIX as BASELINE_PREFIX
+from hpo.core.records import INFEASIBLE_RECORD_ATTR as INFEASIBLE_RECORD_ATTR
 
-
-def is_record(trial: FrozenTrial) -> bool:
-    return INFEASIBLE_RECORD_ATTR in trial.user_attrs
+is_record = records.is_infeasible_record  # re-exported likewise
 
 
 @dataclass(frozen=True)
 class TrialCounts:
+    """A study's trials by state, infeasible records left out.
+
+    ``paused`` are PRUNED trials that paused at a scheduler's rung with their state kept
+    (``records.segment_status``), so ``pruned`` counts only those stopped for good.
+    """
+
     complete: int = 0
     pruned: int = 0
+    paused: int = 0
     fail: int = 0
     running: int = 0
     waiting: int = 0
 
     @property
     def finished(self) -> int:
-        return self.complete + self.pruned
+        """Trials that ended with a result: complete, pruned or paused."""
+        return self.complete + self.pruned + self.paused
+
+
+def has_user_attr(key: str) -> Exists:
+    """SQL: the trial of the enclosing query has the user attribute ``key``."""
+    return exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == key)
 
 
 def is_a_record() -> Exists:
     """SQL: the trial of the enclosing query is an infeasible record (not a trial that ran)."""
-    return exists().where(
-        attrs.c.trial_id == trials.c.trial_id, attrs.c.key == INFEASIBLE_RECORD_ATTR
-    )
+    return has_user_attr(records.INFEASIBLE_RECORD_ATTR)
 
 
 def trial_counts(
@@ -50,13 +72,15 @@ def trial_counts(
 
     ``connection``: run it there rather than on one from the storage's pool.
     """
-    query = (
-        select(trials.c.state, func.count())
+    paused = and_(trials.c.state == TrialState.PRUNED.name, has_user_attr(records.PAUSED_AT_ATTR))
+    each = (
+        select(case((paused, "paused"), else_=func.lower(trials.c.state)).label("status"))
         .where(trials.c.study_id == study_id, ~is_a_record())
-        .group_by(trials.c.state)
+        .subquery()
     )
+    query = select(each.c.status, func.count()).group_by(each.c.status)
     with nullcontext(connection) if connection is not None else storage.engine.connect() as conn:
-        counts = {state.lower(): n for state, n in conn.execute(query)}
+        counts = dict(conn.execute(query).tuples().all())
     return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
 
 
@@ -123,9 +147,6 @@ def best_query(study_id: int, direction: StudyDirection) -> Select[tuple[int, in
         )
         .limit(1)
     )
-
-
-BASELINE_PREFIX = "baseline_"  # study user attrs: the untuned model's scores
 
 
 def beats(value: float, than: float | None, *, minimize: bool) -> bool:

@@ -19,11 +19,16 @@ class Page(BaseModel, Generic[T]):
 
 class TrialCountsPublic(BaseModel):
     complete: int
-    pruned: int
+    pruned: int = Field(description="Stopped for good: by the pruner, or diverged.")
+    paused: int = Field(
+        description="Stopped at a scheduler's rung with their state kept: a scheduler may "
+        "continue them (each continuation is a trial of its own). Optuna records them as "
+        "pruned, and `state=pruned` lists them."
+    )
     fail: int
     running: int
     waiting: int
-    finished: int
+    finished: int = Field(description="complete + pruned + paused.")
 
 
 class StudySummary(BaseModel):

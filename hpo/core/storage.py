@@ -17,23 +17,22 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from hpo.core import optuna_tables
+from hpo.core import optuna_tables, records
 from hpo.core.optuna_tables import trial_heartbeats, trials
+
+# Re-exported for modules that still import them from here (the schedulers and worker/);
+# hpo.core.records owns them.
+from hpo.core.records import COOLED_ATTR as COOLED_ATTR
+from hpo.core.records import FAIL_REASON_ATTR as FAIL_REASON_ATTR
+from hpo.core.records import PAUSED_AT_ATTR as PAUSED_AT_ATTR
+from hpo.core.records import PRUNE_REASON_ATTR as PRUNE_REASON_ATTR
+from hpo.core.records import RETRIED_FROM_ATTR as RETRIED_FROM_ATTR
 from hpo.core.settings import Settings
 
-RETRIED_FROM_ATTR = "retried_from"
-FAIL_REASON_ATTR = "fail_reason"
 STALE_REASON = "stale: no heartbeat within the grace period (worker died or lost the database)"
 # Held around a claim of the queued trial with this id (None: a new trial); yields user
 # attributes the claimed trial gets before the gate closes.
 ClaimGate = Callable[[int | None], AbstractContextManager[dict[str, Any]]]
-PRUNE_REASON_ATTR = "prune_reason"
-# A segment paused at this rung, its state kept (hpo.core.scheduling).
-PAUSED_AT_ATTR = "hpo_paused_at"
-# Its score at that rung after a cool-down branch (a scheduler's ``cooldown``).
-COOLED_ATTR = "hpo_cooled_score"
-# What a trial says about its own end; a retry starts without them.
-OUTCOME_ATTRS = (FAIL_REASON_ATTR, "error", PRUNE_REASON_ATTR, PAUSED_AT_ATTR, COOLED_ATTR)
 
 
 class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
@@ -41,8 +40,7 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 
     def __call__(self, study: Study, trial: FrozenTrial) -> None:
         trial = copy.copy(trial)
-        kept = {k: v for k, v in trial.user_attrs.items() if k not in OUTCOME_ATTRS}
-        trial.user_attrs = {**kept, RETRIED_FROM_ATTR: trial.number}
+        trial.user_attrs = records.retry_attrs(trial.number, trial.user_attrs)
         super().__call__(study, trial)
 
 
@@ -125,7 +123,7 @@ class HeartbeatStorage(RDBStorage):
         for trial_id in stale:
             # Set while the trial is still RUNNING: Optuna refuses attrs on finished trials.
             with contextlib.suppress(UpdateFinishedTrialError):
-                self.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, STALE_REASON)
+                records.record_failure(records.StoredTrial(self, trial_id), reason=STALE_REASON)
         return stale
 
     def retry(self, study: Study, trial: FrozenTrial) -> None:
@@ -139,8 +137,7 @@ class HeartbeatStorage(RDBStorage):
         """Fail the RUNNING trial of a process that was just killed (no progress, or no exit
         after a SIGTERM) and retry it; False when it had ended already (a stale sweep)."""
         try:
-            self.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
-            self.set_trial_user_attr(trial_id, "error", error)
+            records.record_failure(records.StoredTrial(self, trial_id), reason=reason, error=error)
             if not self.set_trial_state_values(trial_id, TrialState.FAIL):
                 return False
         except UpdateFinishedTrialError:

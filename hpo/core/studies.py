@@ -18,10 +18,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hpo.core import artifacts
+from hpo.core import artifacts, records
 from hpo.core.budget import spent_reason
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
-from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
 from hpo.core.optuna_tables import trial_id
@@ -92,9 +91,10 @@ def register_study(
         adapter_artifact_id=adapter,
     )
     try:
-        storage.set_study_user_attr(study_id, "owner", owner)
-        storage.set_study_user_attr(study_id, "objective", spec.search.objective.metric)
-        storage.set_study_user_attr(study_id, "fidelity", "step = training examples seen")
+        for key, value in records.study_attrs(
+            owner=owner, objective=spec.search.objective.metric
+        ).items():
+            storage.set_study_user_attr(study_id, key, value)
         session.add(record)
         session.commit()
     except IntegrityError as exc:
@@ -108,7 +108,7 @@ def register_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([spec.search.objective.metric])  # optuna-dashboard's axes
     if spec.train.mode == "decode":
-        study.enqueue_trial({}, user_attrs={GREEDY_ATTR: True})
+        study.enqueue_trial({}, user_attrs=records.greedy_attrs())
     return record
 
 

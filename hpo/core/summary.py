@@ -16,9 +16,10 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from sqlalchemy import select
 
+from hpo.core import records
 from hpo.core.errors import StudyBroken
 from hpo.core.optuna_tables import studies, study_directions, study_user_attributes, trial_params
-from hpo.core.progress import BASELINE_PREFIX, TrialCounts, best_query, trial_counts
+from hpo.core.progress import TrialCounts, best_query, trial_counts
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ def study_summary(storage: RDBStorage, name: str) -> Summary:
         attrs = conn.execute(
             select(study_user_attributes.c.key, study_user_attributes.c.value_json).where(
                 study_user_attributes.c.study_id == study_id,
-                study_user_attributes.c.key.startswith(BASELINE_PREFIX, autoescape=True),
+                study_user_attributes.c.key.startswith(records.BASELINE_PREFIX, autoescape=True),
             )
         )
-        baseline = {k[len(BASELINE_PREFIX) :]: float(json.loads(v)) for k, v in attrs}
+        baseline = records.baseline({k: json.loads(v) for k, v in attrs})
     return Summary(counts=counts, best=best, baseline=baseline)

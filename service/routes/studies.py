@@ -11,7 +11,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.core import artifacts, studies
+from hpo.core import artifacts, records, studies
 from hpo.core.db import StudyRecord, StudyStatus
 from hpo.core.errors import StudyConflict, StudyNotFound
 from hpo.core.export import best_configuration
@@ -145,9 +145,13 @@ def list_trials(
     state: Annotated[str | None, Query(pattern="^(complete|pruned|fail|running|waiting)$")] = None,
 ) -> Page[TrialPublic]:
     record = studies.get_study(session, name=name, owner=owner)
-    page, count = trial_page(storage, studies.optuna_study_id(storage, record),
-                             offset=offset, limit=limit,
-                             state=TrialState[state.upper()] if state else None)  # fmt: skip
+    page, count = trial_page(
+        storage,
+        studies.optuna_study_id(storage, record),
+        offset=offset,
+        limit=limit,
+        state=TrialState[state.upper()] if state else None,
+    )
     return Page[TrialPublic](data=[_trial_public(t) for t in page], count=count)
 
 
@@ -169,7 +173,7 @@ def _zip(
     stored = artifacts.recorded(session, study_id=record.id, trial_id=trial_id(trial), kind=kind)
     missing = f"trial {trial.number} of {record.name!r} has no saved {kind}"
     if stored is None:
-        why = trial.user_attrs.get(f"{kind}_error")
+        why = records.artifact_error(trial, kind)
         raise StudyNotFound(f"{missing}: {why}" if why else missing)
     try:
         reader = artifacts.open_artifact(settings, stored.artifact_id)
@@ -247,7 +251,9 @@ def enqueue_trial(
             "their own hyperparameters; it takes no enqueued trials"
         )
     params = check_params(spec.search, body.params)
-    studies.enqueue_trial(storage, record=record, params=params, user_attrs={"enqueued_by": owner})
+    studies.enqueue_trial(
+        storage, record=record, params=params, user_attrs=records.enqueued_attrs(owner)
+    )
     return EnqueuePublic(params=params)
 
 

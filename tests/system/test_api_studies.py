@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import optuna
 
-from hpo.core.progress import INFEASIBLE_RECORD_ATTR
+from hpo.core import records
 from hpo.core.spec import DEFAULT_SEARCH_SPACE
 from tests.conftest import ApiServer, SpecFactory
 
@@ -156,7 +156,7 @@ def test_trials_and_best_pages(
     pruned = study.ask()
     study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
     study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.PRUNED, user_attrs={INFEASIBLE_RECORD_ATTR: 0}
+        state=optuna.trial.TrialState.PRUNED, user_attrs={records.INFEASIBLE_RECORD_ATTR: 0}
     ))  # fmt: skip
     detail = client.get("/studies/tri").json()["trials"]
     assert (detail["complete"], detail["pruned"], detail["running"]) == (3, 1, 0)
@@ -165,6 +165,12 @@ def test_trials_and_best_pages(
     assert [t["number"] for t in rest["data"]] == [2, 3]
     pruned_page = client.get("/studies/tri/trials", params={"state": "pruned"}).json()
     assert [t["number"] for t in pruned_page["data"]] == [3, 4]
+    # A trial paused at a scheduler's rung is PRUNED to Optuna, and counts as paused.
+    paused = study.ask()
+    records.mark_paused(paused, at=256, reason="paused at 256 examples (rung 256)")
+    study.tell(paused, state=optuna.trial.TrialState.PRUNED)
+    detail = client.get("/studies/tri").json()["trials"]
+    assert (detail["pruned"], detail["paused"], detail["finished"]) == (1, 1, 5)
 
 
 def test_health(api: ApiServer) -> None:

@@ -16,7 +16,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from safetensors.torch import load_file
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from hpo.cli import app
 from hpo.core.artifacts import CHECKPOINT, unpack
 from hpo.core.db import ArtifactRecord, Database, session_scope
 from hpo.core.pbt import LINEAGE_ATTR
@@ -67,6 +69,8 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
         _register_two_configurations(client, spec)
         _run_worker(pg_api.settings)
         study = client.get("/studies/paused").json()
+        env = {"HPO_API_URL": pg_api.base_url, "HPO_TOKEN": pg_api.token("alice")}
+        shown = CliRunner().invoke(app, ["study", "show", "paused"], env=env)
         first, second, last = trials(pg_api.settings, "paused")
         parent = (first, second)[last.user_attrs[CONTINUES_ATTR]]
         assert client.post("/studies", json=plain).status_code == 201
@@ -90,6 +94,13 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
     assert last.intermediate_values == pytest.approx(uninterrupted.intermediate_values, rel=1e-5)
     assert study["status"] == "completed"
     assert "configurations" in study["status_reason"]
+    # Both configurations paused at 64 (their segments count as paused, not as pruned); one
+    # continued to its end.
+    counts = study["trials"]
+    assert (counts["complete"], counts["pruned"], counts["paused"]) == (1, 0, 2)
+    assert counts["finished"] == 3
+    assert shown.exit_code == 0, shown.output
+    assert "(1 complete, 0 pruned, 2 paused)" in shown.stdout
 
 
 @pytest.mark.slow

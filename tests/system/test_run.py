@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 
 from hpo.cli import app
 from hpo.core.db import Database
-from hpo.core.derived import GREEDY_ATTR
+from hpo.core.records import GREEDY_ATTR, RETRIED_FROM_ATTR
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.storage import RETRIED_FROM_ATTR, make_storage
+from hpo.core.storage import make_storage
 from hpo.core.studies import create_study
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.core.progress import INFEASIBLE_RECORD_ATTR
+from hpo.core.records import INFEASIBLE_RECORD_ATTR
 from tests.conftest import ApiServer
 from tests.workers import small_study, trials, wait_until
 

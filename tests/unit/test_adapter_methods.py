@@ -14,8 +14,9 @@ from peft import AdaLoraConfig, LoraConfig
 from pydantic import ValidationError
 
 from hpo.cli_study import trials_table
-from hpo.core.export import RANK_PATTERN_ATTR, best_configuration
+from hpo.core.export import best_configuration
 from hpo.core.hyperparameters import adalora_phases, peft_config, resolve
+from hpo.core.records import RANK_PATTERN_ATTR
 from hpo.core.schemas import TrialPublic
 from hpo.core.spec import CategoricalDistribution, SearchSpace, SearchSpec, StudySpec
 from hpo.simulate import simulate

@@ -10,11 +10,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
+from hpo.core import records
 from hpo.core.db import ArtifactRecord, Database, StudyRecord
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import study_id, trial_id
 from hpo.core.progress import (
-    INFEASIBLE_RECORD_ATTR,
     best_trial,
     trial_counts,
     trial_page,
@@ -43,11 +43,13 @@ def test_counts_pages_and_sums(storage: HeartbeatStorage) -> None:
     study = _study(storage, "s")
     for value, seconds in ((3.0, 10.0), (1.0, 20.0)):
         trial = study.ask()
-        trial.set_user_attr("device_seconds", seconds)
+        records.record_device_time(trial, seconds, gpu=False)
         study.tell(trial, value)
     pruned = study.ask()
     study.tell(pruned, state=TrialState.PRUNED)
-    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={INFEASIBLE_RECORD_ATTR: 0}))
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, user_attrs={records.INFEASIBLE_RECORD_ATTR: 0})
+    )
     _study(storage, "neighbour").ask()
     counts = trial_counts(storage, study_id(study))
     assert (counts.complete, counts.pruned, counts.running, counts.finished) == (2, 1, 0, 3)
@@ -56,7 +58,19 @@ def test_counts_pages_and_sums(storage: HeartbeatStorage) -> None:
     pruned_page, n = trial_page(storage, study_id(study), offset=0, limit=9,
                                 state=TrialState.PRUNED)  # fmt: skip
     assert n == 2 and [t.number for t in pruned_page] == [2, 3]
-    assert user_attr_sum(storage, study_id(study), "device_seconds") == 30.0
+    assert user_attr_sum(storage, study_id(study), records.DEVICE_SECONDS_ATTR) == 30.0
+
+
+def test_a_paused_trial_counts_as_paused_not_pruned(storage: HeartbeatStorage) -> None:
+    study = _study(storage, "s")
+    paused, pruned, running = study.ask(), study.ask(), study.ask()
+    records.mark_paused(paused, at=64, reason="paused at 64 examples (rung 64)")
+    records.set_prune_reason(pruned, "pruner")
+    for trial in (paused, pruned):
+        study.tell(trial, state=TrialState.PRUNED)
+    records.mark_paused(running, at=64, reason="not told yet")  # RUNNING until it is told
+    counts = trial_counts(storage, study_id(study))
+    assert (counts.pruned, counts.paused, counts.running, counts.finished) == (1, 1, 1, 2)
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])

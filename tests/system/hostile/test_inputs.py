@@ -23,8 +23,8 @@ import httpx
 import pytest
 from optuna.trial import TrialState
 
+from hpo.core.records import FAIL_REASON_ATTR
 from hpo.core.settings import Settings
-from hpo.core.storage import FAIL_REASON_ATTR
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec, study_spec
 from tests.workers import small_study, trials, wait_until
