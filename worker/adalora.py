@@ -25,7 +25,7 @@ from peft import PeftModel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hpo.core.export import RANK_PATTERN_ATTR
+from hpo.core import records
 from worker.continuation import ADALORA_STATE as STATE_NAME
 
 
@@ -95,7 +95,7 @@ class RankAllocation(TrainerCallback):
 
     def _record(self) -> None:
         if self.rank_pattern:
-            self.trial.set_user_attr(RANK_PATTERN_ATTR, ranks(self.rank_pattern))
+            records.set_rank_pattern(self.trial, ranks(self.rank_pattern))
 
 
 def _regularise_training_only(tuner: Any) -> None:

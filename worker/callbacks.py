@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from hpo.core.storage import PRUNE_REASON_ATTR
+from hpo.core import records
 from worker import liveness
 
 
@@ -23,12 +23,6 @@ class WorkerShutdown(Exception):
 class Diverged(optuna.TrialPruned):
     """Training diverged (a NaN/inf loss, or one far above where it started): pruned, with
     ``prune_reason`` saying which, so it neither looks like a result nor hides among them."""
-
-
-INITIAL_LOSS_ATTR = "initial_train_loss"
-# {examples seen: eval_loss} at each report, whatever the objective: a generation objective
-# reports its score, and this keeps the loss curve beside it
-EVAL_LOSS_CURVE_ATTR = "eval_loss_curve"
 
 
 class FidelityCallback(TrainerCallback):
@@ -133,7 +127,7 @@ class FidelityCallback(TrainerCallback):
             return
         if self.initial_loss is None and math.isfinite(loss):
             self.initial_loss = loss
-            self.trial.set_user_attr(INITIAL_LOSS_ATTR, loss)  # continuations compare with it
+            records.set_initial_train_loss(self.trial, loss)  # continuations compare with it
         self._check_divergence(loss, state, what="training loss")
 
     def on_evaluate(
@@ -164,15 +158,15 @@ class FidelityCallback(TrainerCallback):
             return
         self.reported[step] = value
         self.trial.report(value, step)
-        if loss is not None:
+        if loss is not None:  # the loss curve beside a generation objective's scores
             self.loss_curve[str(step)] = loss
-            self.trial.set_user_attr(EVAL_LOSS_CURVE_ATTR, self.loss_curve)
+            records.set_eval_loss_curve(self.trial, self.loss_curve)
         # Training that ends here anyway has its result: neither pruned nor paused.
         if final or self.examples_seen(state) >= self.max_examples:
             return
         if self.trial.should_prune():
             reason = f"pruner: {self.metric}={value:.4g} at {step} examples"
-            self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+            records.set_prune_reason(self.trial, reason)
             raise optuna.TrialPruned(reason)
         if self.until is not None and step >= self.until:
             self.paused_at = step
@@ -194,7 +188,7 @@ class FidelityCallback(TrainerCallback):
             )
         else:
             return
-        self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        records.set_prune_reason(self.trial, reason)
         raise Diverged(reason)
 
 

@@ -35,20 +35,17 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hpo.core import artifacts
+from hpo.core import artifacts, records
 from hpo.core.db import StudyRecord, session_scope
 from hpo.core.optuna_tables import study_id, trial_id
-from hpo.core.segments import Segment
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec, cools_down
-from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR, PRUNE_REASON_ATTR
-from worker.callbacks import INITIAL_LOSS_ATTR, FidelityCallback, WorkerShutdown, scores
+from worker.callbacks import FidelityCallback, WorkerShutdown, scores
 
 if TYPE_CHECKING:
     from worker.objective import WorkerContext
     from worker.training import TrainResult, TrialHooks
 
-RESUMED_VALUE_ATTR = "resumed_value"
 # What Trainer.train(resume_from_checkpoint=...) reads: the adapter, the optimizer moments,
 # the scheduler, the AMP scaler, the RNG streams and the trainer state (step, examples and
 # tokens seen, which places the data loader), AdaLoRA's allocator. Not the tokenizer Trainer
@@ -68,7 +65,7 @@ RNG_FILES = "rng_state*.pth"
 
 class Paused(optuna.TrialPruned):
     """The segment reached its ``until``: its state is saved and the trial told PRUNED with
-    ``PAUSED_AT_ATTR``, until a worker continues it. ``reported``: its reports so far."""
+    ``records.paused_at``, until a worker continues it. ``reported``: its reports so far."""
 
     def __init__(self, reason: str, reported: dict[int, float]) -> None:
         super().__init__(reason)
@@ -123,7 +120,6 @@ def run_segment(
         Paused: The segment paused, its state kept (and, with a cool-down, its cooled score
             recorded).
     """
-    segment = Segment.of(trial.user_attrs)
     with _stable_copy(spec) as stable:
 
         def keep_checkpoint(folder: Path) -> None:
@@ -133,9 +129,9 @@ def run_segment(
 
         hooks = replace(hooks, keep_checkpoint=keep_checkpoint)
         try:
-            with _resumed(ctx, record, trial, segment) as resume:
+            with _resumed(ctx, record, trial) as resume:
                 return train(
-                    trial, hparams=hparams, hooks=hooks, until=segment.until, resume=resume
+                    trial, hparams=hparams, hooks=hooks, until=records.until(trial), resume=resume
                 )
         except Paused as paused:
             if stable is not None:
@@ -147,30 +143,27 @@ def run_segment(
                     reported=paused.reported,
                 )
                 if cooled is not None:
-                    trial.set_user_attr(COOLED_ATTR, cooled)
+                    records.set_cooled_score(trial, cooled)
             raise
 
 
 @contextmanager
 def _resumed(
-    ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial, segment: Segment
+    ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial
 ) -> Iterator[Resume | None]:
     """A continuation's starting point: the reports of the segment it continues, made again,
     and that segment's saved state."""
-    if segment.continues is None:
+    continues = records.continues(trial)
+    if continues is None:
         yield None
         return
     parent = ctx.storage.get_trial(
-        ctx.storage.get_trial_id_from_study_id_trial_number(
-            study_id(trial.study), segment.continues
-        )
+        ctx.storage.get_trial_id_from_study_id_trial_number(study_id(trial.study), continues)
     )
     for step, value in sorted(parent.intermediate_values.items()):
         trial.report(value, step)
     with fetched_state(ctx.settings, ctx.sessions, record=record, parent=parent) as folder:
-        yield Resume(
-            folder, dict(parent.intermediate_values), parent.user_attrs.get(INITIAL_LOSS_ATTR)
-        )
+        yield Resume(folder, dict(parent.intermediate_values), records.initial_train_loss(parent))
 
 
 @contextmanager
@@ -241,7 +234,7 @@ def record_resumed_value(
     set_peft_model_state_dict(peft_model, load_file(resume.folder / ADAPTER_SAFE_WEIGHTS_NAME))
     with fidelity.silenced(), torch.random.fork_rng():
         value = fidelity.score(scores(trainer.evaluate()))
-    trial.set_user_attr(RESUMED_VALUE_ATTR, value)
+    records.set_resumed_value(trial, value)
 
 
 def pause(
@@ -255,10 +248,10 @@ def pause(
     """Keep the state Trainer saved at the pause, then mark the trial paused (in that order:
     a trial marked paused can always be continued)."""
     assert hooks.keep_checkpoint is not None, "a segment that pauses needs keep_checkpoint"
+    assert until is not None, "only a segment with an until pauses"
     hooks.keep_checkpoint(out_dir / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
-    trial.set_user_attr(PAUSED_AT_ATTR, until)
     reason = f"paused at {fidelity.paused_at} examples (rung {until})"
-    trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+    records.mark_paused(trial, at=until, reason=reason)
     raise Paused(reason, dict(fidelity.reported))
 
 

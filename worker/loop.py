@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import budget, fairshare, owners, segments
+from hpo.core import budget, fairshare, owners, records, segments
 from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope
 from hpo.core.errors import StorageUnavailable
 from hpo.core.factory import load_study
@@ -32,7 +32,7 @@ from hpo.core.progress import TrialCounts, trial_counts
 from hpo.core.segments import Continue, ContinueMember, Decision, Idle, Start, scheduled
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.storage import FAIL_REASON_ATTR, make_storage
+from hpo.core.storage import make_storage
 from worker import liveness, outcomes
 from worker.data import DataCache
 from worker.liveness import STALLED, Liveness, TrialStalled, phase_timeouts
@@ -433,13 +433,12 @@ class Worker:
         def on_start(trial: optuna.Trial) -> None:
             claim.started = time.perf_counter()
             claim.trial_id, claim.number = trial_id(trial), trial.number
-            segment = segments.Segment.of(trial.user_attrs)
             self._event(
                 "trial_start",
                 study=spec.name,
                 trial=trial.number,
-                continues=segment.continues,
-                until=segment.until,
+                continues=records.continues(trial),
+                until=records.until(trial),
             )
 
         objective = self.objective_factory(
@@ -451,7 +450,7 @@ class Worker:
                 with self.liveness.trial(trial_id(trial)):
                     return objective(trial)
             except TrialStalled:
-                trial.set_user_attr(FAIL_REASON_ATTR, STALLED)
+                records.record_failure(trial, reason=STALLED)
                 raise
             finally:
                 claim.returned = time.perf_counter()

@@ -22,21 +22,18 @@ from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
-from hpo.core import artifacts
-from hpo.core.budget import DEVICE_SECONDS_ATTR, EXAMPLES_TRAINED_ATTR
+from hpo.core import artifacts, records
 from hpo.core.db import StudyRecord, session_scope
-from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError
 from hpo.core.factory import suggest_params
 from hpo.core.files import NotRegularFile
 from hpo.core.gguf import BadGGUF
 from hpo.core.optuna_tables import study_id
 from hpo.core.paths import check_spec_paths
-from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
-from hpo.core.segments import Segment
+from hpo.core.progress import beats, best_trial
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.storage import FAIL_REASON_ATTR, HeartbeatStorage
+from hpo.core.storage import HeartbeatStorage
 from worker import generation
 from worker.callbacks import WorkerShutdown
 from worker.continuation import run_segment
@@ -103,7 +100,7 @@ def _store(
             )
     except Exception as exc:  # a full disk must not cost the trial its result
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-        trial.set_user_attr(f"{kind}_error", error)
+        records.set_artifact_error(trial, kind, error)
         ctx.event(f"{kind}_error", study=record.name, trial=trial.number, error=error)
 
 
@@ -151,15 +148,20 @@ class ObjectiveFactory(Protocol):
 
 
 def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
-    trial.set_user_attr("train_seconds", round(result.train_seconds, 4))
-    trial.set_user_attr("examples_seen", result.examples_seen)
-    trial.set_user_attr(EXAMPLES_TRAINED_ATTR, result.examples_trained)
-    trial.set_user_attr("tokens_seen", result.tokens_seen)
-    trial.set_user_attr("final_train_loss", result.train_loss)
-    for name, value in result.metrics.items():
-        trial.set_user_attr(name, round(value, 6))
-    for name, value in result.baseline.items():  # the same for every trial of the study
-        trial.study.set_user_attr(f"{BASELINE_PREFIX}{name}", value)
+    records.record_progress(
+        trial,
+        train_seconds=result.train_seconds,
+        eval_seconds=result.eval_seconds,
+        examples_seen=result.examples_seen,
+        examples_trained=result.examples_trained,
+        tokens_seen=result.tokens_seen,
+    )
+    records.set_final_train_loss(trial, result.train_loss)
+    if result.generation_seconds is not None:
+        records.set_generation_seconds(trial, result.generation_seconds)
+    records.record_scores(trial, result.metrics)
+    for metric, value in result.baseline.items():  # the same for every trial of the study
+        records.set_baseline(trial.study, metric, value)
 
 
 def make_objective(
@@ -179,16 +181,15 @@ def make_objective(
         on_start(trial)
         started = time.perf_counter()
         with _proposing(ctx, record, spec):
-            greedy = trial.user_attrs.get(GREEDY_ATTR) is True
-            params = {} if greedy else suggest_params(trial, spec.search)
+            params = {} if records.is_greedy(trial) else suggest_params(trial, spec.search)
         _record_placement(ctx, trial)
         try:
             return _run(ctx, trial, spec, record, params, extra_callbacks, started)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr(FAIL_REASON_ATTR, fail_reason(exc))
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            records.record_failure(trial, reason=fail_reason(exc), error=error)
             raise
         finally:
             _record_cost(ctx, trial, started)
@@ -217,11 +218,9 @@ def _run(
         keep_adapter=_adapter_keeper(ctx, trial, record, spec.train.model.task),
         keep_logs=lambda logs: _store(ctx, trial, record, artifacts.TENSORBOARD, logs),
         # setup = everything before the first training step: model, data, adapter, Trainer
-        on_train_begin=lambda: trial.set_user_attr(
-            "setup_seconds", round(time.perf_counter() - started, 4)
-        ),
-        baseline_needed=Segment.of(trial.user_attrs).continues is None
-        and not any(k.startswith(BASELINE_PREFIX) for k in trial.study.user_attrs),
+        on_train_begin=lambda: records.set_setup_seconds(trial, time.perf_counter() - started),
+        baseline_needed=records.continues(trial) is None
+        and not records.has_baseline(trial.study.user_attrs),
     )
     train = functools.partial(
         train_trial,
@@ -239,23 +238,21 @@ def _run(
 
 def _record_placement(ctx: WorkerContext, trial: optuna.Trial) -> None:
     """Where the trial runs; its peak memory is counted from here."""
-    for key, value in {
-        "worker": ctx.worker_id,
-        "hostname": ctx.hostname,
-        "device": str(ctx.device),
-    }.items():
-        trial.set_user_attr(key, value)
+    records.record_worker(
+        trial, worker=ctx.worker_id, hostname=ctx.hostname, device=str(ctx.device)
+    )
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
 
 
 def _record_cost(ctx: WorkerContext, trial: optuna.Trial, started: float) -> None:
     """What the trial cost, whatever its outcome: device time and peak memory."""
-    seconds = round(time.perf_counter() - started, 4)
-    trial.set_user_attr(DEVICE_SECONDS_ATTR, seconds)
-    if ctx.device.type == "cuda":
-        trial.set_user_attr("gpu_seconds", seconds)
-    trial.set_user_attr("peak_memory_mb", round(_peak_memory_mb(ctx.device), 1))
+    records.record_device_time(
+        trial,
+        time.perf_counter() - started,
+        gpu=ctx.device.type == "cuda",
+        peak_memory_mb=_peak_memory_mb(ctx.device),
+    )
 
 
 def _proposing(
@@ -282,7 +279,7 @@ def decode_trial(
     """Generate with the trial's decoding hparams on the evaluation prompts and score the
     answers; nothing is trained. The study's adapter (if any) is fetched once per worker."""
     model: Any = loaded.model
-    greedy = trial.user_attrs.get(GREEDY_ATTR) is True
+    greedy = records.is_greedy(trial)
     if greedy:  # even where the study fixes a sampling setting
         hparams = hparams | dict.fromkeys(generation.SAMPLING)
     if record.adapter_artifact_id is not None:
@@ -307,8 +304,8 @@ def decode_trial(
     finally:
         if model is not loaded.model:
             detach(model)  # the cached base model stays as it was
-    trial.set_user_attr("generation_seconds", round(scored.seconds, 4))
-    trial.set_user_attr("sample_answer", scored.predictions[0][:500] if scored.predictions else "")
+    records.set_generation_seconds(trial, scored.seconds)
+    records.set_sample_answer(trial, scored.predictions[0] if scored.predictions else "")
     if greedy:  # the study's baseline
-        trial.study.set_user_attr(f"{BASELINE_PREFIX}{objective.metric}", scored.value)
+        records.set_baseline(trial.study, objective.metric, scored.value)
     return scored.value

@@ -9,13 +9,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy import update
 
-from hpo.core import studies
+from hpo.core import records, studies
 from hpo.core.db import StudyRecord, StudyStatus, session_scope, utcnow
 from hpo.core.factory import optuna_distributions
 from hpo.core.optuna_tables import study_id
-from hpo.core.progress import INFEASIBLE_RECORD_ATTR, is_record
 from hpo.core.spec import StudySpec
-from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR
 from worker.liveness import STALLED
 from worker.objective import WorkerContext
 
@@ -33,23 +31,23 @@ def trial_ended(
     latency: dict[str, float],
 ) -> None:
     """Log the trial's end (with the claim's and the tell's ``latency``) and act on it."""
-    reason = trial.user_attrs.get(FAIL_REASON_ATTR)
+    reason = records.fail_reason(trial)
     ctx.event(
         "trial_end",
         study=spec.name,
         trial=trial.number,
         state=trial.state.name.lower(),
         value=trial.value,
-        reason=reason or trial.user_attrs.get("prune_reason"),
-        setup_s=trial.user_attrs.get("setup_seconds"),
-        train_s=trial.user_attrs.get("train_seconds"),
+        reason=records.reason(trial),
+        setup_s=records.setup_seconds(trial),
+        train_s=records.train_seconds(trial),
         **{k: round(v, 4) for k, v in latency.items()},
     )
     if trial.state != TrialState.FAIL:
         finish_if_spent(ctx, record, study)
         return
     if reason == "shutdown":
-        study.enqueue_trial(trial.params, user_attrs={RETRIED_FROM_ATTR: trial.number})
+        study.enqueue_trial(trial.params, user_attrs=records.retry_attrs(trial.number))
     elif reason == STALLED:
         ctx.storage.retry(study, trial)
     elif reason == "oom":
@@ -79,7 +77,7 @@ def _record_infeasible(spec: StudySpec, study: optuna.Study, trial: FrozenTrial)
         state=TrialState.PRUNED,
         params=trial.params,
         distributions={k: distributions[k] for k in trial.params},
-        user_attrs={INFEASIBLE_RECORD_ATTR: trial.number, FAIL_REASON_ATTR: "oom"},
+        user_attrs=records.infeasible_record_attrs(trial.number, reason="oom"),
     )
     infeasible.set_constraint("oom", 1.0)
     study.add_trial(infeasible)
@@ -92,15 +90,15 @@ def _check_failure_streak(
     trials = [
         t
         for t in study.get_trials(deepcopy=False)
-        if not is_record(t)
+        if not records.is_infeasible_record(t)
         and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     ]
     recent = trials[-limit:]
-    errors = {t.user_attrs.get("error") for t in recent}
+    errors = {records.error(t) for t in recent}
     if (
         len(recent) == limit
         and all(t.state == TrialState.FAIL for t in recent)
-        and all(t.user_attrs.get(FAIL_REASON_ATTR) in STREAK_REASONS for t in recent)
+        and all(records.fail_reason(t) in STREAK_REASONS for t in recent)
         and len(errors) == 1
     ):
         reason = f"{limit} trials in a row failed: {errors.pop()}"

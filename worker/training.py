@@ -22,10 +22,8 @@ from peft.utils import ModulesToSaveWrapper
 from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
 from transformers.integrations import TensorBoardCallback
 
-from hpo.core.budget import EXAMPLES_TRAINED_ATTR
-from hpo.core.export import RESOLVED_TARGETS_ATTR
+from hpo.core import records
 from hpo.core.spec import StudySpec
-from hpo.core.storage import PRUNE_REASON_ATTR
 from worker import generation
 from worker.adalora import RankAllocation
 from worker.callbacks import FidelityCallback, ProgressCallback, scores
@@ -45,6 +43,8 @@ class TrainResult:
     tokens_seen: int
     train_loss: float
     train_seconds: float
+    eval_seconds: float
+    generation_seconds: float | None  # a generation objective's scoring time
     # eval_loss, eval_accuracy, generation metrics, test_* scores: whatever the trial measured
     metrics: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
@@ -193,7 +193,7 @@ def _parts(
         loaded.model, lora_config(hparams, loaded, spec.train.model.task, steps)
     )
     resolved: Any = model.peft_config["default"]
-    trial.set_user_attr(RESOLVED_TARGETS_ATTR, sorted(resolved.target_modules))
+    records.set_resolved_targets(trial, resolved.target_modules)
     allocation: list[TrainerCallback] = (
         [RankAllocation(model, trial, resume.folder if resume else None)]
         if isinstance(resolved, AdaLoraConfig)
@@ -306,9 +306,9 @@ def _train(
         tokens_seen=int(trainer.state.num_input_tokens_seen),
         train_loss=float(output.training_loss),
         train_seconds=time.perf_counter() - started,
-        metrics=metrics
-        | {"eval_seconds": fidelity.eval_seconds}
-        | ({"generation_seconds": scorer.seconds} if scorer else {}),
+        eval_seconds=fidelity.eval_seconds,
+        generation_seconds=scorer.seconds if scorer else None,
+        metrics=metrics,
         baseline=baseline,
     )
 
@@ -317,13 +317,15 @@ def _record_stopped(
     trial: optuna.Trial, trainer: Trainer | None, fidelity: FidelityCallback, started: float
 ) -> None:
     """A pruned trial keeps its records too: how far it got and what it cost."""
-    if trainer is not None:
-        trial.set_user_attr("examples_seen", fidelity.examples_seen(trainer.state))
-        trial.set_user_attr(EXAMPLES_TRAINED_ATTR, fidelity.trained(trainer.state))
-    trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 4))
-    trial.set_user_attr("eval_seconds", round(fidelity.eval_seconds, 4))
-    if PRUNE_REASON_ATTR not in trial.user_attrs:
-        trial.set_user_attr(PRUNE_REASON_ATTR, "pruner")
+    records.record_progress(
+        trial,
+        train_seconds=time.perf_counter() - started,
+        eval_seconds=fidelity.eval_seconds,
+        examples_seen=fidelity.examples_seen(trainer.state) if trainer is not None else None,
+        examples_trained=fidelity.trained(trainer.state) if trainer is not None else None,
+    )
+    if records.prune_reason(trial) is None:
+        records.set_prune_reason(trial, "pruner")
 
 
 def _release(peft_model: PeftModel, device: torch.device) -> None:

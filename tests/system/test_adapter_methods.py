@@ -17,13 +17,13 @@ from peft import AdaLoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from hpo.core.export import RANK_PATTERN_ATTR
+from hpo.core.records import RESUMED_VALUE_ATTR
 from hpo.core.scheduling import CONTINUES_ATTR
 from hpo.core.settings import Settings
 from tests.conftest import ApiServer
 from tests.specs import study_spec
 from tests.workers import small_study, trials
 from worker.builtin import resolve
-from worker.continuation import RESUMED_VALUE_ATTR
 from worker.loop import Worker
 
 ROOT = Path(__file__).resolve().parents[2]

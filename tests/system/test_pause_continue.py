@@ -22,6 +22,7 @@ from hpo.cli import app
 from hpo.core.artifacts import CHECKPOINT, unpack
 from hpo.core.db import ArtifactRecord, Database, session_scope
 from hpo.core.pbt import LINEAGE_ATTR
+from hpo.core.records import RESUMED_VALUE_ATTR
 from hpo.core.scheduling import CONTINUES_ATTR, UNTIL_ATTR, configurations
 from hpo.core.settings import Settings
 from hpo.core.storage import COOLED_ATTR, PAUSED_AT_ATTR
@@ -29,7 +30,6 @@ from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.worker_process import cheap_objective
 from tests.workers import small_study, trials, wait_until
-from worker.continuation import RESUMED_VALUE_ATTR
 from worker.loop import Candidate, Worker
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
