@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 import optuna
 import torch
@@ -258,7 +258,7 @@ def pause(
 def cooled_score(
     train: TrainSegment,
     *,
-    direction: str,
+    direction: Literal["minimize", "maximize"],
     hparams: dict[str, Any],
     checkpoint: Path,
     reported: dict[int, float],
