@@ -13,6 +13,7 @@ from sqlalchemy import (
     Exists,
     Float,
     Select,
+    String,
     and_,
     case,
     cast,
@@ -74,13 +75,14 @@ def trial_counts(
     """
     paused = and_(trials.c.state == TrialState.PRUNED.name, has_user_attr(records.PAUSED_AT_ATTR))
     each = (
-        select(case((paused, "paused"), else_=func.lower(trials.c.state)).label("status"))
+        # Optuna's state is an enum on PostgreSQL: compared as text with our own "PAUSED"
+        select(case((paused, "PAUSED"), else_=cast(trials.c.state, String)).label("status"))
         .where(trials.c.study_id == study_id, ~is_a_record())
         .subquery()
     )
     query = select(each.c.status, func.count()).group_by(each.c.status)
     with nullcontext(connection) if connection is not None else storage.engine.connect() as conn:
-        counts = dict(conn.execute(query).tuples().all())
+        counts = {status.lower(): n for status, n in conn.execute(query)}
     return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
 
 
