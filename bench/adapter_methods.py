@@ -40,7 +40,7 @@ from hpo.core.studies import create_study
 from tests.pg import PostgresCluster
 from worker.loop import Worker
 from worker.models import LoadedModel
-from worker.training import lora_config
+from worker.trainer import lora_config
 
 LEARNING_RATES = [5e-4, 2e-3]
 RANK = 4  # the budget: LoRA's rank, AdaLoRA's average rank at the end

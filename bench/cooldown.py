@@ -16,6 +16,7 @@ bench/results/cooldown.{md,json}.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -32,10 +33,11 @@ import torch
 from bench import ROOT, commit, machine, save
 from hpo.core.schedulers.adaptive import fisher_lower_bound, spearman
 from hpo.core.spec import StudySpec
-from worker.callbacks import Paused
+from worker.continuation import Paused, Resume, cooled_score
 from worker.data import DataCache
 from worker.models import ModelCache
-from worker.training import Resume, TrialHooks, cooled_score, train_trial, trial_settings
+from worker.trainer import trial_hparams
+from worker.training import TrialHooks, train_trial
 
 RUNGS = (64, 128)  # examples; the full run has 256 and decays over its last 51
 BATCH = 8
@@ -94,7 +96,7 @@ class Runner:
 
         started = time.perf_counter()
         try:
-            result = train_trial(trial, spec=self.spec, settings=settings, loaded=self.loaded,
+            result = train_trial(trial, spec=self.spec, hparams=settings, loaded=self.loaded,
                                  raw=self.raw, cache=self.data, device=self.device,
                                  stop=threading.Event(),
                                  hooks=TrialHooks(keep_checkpoint=keep_checkpoint),
@@ -108,13 +110,22 @@ class Runner:
     def cooled(self, settings: dict[str, Any], checkpoint: Path, reported: dict[int, float]
                ) -> float | None:  # fmt: skip
         """The worker's own cool-down branch (``cooldown`` on a scheduler)."""
-        return cooled_score(spec=self.spec, settings=settings, loaded=self.loaded, raw=self.raw,
-                            cache=self.data, device=self.device, stop=threading.Event(),
-                            checkpoint=checkpoint, reported=reported)  # fmt: skip
+        train = functools.partial(
+            train_trial,
+            spec=self.spec,
+            loaded=self.loaded,
+            raw=self.raw,
+            cache=self.data,
+            device=self.device,
+            stop=threading.Event(),
+        )
+        return cooled_score(train, direction=self.spec.search.objective.direction,
+                            hparams=settings, checkpoint=checkpoint,
+                            reported=reported)  # fmt: skip
 
 
 def measure(runner: Runner, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    settings = trial_settings(runner.spec, params)
+    settings = trial_hparams(runner.spec, params)
     out: dict[str, Any] = {"params": params, "rung": {}, "cooled": {}, "seconds": 0.0}
     resume = None
     for until in (*RUNGS, None):

@@ -51,7 +51,8 @@ from hpo.core.spec import StudySpec
 from worker import builtin
 from worker.data import DataCache, Splits
 from worker.models import LoadedModel, resolve_dtype
-from worker.training import TrialHooks, lora_config, train_trial, trial_settings
+from worker.trainer import lora_config, trial_hparams
+from worker.training import TrialHooks, train_trial
 
 SHAPES: dict[str, dict[str, Any]] = {
     "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
@@ -149,7 +150,7 @@ def run_ours(args: argparse.Namespace, splits: Splits, tokenizer: Any,
     }})  # fmt: skip
     dtype = resolve_dtype(spec.train.model, device)
     loaded = LoadedModel(_model(args.model, args.seq_len, dtype, device), tokenizer, "synthetic")
-    settings = trial_settings(spec, {**LORA, "per_device_train_batch_size": args.batch})
+    settings = trial_hparams(spec, {**LORA, "per_device_train_batch_size": args.batch})
     trial = optuna.create_study().ask()
     reporting = [0.0]
     for name in ("report", "should_prune"):
@@ -166,7 +167,7 @@ def run_ours(args: argparse.Namespace, splits: Splits, tokenizer: Any,
     timer = PhaseTimer()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
-        train_trial(trial, spec=spec, settings=settings, loaded=loaded, raw=splits,
+        train_trial(trial, spec=spec, hparams=settings, loaded=loaded, raw=splits,
                     cache=DataCache(Path(cache)), device=device, stop=threading.Event(),
                     hooks=TrialHooks(extra_callbacks=[timer]))  # fmt: skip
     _sync(device)
@@ -189,7 +190,7 @@ def run_plain(args: argparse.Namespace, splits: Splits, tokenizer: Any,
               device: torch.device, out_dir: str) -> dict[str, Any]:  # fmt: skip
     model = _model(args.model, args.seq_len, torch.float32, device)
     loaded = LoadedModel(model, tokenizer, "synthetic")
-    settings = trial_settings(StudySpec.model_validate({"name": "throughput", "train": {
+    settings = trial_hparams(StudySpec.model_validate({"name": "throughput", "train": {
         "model": {"name_or_path": "builtin:tiny-llama"},
         "dataset": {"path": "builtin:demo-text"}}}), LORA)  # fmt: skip
     peft = get_peft_model(model, lora_config(settings, loaded, "causal-lm"))

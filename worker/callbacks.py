@@ -10,10 +10,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
-from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from hpo.core.storage import PRUNE_REASON_ATTR
+from hpo.core import records
 from worker import liveness
 
 
@@ -24,21 +23,6 @@ class WorkerShutdown(Exception):
 class Diverged(optuna.TrialPruned):
     """Training diverged (a NaN/inf loss, or one far above where it started): pruned, with
     ``prune_reason`` saying which, so it neither looks like a result nor hides among them."""
-
-
-class Paused(optuna.TrialPruned):
-    """The segment reached its ``until``: its state is saved and the trial told PRUNED with
-    ``PAUSED_AT_ATTR``, until a worker continues it. ``reported``: its reports so far."""
-
-    def __init__(self, reason: str, reported: dict[int, float]) -> None:
-        super().__init__(reason)
-        self.reported = reported
-
-
-INITIAL_LOSS_ATTR = "initial_train_loss"
-# {examples seen: eval_loss} at each report, whatever the objective: a generation objective
-# reports its score, and this keeps the loss curve beside it
-EVAL_LOSS_CURVE_ATTR = "eval_loss_curve"
 
 
 class FidelityCallback(TrainerCallback):
@@ -143,7 +127,7 @@ class FidelityCallback(TrainerCallback):
             return
         if self.initial_loss is None and math.isfinite(loss):
             self.initial_loss = loss
-            self.trial.set_user_attr(INITIAL_LOSS_ATTR, loss)  # continuations compare with it
+            records.set_initial_train_loss(self.trial, loss)  # continuations compare with it
         self._check_divergence(loss, state, what="training loss")
 
     def on_evaluate(
@@ -174,15 +158,15 @@ class FidelityCallback(TrainerCallback):
             return
         self.reported[step] = value
         self.trial.report(value, step)
-        if loss is not None:
+        if loss is not None:  # the loss curve beside a generation objective's scores
             self.loss_curve[str(step)] = loss
-            self.trial.set_user_attr(EVAL_LOSS_CURVE_ATTR, self.loss_curve)
+            records.set_eval_loss_curve(self.trial, self.loss_curve)
         # Training that ends here anyway has its result: neither pruned nor paused.
         if final or self.examples_seen(state) >= self.max_examples:
             return
         if self.trial.should_prune():
             reason = f"pruner: {self.metric}={value:.4g} at {step} examples"
-            self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+            records.set_prune_reason(self.trial, reason)
             raise optuna.TrialPruned(reason)
         if self.until is not None and step >= self.until:
             self.paused_at = step
@@ -204,42 +188,8 @@ class FidelityCallback(TrainerCallback):
             )
         else:
             return
-        self.trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+        records.set_prune_reason(self.trial, reason)
         raise Diverged(reason)
-
-
-class Retune(TrainerCallback):
-    """Give a resumed run this segment's learning rate and weight decay.
-
-    The optimizer and scheduler state a continuation loads hold the values of the segment
-    that saved them; a PBT member that explored has new ones. The scheduler keeps its step
-    and shape, on the new base learning rate. (LoRA dropout needs nothing: the adapter is
-    built from this segment's settings before the saved weights are loaded into it.)
-    """
-
-    def __init__(self, *, learning_rate: float, weight_decay: float) -> None:
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-
-    def on_train_begin(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        optimizer: Any = None,
-        lr_scheduler: Any = None,
-        **_: Any,
-    ) -> None:
-        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper
-        if not isinstance(scheduler, LambdaLR):
-            raise TypeError(f"cannot retune a {type(scheduler).__name__} learning-rate schedule")
-        groups = optimizer.param_groups
-        # Trainer puts the parameters that decay first, those that do not (weight 0) second.
-        groups[0]["weight_decay"] = self.weight_decay
-        scheduler.base_lrs = [self.learning_rate] * len(groups)
-        for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
-            group["initial_lr"] = self.learning_rate
-            group["lr"] = self.learning_rate * factor(scheduler.last_epoch)
 
 
 class ProgressCallback(TrainerCallback):
@@ -250,3 +200,9 @@ class ProgressCallback(TrainerCallback):
         liveness.progress()
 
     on_step_end = on_substep_end = on_prediction_step = on_save = on_train_begin
+
+
+def scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scores from HF's evaluation metrics (not its runtime figures)."""
+    keep = ("_loss", "_accuracy")
+    return {k: float(v) for k, v in metrics.items() if k.endswith(keep)}

@@ -9,33 +9,32 @@ import time
 import uuid
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import torch
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import fail_stale_trials
-from optuna.trial import FrozenTrial, TrialState, create_trial
-from sqlalchemy import text, update
+from optuna.trial import FrozenTrial
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import fairshare, owners, studies
-from hpo.core.budget import max_trials, spent_reason
-from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope, utcnow
+from hpo.core import budget, fairshare, owners, records
+from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope
 from hpo.core.errors import StorageUnavailable
-from hpo.core.factory import load_study, optuna_distributions
+from hpo.core.factory import load_study
 from hpo.core.fairshare import StudyLoad
 from hpo.core.optuna_tables import study_id, trial_id
-from hpo.core.progress import INFEASIBLE_RECORD_ATTR, TrialCounts, is_record, trial_counts
+from hpo.core.progress import TrialCounts, trial_counts
 from hpo.core.schedulers import Decision, Idle, Start, dispatch
 from hpo.core.schedulers.dispatch import scheduled
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.storage import FAIL_REASON_ATTR, RETRIED_FROM_ATTR, ClaimGate, make_storage
-from worker import liveness
+from hpo.core.storage import ClaimGate, make_storage
+from worker import liveness, outcomes
 from worker.data import DataCache
 from worker.liveness import STALLED, Liveness, TrialStalled, phase_timeouts
 from worker.locks import OwnerLock, StudyLock
@@ -45,9 +44,6 @@ from worker.objective import ObjectiveFactory, WorkerContext, make_objective
 INFRA_ERRORS = (SQLAlchemyError, StorageInternalError, StorageUnavailable)
 MAX_BACKOFF_S = 30.0
 GONE_REASON = "the study was deleted or renamed; this worker goes on with the others"
-# Failures that would repeat on every try: the same error, or the tenant's own inputs (a file
-# refused, work past its deadline, no progress). A streak of them fails the study.
-STREAK_REASONS = ("error", "input", "deadline", STALLED)
 
 
 class BudgetSpent(Exception):
@@ -86,6 +82,25 @@ class Candidate:
     counts: TrialCounts
 
 
+@dataclass
+class _Claim:
+    """A trial's claim as it happens: which trial, and the coordination latencies logged with
+    it: claim = stale sweep + ask (cache sync, budget gate, trial row; Optuna samples lazily,
+    inside the objective), tell = from the objective's return until stored."""
+
+    begin: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    returned: float = 0.0
+    trial_id: int | None = None
+    number: int | None = None
+
+    def latency(self) -> dict[str, float]:
+        return {
+            "claim_s": self.started - self.begin,
+            "tell_s": time.perf_counter() - self.returned,
+        }
+
+
 class Worker:
     """One process per device. ``run()`` returns the number of trials it ran."""
 
@@ -104,7 +119,7 @@ class Worker:
     ) -> None:
         """``report_fd``: the pipe that tells a supervisor of the trials' progress."""
         self.settings = settings
-        self.studies = studies
+        self.study_names = studies
         self.max_trials = max_trials
         self.idle_exit = idle_exit
         self.poll_interval = poll_interval
@@ -141,7 +156,7 @@ class Worker:
         self.trials_run = 0
         # One Study (and sampler) per study for the worker's life: a sampler rebuilt for
         # every trial would restart its random stream and propose the same configs again.
-        self._studies: dict[tuple[int, str], optuna.Study] = {}
+        self._optuna_studies: dict[tuple[int, str], optuna.Study] = {}
         self._specs: dict[tuple[int, str], StudySpec] = {}
         self._owners_at_quota: set[str] = set()
         self._seed_offset = zlib.crc32(self.ctx.worker_id.encode())
@@ -179,8 +194,11 @@ class Worker:
                 continue
             if not waiting:  # once per idle spell: a silent worker looks stuck
                 waiting = True
-                self._event("waiting", studies=self.studies or "all running",
-                            reason="no trial to run now")  # fmt: skip
+                self._event(
+                    "waiting",
+                    studies=self.study_names or "all running",
+                    reason="no trial to run now",
+                )
             # Idle also while failing: a worker told to leave when idle leaves a lost database.
             if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                 break
@@ -231,7 +249,7 @@ class Worker:
         return fairshare.fair_order(
             loads,
             max_running_per_owner=self.settings.max_running_trials_per_owner,
-            names=self.studies,
+            names=self.study_names,
         )
 
     def _record(self, load: StudyLoad) -> StudyRecord:
@@ -246,7 +264,7 @@ class Worker:
         key = (load.record_id, load.name)
         spec = self._specs.get(key) or StudySpec.model_validate(record.spec)
         self._specs[key] = spec
-        study = self._studies.get(key)
+        study = self._optuna_studies.get(key)
         if study is None or study_id(study) != load.optuna_id:
             try:
                 study = load_study(
@@ -254,7 +272,7 @@ class Worker:
                 )
             except KeyError:
                 raise StudyGone(load.name) from None
-            self._studies[key] = study
+            self._optuna_studies[key] = study
         return spec, study
 
     def _candidate(self, load: StudyLoad) -> Candidate | None:
@@ -266,16 +284,16 @@ class Worker:
         spec, study = self._study(load, record)
         counts = trial_counts(self.storage, study_id(study))
         # A scheduled study's one decision per claim is taken under its lock (_claim_gate).
-        if spent_reason(self.storage, record, spec, counts, None) is not None:
-            self._finish_if_spent(record, study)
+        if budget.spent_reason(self.storage, record, spec, counts, None) is not None:
+            outcomes.finish_if_spent(self.ctx, record, study)
             return None
-        limit = max_trials(spec.search)
+        limit = budget.max_trials(spec.search)
         has_work = scheduled(spec.search) or counts.finished + counts.running < limit
         return Candidate(record, spec, study, counts) if has_work else None
 
     def _forget_load(self, load: StudyLoad) -> None:
         self._specs.pop((load.record_id, load.name), None)
-        self._studies.pop((load.record_id, load.name), None)
+        self._optuna_studies.pop((load.record_id, load.name), None)
         self._event("study_gone", study=load.name, abandoned_trial=None, reason=GONE_REASON)
 
     @contextmanager
@@ -301,7 +319,7 @@ class Worker:
         """The scheduler's say on a scheduled study's next work: once per claim."""
         search = candidate.spec.search
         seed = dispatch.decision_seed(search, candidate.record.id)
-        return dispatch.decide(trials, search, max_trials=max_trials(search), seed=seed)
+        return dispatch.decide(trials, search, max_trials=budget.max_trials(search), seed=seed)
 
     def _study_exists(self, study: optuna.Study, record: StudyRecord) -> bool:
         try:
@@ -311,36 +329,13 @@ class Worker:
 
     def _forget(self, record: StudyRecord, *, trial: int | None) -> None:
         """Drop a deleted study from this worker's cache; abandon its trial, if one ran."""
-        self._studies.pop((record.id, record.name), None)
+        self._optuna_studies.pop((record.id, record.name), None)
         self._event(
             "study_gone",
             study=record.name,
             abandoned_trial=trial,
             reason=GONE_REASON,
         )
-
-    def _finish_if_spent(self, record: StudyRecord, study: optuna.Study) -> None:
-        with session_scope(self.sessions) as session:
-            fresh = session.get(StudyRecord, record.id)
-            reason = fresh and studies.finish_if_spent(
-                session,
-                self.storage,
-                record=fresh,
-                study_id=study_id(study),
-            )
-        if reason:
-            self._event("study_completed", study=record.name, reason=reason)
-
-    def _set_status(self, record: StudyRecord, status: StudyStatus, reason: str) -> None:
-        with session_scope(self.sessions) as session:
-            changed = session.execute(
-                update(StudyRecord)
-                .where(StudyRecord.id == record.id, StudyRecord.status == StudyStatus.RUNNING)
-                .values(status=status, status_reason=reason, updated_at=utcnow())
-                .returning(StudyRecord.id)
-            ).first()
-        if changed is not None:
-            self._event("study_" + status, study=record.name, reason=reason)
 
     # --- one trial --------------------------------------------------------------------------
 
@@ -361,7 +356,7 @@ class Worker:
             if isinstance(decision, Idle):
                 lock.release()
                 if decision.done:
-                    self._finish_if_spent(candidate.record, candidate.study)
+                    outcomes.finish_if_spent(self.ctx, candidate.record, candidate.study)
                 raise NoWorkNow(candidate.spec.name)
             if decision is not None and not isinstance(decision, Start):
                 queued = dispatch.continuation(decision, trials)
@@ -380,7 +375,7 @@ class Worker:
         ):
             # On the lock's connection: another would be opened while the lock is held.
             counts = trial_counts(lock.connection or self.storage, study_id(candidate.study))
-            if counts.finished + counts.running >= max_trials(candidate.spec.search):
+            if counts.finished + counts.running >= budget.max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
             yield {}
 
@@ -411,19 +406,54 @@ class Worker:
             lock.release()
 
     def _run_one(self, candidate: Candidate) -> bool:
-        spec, study = candidate.spec, candidate.study
-        claimed: dict[str, Any] = {}
-        # Coordination latencies, logged with the trial: claim = stale sweep + ask (cache sync,
-        # budget gate, trial row; Optuna samples lazily, inside the objective), tell = from
-        # the objective's return until stored.
-        marks = {"begin": time.perf_counter()}
+        claim = _Claim()
+        objective = self._objective(candidate, claim)
+        try:
+            with self._claim_gate(candidate) as gate, self.storage.claiming(gate):
+                candidate.study.optimize(objective, n_trials=1, catch=(Exception,))
+        except BudgetSpent:
+            return False
+        except Exception as exc:
+            # Optuna's own bookkeeping failed: `tell` with the database down, or the study
+            # deleted under the trial. A trial left RUNNING loses its heartbeat and is failed
+            # and retried after the grace period.
+            cause = root_cause(exc)
+            if not self._study_exists(candidate.study, candidate.record):
+                self._forget(candidate.record, trial=claim.number)
+                return False
+            if not self._database_reachable():
+                raise StorageUnavailable(
+                    f"database lost during a trial: {describe(cause)}"
+                ) from exc
+            raise
+        if claim.trial_id is None:
+            return False
+        self.trials_run += 1
+        latency = claim.latency()
+        try:
+            trial = self.storage.get_trial(claim.trial_id)
+        except KeyError:
+            self._forget(candidate.record, trial=claim.number)
+            return True
+        outcomes.trial_ended(
+            self.ctx, candidate.record, candidate.spec, candidate.study, trial, latency
+        )
+        return True
+
+    def _objective(self, candidate: Candidate, claim: _Claim) -> Callable[[optuna.Trial], float]:
+        """The study's objective under the liveness watch, noting the claim as it happens."""
+        spec = candidate.spec
 
         def on_start(trial: optuna.Trial) -> None:
-            marks["started"] = time.perf_counter()
-            claimed.update(id=trial_id(trial), number=trial.number)
-            segment = dispatch.Segment.of(trial.user_attrs)
-            self._event("trial_start", study=spec.name, trial=trial.number,
-                        continues=segment.continues, until=segment.until)  # fmt: skip
+            claim.started = time.perf_counter()
+            claim.trial_id, claim.number = trial_id(trial), trial.number
+            self._event(
+                "trial_start",
+                study=spec.name,
+                trial=trial.number,
+                continues=records.continues(trial),
+                until=records.until(trial),
+            )
 
         objective = self.objective_factory(
             self.ctx, spec, record=candidate.record, on_start=on_start
@@ -434,41 +464,12 @@ class Worker:
                 with self.liveness.trial(trial_id(trial)):
                     return objective(trial)
             except TrialStalled:
-                trial.set_user_attr(FAIL_REASON_ATTR, STALLED)
+                records.record_failure(trial, reason=STALLED)
                 raise
             finally:
-                marks["returned"] = time.perf_counter()
+                claim.returned = time.perf_counter()
 
-        try:
-            with self._claim_gate(candidate) as gate, self.storage.claiming(gate):
-                study.optimize(timed, n_trials=1, catch=(Exception,))
-        except BudgetSpent:
-            return False
-        except Exception as exc:
-            # Optuna's own bookkeeping failed: `tell` with the database down, or the study
-            # deleted under the trial. A trial left RUNNING loses its heartbeat and is failed
-            # and retried after the grace period.
-            cause = root_cause(exc)
-            if not self._study_exists(study, candidate.record):
-                self._forget(candidate.record, trial=claimed.get("number"))
-                return False
-            if not self._database_reachable():
-                raise StorageUnavailable(
-                    f"database lost during a trial: {describe(cause)}"
-                ) from exc
-            raise
-        if "id" not in claimed:
-            return False
-        self.trials_run += 1
-        latency = {"claim_s": marks["started"] - marks["begin"],
-                   "tell_s": time.perf_counter() - marks["returned"]}  # fmt: skip
-        try:
-            trial = self.storage.get_trial(claimed["id"])
-        except KeyError:
-            self._forget(candidate.record, trial=claimed.get("number"))
-            return True
-        self._after_trial(candidate, trial, latency)
-        return True
+        return timed
 
     def _database_reachable(self) -> bool:
         try:
@@ -477,67 +478,6 @@ class Worker:
         except SQLAlchemyError:
             return False
         return True
-
-    def _after_trial(
-        self, candidate: Candidate, trial: FrozenTrial, latency: dict[str, float]
-    ) -> None:
-        spec, study = candidate.spec, candidate.study
-        reason = trial.user_attrs.get(FAIL_REASON_ATTR)
-        self._event(
-            "trial_end",
-            study=spec.name,
-            trial=trial.number,
-            state=trial.state.name.lower(),
-            value=trial.value,
-            reason=reason or trial.user_attrs.get("prune_reason"),
-            setup_s=trial.user_attrs.get("setup_seconds"),
-            train_s=trial.user_attrs.get("train_seconds"),
-            **{k: round(v, 4) for k, v in latency.items()},
-        )
-        if trial.state != TrialState.FAIL:
-            self._finish_if_spent(candidate.record, study)
-            return
-        if reason == "shutdown":
-            study.enqueue_trial(trial.params, user_attrs={RETRIED_FROM_ATTR: trial.number})
-        elif reason == STALLED:
-            self.storage.retry(study, trial)
-        elif reason == "oom":
-            self._record_infeasible(spec, study, trial)
-        self._check_failure_streak(candidate)
-
-    def _record_infeasible(self, spec: StudySpec, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Tell samplers the config does not fit in memory: samplers skip FAILED trials, so
-        add a PRUNED copy with a violated constraint (excluded from budget counts)."""
-        distributions = optuna_distributions(spec.search)
-        record = create_trial(
-            state=TrialState.PRUNED,
-            params=trial.params,
-            distributions={k: distributions[k] for k in trial.params},
-            user_attrs={INFEASIBLE_RECORD_ATTR: trial.number, FAIL_REASON_ATTR: "oom"},
-        )
-        record.set_constraint("oom", 1.0)
-        study.add_trial(record)
-
-    def _check_failure_streak(self, candidate: Candidate) -> None:
-        limit = candidate.spec.search.budget.max_failures_in_a_row
-        trials = [
-            t
-            for t in candidate.study.get_trials(deepcopy=False)
-            if not is_record(t)
-            and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        ]
-        recent = trials[-limit:]
-        errors = {t.user_attrs.get("error") for t in recent}
-        if (
-            len(recent) == limit
-            and all(t.state == TrialState.FAIL for t in recent)
-            and all(t.user_attrs.get(FAIL_REASON_ATTR) in STREAK_REASONS for t in recent)
-            and len(errors) == 1
-        ):
-            error = errors.pop()
-            self._set_status(
-                candidate.record, StudyStatus.FAILED, f"{limit} trials in a row failed: {error}"
-            )
 
     def _event(self, event: str, **fields: Any) -> None:
         self.ctx.event(event, **fields)

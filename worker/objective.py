@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import resource
-import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,38 +22,28 @@ from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
-from hpo.core import artifacts
-from hpo.core.budget import DEVICE_SECONDS_ATTR, EXAMPLES_TRAINED_ATTR
+from hpo.core import artifacts, records
 from hpo.core.db import StudyRecord, session_scope
-from hpo.core.derived import GREEDY_ATTR
 from hpo.core.errors import SpecError
 from hpo.core.factory import suggest_params
 from hpo.core.files import NotRegularFile
 from hpo.core.gguf import BadGGUF
 from hpo.core.optuna_tables import study_id
 from hpo.core.paths import check_spec_paths
-from hpo.core.progress import BASELINE_PREFIX, beats, best_trial
-from hpo.core.schedulers.dispatch import Segment
+from hpo.core.progress import beats, best_trial
 from hpo.core.settings import Settings
-from hpo.core.spec import StudySpec, cools_down
-from hpo.core.storage import COOLED_ATTR, FAIL_REASON_ATTR, HeartbeatStorage
-from worker import checkpoints, generation
-from worker.callbacks import INITIAL_LOSS_ATTR, Paused, WorkerShutdown
+from hpo.core.spec import StudySpec
+from hpo.core.storage import HeartbeatStorage
+from worker import generation
+from worker.callbacks import WorkerShutdown
+from worker.continuation import run_segment
 from worker.data import DataCache, Splits
 from worker.deadline import Overrun
 from worker.liveness import STALLED, TrialStalled
 from worker.locks import StudyLock
 from worker.models import AdapterCache, LoadedModel, ModelCache
-from worker.training import (
-    GENERATION_BATCH,
-    Resume,
-    TrainResult,
-    TrialHooks,
-    cooled_score,
-    detach,
-    train_trial,
-    trial_settings,
-)
+from worker.trainer import trial_hparams
+from worker.training import GENERATION_BATCH, TrainResult, TrialHooks, detach, train_trial
 
 MAX_ERROR_CHARS = 2000
 log = logging.getLogger("hpo.worker")
@@ -99,16 +89,18 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
 
 
-def _store(ctx: WorkerContext, trial: optuna.Trial, record: StudyRecord, kind: str,
-           folder: Path) -> None:  # fmt: skip
+def _store(
+    ctx: WorkerContext, trial: optuna.Trial, record: StudyRecord, kind: str, folder: Path
+) -> None:
     """Keep a folder of the trial in the artifact store; never fail the trial over it."""
     try:
         with session_scope(ctx.sessions) as session:
-            artifacts.save_folder(ctx.settings, session, study_id=record.id, trial=trial,
-                                  folder=folder, kind=kind)  # fmt: skip
+            artifacts.save_folder(
+                ctx.settings, session, study_id=record.id, trial=trial, folder=folder, kind=kind
+            )
     except Exception as exc:  # a full disk must not cost the trial its result
         error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-        trial.set_user_attr(f"{kind}_error", error)
+        records.set_artifact_error(trial, kind, error)
         ctx.event(f"{kind}_error", study=record.name, trial=trial.number, error=error)
 
 
@@ -123,8 +115,11 @@ def _adapter_keeper(
         sid = study_id(trial.study)
         best = best_trial(ctx.storage, sid)
         minimize = ctx.storage.get_study_directions(sid)[0] == StudyDirection.MINIMIZE
-        if best is not None and best.value is not None and beats(best.value, value,
-                                                                   minimize=minimize):  # fmt: skip
+        if (
+            best is not None
+            and best.value is not None
+            and beats(best.value, value, minimize=minimize)
+        ):
             return
         with tempfile.TemporaryDirectory(prefix="hpo-adapter-") as tmp:
             model.save_pretrained(tmp)
@@ -153,15 +148,20 @@ class ObjectiveFactory(Protocol):
 
 
 def _record_result(trial: optuna.Trial, result: TrainResult) -> None:
-    trial.set_user_attr("train_seconds", round(result.train_seconds, 4))
-    trial.set_user_attr("examples_seen", result.examples_seen)
-    trial.set_user_attr(EXAMPLES_TRAINED_ATTR, result.examples_trained)
-    trial.set_user_attr("tokens_seen", result.tokens_seen)
-    trial.set_user_attr("final_train_loss", result.train_loss)
-    for name, value in result.metrics.items():
-        trial.set_user_attr(name, round(value, 6))
-    for name, value in result.baseline.items():  # the same for every trial of the study
-        trial.study.set_user_attr(f"{BASELINE_PREFIX}{name}", value)
+    records.record_progress(
+        trial,
+        train_seconds=result.train_seconds,
+        eval_seconds=result.eval_seconds,
+        examples_seen=result.examples_seen,
+        examples_trained=result.examples_trained,
+        tokens_seen=result.tokens_seen,
+    )
+    records.set_final_train_loss(trial, result.train_loss)
+    if result.generation_seconds is not None:
+        records.set_generation_seconds(trial, result.generation_seconds)
+    records.record_scores(trial, result.metrics)
+    for metric, value in result.baseline.items():  # the same for every trial of the study
+        records.set_baseline(trial.study, metric, value)
 
 
 def make_objective(
@@ -181,75 +181,83 @@ def make_objective(
         on_start(trial)
         started = time.perf_counter()
         with _proposing(ctx, record, spec):
-            greedy = trial.user_attrs.get(GREEDY_ATTR) is True
-            params = {} if greedy else suggest_params(trial, spec.search)
-        for key, value in {
-            "worker": ctx.worker_id,
-            "hostname": ctx.hostname,
-            "device": str(ctx.device),
-        }.items():
-            trial.set_user_attr(key, value)
-        if ctx.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(ctx.device)
+            params = {} if records.is_greedy(trial) else suggest_params(trial, spec.search)
+        _record_placement(ctx, trial)
         try:
-            check_spec_paths(spec, ctx.settings)  # the worker's own roots, not just the API's
-            raw = ctx.data.raw(spec.train.dataset, spec.train.model)
-            loaded = ctx.models.get(spec.train.model, label_names=raw.label_names)
-            settings = trial_settings(spec, params)
-            if spec.train.mode == "decode":
-                return decode_trial(ctx, trial, spec, record, settings, loaded, raw)
-            segment = Segment.of(trial.user_attrs)
-            with _stable_copy(spec) as stable:
-                hooks = TrialHooks(
-                    extra_callbacks=extra_callbacks(params),
-                    keep_adapter=_adapter_keeper(ctx, trial, record, spec.train.model.task),
-                    keep_logs=lambda logs: _store(ctx, trial, record, artifacts.TENSORBOARD, logs),
-                    keep_checkpoint=lambda folder: _keep_checkpoint(
-                        ctx, record, trial, folder, stable
-                    ),
-                    # setup = everything before the first training step: model, data,
-                    # adapter, Trainer construction
-                    on_train_begin=lambda: trial.set_user_attr(
-                        "setup_seconds", round(time.perf_counter() - started, 4)
-                    ),
-                    baseline_needed=segment.continues is None
-                    and not any(k.startswith(BASELINE_PREFIX) for k in trial.study.user_attrs),
-                )
-                try:
-                    with _resume(ctx, record, trial, segment) as resume:
-                        result = train_trial(trial, spec=spec, settings=settings,
-                                             loaded=loaded, raw=raw, cache=ctx.data,
-                                             device=ctx.device, stop=ctx.stop, hooks=hooks,
-                                             until=segment.until, resume=resume)  # fmt: skip
-                except Paused as paused:
-                    if stable is not None:
-                        cooled = cooled_score(spec=spec, settings=settings, loaded=loaded,
-                                              raw=raw, cache=ctx.data, device=ctx.device,
-                                              stop=ctx.stop, checkpoint=stable,
-                                              reported=paused.reported)  # fmt: skip
-                        if cooled is not None:
-                            trial.set_user_attr(COOLED_ATTR, cooled)
-                    raise
-            _record_result(trial, result)
-            return result.value
+            return _run(ctx, trial, spec, record, params, extra_callbacks, started)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr(FAIL_REASON_ATTR, fail_reason(exc))
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS])
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            records.record_failure(trial, reason=fail_reason(exc), error=error)
             raise
         finally:
-            seconds = round(time.perf_counter() - started, 4)
-            trial.set_user_attr(DEVICE_SECONDS_ATTR, seconds)
-            if ctx.device.type == "cuda":
-                trial.set_user_attr("gpu_seconds", seconds)
-            trial.set_user_attr("peak_memory_mb", round(_peak_memory_mb(ctx.device), 1))
+            _record_cost(ctx, trial, started)
 
     return objective
 
 
-def _proposing(ctx: WorkerContext, record: StudyRecord, spec: StudySpec
-               ) -> AbstractContextManager[object]:  # fmt: skip
+def _run(
+    ctx: WorkerContext,
+    trial: optuna.Trial,
+    spec: StudySpec,
+    record: StudyRecord,
+    params: dict[str, Any],
+    extra_callbacks: ExtraCallbacks,
+    started: float,
+) -> float:
+    """The trial's value: a decoding trial's score, or a training segment's result."""
+    check_spec_paths(spec, ctx.settings)  # the worker's own roots, not just the API's
+    raw = ctx.data.raw(spec.train.dataset, spec.train.model)
+    loaded = ctx.models.get(spec.train.model, label_names=raw.label_names)
+    hparams = trial_hparams(spec, params)
+    if spec.train.mode == "decode":
+        return decode_trial(ctx, trial, spec, record, hparams, loaded, raw)
+    hooks = TrialHooks(
+        extra_callbacks=extra_callbacks(params),
+        keep_adapter=_adapter_keeper(ctx, trial, record, spec.train.model.task),
+        keep_logs=lambda logs: _store(ctx, trial, record, artifacts.TENSORBOARD, logs),
+        # setup = everything before the first training step: model, data, adapter, Trainer
+        on_train_begin=lambda: records.set_setup_seconds(trial, time.perf_counter() - started),
+        baseline_needed=records.continues(trial) is None
+        and not records.has_baseline(trial.study.user_attrs),
+    )
+    train = functools.partial(
+        train_trial,
+        spec=spec,
+        loaded=loaded,
+        raw=raw,
+        cache=ctx.data,
+        device=ctx.device,
+        stop=ctx.stop,
+    )
+    result = run_segment(ctx, record, trial, spec, hparams=hparams, hooks=hooks, train=train)
+    _record_result(trial, result)
+    return result.value
+
+
+def _record_placement(ctx: WorkerContext, trial: optuna.Trial) -> None:
+    """Where the trial runs; its peak memory is counted from here."""
+    records.record_worker(
+        trial, worker=ctx.worker_id, hostname=ctx.hostname, device=str(ctx.device)
+    )
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+
+
+def _record_cost(ctx: WorkerContext, trial: optuna.Trial, started: float) -> None:
+    """What the trial cost, whatever its outcome: device time and peak memory."""
+    records.record_device_time(
+        trial,
+        time.perf_counter() - started,
+        gpu=ctx.device.type == "cuda",
+        peak_memory_mb=_peak_memory_mb(ctx.device),
+    )
+
+
+def _proposing(
+    ctx: WorkerContext, record: StudyRecord, spec: StudySpec
+) -> AbstractContextManager[object]:
     """GP proposals one at a time per study. A GP conditions on the params of running trials,
     but two workers fitting at once see neither's and propose the optimum of one acquisition
     function twice (tests/system/test_samplers_multiworker.py caught it). Other samplers draw
@@ -259,77 +267,45 @@ def _proposing(ctx: WorkerContext, record: StudyRecord, spec: StudySpec
     return StudyLock(ctx.storage.engine, record.id)
 
 
-@contextmanager
-def _resume(ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial,
-            segment: Segment) -> Iterator[Resume | None]:  # fmt: skip
-    """A continuation's starting point: the reports of the segment it continues, made again
-    (one curve on the fidelity axis, at no cost), and that segment's saved state."""
-    if segment.continues is None:
-        yield None
-        return
-    parent = ctx.storage.get_trial(
-        ctx.storage.get_trial_id_from_study_id_trial_number(
-            study_id(trial.study), segment.continues
-        )  # fmt: skip
-    )
-    for step, value in sorted(parent.intermediate_values.items()):
-        trial.report(value, step)
-    with checkpoints.fetched(ctx.settings, ctx.sessions, record=record, parent=parent) as folder:
-        yield Resume(folder, dict(parent.intermediate_values),
-                     parent.user_attrs.get(INITIAL_LOSS_ATTR))  # fmt: skip
-
-
-@contextmanager
-def _stable_copy(spec: StudySpec) -> Iterator[Path | None]:
-    """Where a pausing segment's checkpoint is copied for its cool-down branch, when the
-    scheduler scores with one (the artifact store keeps the original)."""
-    if not cools_down(spec.search.scheduler):
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="hpo-stable-") as scratch:
-        yield Path(scratch) / "checkpoint"
-
-
-def _keep_checkpoint(ctx: WorkerContext, record: StudyRecord, trial: optuna.Trial,
-                     folder: Path, stable: Path | None) -> None:  # fmt: skip
-    checkpoints.keep(ctx.settings, ctx.sessions, record=record, trial=trial, checkpoint=folder)
-    if stable is not None:
-        shutil.copytree(folder, stable)
-
-
 def decode_trial(
     ctx: WorkerContext,
     trial: optuna.Trial,
     spec: StudySpec,
     record: StudyRecord,
-    settings: dict[str, Any],
+    hparams: dict[str, Any],
     loaded: LoadedModel,
     raw: Splits,
 ) -> float:
-    """Generate with the trial's decoding settings on the evaluation prompts and score the
+    """Generate with the trial's decoding hparams on the evaluation prompts and score the
     answers; nothing is trained. The study's adapter (if any) is fetched once per worker."""
     model: Any = loaded.model
-    greedy = trial.user_attrs.get(GREEDY_ATTR) is True
+    greedy = records.is_greedy(trial)
     if greedy:  # even where the study fixes a sampling setting
-        settings = settings | dict.fromkeys(generation.SAMPLING)
+        hparams = hparams | dict.fromkeys(generation.SAMPLING)
     if record.adapter_artifact_id is not None:
         folder = ctx.adapters.folder(record.adapter_artifact_id)
         model = PeftModel.from_pretrained(loaded.model, str(folder))
     try:
         objective = spec.search.objective
-        chosen = generation.examples(raw.eval, raw.shape,
-                                     spec.train.evaluation.generation.max_examples)  # fmt: skip
-        scored = generation.score(model, loaded.tokenizer, chosen, metric=objective.metric,
-                                  pattern=objective.pattern,
-                                  config=generation.decoding(settings, loaded.tokenizer),
-                                  batch_size=GENERATION_BATCH,
-                                  max_prompt_tokens=settings["max_seq_length"],
-                                  render_timeout=ctx.settings.prepare_timeout)  # fmt: skip
+        chosen = generation.examples(
+            raw.eval, raw.shape, spec.train.evaluation.generation.max_examples
+        )
+        scored = generation.score(
+            model,
+            loaded.tokenizer,
+            chosen,
+            metric=objective.metric,
+            pattern=objective.pattern,
+            config=generation.decoding(hparams, loaded.tokenizer),
+            batch_size=GENERATION_BATCH,
+            max_prompt_tokens=hparams["max_seq_length"],
+            render_timeout=ctx.settings.prepare_timeout,
+        )
     finally:
         if model is not loaded.model:
             detach(model)  # the cached base model stays as it was
-    trial.set_user_attr("generation_seconds", round(scored.seconds, 4))
-    trial.set_user_attr("sample_answer", scored.predictions[0][:500] if scored.predictions else "")
+    records.set_generation_seconds(trial, scored.seconds)
+    records.set_sample_answer(trial, scored.predictions[0] if scored.predictions else "")
     if greedy:  # the study's baseline
-        trial.study.set_user_attr(f"{BASELINE_PREFIX}{objective.metric}", scored.value)
+        records.set_baseline(trial.study, objective.metric, scored.value)
     return scored.value

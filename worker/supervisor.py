@@ -306,8 +306,9 @@ class Supervisor:
         slot.proc.kill()
         slot.proc.wait()
         trial = slot.report.trial if slot.report is not None else None
-        self._event("child_killed", child=slot.child.name, pid=slot.proc.pid, reason=reason,
-                    trial_id=trial)  # fmt: skip
+        self._event(
+            "child_killed", child=slot.child.name, pid=slot.proc.pid, reason=reason, trial_id=trial
+        )
         slot.report = None
         if trial is None or self.fail_trial is None:
             return

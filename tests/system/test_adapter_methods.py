@@ -16,15 +16,13 @@ from optuna.trial import TrialState
 from peft import AdaLoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
-from hpo.core.export import RANK_PATTERN_ATTR
-from hpo.core.records import CONTINUES_ATTR
+from hpo.core.records import CONTINUES_ATTR, RANK_PATTERN_ATTR, RESUMED_VALUE_ATTR
 from hpo.core.settings import Settings
 from tests.conftest import ApiServer
 from tests.specs import study_spec
 from tests.workers import small_study, trials
 from worker.builtin import resolve
 from worker.loop import Worker
-from worker.training import RESUMED_VALUE_ATTR
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["lora", "dora", "rslora", "adalora"]

@@ -26,6 +26,7 @@ from hpo.core.records import (
     COOLED_ATTR,
     LINEAGE_ATTR,
     PAUSED_AT_ATTR,
+    RESUMED_VALUE_ATTR,
     UNTIL_ATTR,
 )
 from hpo.core.schedulers import Decision
@@ -40,7 +41,6 @@ from tests.worker_process import cheap_objective
 from tests.workers import small_study, trials, wait_until
 from worker.loop import Candidate, Worker
 from worker.objective import WorkerContext
-from worker.training import RESUMED_VALUE_ATTR
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 Objective = Callable[[optuna.Trial], float]

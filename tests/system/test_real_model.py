@@ -26,7 +26,7 @@ from tests.workers import trials
 from worker import sft
 from worker.data import Splits, load_splits
 from worker.loop import Worker
-from worker.training import trainer_arguments, trial_settings
+from worker.trainer import trainer_arguments, trial_hparams
 
 pytestmark = pytest.mark.slow
 Spawn = Callable[..., subprocess.Popen[bytes]]
@@ -137,8 +137,8 @@ def _prepared(smollm2: Path, data: str, tmp_path: Path) -> tuple[Splits, Any]:
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     model = AutoModelForCausalLM.from_pretrained(smollm2)
     raw = load_splits(spec.train.dataset, task="causal-lm", cache_dir=tmp_path)
-    settings = trial_settings(spec, {"lora_r": 8})
-    kwargs = trainer_arguments(settings, spec, out_dir=str(tmp_path), device=torch.device("cpu"),
+    hparams = trial_hparams(spec, {"lora_r": 8})
+    kwargs = trainer_arguments(hparams, spec, out_dir=str(tmp_path), device=torch.device("cpu"),
                                n_train=len(raw.train), wants_logits=False)  # fmt: skip
     args = sft.config(kwargs, loss_on="completion", splits=raw, tokenizer=tokenizer,
                       max_length=96, packing=False)  # fmt: skip

@@ -18,12 +18,12 @@ from optuna.trial import TrialState
 from peft import LoraConfig
 from transformers import TrainingArguments
 
+from hpo.core.records import EVAL_LOSS_CURVE_ATTR
 from hpo.core.settings import Settings
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.workers import small_study, trials
 from worker import builtin
-from worker.callbacks import EVAL_LOSS_CURVE_ATTR
 from worker.loop import Worker
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from trl import SFTConfig
 from hpo.core.hyperparameters import HYPERPARAMETERS, Hyperparameter, arguments, resolve
 from hpo.core.spec import SearchSpace, StudySpec, TrainingSettings
 from tests.specs import minimal_spec
-from worker.training import trainer_arguments, trial_settings
+from worker.trainer import trainer_arguments, trial_hparams
 
 DATACLASSES = {"trainer": TrainingArguments, "sft": SFTConfig, "lora": LoraConfig}
 NUMERIC = [hp for hp in HYPERPARAMETERS if hp.kind in (int, float)]
@@ -101,11 +101,11 @@ def test_the_worker_passes_every_trainer_setting(tmp_path: Any) -> None:
     fixed |= {"bf16": False, "fp16": False, "gradient_checkpointing": False}
     spec = StudySpec.model_validate(minimal_spec("all", training=fixed, space={
         "lora_r": {"type": "categorical", "choices": [4, 8]}}))  # fmt: skip
-    settings = trial_settings(spec, {"lora_r": 4})
-    kwargs = trainer_arguments(settings, spec, out_dir=str(tmp_path), device=torch.device("cpu"),
+    hparams = trial_hparams(spec, {"lora_r": 4})
+    kwargs = trainer_arguments(hparams, spec, out_dir=str(tmp_path), device=torch.device("cpu"),
                                n_train=64, wants_logits=False)  # fmt: skip
     args = TrainingArguments(**kwargs)
     for hp in HYPERPARAMETERS:
         if hp.target == "trainer":
             assert getattr(args, hp.key) == fixed[hp.name], hp.name
-    assert settings["lora_alpha"] == 8.0  # the 2 x rank rule when alpha is not set
+    assert hparams["lora_alpha"] == 8.0  # the 2 x rank rule when alpha is not set

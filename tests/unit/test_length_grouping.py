@@ -10,7 +10,7 @@ import datasets
 import torch
 from transformers import TrainingArguments
 
-from worker.training import LengthGroupedTrainer
+from worker.trainer import LengthGroupedTrainer
 
 
 def _padding_spread(order: list[int], lengths: list[int], batch: int) -> float:
