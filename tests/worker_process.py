@@ -37,10 +37,10 @@ from transformers import TrainerCallback
 from hpo.cli import log_to_stderr
 from hpo.core.db import StudyRecord
 from hpo.core.factory import optuna_distributions, suggest_params
+from hpo.core.records import PAUSED_AT_ATTR
 from hpo.core.schedulers.dispatch import Segment
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.storage import PAUSED_AT_ATTR
 from worker import liveness
 from worker.loop import Worker
 from worker.objective import ExtraCallbacks, WorkerContext, make_objective

@@ -9,10 +9,6 @@ from optuna.storages import RDBStorage
 from hpo.core import records
 from hpo.core.db import StudyRecord, utcnow
 from hpo.core.progress import TrialCounts, user_attr_sum
-
-# Re-exported for worker/ modules that still import them from here; hpo.core.records owns them.
-from hpo.core.records import DEVICE_SECONDS_ATTR as DEVICE_SECONDS_ATTR
-from hpo.core.records import EXAMPLES_TRAINED_ATTR as EXAMPLES_TRAINED_ATTR
 from hpo.core.schedulers import Decision, Idle, build_scheduler
 from hpo.core.schedulers.dispatch import decide, decision_seed
 from hpo.core.spec import SearchSpec, StudySpec, grid_size

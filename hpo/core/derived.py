@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-# Re-exported for worker/ modules that still import it from here; hpo.core.records owns it.
-from hpo.core.records import GREEDY_ATTR as GREEDY_ATTR
 from hpo.core.spec import StudySpec
 
 DECODING_SPACE: dict[str, Any] = {

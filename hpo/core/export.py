@@ -12,10 +12,6 @@ from optuna.trial import FrozenTrial
 
 from hpo.core import records
 from hpo.core.hyperparameters import arguments, peft_config, resolve, scheduler_kwargs
-
-# Re-exported for worker/ modules that still import them from here; hpo.core.records owns them.
-from hpo.core.records import RANK_PATTERN_ATTR as RANK_PATTERN_ATTR
-from hpo.core.records import RESOLVED_TARGETS_ATTR as RESOLVED_TARGETS_ATTR
 from hpo.core.spec import StudySpec
 
 

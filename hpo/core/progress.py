@@ -26,13 +26,6 @@ from hpo.core.db import ArtifactRecord
 from hpo.core.optuna_tables import trial_user_attributes as attrs
 from hpo.core.optuna_tables import trial_values, trials
 
-# Re-exported for modules that still import them from here (the schedulers and worker/);
-# hpo.core.records owns them.
-from hpo.core.records import BASELINE_PREFIX as BASELINE_PREFIX
-from hpo.core.records import INFEASIBLE_RECORD_ATTR as INFEASIBLE_RECORD_ATTR
-
-is_record = records.is_infeasible_record  # re-exported likewise
-
 
 @dataclass(frozen=True)
 class TrialCounts:

@@ -19,14 +19,6 @@ from sqlalchemy.exc import IntegrityError
 
 from hpo.core import optuna_tables, records
 from hpo.core.optuna_tables import trial_heartbeats, trials
-
-# Re-exported for modules that still import them from here (the schedulers and worker/);
-# hpo.core.records owns them.
-from hpo.core.records import COOLED_ATTR as COOLED_ATTR
-from hpo.core.records import FAIL_REASON_ATTR as FAIL_REASON_ATTR
-from hpo.core.records import PAUSED_AT_ATTR as PAUSED_AT_ATTR
-from hpo.core.records import PRUNE_REASON_ATTR as PRUNE_REASON_ATTR
-from hpo.core.records import RETRIED_FROM_ATTR as RETRIED_FROM_ATTR
 from hpo.core.settings import Settings
 
 STALE_REASON = "stale: no heartbeat within the grace period (worker died or lost the database)"

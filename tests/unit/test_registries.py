@@ -9,7 +9,7 @@ import pytest
 
 from hpo.core.hyperparameters import HYPERPARAMETERS
 from hpo.core.spec import DATA_SHAPES, METRICS, PBT_MUTABLE, DatasetSpec, Task, dataset_shape
-from worker.callbacks import Retune
+from worker.continuation import Retune
 from worker.generation import REFERENCES
 from worker.metrics import SCORERS
 

@@ -10,10 +10,10 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from pydantic import ValidationError
 
-from hpo.core.progress import INFEASIBLE_RECORD_ATTR
 from hpo.core.records import (
     CONTINUES_ATTR,
     COOLED_ATTR,
+    INFEASIBLE_RECORD_ATTR,
     PAUSED_AT_ATTR,
     RETRIED_FROM_ATTR,
     UNTIL_ATTR,

@@ -14,7 +14,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.core import records
-from hpo.core.progress import is_record
+from hpo.core.records import is_infeasible_record as is_record
 from hpo.core.schedulers.base import Continuation, Decision, Resumption, Start
 from hpo.core.schedulers.builder import build_scheduler
 from hpo.core.spec import SearchSpec

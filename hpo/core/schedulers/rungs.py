@@ -16,8 +16,8 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from hpo.core import records
-from hpo.core.progress import is_record
 from hpo.core.records import SegmentStatus
+from hpo.core.records import is_infeasible_record as is_record
 from hpo.core.schedulers.base import Continuation, Decision, Idle, Start
 from hpo.core.spec import MAX_STEP
 
