@@ -15,19 +15,12 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from hpo.core.spec import DatasetSpec, ModelSpec, dataset_format, dataset_shape
+from hpo.core.spec import DATA_SHAPES, DatasetSpec, ModelSpec, Task, dataset_format, dataset_shape
 from worker import builtin
 from worker.deadline import deadline
 from worker.models import freeze_long_lived
 
 datasets.disable_progress_bars()
-# TRL's column names for each shape; the spec may name the fields otherwise.
-CANONICAL = {
-    "language_modeling": {"text_field": "text"},
-    "prompt_completion": {"prompt_field": "prompt", "completion_field": "completion"},
-    "conversational": {"messages_field": "messages"},
-}
-CLASSIFICATION = "classification"
 MAX_LABELS = 10_000
 
 
@@ -81,17 +74,32 @@ def _split(loaded: datasets.Dataset | datasets.DatasetDict, name: str | None) ->
 
 
 def _canonical(split: datasets.Dataset, spec: DatasetSpec, shape: str) -> datasets.Dataset:
-    """Only the shape's columns, under TRL's names."""
-    if shape == CLASSIFICATION:
-        keep = {spec.text_field: "text", spec.label_field: "label"}
-    else:
-        keep = {getattr(spec, attr): name for attr, name in CANONICAL[shape].items()}
+    """Only the shape's columns, under their loaded names (TRL's)."""
+    keep = {getattr(spec, attr): name for attr, name in DATA_SHAPES[shape].fields.items()}
     split = split.remove_columns([c for c in split.column_names if c not in keep])
     renames = {old: new for old, new in keep.items() if old != new and old is not None}
     return split.rename_columns(renames) if renames else split
 
 
-def load_splits(spec: DatasetSpec, *, task: str, cache_dir: Path) -> Splits:
+def _label_ids(splits: Splits) -> Splits:
+    """The splits with each label as an id (``labels``) and ``label_names`` in id order."""
+    train, evaluation, test = splits.train, splits.eval, splits.test
+    label_names = sorted({*train["label"], *evaluation["label"], *(test["label"] if test else [])})
+    if len(label_names) > MAX_LABELS:  # each is a row of the classifier's head
+        raise ValueError(f"{len(label_names)} distinct labels; at most {MAX_LABELS} are allowed")
+    index = {label: i for i, label in enumerate(label_names)}
+
+    def to_id(row: dict[str, Any]) -> dict[str, Any]:
+        return {"labels": index[row["label"]]}
+
+    ids = [
+        s.map(to_id, remove_columns=["label"]) if s is not None else None
+        for s in (train, evaluation, test)
+    ]
+    return Splits(ids[0], ids[1], ids[2], splits.shape, label_names)
+
+
+def load_splits(spec: DatasetSpec, *, task: Task, cache_dir: Path) -> Splits:
     """Raw splits as the spec describes them: the validation split, file or fraction; the
     test split or file; each limited to its maximum."""
     loaded = _read(spec.path, spec.format, cache_dir)
@@ -105,31 +113,14 @@ def load_splits(spec: DatasetSpec, *, task: str, cache_dir: Path) -> Splits:
     if evaluation is None:
         parts = train.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)
         train, evaluation = parts["train"], parts["test"]
-    if task == "sequence-classification":
-        shape = CLASSIFICATION
-        for name in (spec.text_field, spec.label_field):
-            if name not in train.column_names:
-                raise ValueError(f"dataset has no field {name!r}; it has {train.column_names}")
-    else:
-        shape = dataset_shape(spec, train.column_names)
+    shape = dataset_shape(spec, train.column_names, task=task)
     train, evaluation = _canonical(train, spec, shape), _canonical(evaluation, spec, shape)
     test = _canonical(test, spec, shape) if test is not None else None
     if spec.max_train_examples:
         train = train.select(range(min(spec.max_train_examples, len(train))))
     evaluation = evaluation.select(range(min(spec.max_eval_examples, len(evaluation))))
-    if shape != CLASSIFICATION:
-        return Splits(train, evaluation, test, shape)
-    label_names = sorted({*train["label"], *evaluation["label"], *(test["label"] if test else [])})
-    if len(label_names) > MAX_LABELS:  # each is a row of the classifier's head
-        raise ValueError(f"{len(label_names)} distinct labels; at most {MAX_LABELS} are allowed")
-    index = {label: i for i, label in enumerate(label_names)}
-
-    def to_id(row: dict[str, Any]) -> dict[str, Any]:
-        return {"labels": index[row["label"]]}
-
-    ids = [s.map(to_id, remove_columns=["label"]) if s is not None else None
-           for s in (train, evaluation, test)]  # fmt: skip
-    return Splits(ids[0], ids[1], ids[2], shape, label_names)
+    splits = Splits(train, evaluation, test, shape)
+    return _label_ids(splits) if DATA_SHAPES[shape].labels else splits
 
 
 def tokenize_classification(
@@ -147,8 +138,15 @@ def tokenize_classification(
 
     train = tokenize(splits.train)
     assert train is not None
-    return Splits(train, tokenize(splits.eval), tokenize(splits.test), splits.shape,
-                  splits.label_names, [len(ids) for ids in train["input_ids"]])  # fmt: skip
+    lengths = [len(ids) for ids in train["input_ids"]]
+    return Splits(
+        train,
+        tokenize(splits.eval),
+        tokenize(splits.test),
+        splits.shape,
+        splits.label_names,
+        lengths,
+    )
 
 
 class DataCache:

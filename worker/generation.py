@@ -8,6 +8,7 @@ the tokenizer does; message lists through the chat template with the generation 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,30 +30,38 @@ class Example:
     reference: str
 
 
+def _completion(row: dict[str, Any]) -> Example:
+    completion = row["completion"]
+    text = completion if isinstance(completion, str) else completion[-1]["content"]
+    return Example(row["prompt"], text)
+
+
+def _last_turn(row: dict[str, Any]) -> Example:
+    messages = row["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return Example(messages[:last], messages[last]["content"])
+
+
+# How each shape with references (``DataShape.references``) gives a prompt and its answer.
+REFERENCES: dict[str, Callable[[dict[str, Any]], Example]] = {
+    "prompt_completion": _completion,
+    "conversational": _last_turn,
+}
+
+
 def examples(split: datasets.Dataset, shape: str, limit: int) -> list[Example]:
     """Prompts and reference answers of the first ``limit`` examples.
 
     Raises:
-        ValueError: Language-modelling data has no reference answers.
+        ValueError: The shape has no reference answers (language modelling).
     """
-    rows = split.select(range(min(limit, len(split))))
-    if shape == "prompt_completion":
-        return [Example(r["prompt"], _text(r["completion"])) for r in rows]
-    if shape == "conversational":
-        found = []
-        for r in rows:
-            messages = r["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            found.append(Example(messages[:last], messages[last]["content"]))
-        return found
-    raise ValueError(
-        f"generation metrics need reference answers: prompt/completion or conversational data, "
-        f"not {shape}"
-    )
-
-
-def _text(completion: str | list[dict[str, Any]]) -> str:
-    return completion if isinstance(completion, str) else completion[-1]["content"]
+    read = REFERENCES.get(shape)
+    if read is None:
+        raise ValueError(
+            "generation metrics need reference answers: prompt/completion or conversational "
+            f"data, not {shape}"
+        )
+    return [read(row) for row in split.select(range(min(limit, len(split))))]
 
 
 def decoding(settings: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
@@ -105,8 +114,9 @@ def generate(
             width = max(len(ids) for ids in batch)
             pad = tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch],
-                                device=device)  # fmt: skip
+            mask = torch.tensor(
+                [[0] * (width - len(x)) + [1] * len(x) for x in batch], device=device
+            )
             out = model.generate(  # type: ignore[operator]  # transformers' stub
                 input_ids=ids, attention_mask=mask, generation_config=config
             )
@@ -137,8 +147,14 @@ def score(
     render_timeout: float | None = None,
 ) -> GenerationScore:
     started = time.perf_counter()
-    predictions = generate(model, tokenizer, [e.prompt for e in chosen], config,
-                           batch_size=batch_size, max_prompt_tokens=max_prompt_tokens,
-                           render_timeout=render_timeout)  # fmt: skip
+    predictions = generate(
+        model,
+        tokenizer,
+        [e.prompt for e in chosen],
+        config,
+        batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+        render_timeout=render_timeout,
+    )
     value = mean_score(metric, predictions, [e.reference for e in chosen], pattern)
     return GenerationScore(value, time.perf_counter() - started, predictions)

@@ -70,12 +70,31 @@ def regex_match(pattern: str) -> Callable[[str, str], float]:
     return score
 
 
-def scorer(metric: str, pattern: str | None = None) -> Callable[[str, str], float]:
-    if metric == "regex":
-        assert pattern is not None  # the spec requires one
-        return regex_match(pattern)
-    return {"exact_match": exact_match, "token_f1": token_f1, "rouge_l": rouge_l,
-            "contains": contains}[metric]  # fmt: skip
+Score = Callable[[str, str], float]  # (prediction, reference) -> score in [0, 1]
+
+
+def _patterned(pattern: str | None) -> Score:
+    assert pattern is not None  # the spec requires one (``Metric.pattern``)
+    return regex_match(pattern)
+
+
+def _fixed(score: Score) -> Callable[[str | None], Score]:
+    return lambda _pattern: score
+
+
+# Each generation metric of ``hpo.core.spec.METRICS`` (``generates``): the objective's pattern
+# to the metric's scorer.
+SCORERS: dict[str, Callable[[str | None], Score]] = {
+    "exact_match": _fixed(exact_match),
+    "token_f1": _fixed(token_f1),
+    "rouge_l": _fixed(rouge_l),
+    "regex": _patterned,
+    "contains": _fixed(contains),
+}
+
+
+def scorer(metric: str, pattern: str | None = None) -> Score:
+    return SCORERS[metric](pattern)
 
 
 def mean_score(

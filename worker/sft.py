@@ -13,10 +13,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import has_generation_markers
 
+from hpo.core.spec import DATA_SHAPES
 from worker.data import Splits
 
 # What a trial's SFTTrainer needs of a prepared split; TRL adds seq_lengths when packing.
 PREPARED_COLUMNS = ("input_ids", "labels", "seq_lengths")
+# The shape of chat data cut per assistant turn (``per_assistant_turn``).
+TURN_SHAPE = "prompt_completion"
 
 
 class NoChatTemplate(ValueError):
@@ -25,10 +28,8 @@ class NoChatTemplate(ValueError):
 
 def needs_template(splits: Splits) -> bool:
     """Whether the data holds message lists, which only a chat template can render."""
-    if splits.shape == "conversational":
-        return True
     first = splits.train[0] if len(splits.train) else {}
-    return splits.shape == "prompt_completion" and isinstance(first.get("prompt"), list)
+    return DATA_SHAPES[splits.shape].holds_messages(first)
 
 
 def _turns(messages: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -56,7 +57,7 @@ def config(
     """TRL's SFTConfig for this data: the trainer arguments plus how the loss is masked."""
     assistant_only = (
         loss_on == "completion"
-        and splits.shape == "conversational"
+        and DATA_SHAPES[splits.shape].chat
         and has_generation_markers(tokenizer.chat_template or "")
     )
     return SFTConfig(
@@ -80,11 +81,11 @@ def training_splits(splits: Splits, args: SFTConfig, tokenizer: PreTrainedTokeni
             "prompt / completion (or text) fields"
         )
     turns_needed = args.completion_only_loss and not args.assistant_only_loss
-    if splits.shape != "conversational" or not turns_needed:
+    if not DATA_SHAPES[splits.shape].chat or not turns_needed:
         return splits
     test = per_assistant_turn(splits.test) if splits.test is not None else None
-    return Splits(per_assistant_turn(splits.train), per_assistant_turn(splits.eval), test,
-                  "prompt_completion")  # fmt: skip
+    train, evaluation = per_assistant_turn(splits.train), per_assistant_turn(splits.eval)
+    return Splits(train, evaluation, test, TURN_SHAPE)
 
 
 def prepare(

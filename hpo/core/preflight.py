@@ -23,6 +23,7 @@ from hpo.core.gguf import BadGGUF, check_gguf
 from hpo.core.settings import Settings
 from hpo.core.spec import (
     BUILTIN_PREFIX,
+    DATA_SHAPES,
     DatasetSpec,
     MissingField,
     StudySpec,
@@ -61,8 +62,11 @@ def _jsonl_columns(path: Path, loc: tuple[str, ...], limit: int) -> Columns:
         except JSON_ERRORS as exc:
             if number == len(lines) and len(head) == limit:
                 if number == 1:
-                    raise SpecError(f"{path.name} line 1 is longer than {limit} bytes "
-                                    "(HPO_PREFLIGHT_READ_BYTES).", loc=loc) from None  # fmt: skip
+                    raise SpecError(
+                        f"{path.name} line 1 is longer than {limit} bytes "
+                        "(HPO_PREFLIGHT_READ_BYTES).",
+                        loc=loc,
+                    ) from None
                 break  # the bounded read cut this line
             why = "nested too deeply" if isinstance(exc, RecursionError) else exc
             raise SpecError(f"{path.name} line {number} is not JSON: {why}", loc=loc) from None
@@ -112,8 +116,9 @@ def _disk_columns(path: Path, split: str | None, loc: tuple[str, ...], limit: in
             ) from None
         found = info.get("features") if isinstance(info, dict) else None
         if not isinstance(found, dict | None):
-            raise SpecError(f"{folder.name}/dataset_info.json: features is not an object.",
-                            loc=loc)  # fmt: skip
+            raise SpecError(
+                f"{folder.name}/dataset_info.json: features is not an object.", loc=loc
+            )
         return set(found or {})
 
     dict_file = path / "dataset_dict.json"
@@ -124,8 +129,7 @@ def _disk_columns(path: Path, split: str | None, loc: tuple[str, ...], limit: in
     except (OSError, ValueError, KeyError, TypeError):
         raise SpecError(f"{path.name}/dataset_dict.json is not readable.", loc=loc) from None
     if not (isinstance(splits, list) and splits and all(isinstance(s, str) for s in splits)):
-        raise SpecError(f"{path.name}/dataset_dict.json: splits is not a list of names.",
-                        loc=loc)  # fmt: skip
+        raise SpecError(f"{path.name}/dataset_dict.json: splits is not a list of names.", loc=loc)
     if split is not None and split not in splits:
         raise SpecError(
             f"dataset has no split {split!r}; it has {splits}.",
@@ -167,28 +171,19 @@ def _check_dataset(spec: StudySpec, limit: int) -> None:
     data = spec.train.dataset
     for attribute in data.paths():
         columns, first = _columns(data, attribute, limit)
-        if spec.train.model.task == "sequence-classification":
-            for name in ("text_field", "label_field"):
-                field = getattr(data, name)
-                if field not in columns:
-                    raise SpecError(f"dataset has no field {field!r}; it has {sorted(columns)}.",
-                                    loc=("train", "dataset", name))  # fmt: skip
-            continue
         try:
-            shape = dataset_shape(data, columns)
+            shape = dataset_shape(data, columns, task=spec.train.model.task)
         except MissingField as exc:
             raise SpecError(str(exc), loc=("train", "dataset", exc.attribute)) from None
-        messages = shape == "conversational" or (
-            shape == "prompt_completion" and first is not None
-            and isinstance(first.get(data.prompt_field), list)
-        )  # fmt: skip
+        layout = DATA_SHAPES[shape]
+        messages = layout.holds_messages(first, data.model_dump())
         if messages and not _may_have_chat_template(spec.train.model.name_or_path, limit):
             raise SpecError(
                 f"{shape} data with message lists needs a chat template, and the model's "
                 "tokenizer has none: use a model with one, or plain-text fields.",
                 loc=("train", "model", "name_or_path"),
             )
-        if spec.search.objective.generates and shape == "language_modeling":
+        if spec.search.objective.generates and not layout.references:
             raise SpecError(
                 f"{spec.search.objective.metric} compares answers with references: it needs "
                 "prompt/completion or conversational data, not plain text.",

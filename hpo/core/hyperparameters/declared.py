@@ -1,22 +1,8 @@
-"""Every setting a trial can search or fix, declared once: type, bounds, default, meaning, and
-where it goes (HF ``TrainingArguments``, PEFT ``LoraConfig``, or the data pipeline).
-
-The study spec (validation, the OpenAPI schema) and the worker (the arguments it builds) are
-both derived from ``HYPERPARAMETERS``; adding a setting is one entry here. Like a PEFT config
-field, each entry carries its help text.
-"""
+"""The declarations: every setting a trial can search or fix, once."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Literal
-
-# trainer: transformers' TrainingArguments; sft: TRL's SFTConfig (causal LMs) on top of it;
-# lora: PEFT's LoraConfig; adapter: which PEFT config and its budget (``peft_config``);
-# data: the worker's tokenization; generation: GenerationConfig.
-Target = Literal["trainer", "sft", "lora", "adapter", "data", "generation"]
-Kind = type[float] | type[int] | type[str] | type[bool]
+from hpo.core.hyperparameters.setting import Hyperparameter
 
 LR_SCHEDULERS = (
     "linear",
@@ -39,67 +25,6 @@ LORA_METHODS = ("lora", "dora", "rslora", "adalora")
 LORA_INITS = ("default", "gaussian", "orthogonal")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd")
 
-
-@dataclass(frozen=True)
-class Hyperparameter:
-    """One setting of a trial.
-
-    Args:
-        name: The name in specs (``search.space``, ``train.training``).
-        kind: Its Python type.
-        default: The value a trial uses when the study neither searches nor fixes it; None
-            leaves the library's own default (or a rule in the worker, e.g. LoRA alpha = 2r).
-        help: What it means, shown in the OpenAPI schema.
-        target: Where the worker applies it.
-        argument: Its name in ``TrainingArguments`` / ``LoraConfig`` when that differs.
-        low, high, low_inclusive: Numeric bounds.
-        choices: The accepted strings.
-        searchable: Whether a study may put it in its search space (else fixed only).
-    """
-
-    name: str
-    kind: Kind
-    default: Any
-    help: str
-    target: Target
-    argument: str | None = None
-    low: float | None = None
-    high: float | None = None
-    low_inclusive: bool = True
-    choices: tuple[str, ...] = ()
-    searchable: bool = True
-
-    @property
-    def key(self) -> str:
-        """The keyword the target library takes."""
-        return self.argument or self.name
-
-    def check(self, value: Any) -> str | None:
-        """Why ``value`` is not acceptable, or None when it is."""
-        if self.kind is bool:
-            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
-        if self.kind is str:
-            ok = value in self.choices
-            return None if ok else f"must be one of {list(self.choices)}, but got {value!r}"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"must be a number, but got {value!r}"
-        if self.kind is int and not float(value).is_integer():
-            return f"must be an integer, but got {value!r}"
-        if not math.isfinite(value):
-            return f"must be finite, but got {value!r}"
-        if self.low is not None and (
-            value < self.low or (not self.low_inclusive and value == self.low)
-        ):
-            return f"must be {'>=' if self.low_inclusive else '>'} {self.low}, but got {value!r}"
-        if self.high is not None and value > self.high:
-            return f"must be <= {self.high}, but got {value!r}"
-        return None
-
-    def cast(self, value: Any) -> Any:
-        """``value`` as this setting's type (searched ints may arrive as floats)."""
-        return value if value is None else self.kind(value)
-
-
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     # --- the optimiser and schedule (HF TrainingArguments) ------------------------------------
     Hyperparameter(
@@ -111,6 +36,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         low=0.0,
         high=1.0,
         low_inclusive=False,
+        mutable=True,
     ),
     Hyperparameter(
         "per_device_train_batch_size",
@@ -168,7 +94,14 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         choices=LR_SCHEDULERS,
     ),
     Hyperparameter(
-        "weight_decay", float, 0.0, "Decoupled (AdamW) weight decay.", "trainer", low=0.0, high=1.0
+        "weight_decay",
+        float,
+        0.0,
+        "Decoupled (AdamW) weight decay.",
+        "trainer",
+        low=0.0,
+        high=1.0,
+        mutable=True,
     ),
     Hyperparameter(
         "max_grad_norm",
@@ -292,7 +225,14 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         low_inclusive=False,
     ),
     Hyperparameter(
-        "lora_dropout", float, 0.0, "Dropout on the LoRA path.", "lora", low=0.0, high=0.9
+        "lora_dropout",
+        float,
+        0.0,
+        "Dropout on the LoRA path.",
+        "lora",
+        low=0.0,
+        high=0.9,
+        mutable=True,
     ),
     Hyperparameter(
         "lora_target_modules",
@@ -458,69 +398,3 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
 )
 BY_NAME: dict[str, Hyperparameter] = {hp.name: hp for hp in HYPERPARAMETERS}
 SEARCHABLE: dict[str, Hyperparameter] = {hp.name: hp for hp in HYPERPARAMETERS if hp.searchable}
-
-
-def resolve(fixed: dict[str, Any], searched: dict[str, Any]) -> dict[str, Any]:
-    """A trial's value of every setting: defaults < the study's fixed ``training`` < the
-    trial's sampled params; cast to each setting's type."""
-    merged = {hp.name: hp.default for hp in HYPERPARAMETERS} | fixed | searched
-    settings = {name: BY_NAME[name].cast(value) for name, value in merged.items()}
-    if settings["lora_alpha"] is None:  # the usual rule: scale alpha / r = 2
-        settings["lora_alpha"] = 2.0 * settings["lora_r"]
-    if settings["adalora_init_r"] is None:
-        settings["adalora_init_r"] = math.ceil(1.5 * settings["lora_r"])
-    return settings
-
-
-def adalora_phases(settings: dict[str, Any], steps: int) -> tuple[int, int]:
-    """AdaLoRA's (tinit, tfinal) in optimiser steps of a run of ``steps``: their shares sum to
-    less than 1, so tinit < steps - tfinal, as PEFT requires."""
-    return math.floor(settings["adalora_tinit"] * steps), math.floor(
-        settings["adalora_tfinal"] * steps
-    )
-
-
-def peft_config(settings: dict[str, Any], steps: int) -> tuple[str, dict[str, Any]]:
-    """The PEFT config class (``LoraConfig`` or ``AdaLoraConfig``) of a trial's adapter and its
-    keyword arguments, for a run of ``steps`` optimiser steps (AdaLoRA's ``total_step``)."""
-    lora = arguments(settings, "lora")
-    method = settings["lora_method"]
-    if method == "adalora":
-        tinit, tfinal = adalora_phases(settings, steps)
-        del lora["r"]  # AdaLoraConfig ignores r: it starts at init_r, ends at target_r on average
-        return "AdaLoraConfig", lora | {
-            "init_r": max(settings["adalora_init_r"], settings["lora_r"]),
-            "target_r": settings["lora_r"],
-            "tinit": tinit,
-            "tfinal": tfinal,
-            "deltaT": settings["adalora_delta_t"],
-            "orth_reg_weight": settings["adalora_orth_reg_weight"],
-            "total_step": steps,
-        }
-    init = settings["init_lora_weights"]
-    return "LoraConfig", lora | {
-        "use_dora": method == "dora",
-        "use_rslora": method == "rslora",
-        "init_lora_weights": True if init == "default" else init,
-    }
-
-
-def scheduler_kwargs(settings: dict[str, Any], steps: int) -> dict[str, Any]:
-    """``lr_scheduler_kwargs`` for the schedulers that need them, given the run's steps: WSD
-    decays over the last 20%, cosine-with-min-lr floors at 10% of the peak."""
-    name = settings["lr_scheduler_type"]
-    if name == "warmup_stable_decay":
-        return {"num_decay_steps": max(1, steps // 5)}
-    if name == "cosine_with_min_lr":
-        return {"min_lr_rate": 0.1}
-    return {}
-
-
-def arguments(settings: dict[str, Any], target: Target) -> dict[str, Any]:
-    """The keyword arguments ``settings`` give one library, under its own names; unset
-    (None) settings are left to the library's default."""
-    return {
-        hp.key: settings[hp.name]
-        for hp in HYPERPARAMETERS
-        if hp.target == target and settings.get(hp.name) is not None
-    }
