@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -138,6 +139,9 @@ def simulate(
     workers: int,
     seed: int,
     max_cost: float | None = None,
+    target: float | None = None,
+    first: Sequence[dict[str, Any]] = (),
+    sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
 ) -> Simulation:
     """Run ``search``'s sampler, pruner and scheduler against ``objective`` with ``workers``
     workers.
@@ -148,17 +152,25 @@ def simulate(
     would under the study's lock: a paused configuration continues in a new segment (a trial
     that re-reports its earlier values for free) from the point where it stopped. Stops
     once ``search.budget.max_trials`` configurations (not segments) started and none can
-    continue, or once ``max_cost`` device-seconds were spent, whichever comes first.
+    continue, once ``max_cost`` device-seconds were spent, or once a configuration completed
+    at or better than ``target``, whichever comes first.
+
+    ``first``: configurations enqueued before any worker asks (an initial design);
+    ``sampler(worker)``: a sampler in place of the spec's, for benchmark candidates a spec
+    cannot name yet.
 
     Raises:
         SpecError: The scheduler is PBT, which changes hyperparameters mid-run, or scores with
             a cool-down branch: a recorded curve cannot say what would have happened.
+        ValueError: ``first`` with a scheduler (continuations are enqueued trials too).
     """
     if isinstance(search.scheduler, PBTSchedulerSpec):
         raise SpecError(
             "PBT changes hyperparameters mid-run; recorded curves cannot replay it.",
             loc=("search", "scheduler"),
         )
+    if first and not isinstance(search.scheduler, NoSchedulerSpec):
+        raise ValueError("an initial design and a scheduler's continuations share one queue.")
     if cools_down(search.scheduler):
         raise SpecError(
             "cool-down scores come from branches a recorded curve does not have.",
@@ -175,6 +187,11 @@ def simulate(
         warnings.simplefilter("ignore", ExperimentalWarning)
         # Worker w samples exactly as a real worker whose seed offset is w would.
         studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
+        if sampler is not None:
+            for w, study in enumerate(studies):
+                study.sampler = sampler(w)
+    for params in first:
+        studies[0].enqueue_trial(params)
     sim = Simulation()
     curves: dict[int, list[CurvePoint]] = {}  # configuration -> its curve
     records: dict[int, SimTrial] = {}
@@ -264,7 +281,7 @@ def simulate(
 
     for worker in range(workers):
         ask_for_work(worker, 0.0)
-    while queue:
+    while queue and (target is None or best is None or beats(target, best, minimize=minimize)):
         event = heapq.heappop(queue)
         cost, value = curves[event.config][event.point]
         del in_flight[event.worker]

@@ -1,0 +1,216 @@
+"""Candidates for the default search, against the current default and the best peer.
+
+    python -m bench.search_default PATH/TO/nmtlc.pkl --candidates gp "tpe (default)"
+        --sets nmtlc --workers 1 8 --seeds 3      # appends runs to search-default-runs.json
+    python -m bench.search_default PATH/TO/nmtlc.pkl --report   # writes search-default.{md,json}
+
+Each run replays a set's tasks through ``hpo.simulate`` (as bench.strategies) and stops once a
+configuration completes within 0.1% of the task's best final value (as bench.peers' runs do)
+or at 1.5x the full-grid cost: only the cost to 0.1% is measured, which the stop leaves
+unchanged. Runs accumulate in ``bench/results/search-default-runs.json`` so the matrix can be
+measured in pieces of a few minutes each; ``--report`` sets them beside Syne Tune's GP BO
+(bench/results/peers.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from bench import RESULTS, commit, machine, save
+from bench.strategies import MAX_COST, SETS, Strategy, Task, _search, load_set, target_stats
+from hpo.core.factory import NumberedQMCSampler
+from hpo.simulate import simulate
+
+RUNS = RESULTS / "search-default-runs.json"
+TARGET = 0.001
+PEER = "st gp bo"  # the best peer on every set bench.peers measured (bench/results/peers.md)
+DEFAULT = "tpe (default)"
+
+
+def lora_prior_point(task: Task) -> dict[str, Any]:
+    """A known-good LoRA start snapped to the task's grid: learning rate 1e-4 (about 10x a
+    full fine-tune's), rank 16, the middle batch size."""
+    space = task.search_space
+    wanted = {"learning_rate": 1e-4, "lora_r": 16}
+    point = {}
+    for name, dist in space.items():
+        choices = sorted(dist.choices)  # type: ignore[union-attr] - the curve sets are grids
+        if name in wanted:
+            point[name] = min(choices, key=lambda c: abs(math.log(c / wanted[name])))
+        else:
+            point[name] = choices[(len(choices) - 1) // 2]
+    return point
+
+
+SamplerHook = Callable[[int, int], optuna.samplers.BaseSampler]  # (run seed, worker) -> sampler
+
+
+def _gp_qmc(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+    # QMC start shared by the workers (one Sobol sequence, indexed by trial number)
+    return optuna.samplers.GPSampler(
+        seed=seed + worker,
+        n_startup_trials=8,
+        independent_sampler=NumberedQMCSampler(seed=seed, warn_independent_sampling=False),
+    )
+
+
+def _gp_deterministic(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(
+        seed=seed + worker, n_startup_trials=4, deterministic_objective=True
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    strategy: Strategy
+    prior_first: bool = False  # enqueue lora_prior_point before any worker asks
+    sampler: SamplerHook | None = field(default=None, compare=False)
+
+
+CANDIDATES = {
+    DEFAULT: Candidate(Strategy({"type": "tpe"})),
+    "tpe, 4 startup, LoRA prior first": Candidate(
+        Strategy({"type": "tpe", "n_startup_trials": 4}), prior_first=True
+    ),
+    "gp": Candidate(Strategy({"type": "gp"})),
+    "gp, 4 startup, LoRA prior first": Candidate(
+        Strategy({"type": "gp", "n_startup_trials": 4}), prior_first=True
+    ),
+    "gp, 8 Sobol startup": Candidate(Strategy({"type": "gp"}), sampler=_gp_qmc),
+    "gp, 4 startup, deterministic, LoRA prior first": Candidate(
+        Strategy({"type": "gp"}), prior_first=True, sampler=_gp_deterministic
+    ),
+}
+
+
+def run(data: Path, task_set: str, name: str, workers: int, seed: int) -> dict[str, Any]:
+    candidate = CANDIDATES[name]
+    hook = candidate.sampler
+    tasks = []
+    started = time.time()
+    for task in load_set(task_set, data):
+        grid = task.full_grid_cost
+        sim = simulate(
+            _search(task, candidate.strategy),
+            task,
+            workers=workers,
+            seed=seed,
+            max_cost=MAX_COST * grid,
+            target=task.best_value * (1 + TARGET),
+            first=[lora_prior_point(task)] if candidate.prior_first else [],
+            sampler=None if hook is None else (lambda w, s=seed, h=hook: h(s, w)),
+        )
+        cost = sim.cost_to_reach(task.best_value * (1 + TARGET)) / grid
+        tasks.append({"task": task.name, "cost": cost, "configurations": len(sim.trials)})
+    return {"set": task_set, "candidate": name, "workers": workers, "seed": seed,
+            "seconds": time.time() - started, "tasks": tasks}  # fmt: skip
+
+
+def _load_runs() -> list[dict[str, Any]]:
+    return json.loads(RUNS.read_text()) if RUNS.exists() else []
+
+
+def _peer_rows() -> dict[tuple[str, int], dict[str, Any]]:
+    peers = json.loads((RESULTS / "peers.json").read_text())
+    return {(r["set"], r["workers"]): r for r in peers["rows"] if r["strategy"] == PEER}
+
+
+def _fmt(x: float) -> str:
+    return "never" if math.isinf(x) else f"{x:.3f}"
+
+
+def report() -> tuple[list[dict[str, Any]], str]:
+    runs = _load_runs()
+    peers = _peer_rows()
+    order = {name: i for i, name in enumerate(CANDIDATES)}
+    keys = sorted({(r["set"], r["workers"], r["candidate"]) for r in runs},
+                  key=lambda k: (SETS.index(k[0]), k[1], order.get(k[2], 99)))  # fmt: skip
+    rows = []
+    for task_set, workers, name in keys:
+        group = [r for r in runs if (r["set"], r["workers"], r["candidate"])
+                 == (task_set, workers, name)]  # fmt: skip
+        costs = [t["cost"] for r in group for t in r["tasks"]]
+        stats = target_stats(costs)
+        peer = peers.get((task_set, workers))
+        rows.append({"set": task_set, "workers": workers, "candidate": name,
+                     "seeds": sorted({r["seed"] for r in group}), "runs": len(costs),
+                     "seconds": sum(r["seconds"] for r in group), **stats,
+                     "peer": None if peer is None else peer["cost_to_target"][str(TARGET)],
+                     "peer_runs": None if peer is None else peer["runs"]})  # fmt: skip
+    lines = [
+        "# Candidates for the default search, beside the best peer (simulated)",
+        "",
+        f"Commit `{commit()}`, {machine()}, one process at nice 10 on a shared host. Each run "
+        "replays every task of a set (NMTLC: 10 tasks of 27 configurations; synthetic: 5 "
+        "tasks of 48) and stops when a configuration completes within 0.1% of the task's "
+        "best final value, or at 1.5x the full-grid cost ('never'). Cells: median cost to "
+        "0.1% as a share of the full-grid cost (IQR), runs reaching it. Peer: Syne Tune 0.13 "
+        "GP BO from bench/results/peers.json (seeds 0-1, its own runtime; no synthetic-crossing "
+        "runs there); ours ran the seeds listed. Goal (issue 22): <= 0.5x the best peer's "
+        "median, reach rate >= the peer's.",
+        "",
+        "| set | W | candidate | seeds | cost to 0.1% | reached | peer GP BO | peer reached "
+        "| ours / peer | goal met | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p = r["peer"]
+        if p is None:
+            peer_cells, ratio, met = "-", "-", "-"
+        else:
+            peer_cells = (f"{_fmt(p['median'])} ({_fmt(p['iqr'][0])}-{_fmt(p['iqr'][1])}) | "
+                          f"{p['reached_runs']}/{r['peer_runs']}")  # fmt: skip
+            q = r["median"] / p["median"]
+            ratio = f"{q:.2f}"
+            met = "yes" if q <= 0.5 and r["reached"] >= p["reached"] else "no"
+        if p is None:
+            peer_cells += " | -"
+        lines.append(
+            f"| {r['set']} | {r['workers']} | {r['candidate']} | "
+            f"{','.join(map(str, r['seeds']))} | {_fmt(r['median'])} "
+            f"({_fmt(r['iqr'][0])}-{_fmt(r['iqr'][1])}) | {r['reached_runs']}/{r['runs']} | "
+            f"{peer_cells} | {ratio} | {met} | {r['seconds']:.0f} |"
+        )
+    return rows, "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("data", type=Path, help="NMTLC's nmtlc.pkl")
+    parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=[DEFAULT])
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--report", action="store_true", help="only write the report")
+    args = parser.parse_args()
+    if not args.report:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        torch.set_num_threads(1)
+        for task_set in args.sets:
+            for name in args.candidates:
+                for w in args.workers:
+                    for seed in args.seeds:
+                        result = run(args.data, task_set, name, w, seed)
+                        runs = [r for r in _load_runs() if (r["set"], r["candidate"],
+                                r["workers"], r["seed"]) != (task_set, name, w, seed)]  # fmt: skip
+                        RUNS.write_text(json.dumps([*runs, result], indent=1))
+                        print(f"{task_set} W={w} {name} seed {seed}: "
+                              f"{result['seconds']:.0f} s", flush=True)  # fmt: skip
+    rows, markdown = report()
+    save("search-default", {"meta": {"commit": commit(), "machine": machine()}, "rows": rows},
+         markdown)  # fmt: skip
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
