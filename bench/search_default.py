@@ -29,6 +29,7 @@ import torch
 from bench import RESULTS, commit, machine, save
 from bench.strategies import MAX_COST, SETS, Strategy, Task, _search, load_set, target_stats
 from hpo.core.factory import NumberedQMCSampler
+from hpo.core.untried import UntriedSampler
 from hpo.simulate import simulate
 
 RUNS = RESULTS / "search-default-runs.json"
@@ -52,10 +53,11 @@ def lora_prior_point(task: Task) -> dict[str, Any]:
     return point
 
 
-SamplerHook = Callable[[int, int], optuna.samplers.BaseSampler]  # (run seed, worker) -> sampler
+# (run seed, the spec's sampler, worker) -> the sampler the worker uses
+SamplerHook = Callable[[int, optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
 
 
-def _gp_qmc(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+def _gp_qmc(seed: int, _: optuna.samplers.BaseSampler, worker: int) -> optuna.samplers.BaseSampler:
     # QMC start shared by the workers (one Sobol sequence, indexed by trial number)
     return optuna.samplers.GPSampler(
         seed=seed + worker,
@@ -64,10 +66,18 @@ def _gp_qmc(seed: int, worker: int) -> optuna.samplers.BaseSampler:
     )
 
 
-def _gp_deterministic(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+def _gp_deterministic(
+    seed: int, _: optuna.samplers.BaseSampler, worker: int
+) -> optuna.samplers.BaseSampler:
     return optuna.samplers.GPSampler(
         seed=seed + worker, n_startup_trials=4, deterministic_objective=True
     )
+
+
+def _untried(
+    seed: int, base: optuna.samplers.BaseSampler, worker: int
+) -> optuna.samplers.BaseSampler:
+    return UntriedSampler(base, seed=seed + worker)
 
 
 @dataclass(frozen=True)
@@ -79,10 +89,17 @@ class Candidate:
 
 CANDIDATES = {
     DEFAULT: Candidate(Strategy({"type": "tpe"})),
+    "tpe, 4 startup": Candidate(Strategy({"type": "tpe", "n_startup_trials": 4})),
+    "tpe, LoRA prior first": Candidate(Strategy({"type": "tpe"}), prior_first=True),
     "tpe, 4 startup, LoRA prior first": Candidate(
         Strategy({"type": "tpe", "n_startup_trials": 4}), prior_first=True
     ),
+    "tpe, untried": Candidate(Strategy({"type": "tpe"}), sampler=_untried),
+    "tpe, 4 startup, LoRA prior first, untried": Candidate(
+        Strategy({"type": "tpe", "n_startup_trials": 4}), prior_first=True, sampler=_untried
+    ),
     "gp": Candidate(Strategy({"type": "gp"})),
+    "gp, untried": Candidate(Strategy({"type": "gp"}), sampler=_untried),
     "gp, 4 startup, LoRA prior first": Candidate(
         Strategy({"type": "gp", "n_startup_trials": 4}), prior_first=True
     ),
@@ -108,7 +125,7 @@ def run(data: Path, task_set: str, name: str, workers: int, seed: int) -> dict[s
             max_cost=MAX_COST * grid,
             target=task.best_value * (1 + TARGET),
             first=[lora_prior_point(task)] if candidate.prior_first else [],
-            sampler=None if hook is None else (lambda w, s=seed, h=hook: h(s, w)),
+            sampler=None if hook is None else (lambda b, w, s=seed, h=hook: h(s, b, w)),
         )
         cost = sim.cost_to_reach(task.best_value * (1 + TARGET)) / grid
         tasks.append({"task": task.name, "cost": cost, "configurations": len(sim.trials)})

@@ -141,7 +141,8 @@ def simulate(
     max_cost: float | None = None,
     target: float | None = None,
     first: Sequence[dict[str, Any]] = (),
-    sampler: Callable[[int], optuna.samplers.BaseSampler] | None = None,
+    sampler: Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
+    | None = None,
 ) -> Simulation:
     """Run ``search``'s sampler, pruner and scheduler against ``objective`` with ``workers``
     workers.
@@ -156,8 +157,8 @@ def simulate(
     at or better than ``target``, whichever comes first.
 
     ``first``: configurations enqueued before any worker asks (an initial design);
-    ``sampler(worker)``: a sampler in place of the spec's, for benchmark candidates a spec
-    cannot name yet.
+    ``sampler(spec_sampler, worker)``: the sampler a worker uses in place of the spec's, for
+    benchmark candidates a spec cannot name yet.
 
     Raises:
         SpecError: The scheduler is PBT, which changes hyperparameters mid-run, or scores with
@@ -189,7 +190,7 @@ def simulate(
         studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
         if sampler is not None:
             for w, study in enumerate(studies):
-                study.sampler = sampler(w)
+                study.sampler = sampler(study.sampler, w)
     for params in first:
         studies[0].enqueue_trial(params)
     sim = Simulation()
