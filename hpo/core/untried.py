@@ -8,6 +8,7 @@ untried configuration nearest to it (a sampler's best guess was there, so look n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,12 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.core.initial import first_value
+
 Config = tuple[Any, ...]
+# Larger spaces are left alone: a repeat there is rare, and the search for the nearest
+# untried configuration walks the whole grid (bounded work per ask).
+MAX_CONFIGURATIONS = 10_000
 
 
 def nearest_untried(
@@ -49,12 +55,20 @@ def nearest_untried(
 
 class UntriedSampler(optuna.samplers.BaseSampler):
     """``base``, except that a repeat of a complete or running configuration becomes the
-    nearest untried one. Applies where the whole space is categorical (every finite space
-    the factory builds is); elsewhere it is ``base`` unchanged."""
+    nearest untried one, and with ``prior_first`` trial 0 tries ``hpo.core.initial``'s
+    first configuration. Applies where the whole relative space is categorical and has at
+    most ``MAX_CONFIGURATIONS`` configurations; elsewhere it is ``base`` unchanged."""
 
-    def __init__(self, base: optuna.samplers.BaseSampler, *, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        base: optuna.samplers.BaseSampler,
+        *,
+        seed: int | None = None,
+        prior_first: bool = False,
+    ) -> None:
         self._base = base
         self._rng = np.random.default_rng(seed)
+        self._prior_first = prior_first
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -69,6 +83,8 @@ class UntriedSampler(optuna.samplers.BaseSampler):
         if not params or params.keys() != dists.keys():
             return params
         if not all(isinstance(d, CategoricalDistribution) for d in dists.values()):
+            return params
+        if math.prod(len(d.choices) for d in dists.values()) > MAX_CONFIGURATIONS:  # type: ignore[attr-defined]
             return params
         names = sorted(dists)
         states = (TrialState.COMPLETE, TrialState.RUNNING)
@@ -88,6 +104,8 @@ class UntriedSampler(optuna.samplers.BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
+        if self._prior_first and trial.number == 0:  # unique: no two workers both start here
+            return first_value(param_name, param_distribution, trial.params)
         return self._base.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -47,3 +47,20 @@ def test_tpe_never_repeats_a_configuration_while_untried_ones_remain() -> None:
     configs = [tuple(t.params.values()) for t in wrapped.trials]
     assert len(set(configs)) >= 9 - 2  # only the random startup trials may repeat
     assert len({tuple(t.params.values()) for t in plain.trials}) < len(set(configs))
+
+
+def test_a_space_too_large_to_walk_is_left_alone() -> None:
+    space = {f"p{i}": optuna.distributions.CategoricalDistribution([0, 1, 2, 3]) for i in range(8)}
+    study = optuna.create_study()
+    for _ in range(2):
+        study.enqueue_trial({name: 0 for name in space})
+        study.tell(study.ask(space), 0.0)
+
+    class Repeats(optuna.samplers.RandomSampler):
+        def sample_relative(self, *args: object) -> dict[str, object]:
+            return {name: 0 for name in space}
+
+    sampler = UntriedSampler(Repeats(), seed=0)
+    trial = study.ask()
+    frozen = study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - the sampler's view
+    assert sampler.sample_relative(study, frozen, space) == {name: 0 for name in space}
