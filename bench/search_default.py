@@ -133,6 +133,11 @@ def run(data: Path, task_set: str, name: str, workers: int, seed: int) -> dict[s
     hook = candidate.sampler
     tasks = []
     started = time.time()
+
+    def sampler(base: optuna.samplers.BaseSampler, worker: int) -> optuna.samplers.BaseSampler:
+        assert hook is not None
+        return hook(seed, base, worker)
+
     for task in load_set(task_set, data):
         grid = task.full_grid_cost
         sim = simulate(
@@ -143,7 +148,7 @@ def run(data: Path, task_set: str, name: str, workers: int, seed: int) -> dict[s
             max_cost=MAX_COST * grid,
             target=task.best_value * (1 + TARGET),
             first=[lora_prior_point(task)] if candidate.prior_first else [],
-            sampler=None if hook is None else (lambda b, w, s=seed, h=hook: h(s, b, w)),
+            sampler=None if hook is None else sampler,
         )
         cost = sim.cost_to_reach(task.best_value * (1 + TARGET)) / grid
         tasks.append({"task": task.name, "cost": cost, "configurations": len(sim.trials)})

@@ -46,7 +46,8 @@ def first_value(name: str, dist: BaseDistribution, chosen: dict[str, Any]) -> An
         ordered = sorted(numbers)
         if wanted is None:
             return ordered[(len(ordered) - 1) // 2]
-        return min(ordered, key=lambda c: _distance(c, wanted))
+        target = wanted
+        return min(ordered, key=lambda c: _distance(c, target))
     assert isinstance(dist, FloatDistribution | IntDistribution)
     low, high = dist.low, dist.high
     if wanted is None:

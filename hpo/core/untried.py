@@ -8,7 +8,6 @@ untried configuration nearest to it (a sampler's best guess was there, so look n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,12 +78,13 @@ class UntriedSampler(optuna.samplers.BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         params = self._base.sample_relative(study, trial, search_space)
-        dists = search_space
-        if not params or params.keys() != dists.keys():
+        dists = {n: d for n, d in search_space.items() if isinstance(d, CategoricalDistribution)}
+        if not params or params.keys() != search_space.keys() or len(dists) < len(search_space):
             return params
-        if not all(isinstance(d, CategoricalDistribution) for d in dists.values()):
-            return params
-        if math.prod(len(d.choices) for d in dists.values()) > MAX_CONFIGURATIONS:  # type: ignore[attr-defined]
+        size = 1
+        for d in dists.values():
+            size *= len(d.choices)
+        if size > MAX_CONFIGURATIONS:
             return params
         names = sorted(dists)
         states = (TrialState.COMPLETE, TrialState.RUNNING)
@@ -93,7 +93,7 @@ class UntriedSampler(optuna.samplers.BaseSampler):
             for t in study.get_trials(deepcopy=False, states=states)
             if t.number != trial.number
         }
-        choices = [dists[n].choices for n in names]  # type: ignore[attr-defined]
+        choices = [dists[n].choices for n in names]
         config = nearest_untried(tuple(params[n] for n in names), tried, choices, self._rng)
         return params if config is None else dict(zip(names, config, strict=True))
 
