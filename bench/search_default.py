@@ -40,10 +40,15 @@ NOTES = """
 - Commands (one process, `nice -n 10`, 2 shared cores): TPE rows
   `python -m bench.search_default nmtlc.pkl --candidates ... --sets nmtlc synthetic-mixed
   synthetic-crossing --seeds 0 ... 9` (1-2 min per candidate for all six cells); GP rows
-  `--candidates gp --sets nmtlc --seeds 0 1 2`: 13 s per seed at W=1 and 123-196 s per seed at
-  W=8 (10 tasks each), about 30-50x TPE. GP on the synthetic sets, and the GP variants
-  (Sobol start, deterministic objective, prior first, untried) were not run within the
-  session's time: the table lists only what ran.
+  `--candidates gp --sets ... --seeds 0 1 2`: NMTLC 13 s per seed at W=1 and 123-196 s at
+  W=8 (10 tasks), synthetic 1-11 s at W=1 and 7-24 s at W=8 (5 tasks; runs stop at 0.1%).
+  The GP variants (Sobol start, deterministic objective, prior first, untried) did not run
+  within the session's time: the table lists only what ran.
+- GP against the new default on the same seeds (0-2), median cost to 0.1% (reached): NMTLC
+  W=1 0.479 (30/30) vs 0.384 (30/30), W=8 0.901 vs 0.901 (30/30 both); mixed W=1 0.267 vs
+  0.272 (15/15 both), W=8 0.444 vs 0.267; crossing W=1 0.289 (14/15) vs 0.311 (15/15), W=8
+  0.400 (12/15) vs 0.222 (15/15). GP is not better anywhere beyond noise and loses runs at
+  W=8 on crossing.
 - Optuna 5's GPSampler takes running trials into account itself (a q-batch log EI over the
   running trials' parameters), so it needs no constant liar at W=8.
 - What each part does (10 seeds): never repeating a tried configuration ('untried') alone
