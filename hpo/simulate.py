@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -128,6 +128,10 @@ def simulate(
     seed: int,
     max_cost: float | None = None,
     warm: Sequence[WarmConfig] = (),
+    target: float | None = None,
+    first: Sequence[dict[str, Any]] = (),
+    sampler: Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
+    | None = None,
 ) -> Simulation:
     """Run ``search``'s sampler, pruner and scheduler against ``objective`` with ``workers``
     workers.
@@ -137,17 +141,25 @@ def simulate(
     over the study's trials, exactly as a real worker would under the study's lock: a paused
     configuration continues in a new segment (a trial that re-reports its earlier values for
     free) from the point where it stopped. Stops once ``search.budget.max_trials``
-    configurations (not segments) started and none can continue, or once ``max_cost``
-    device-seconds were spent, whichever comes first. ``warm`` configurations
-    (``hpo.core.warm_start``) are enqueued first, as registration enqueues them.
+    configurations (not segments) started and none can continue, once ``max_cost``
+    device-seconds were spent, or once a configuration completed at or better than ``target``,
+    whichever comes first.
+
+    ``warm``: configurations from earlier studies (``hpo.core.warm_start``), enqueued first as
+    registration enqueues them; ``first``: an initial design, enqueued next;
+    ``sampler(spec_sampler, worker)``: the sampler a worker uses in place of the spec's, for
+    benchmark candidates a spec cannot name yet.
 
     Raises:
         SpecError: The scheduler changes hyperparameters mid-run (PBT), or scores with a
             cool-down branch: a recorded curve cannot say what would have happened.
+        ValueError: ``first`` with a scheduler (continuations are enqueued trials too).
     """
     scheduler = build_scheduler(search)
     if scheduler.replay_refusal is not None:
         raise SpecError(scheduler.replay_refusal, loc=("search", "scheduler"))
+    if first and scheduler.pauses:
+        raise ValueError("an initial design and a scheduler's continuations share one queue.")
     if scheduler.cools_down:
         raise SpecError(
             "cool-down scores come from branches a recorded curve does not have.",
@@ -163,9 +175,15 @@ def simulate(
         warnings.simplefilter("ignore", ExperimentalWarning)
         # Worker w samples exactly as a real worker whose seed offset is w would.
         studies = [load_study(STUDY, search, storage, seed_offset=w) for w in range(workers)]
+        if sampler is not None:
+            for w, study in enumerate(studies):
+                study.sampler = sampler(study.sampler, w)
     for config in warm:
         studies[0].enqueue_trial(config.params, user_attrs=records.warm_start_attrs(config.source))
-    return _Replay(search, scheduler, objective, studies, seed=seed, max_cost=max_cost).play()
+    for params in first:
+        studies[0].enqueue_trial(params)
+    replay = _Replay(search, scheduler, objective, studies, seed=seed, max_cost=max_cost)
+    return replay.play(target)
 
 
 class _Replay:
@@ -194,10 +212,12 @@ class _Replay:
         self.queue: list[_Event] = []
         self.best: float | None = None
 
-    def play(self) -> Simulation:
+    def play(self, target: float | None = None) -> Simulation:
+        """Run until no work is left, or until a configuration completed at or better than
+        ``target``."""
         for worker in range(len(self.studies)):
             self.ask_for_work(worker, 0.0)
-        while self.queue:
+        while self.queue and not self.reached(target):
             event = heapq.heappop(self.queue)
             if self.train_point(event):
                 continue
@@ -210,6 +230,11 @@ class _Replay:
             record.cost = sum(s.cost for s in record.segments)
         self.sim.trials = sorted(self.records.values(), key=lambda t: (t.end, t.number))
         return self.sim
+
+    def reached(self, target: float | None) -> bool:
+        if target is None or self.best is None:
+            return False
+        return not beats(target, self.best, minimize=self.minimize)
 
     def spent(self, now: float) -> float:
         return self.sim.total_cost + sum(now - start for start, _ in self.in_flight.values())

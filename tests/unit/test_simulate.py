@@ -282,3 +282,20 @@ def test_warm_configurations_run_first_on_every_worker() -> None:
     assert first[1].params["learning_rate"] == warm[1].params["learning_rate"]  # batch sampled
     cold = simulate(spec(max_trials=6), Bowl(), workers=2, seed=0)
     assert sim.best_curve[0][1] < cold.best_curve[0][1]  # 1e-3 is the bowl's floor
+
+
+def test_a_target_stops_the_run_without_changing_the_cost_to_reach_it() -> None:
+    full = simulate(spec(max_trials=40), Bowl(), workers=2, seed=5)
+    target = full.best_curve[len(full.best_curve) // 2][1]
+    stopped = simulate(spec(max_trials=40), Bowl(), workers=2, seed=5, target=target)
+    assert stopped.cost_to_reach(target) == full.cost_to_reach(target)
+    assert stopped.best_curve == [p for p in full.best_curve if p[1] >= target]
+    assert len(stopped.trials) < len(full.trials)
+
+
+def test_an_initial_design_is_tried_first() -> None:
+    point = {"learning_rate": 1e-3, "per_device_train_batch_size": 16}
+    sim = simulate(spec(max_trials=5), Bowl(), workers=3, seed=0, first=[point])
+    assert min(sim.trials, key=lambda t: t.number).params == point
+    with pytest.raises(ValueError, match="initial design"):
+        simulate(scheduled(ASHA), Bowl(), workers=1, seed=0, first=[point])

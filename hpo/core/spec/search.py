@@ -82,7 +82,7 @@ class _SeededSampler(Strict):
 
 class TPESamplerSpec(_SeededSampler):
     type: Literal["tpe"] = "tpe"
-    n_startup_trials: int = Field(default=10, ge=0, le=10_000)
+    n_startup_trials: int = Field(default=4, ge=0, le=10_000)
     multivariate: bool = True
     constant_liar: bool = True
 
