@@ -55,25 +55,35 @@ METRIC = "contains"
 
 
 def study_spec(name: str, model: str, training: dict[str, Any]) -> StudySpec:
-    return StudySpec.model_validate({
-        "name": name,
-        "train": {
-            "model": {"name_or_path": model},
-            "dataset": {"path": str(ROOT / "examples/data/short_answers.jsonl"),
-                        "validation_fraction": 0.2, "max_train_examples": 32,
-                        "max_eval_examples": 8},
-            "training": {"num_train_epochs": 2, "per_device_train_batch_size": 8,
-                         "max_seq_length": 32, "max_new_tokens": 6, **training},
-            "evaluation": {"every_examples": 64, "generation": {"max_examples": 8}},
-            "report_to": [],
-        },
-        "search": {
-            "space": {"learning_rate": {"type": "categorical", "choices": LEARNING_RATES}},
-            "objective": {"metric": METRIC},
-            "sampler": {"type": "grid", "seed": 0},
-            "budget": {"max_trials": len(LEARNING_RATES)},
-        },
-    })  # fmt: skip
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "train": {
+                "model": {"name_or_path": model},
+                "dataset": {
+                    "path": str(ROOT / "examples/data/short_answers.jsonl"),
+                    "validation_fraction": 0.2,
+                    "max_train_examples": 32,
+                    "max_eval_examples": 8,
+                },
+                "training": {
+                    "num_train_epochs": 2,
+                    "per_device_train_batch_size": 8,
+                    "max_seq_length": 32,
+                    "max_new_tokens": 6,
+                    **training,
+                },
+                "evaluation": {"every_examples": 64, "generation": {"max_examples": 8}},
+                "report_to": [],
+            },
+            "search": {
+                "space": {"learning_rate": {"type": "categorical", "choices": LEARNING_RATES}},
+                "objective": {"metric": METRIC},
+                "sampler": {"type": "grid", "seed": 0},
+                "budget": {"max_trials": len(LEARNING_RATES)},
+            },
+        }
+    )
 
 
 def run_arm(settings: Settings, spec: StudySpec, threads: int) -> list[dict[str, Any]]:
@@ -81,18 +91,26 @@ def run_arm(settings: Settings, spec: StudySpec, threads: int) -> list[dict[str,
     with Session(storage.engine) as session:
         create_study(session, storage, spec=spec, owner="bench", settings=settings)
         session.commit()
-    Worker(settings, studies=[spec.name], idle_exit=2.0, poll_interval=0.2,
-           cpu_threads=threads).run(handle_signals=False)  # fmt: skip
+    Worker(
+        settings, studies=[spec.name], idle_exit=2.0, poll_interval=0.2, cpu_threads=threads
+    ).run(handle_signals=False)
     study = optuna.load_study(study_name=spec.name, storage=storage)
     storage.engine.dispose()
     return [
-        {"learning_rate": t.params["learning_rate"], "state": t.state.name.lower(),
-         "eval_loss": t.user_attrs.get("eval_loss"), METRIC: t.value,
-         "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-         if t.datetime_complete and t.datetime_start else None,
-         "ranks": t.user_attrs.get(RANK_PATTERN_ATTR), "error": t.user_attrs.get("error")}
-        for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.FAIL)
-    ]  # fmt: skip
+        {
+            "learning_rate": t.params["learning_rate"],
+            "state": t.state.name.lower(),
+            "eval_loss": t.user_attrs.get("eval_loss"),
+            METRIC: t.value,
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None,
+            "ranks": t.user_attrs.get(RANK_PATTERN_ATTR),
+            "error": t.user_attrs.get("error"),
+        }
+        for t in study.get_trials()
+        if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+    ]
 
 
 def trainable(model_dir: str, training: dict[str, Any]) -> int:
@@ -133,22 +151,34 @@ def main() -> None:
                 model = str(convert_gguf(gguf, Path(tmp) / "smollm2"))
             url = cluster.url()
             upgrade(url)
-            settings = Settings(database_url=url, artifact_dir=Path(tmp) / "artifacts",
-                                cache_dir=Path(tmp) / "cache", data_roots=[ROOT],
-                                model_roots=[Path(model).parent])  # fmt: skip
+            settings = Settings(
+                database_url=url,
+                artifact_dir=Path(tmp) / "artifacts",
+                cache_dir=Path(tmp) / "cache",
+                data_roots=[ROOT],
+                model_roots=[Path(model).parent],
+            )
             for arm in args.arms:
                 training = ARMS[arm]
                 trials = run_arm(settings, study_spec(arm, model, training), args.threads)
                 done = [t for t in trials if t["state"] == "complete"]
                 best = min(done, key=lambda t: t["eval_loss"]) if done else None
-                row = {"arm": arm, "training": training, "trials": trials,
-                       "trainable": trainable(model, training), "best": best}  # fmt: skip
+                row = {
+                    "arm": arm,
+                    "training": training,
+                    "trials": trials,
+                    "trainable": trainable(model, training),
+                    "best": best,
+                }
                 if best is not None and best["ranks"]:
                     row["kept"] = kept(model, best["ranks"])
                 rows.append(row)
                 print(json.dumps({"arm": arm, "best": best}), flush=True)
-                write(rows, commit(), machine(f"torch {torch.__version__}",
-                                              f"{args.threads} threads"))  # fmt: skip
+                write(
+                    rows,
+                    commit(),
+                    machine(f"torch {torch.__version__}", f"{args.threads} threads"),
+                )
     finally:
         cluster.stop()
 
@@ -177,10 +207,15 @@ def write(rows: list[dict[str, Any]], revision: str, host: str) -> None:
         if best is None:
             lines.append(f"| {row['arm']} | failed | - | - | {params} | {seconds} |")
             continue
-        lines.append(f"| {row['arm']} | {best['learning_rate']:g} | {best['eval_loss']:.4f} | "
-                     f"{best[METRIC]:.3f} | {params} | {seconds} |")  # fmt: skip
-    save("adapter-methods", {"commit": revision, "machine": host, "rows": rows},
-         "\n".join(lines) + "\n")  # fmt: skip
+        lines.append(
+            f"| {row['arm']} | {best['learning_rate']:g} | {best['eval_loss']:.4f} | "
+            f"{best[METRIC]:.3f} | {params} | {seconds} |"
+        )
+    save(
+        "adapter-methods",
+        {"commit": revision, "machine": host, "rows": rows},
+        "\n".join(lines) + "\n",
+    )
 
 
 if __name__ == "__main__":

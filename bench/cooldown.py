@@ -44,25 +44,36 @@ BATCH = 8
 
 
 def study_spec(model: str) -> StudySpec:
-    return StudySpec.model_validate({
-        "name": "cooldown",
-        "train": {
-            "model": {"name_or_path": model},
-            "dataset": {"path": str(ROOT / "examples/data/arithmetic.jsonl"),
-                        "validation_fraction": 0.2, "max_train_examples": 256,
-                        "max_eval_examples": 40},
-            "training": {"num_train_epochs": 1, "per_device_train_batch_size": BATCH,
-                         "max_seq_length": 48, "lr_scheduler_type": "warmup_stable_decay",
-                         "warmup_ratio": 0.0},
-            "evaluation": {"every_examples": 64},
-            "report_to": [],
-        },
-        "search": {"space": {
-            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-            "lora_r": {"type": "categorical", "choices": [4, 16]},
-            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-        }},
-    })  # fmt: skip
+    return StudySpec.model_validate(
+        {
+            "name": "cooldown",
+            "train": {
+                "model": {"name_or_path": model},
+                "dataset": {
+                    "path": str(ROOT / "examples/data/arithmetic.jsonl"),
+                    "validation_fraction": 0.2,
+                    "max_train_examples": 256,
+                    "max_eval_examples": 40,
+                },
+                "training": {
+                    "num_train_epochs": 1,
+                    "per_device_train_batch_size": BATCH,
+                    "max_seq_length": 48,
+                    "lr_scheduler_type": "warmup_stable_decay",
+                    "warmup_ratio": 0.0,
+                },
+                "evaluation": {"every_examples": 64},
+                "report_to": [],
+            },
+            "search": {
+                "space": {
+                    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+                    "lora_r": {"type": "categorical", "choices": [4, 16]},
+                    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+                }
+            },
+        }
+    )
 
 
 def draw(rng: random.Random) -> dict[str, Any]:
@@ -96,19 +107,28 @@ class Runner:
 
         started = time.perf_counter()
         try:
-            result = train_trial(trial, spec=self.spec, hparams=settings, loaded=self.loaded,
-                                 raw=self.raw, cache=self.data, device=self.device,
-                                 stop=threading.Event(),
-                                 hooks=TrialHooks(keep_checkpoint=keep_checkpoint),
-                                 until=until, resume=resume)  # fmt: skip
+            result = train_trial(
+                trial,
+                spec=self.spec,
+                hparams=settings,
+                loaded=self.loaded,
+                raw=self.raw,
+                cache=self.data,
+                device=self.device,
+                stop=threading.Event(),
+                hooks=TrialHooks(keep_checkpoint=keep_checkpoint),
+                until=until,
+                resume=resume,
+            )
             value: float | None = result.value
         except Paused:
             value = None
         reported = trial.study.trials[-1].intermediate_values
         return dict(reported), value, time.perf_counter() - started
 
-    def cooled(self, settings: dict[str, Any], checkpoint: Path, reported: dict[int, float]
-               ) -> float | None:  # fmt: skip
+    def cooled(
+        self, settings: dict[str, Any], checkpoint: Path, reported: dict[int, float]
+    ) -> float | None:
         """The worker's own cool-down branch (``cooldown`` on a scheduler)."""
         train = functools.partial(
             train_trial,
@@ -119,9 +139,13 @@ class Runner:
             device=self.device,
             stop=threading.Event(),
         )
-        return cooled_score(train, direction=self.spec.search.objective.direction,
-                            hparams=settings, checkpoint=checkpoint,
-                            reported=reported)  # fmt: skip
+        return cooled_score(
+            train,
+            direction=self.spec.search.objective.direction,
+            hparams=settings,
+            checkpoint=checkpoint,
+            reported=reported,
+        )
 
 
 def measure(runner: Runner, params: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -130,8 +154,7 @@ def measure(runner: Runner, params: dict[str, Any], workdir: Path) -> dict[str, 
     resume = None
     for until in (*RUNGS, None):
         keep = workdir / f"rung{until}"
-        reported, value, seconds = runner.segment(settings, until=until, resume=resume,
-                                                  keep=keep)  # fmt: skip
+        reported, value, seconds = runner.segment(settings, until=until, resume=resume, keep=keep)
         out["seconds"] += seconds
         if until is None:
             out["final"] = value
@@ -188,13 +211,24 @@ def main() -> None:
     ]
     for rung, row in table.items():
         plain, cooled = row["plain"], row["cooled"]
-        lines.append(f"| {rung} | {_f(plain['rho'])} | {_f(plain['lower95'])} | "
-                     f"{_f(cooled['rho'])} | {_f(cooled['lower95'])} |")  # fmt: skip
+        lines.append(
+            f"| {rung} | {_f(plain['rho'])} | {_f(plain['lower95'])} | "
+            f"{_f(cooled['rho'])} | {_f(cooled['lower95'])} |"
+        )
     seconds = sum(r["seconds"] for r in rows)
-    lines += ["", f"Device time: {seconds:.0f} s in all ({seconds / len(rows):.0f} s per "
-              "configuration, cool-down branches included)."]  # fmt: skip
-    result = {"commit": revision, "machine": host, "model": args.model, "seed": args.seed,
-              "configs": rows, "agreement": table}  # fmt: skip
+    lines += [
+        "",
+        f"Device time: {seconds:.0f} s in all ({seconds / len(rows):.0f} s per "
+        "configuration, cool-down branches included).",
+    ]
+    result = {
+        "commit": revision,
+        "machine": host,
+        "model": args.model,
+        "seed": args.seed,
+        "configs": rows,
+        "agreement": table,
+    }
     save("cooldown", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

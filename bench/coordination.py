@@ -59,12 +59,16 @@ NAME = "coordination"
 
 def _spec(max_trials: int) -> StudySpec:
     """The default study: the six core hyperparameters, the default sampler and pruner."""
-    return StudySpec.model_validate({
-        "name": NAME,
-        "train": {"model": {"name_or_path": "builtin:tiny-llama"},
-                  "dataset": {"path": "builtin:demo-text"}},
-        "search": {"budget": {"max_trials": max_trials}},
-    })  # fmt: skip
+    return StudySpec.model_validate(
+        {
+            "name": NAME,
+            "train": {
+                "model": {"name_or_path": "builtin:tiny-llama"},
+                "dataset": {"path": "builtin:demo-text"},
+            },
+            "search": {"budget": {"max_trials": max_trials}},
+        }
+    )
 
 
 def _loss(params: dict[str, Any]) -> float:
@@ -80,10 +84,15 @@ def _prefill(url: str, spec: StudySpec, count: int, seed: int) -> None:
     for _ in range(count):
         params = draws.ask(dists).params
         value = _loss(params)
-        study.add_trial(create_trial(
-            state=TrialState.COMPLETE, params=params, distributions=dists, value=value,
-            intermediate_values={(s + 1) * 64: value + 1 / (s + 1) for s in range(STEPS)},
-        ))  # fmt: skip
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                params=params,
+                distributions=dists,
+                value=value,
+                intermediate_values={(s + 1) * 64: value + 1 / (s + 1) for s in range(STEPS)},
+            )
+        )
 
 
 def _parallel(target: Callable[..., None], argsets: list[tuple[Any, ...]]) -> None:
@@ -145,8 +154,9 @@ class _Events(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         event = json.loads(record.getMessage())
         if event["event"] == "trial_end":
-            self.trials.append({"claim": event["claim_s"], "tell": event["tell_s"],
-                                "end": time.time()})  # fmt: skip
+            self.trials.append(
+                {"claim": event["claim_s"], "tell": event["tell_s"], "end": time.time()}
+            )
 
 
 def _ours(url: str, out: str, pause: float) -> None:
@@ -158,8 +168,13 @@ def _ours(url: str, out: str, pause: float) -> None:
     reports: list[float] = []
     settings = Settings(database_url=url, heartbeat_interval=10, grace_period=60)
     started = time.time()
-    worker = Worker(settings, idle_exit=1.0, poll_interval=0.1, cpu_threads=1,
-                    objective_factory=_zero_cost(reports, pause))  # fmt: skip
+    worker = Worker(
+        settings,
+        idle_exit=1.0,
+        poll_interval=0.1,
+        cpu_threads=1,
+        objective_factory=_zero_cost(reports, pause),
+    )
     worker.run(handle_signals=False)
     claims = [t["claim"] for t in events.trials]
     tells = [t["tell"] for t in events.trials]
@@ -189,12 +204,28 @@ def _plain(url: str, out: str, n_trials: int, pause: float) -> None:
     _dump(out, started, asks, reports, tells, ends)
 
 
-def _dump(out: str, started: float, asks: list[float], reports: list[float],
-          tells: list[float], ends: list[float]) -> None:  # fmt: skip
+def _dump(
+    out: str,
+    started: float,
+    asks: list[float],
+    reports: list[float],
+    tells: list[float],
+    ends: list[float],
+) -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(out).write_text(json.dumps({"started": started, "ask": asks, "report": reports,
-                                     "tell": tells, "ends": ends, "rss_mb": rss_mb,
-                                     "private_mb": _private_mb()}))  # fmt: skip
+    Path(out).write_text(
+        json.dumps(
+            {
+                "started": started,
+                "ask": asks,
+                "report": reports,
+                "tell": tells,
+                "ends": ends,
+                "rss_mb": rss_mb,
+                "private_mb": _private_mb(),
+            }
+        )
+    )
 
 
 def _private_mb() -> float:
@@ -238,8 +269,16 @@ class _Connections(threading.Thread):
         return {"peak": max(busy, default=0), "mean": float(np.mean(busy)) if busy else 0.0}
 
 
-def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trials: int,
-         size: int, tmp: Path, train_s: float) -> dict[str, Any]:  # fmt: skip
+def _run(
+    cluster: PostgresCluster,
+    template: str,
+    side: str,
+    workers: int,
+    trials: int,
+    size: int,
+    tmp: Path,
+    train_s: float,
+) -> dict[str, Any]:
     db = f"run_{side}_{workers}_{size}"
     _create_db(cluster, db, template)
     url = cluster.url(db)
@@ -251,8 +290,9 @@ def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trial
             _parallel(_ours, [(url, o, train_s / STEPS) for o in outs])
         else:
             share = [trials // workers + (i < trials % workers) for i in range(workers)]
-            _parallel(_plain, [(url, o, n, train_s / STEPS)
-                               for o, n in zip(outs, share, strict=True)])  # fmt: skip
+            _parallel(
+                _plain, [(url, o, n, train_s / STEPS) for o, n in zip(outs, share, strict=True)]
+            )
     finally:
         conns = connections.stop()
     parts = [json.loads(Path(o).read_text()) for o in outs]
@@ -268,8 +308,11 @@ def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trial
     storage.engine.dispose()
     finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
     return {
-        "side": side, "workers": workers, "study_size": size,
-        "new_trials": len(ends), "finished_in_db": finished,
+        "side": side,
+        "workers": workers,
+        "study_size": size,
+        "new_trials": len(ends),
+        "finished_in_db": finished,
         "running_left": sum(s == TrialState.RUNNING for s in states),
         "trials_per_s": len(ends) / (max(ends) - begin) if ends else 0.0,
         "first_claim_ms_median": _ms(first, 50),
@@ -279,7 +322,7 @@ def _run(cluster: PostgresCluster, template: str, side: str, workers: int, trial
         "ask_ms": {"p50": _ms(ask, 50), "p99": _ms(ask, 99)},
         "report_ms": {"p50": _ms(report, 50), "p99": _ms(report, 99)},
         "tell_ms": {"p50": _ms(tell, 50), "p99": _ms(tell, 99)},
-    }  # fmt: skip
+    }
 
 
 def _create_db(cluster: PostgresCluster, name: str, template: str | None) -> None:
@@ -291,8 +334,9 @@ def _create_db(cluster: PostgresCluster, name: str, template: str | None) -> Non
     admin.dispose()
 
 
-def _build_template(cluster: PostgresCluster, name: str, base: str | None, spec: StudySpec,
-                    add: int) -> None:  # fmt: skip
+def _build_template(
+    cluster: PostgresCluster, name: str, base: str | None, spec: StudySpec, add: int
+) -> None:
     """A database holding the study with ``add`` more finished trials than ``base``."""
     _create_db(cluster, name, base)
     url = cluster.url(name)
@@ -304,8 +348,10 @@ def _build_template(cluster: PostgresCluster, name: str, base: str | None, spec:
         storage.engine.dispose()
     chunks = 4
     seeds = [zlib.crc32(f"{name}/{i}".encode()) for i in range(chunks)]  # 0 <= seed < 2**32
-    _parallel(_prefill, [(url, spec, add // chunks + (i < add % chunks), seeds[i])
-                         for i in range(chunks)])  # fmt: skip
+    _parallel(
+        _prefill,
+        [(url, spec, add // chunks + (i < add % chunks), seeds[i]) for i in range(chunks)],
+    )
 
 
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -334,19 +380,23 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['study_size']} | {r['side']} | {r['workers']} | "
-                         f"{r['error']} |" + " |" * 12)  # fmt: skip
+            lines.append(
+                f"| {r['study_size']} | {r['side']} | {r['workers']} | {r['error']} |" + " |" * 12
+            )
             continue
         cells = [r["study_size"], r["side"], r["workers"], f"{r['trials_per_s']:.1f}"]
         for key in ("ask_ms", "report_ms", "tell_ms"):
             cells += [f"{r[key]['p50']:.1f}", f"{r[key]['p99']:.1f}"]
         rss, private = r.get("peak_rss_mb_max"), r.get("private_mb_max")
         conns = r.get("pg_connections")
-        cells += [f"{r['first_claim_ms_median']:.0f}", r["running_left"],
-                  f"{rss:.0f}" if rss is not None else "-",
-                  f"{private:.0f}" if private is not None else "-",
-                  f"{conns['peak']} ({conns['mean']:.0f})" if conns else "-",
-                  f"{conns['peak_per_worker']:.2f}" if conns else "-"]  # fmt: skip
+        cells += [
+            f"{r['first_claim_ms_median']:.0f}",
+            r["running_left"],
+            f"{rss:.0f}" if rss is not None else "-",
+            f"{private:.0f}" if private is not None else "-",
+            f"{conns['peak']} ({conns['mean']:.0f})" if conns else "-",
+            f"{conns['peak_per_worker']:.2f}" if conns else "-",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -357,14 +407,25 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--trials", type=int, default=512)
     parser.add_argument("--sides", nargs="+", default=["ours", "plain"])
-    parser.add_argument("--runs", nargs="+", metavar="SIZE:WORKERS",
-                        help="run these pairs instead of every size x workers")  # fmt: skip
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        metavar="SIZE:WORKERS",
+        help="run these pairs instead of every size x workers",
+    )
     parser.add_argument("--tag", help="write coordination-TAG.{md,json}")
-    parser.add_argument("--train-s", type=float, default=0.0,
-                        help="seconds each trial 'trains', spread over its reports")  # fmt: skip
+    parser.add_argument(
+        "--train-s",
+        type=float,
+        default=0.0,
+        help="seconds each trial 'trains', spread over its reports",
+    )
     args = parser.parse_args()
-    pairs = ([tuple(int(x) for x in run.split(":")) for run in args.runs] if args.runs
-             else [(size, w) for size in args.sizes for w in args.workers])  # fmt: skip
+    pairs = (
+        [tuple(int(x) for x in run.split(":")) for run in args.runs]
+        if args.runs
+        else [(size, w) for size in args.sizes for w in args.workers]
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.time()
     revision = commit()
@@ -387,18 +448,35 @@ def main() -> None:
                 for workers in [w for s, w in pairs if s == size]:
                     for side in args.sides:
                         try:
-                            row = _run(cluster, template, side, workers, args.trials, size,
-                                       Path(tmp), args.train_s)  # fmt: skip
+                            row = _run(
+                                cluster,
+                                template,
+                                side,
+                                workers,
+                                args.trials,
+                                size,
+                                Path(tmp),
+                                args.train_s,
+                            )
                         except RuntimeError as exc:  # e.g. a process killed for memory
-                            row = {"side": side, "workers": workers, "study_size": size,
-                                   "error": str(exc)}  # fmt: skip
+                            row = {
+                                "side": side,
+                                "workers": workers,
+                                "study_size": size,
+                                "error": str(exc),
+                            }
                         print(json.dumps(row), flush=True)
                         rows.append(row)
     finally:
         cluster.stop()
-    meta = {"commit": revision, "machine": machine(),
-            "postgres": version, "trials": args.trials, "train_s": args.train_s,
-            "seconds": time.time() - started}  # fmt: skip
+    meta = {
+        "commit": revision,
+        "machine": machine(),
+        "postgres": version,
+        "trials": args.trials,
+        "train_s": args.train_s,
+        "seconds": time.time() - started,
+    }
     name = f"coordination-{args.tag}" if args.tag else "coordination"
     save(name, {"meta": meta, "rows": rows}, _markdown(rows, meta))
     print(_markdown(rows, meta))
@@ -407,8 +485,10 @@ def main() -> None:
 def _set_budget(url: str, spec: StudySpec) -> None:
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE hpo_studies SET spec = :spec WHERE name = :name"),
-                     {"spec": json.dumps(spec.model_dump(mode="json")), "name": NAME})  # fmt: skip
+        conn.execute(
+            text("UPDATE hpo_studies SET spec = :spec WHERE name = :name"),
+            {"spec": json.dumps(spec.model_dump(mode="json")), "name": NAME},
+        )
     engine.dispose()
 
 

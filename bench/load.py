@@ -45,21 +45,33 @@ def run(
     try:
         url = cluster.url()
         upgrade(url)
-        settings = Settings(database_url=url, artifact_dir=workdir / "artifacts",
-                            cache_dir=workdir / "cache", heartbeat_interval=2,
-                            grace_period=20)  # fmt: skip
+        settings = Settings(
+            database_url=url,
+            artifact_dir=workdir / "artifacts",
+            cache_dir=workdir / "cache",
+            heartbeat_interval=2,
+            grace_period=20,
+        )
         port = _free_port()
         env = dict(os.environ, HPO_DATABASE_URL=url, HPO_ARTIFACT_DIR=str(settings.artifact_dir))
         with (workdir / "api.log").open("wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "hpo", "serve", "--port", str(port), "--no-migrate"],
-                env=env, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "hpo", "serve", "--port", str(port), "--no-migrate"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         base = f"http://127.0.0.1:{port}"
         wait_healthy(base)
         token = subprocess.run(
             [sys.executable, "-m", "hpo", "token", "create", "load"],
-            env=env, capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         headers = {"Authorization": f"Bearer {token}"}
         names = [f"load-{i}" for i in range(5)]
         for name in names:
@@ -67,8 +79,16 @@ def run(
             httpx.post(f"{base}/studies", json=spec, headers=headers).raise_for_status()
         for i in range(workers):
             procs.append(start_worker(settings, workdir / f"worker{i}.log"))
-        wait_until(lambda: httpx.get(f"{base}/studies/{names[0]}", headers=headers).json()
-                   ["trials"]["finished"] > 0, timeout=600, what="a finished trial")  # fmt: skip
+        wait_until(
+            lambda: (
+                httpx.get(f"{base}/studies/{names[0]}", headers=headers).json()["trials"][
+                    "finished"
+                ]
+                > 0
+            ),
+            timeout=600,
+            what="a finished trial",
+        )
 
         latencies: dict[str, list[float]] = {r: [] for r in routes}
         errors: list[str] = []
@@ -150,8 +170,13 @@ def main() -> None:
     parser.add_argument("--tag", help="results go to bench/results/load-TAG.{md,json}")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(clients=args.clients, workers=args.workers, seconds=args.seconds,
-                     workdir=Path(tmp), routes=tuple(args.routes))  # fmt: skip
+        result = run(
+            clients=args.clients,
+            workers=args.workers,
+            seconds=args.seconds,
+            workdir=Path(tmp),
+            routes=tuple(args.routes),
+        )
     result["commit"] = commit()
     result["machine"] = machine("loopback")
     lines = [
@@ -168,8 +193,10 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for route, r in result["routes"].items():
-        lines.append(f"| {route} | {r['requests']} | {r['requests_per_s']:.0f} | "
-                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {route} | {r['requests']} | {r['requests_per_s']:.0f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
     save(f"load-{args.tag}" if args.tag else "load", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

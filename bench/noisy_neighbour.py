@@ -97,12 +97,16 @@ def hostile_rows(rows: set[int], data: Path, models: Path, cache: Path) -> list[
     if 1 in rows:
         a36 = [{"prompt": f"say {i}", "completion": "a" * 36} for i in range(8)]
         spec = study_spec(
-            "row1-regex", mode="decode", model={"name_or_path": "builtin:tiny-llama"},
+            "row1-regex",
+            mode="decode",
+            model={"name_or_path": "builtin:tiny-llama"},
             dataset={"path": _jsonl(data / "a.jsonl", a36), "validation_fraction": 0.5},
-            training={"max_new_tokens": 4}, evaluation={"generation": {"max_examples": 4}},
+            training={"max_new_tokens": 4},
+            evaluation={"generation": {"max_examples": 4}},
             space={"temperature": {"type": "float", "low": 0.5, "high": 1.0}},
-            objective={"metric": "regex", "pattern": "(a+)+b"}, **once,
-        )  # fmt: skip
+            objective={"metric": "regex", "pattern": "(a+)+b"},
+            **once,
+        )
         out.append(("1", (spec, None)))
     if 2 in rows:
         from worker import builtin
@@ -110,11 +114,18 @@ def hostile_rows(rows: set[int], data: Path, models: Path, cache: Path) -> list[
         folder = models / "looping"
         shutil.copytree(builtin.resolve("builtin:tiny-llama", cache), folder)
         (folder / "chat_template.jinja").write_text(LOOPING_TEMPLATE)
-        chat = [{"messages": [{"role": "user", "content": "two cups?"},
-                              {"role": "assistant", "content": "two cups ."}]}] * 8  # fmt: skip
+        chat = [
+            {
+                "messages": [
+                    {"role": "user", "content": "two cups?"},
+                    {"role": "assistant", "content": "two cups ."},
+                ]
+            }
+        ] * 8
         dataset = {"path": _jsonl(data / "chat.jsonl", chat)}
-        spec = small_study("row2-template", model={"name_or_path": str(folder)},
-                           dataset=dataset, **once)  # fmt: skip
+        spec = small_study(
+            "row2-template", model={"name_or_path": str(folder)}, dataset=dataset, **once
+        )
         out.append(("2", (spec, None)))
     if 3 in rows:
         folder = _saved(data / "info-fifo")
@@ -138,22 +149,32 @@ def hostile_rows(rows: set[int], data: Path, models: Path, cache: Path) -> list[
 
 def _post(base: str, token: str, spec: dict[str, Any]) -> str:
     try:
-        response = httpx.post(f"{base}/studies", json=spec, timeout=REQUEST_TIMEOUT_S,
-                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        response = httpx.post(
+            f"{base}/studies",
+            json=spec,
+            timeout=REQUEST_TIMEOUT_S,
+            headers={"Authorization": f"Bearer {token}"},
+        )
     except httpx.HTTPError as exc:
         return type(exc).__name__
     return str(response.status_code)
 
 
 def _token(env: dict[str, str], owner: str) -> str:
-    return subprocess.run([sys.executable, "-m", "hpo", "token", "create", owner], env=env,
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", "token", "create", owner],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # own process group: a stuck worker's children die with it
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -173,8 +194,9 @@ def _scan_figures(url: str, *, grace_period: float) -> dict[str, Any]:
     """A worker's study choice with every study registered: statements, time, normal's place."""
     with Database(url) as db:
         statements: list[str] = []
-        event.listen(db.engine, "before_cursor_execute",
-                     lambda _c, _k, sql, *_: statements.append(sql))  # fmt: skip
+        event.listen(
+            db.engine, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql)
+        )
         times, order = [], []
         for _ in range(5):
             statements.clear()
@@ -185,8 +207,12 @@ def _scan_figures(url: str, *, grace_period: float) -> dict[str, Any]:
             times.append(time.perf_counter() - started)
     place = next((i + 1 for i, s in enumerate(order) if s.owner == "normal"), None)
     median_ms = statistics.median(times) * 1000
-    return {"studies_in_order": len(order), "normal_place": place,
-            "statements": len(statements), "median_ms": median_ms}  # fmt: skip
+    return {
+        "studies_in_order": len(order),
+        "normal_place": place,
+        "statements": len(statements),
+        "median_ms": median_ms,
+    }
 
 
 def _trials_by_owner(url: str) -> dict[str, dict[str, int]]:
@@ -204,8 +230,9 @@ def _trials_by_owner(url: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def run_phase(*, rows: set[int], crowd: int, trials: int, workers: int, timeout: float,
-              workdir: Path) -> dict[str, Any]:  # fmt: skip
+def run_phase(
+    *, rows: set[int], crowd: int, trials: int, workers: int, timeout: float, workdir: Path
+) -> dict[str, Any]:
     """One phase; ``rows`` empty: the normal study alone."""
     workdir.mkdir(parents=True)
     data, models, cache = workdir / "data", workdir / "models", workdir / "cache"
@@ -217,15 +244,27 @@ def run_phase(*, rows: set[int], crowd: int, trials: int, workers: int, timeout:
     try:
         url = cluster.url()
         upgrade(url)
-        env = dict(os.environ, HPO_DATABASE_URL=url, HPO_ARTIFACT_DIR=str(workdir / "artifacts"),
-                   HPO_CACHE_DIR=str(cache), HPO_DATA_ROOTS=json.dumps([str(data)]),
-                   HPO_MODEL_ROOTS=json.dumps([str(models)]), HPO_HEARTBEAT_INTERVAL="2",
-                   HPO_GRACE_PERIOD="20", HPO_MAX_ACTIVE_STUDIES_PER_OWNER=str(crowd + 10),
-                   PYTHONUNBUFFERED="1")  # fmt: skip
+        env = dict(
+            os.environ,
+            HPO_DATABASE_URL=url,
+            HPO_ARTIFACT_DIR=str(workdir / "artifacts"),
+            HPO_CACHE_DIR=str(cache),
+            HPO_DATA_ROOTS=json.dumps([str(data)]),
+            HPO_MODEL_ROOTS=json.dumps([str(models)]),
+            HPO_HEARTBEAT_INTERVAL="2",
+            HPO_GRACE_PERIOD="20",
+            HPO_MAX_ACTIVE_STUDIES_PER_OWNER=str(crowd + 10),
+            PYTHONUNBUFFERED="1",
+        )
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        procs.append(_spawn([sys.executable, "-m", "hpo", "serve", "--port", str(port),
-                             "--no-migrate"], env, workdir / "api.log"))  # fmt: skip
+        procs.append(
+            _spawn(
+                [sys.executable, "-m", "hpo", "serve", "--port", str(port), "--no-migrate"],
+                env,
+                workdir / "api.log",
+            )
+        )
         wait_healthy(base)
         hostile, normal = _token(env, "hostile"), _token(env, "normal")
         registered: dict[str, str] = {}
@@ -282,8 +321,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
-    common = {"crowd": args.crowd, "trials": args.trials, "workers": args.workers,
-              "timeout": args.timeout}  # fmt: skip
+    common = {
+        "crowd": args.crowd,
+        "trials": args.trials,
+        "workers": args.workers,
+        "timeout": args.timeout,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         alone = run_phase(rows=set(), workdir=Path(tmp) / "alone", **common)
         hostile = run_phase(rows=set(args.rows), workdir=Path(tmp) / "hostile", **common)
@@ -292,8 +335,14 @@ def main() -> None:
         if hostile["normal_wall_s"] and alone["normal_wall_s"]
         else None
     )
-    result = {"commit": commit(), "machine": machine("loopback", f"{args.workers} CPU workers"),
-              "args": vars(args), "alone": alone, "hostile": hostile, "ratio": ratio}  # fmt: skip
+    result = {
+        "commit": commit(),
+        "machine": machine("loopback", f"{args.workers} CPU workers"),
+        "args": vars(args),
+        "alone": alone,
+        "hostile": hostile,
+        "ratio": ratio,
+    }
     scan = hostile.get("scan") or {}
     lines = [
         "# Noisy neighbour",
@@ -315,7 +364,7 @@ def main() -> None:
             f" ({hostile['crowd_registration_s']:.0f} s)"
             if "crowd_registration_s" in hostile
             else ""
-        )  # fmt: skip
+        )
         + f"; the normal study's: {hostile['normal_registration']}.",
         "",
         f"A worker's study choice with every study registered: {scan.get('statements')} SQL "

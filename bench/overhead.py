@@ -58,12 +58,31 @@ class Size:
 
 SIZES = {
     "tiny": Size("79K", None, 256, 64),
-    "small": Size("26M", {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
-                          "num_attention_heads": 8, "num_key_value_heads": 8}, 256, 64),
-    "medium": Size("0.3B", {"hidden_size": 1024, "intermediate_size": 2816,
-                            "num_hidden_layers": 24, "num_attention_heads": 16,
-                            "num_key_value_heads": 16}, 16, 16),
-}  # fmt: skip
+    "small": Size(
+        "26M",
+        {
+            "hidden_size": 512,
+            "intermediate_size": 1408,
+            "num_hidden_layers": 8,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+        },
+        256,
+        64,
+    ),
+    "medium": Size(
+        "0.3B",
+        {
+            "hidden_size": 1024,
+            "intermediate_size": 2816,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 16,
+        },
+        16,
+        16,
+    ),
+}
 CONFIGS = [
     {"learning_rate": lr, "per_device_train_batch_size": bs, "lora_r": r}
     for lr, bs, r in [
@@ -160,9 +179,14 @@ def hf(workdir: Path, trials: int, path: str, size: Size) -> list[dict[str, floa
     )
     tokenizer = ModelCache(device=torch.device("cpu"), cache_dir=cache).get(model_spec).tokenizer
     raw = DataCache(cache).raw(data_spec, model_spec)
-    splits = [split.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=SEQ),
-                        batched=True, remove_columns=split.column_names)
-              for split in (raw.train, raw.eval)]  # fmt: skip
+    splits = [
+        split.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=SEQ),
+            batched=True,
+            remove_columns=split.column_names,
+        )
+        for split in (raw.train, raw.eval)
+    ]
     clock = _Clock()
 
     def model_init(trial: optuna.Trial | None) -> torch.nn.Module:
@@ -227,10 +251,24 @@ def _summary(records: list[dict[str, float]]) -> dict[str, float]:
 def _side(side: str, workdir: Path, trials: int, size: str) -> dict[str, float]:
     """One side in a fresh process: neither may inherit the other's warm caches or GC state."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", "--only", side, "--trials", str(trials),
-         "--model", size, "--workdir", str(workdir)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
-    ).stdout  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.overhead",
+            "--only",
+            side,
+            "--trials",
+            str(trials),
+            "--model",
+            size,
+            "--workdir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

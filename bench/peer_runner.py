@@ -28,8 +28,15 @@ from typing import Any
 METRIC, RESOURCE, ELAPSED = "loss", "step", "elapsed"
 TARGET = 0.001  # the tighter target of bench.strategies.TARGETS
 ETA = 3
-SYNE_TUNE = ("st gp bo", "st asha stop", "st asha promotion", "st bohb", "st mobster",
-             "st hypertune", "st dyhpo")  # fmt: skip
+SYNE_TUNE = (
+    "st gp bo",
+    "st asha stop",
+    "st asha promotion",
+    "st bohb",
+    "st mobster",
+    "st hypertune",
+    "st dyhpo",
+)
 RAY = ("ray asha", "ray hyperband + optuna")
 METHODS = SYNE_TUNE + RAY
 
@@ -141,13 +148,20 @@ def _syne_tune(task: Curves, method: str, workers: int, seed: int, trace: Trace)
             else:
                 started[tid], next_cost[tid] = now, curve[step][0]
 
-    blackbox = Blackbox(configuration_space=space,
-                        fidelity_space={RESOURCE: randint(1, task.max_t)},
-                        objectives_names=[METRIC, ELAPSED, "cost"])  # fmt: skip
+    blackbox = Blackbox(
+        configuration_space=space,
+        fidelity_space={RESOURCE: randint(1, task.max_t)},
+        objectives_names=[METRIC, ELAPSED, "cost"],
+    )
     backend = CurveBackend(blackbox=blackbox, elapsed_time_attr=ELAPSED, seed=0)
     common = {"metric": METRIC, "mode": "min", "random_seed": seed}
-    multi = {**common, "resource_attr": RESOURCE, "max_t": task.max_t,
-             "grace_period": task.first_rung, "reduction_factor": ETA}  # fmt: skip
+    multi = {
+        **common,
+        "resource_attr": RESOURCE,
+        "max_t": task.max_t,
+        "grace_period": task.first_rung,
+        "reduction_factor": ETA,
+    }
     kind = method.removeprefix("st ")
     if kind == "gp bo":
         scheduler = baselines.BayesianOptimization(space, **common)
@@ -156,8 +170,12 @@ def _syne_tune(task: Curves, method: str, workers: int, seed: int, trace: Trace)
             space, type=kind.replace("asha stop", "stopping").split()[-1], **multi
         )
     else:
-        cls = {"bohb": baselines.BOHB, "mobster": baselines.MOBSTER,
-               "hypertune": baselines.HyperTune, "dyhpo": baselines.DyHPO}[kind]  # fmt: skip
+        cls = {
+            "bohb": baselines.BOHB,
+            "mobster": baselines.MOBSTER,
+            "hypertune": baselines.HyperTune,
+            "dyhpo": baselines.DyHPO,
+        }[kind]
         extra = {} if kind == "dyhpo" else {"type": "promotion" if kind != "bohb" else "stopping"}
         scheduler = cls(space, **multi, **extra)
     callback = SimulatorCallback()
@@ -193,12 +211,15 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
             cost, value = curve[step - 1]
             with tempfile.TemporaryDirectory() as d:
                 (Path(d) / "step").write_text(str(step))
-                tune.report({METRIC: value, RESOURCE: step, "cost": cost, "last": len(curve)},
-                            checkpoint=tune.Checkpoint.from_directory(d))  # fmt: skip
+                tune.report(
+                    {METRIC: value, RESOURCE: step, "cost": cost, "last": len(curve)},
+                    checkpoint=tune.Checkpoint.from_directory(d),
+                )
 
     class Hooks(tune.Callback):
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                            **info: Any) -> None:  # fmt: skip
+        def on_trial_result(
+            self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        ) -> None:
             trace.point(result["cost"])
             trace.configurations.add(task.key(trial.config))
             if result[RESOURCE] == result["last"]:
@@ -224,13 +245,15 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
 
     searcher = OptunaSearch(metric=METRIC, mode="min", seed=seed)
     if method == "ray asha":
-        scheduler: Any = AsyncHyperBandScheduler(time_attr=RESOURCE, max_t=task.max_t,
-                                                 grace_period=task.first_rung,
-                                                 reduction_factor=ETA)  # fmt: skip
+        scheduler: Any = AsyncHyperBandScheduler(
+            time_attr=RESOURCE,
+            max_t=task.max_t,
+            grace_period=task.first_rung,
+            reduction_factor=ETA,
+        )
         search_alg: Any = None
     else:
-        scheduler = HyperBandScheduler(time_attr=RESOURCE, max_t=task.max_t,
-                                       reduction_factor=ETA)  # fmt: skip
+        scheduler = HyperBandScheduler(time_attr=RESOURCE, max_t=task.max_t, reduction_factor=ETA)
         search_alg = searcher
     trainable = tune.with_parameters(lambda config: replay(with_curve(config)))
     tuner = tune.Tuner(
@@ -244,10 +267,10 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
             num_samples=8 * len(curves),
             max_concurrent_trials=1,
             reuse_actors=True,
-        ),  # fmt: skip
+        ),
         run_config=tune.RunConfig(
             storage_path=str(tmp), stop=Stop(), callbacks=[Hooks()], verbose=0, log_to_file=False
-        ),  # fmt: skip
+        ),
     )
     if not ray.is_initialized():
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -266,9 +289,13 @@ def run(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
         _ray(task, job["method"], job["seed"], trace, tmp)
     else:
         raise ValueError(f"unknown method {job['method']!r}; known: {', '.join(METHODS)}")
-    return {**{k: job[k] for k in ("method", "workers", "seed")}, "task": task.name,
-            "trace": trace.events, "configurations": len(trace.configurations),
-            "seconds": time.time() - began}  # fmt: skip
+    return {
+        **{k: job[k] for k in ("method", "workers", "seed")},
+        "task": task.name,
+        "trace": trace.events,
+        "configurations": len(trace.configurations),
+        "seconds": time.time() - began,
+    }
 
 
 def main() -> None:

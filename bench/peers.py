@@ -43,8 +43,15 @@ VENV = ROOT / ".peers-venv"
 REQUIREMENTS = ROOT / "bench" / "peers-requirements.txt"
 RUNNER = ROOT / "bench" / "peer_runner.py"
 # The runner's methods (bench/peer_runner.py METHODS): Ray Tune runs at one worker only.
-SYNE_TUNE = ("st gp bo", "st asha stop", "st asha promotion", "st bohb", "st mobster",
-             "st hypertune", "st dyhpo")  # fmt: skip
+SYNE_TUNE = (
+    "st gp bo",
+    "st asha stop",
+    "st asha promotion",
+    "st bohb",
+    "st mobster",
+    "st hypertune",
+    "st dyhpo",
+)
 RAY = ("ray asha", "ray hyperband + optuna")
 METHODS = SYNE_TUNE + RAY
 NAMES = ("learning_rate", "per_device_train_batch_size", "lora_r")
@@ -62,8 +69,13 @@ def export_task(task: Task) -> dict[str, Any]:
     for key in task.curves:
         params = dict(zip(NAMES, key, strict=True))
         configurations.append({"params": params, "curve": [list(p) for p in task.curve(params)]})
-    return {"name": task.name, "choices": choices, "configurations": configurations,
-            "best_value": task.best_value, "full_grid_cost": task.full_grid_cost}  # fmt: skip
+    return {
+        "name": task.name,
+        "choices": choices,
+        "configurations": configurations,
+        "best_value": task.best_value,
+        "full_grid_cost": task.full_grid_cost,
+    }
 
 
 class ExportedTask:
@@ -72,8 +84,10 @@ class ExportedTask:
     def __init__(self, data: dict[str, Any]) -> None:
         self.name: str = data["name"]
         self.choices: dict[str, list[Any]] = data["choices"]
-        self.points = {tuple(c["params"][n] for n in NAMES): [(p[0], p[1]) for p in c["curve"]]
-                       for c in data["configurations"]}  # fmt: skip
+        self.points = {
+            tuple(c["params"][n] for n in NAMES): [(p[0], p[1]) for p in c["curve"]]
+            for c in data["configurations"]
+        }
         self.curves = {k: [v for _, v in pts] for k, pts in self.points.items()}
         self.best_value: float = data["best_value"]
         self.full_grid_cost: float = data["full_grid_cost"]
@@ -105,8 +119,10 @@ def setup(python: str = sys.executable) -> Path:
     """Create .peers-venv/ with the pinned peers (a few minutes, from the package index)."""
     if not (VENV / "bin" / "python").exists():
         venv.create(VENV, with_pip=True)
-    subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
-                    str(REQUIREMENTS)], check=True)  # fmt: skip
+    subprocess.run(
+        [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
+        check=True,
+    )
     return VENV / "bin" / "python"
 
 
@@ -117,8 +133,11 @@ def _jobs(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
             path = work / "tasks" / (task.name.replace("/", "_") + ".json")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(export_task(task)))
-            tasks[task.name] = {"set": task_set, "best": task.best_value,
-                                "grid": task.full_grid_cost}  # fmt: skip
+            tasks[task.name] = {
+                "set": task_set,
+                "best": task.best_value,
+                "grid": task.full_grid_cost,
+            }
             for method in args.methods:
                 for w in args.workers:
                     if method in RAY and w != 1:
@@ -126,9 +145,17 @@ def _jobs(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
                     for seed in range(args.seeds):
                         name = f"{task.name}-{method}-w{w}-s{seed}".replace("/", "_")
                         out = work / "runs" / f"{name}.json"
-                        jobs.append({"task": str(path), "name": task.name, "method": method,
-                                     "workers": w, "seed": seed, "out": str(out),
-                                     "max_cost": MAX_COST * task.full_grid_cost})  # fmt: skip
+                        jobs.append(
+                            {
+                                "task": str(path),
+                                "name": task.name,
+                                "method": method,
+                                "workers": w,
+                                "seed": seed,
+                                "out": str(out),
+                                "max_cost": MAX_COST * task.full_grid_cost,
+                            }
+                        )
     (work / "runs").mkdir(parents=True, exist_ok=True)
     # GP BO's fits make its runs the slowest: last, so a run cut short still has the others
     jobs.sort(key=lambda j: (j["method"] == "st gp bo", j["workers"], j["seed"]))
@@ -145,29 +172,48 @@ def _run_all(jobs: list[dict[str, Any]], python: str, processes: int, work: Path
         path = work / f"jobs-{i}.json"
         path.write_text(json.dumps(chunk))
         log = (work / f"runner-{i}.log").open("w")
-        procs.append(subprocess.Popen(["nice", "-n", "10", python, str(RUNNER), str(path)],
-                                      stdout=log, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                ["nice", "-n", "10", python, str(RUNNER), str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        )
     for p in procs:
         p.wait()
 
 
 def summarise(runs: list[dict[str, Any]], tasks: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    keys = sorted({(tasks[r["task"]]["set"], r["workers"], r["method"]) for r in runs},
-                  key=lambda k: (SETS.index(k[0]), k[1], METHODS.index(k[2])))  # fmt: skip
+    keys = sorted(
+        {(tasks[r["task"]]["set"], r["workers"], r["method"]) for r in runs},
+        key=lambda k: (SETS.index(k[0]), k[1], METHODS.index(k[2])),
+    )
     for task_set, workers, method in keys:
-        group = [r for r in runs if (tasks[r["task"]]["set"], r["workers"], r["method"])
-                 == (task_set, workers, method)]  # fmt: skip
+        group = [
+            r
+            for r in runs
+            if (tasks[r["task"]]["set"], r["workers"], r["method"]) == (task_set, workers, method)
+        ]
         ok = [r for r in group if "error" not in r]
-        row: dict[str, Any] = {"set": task_set, "workers": workers, "strategy": method,
-                               "runs": len(ok), "errors": sorted({r["error"] for r in group
-                                                                  if "error" in r})}  # fmt: skip
+        row: dict[str, Any] = {
+            "set": task_set,
+            "workers": workers,
+            "strategy": method,
+            "runs": len(ok),
+            "errors": sorted({r["error"] for r in group if "error" in r}),
+        }
         # headline: only completed trials count, as for ours in bench.strategies
         for rule, completed_only in (("cost_to_target", True), ("last_point", False)):
-            costs = [cost_to_targets(best_curve(r["trace"], completed_only=completed_only),
-                                     tasks[r["task"]]["best"], tasks[r["task"]]["grid"])
-                     for r in ok]  # fmt: skip
+            costs = [
+                cost_to_targets(
+                    best_curve(r["trace"], completed_only=completed_only),
+                    tasks[r["task"]]["best"],
+                    tasks[r["task"]]["grid"],
+                )
+                for r in ok
+            ]
             row[rule] = {str(t): target_stats([c[str(t)] for c in costs]) for t in TARGETS}
         covered = len({r["task"] for r in ok})
         total = sum(t["set"] == task_set for t in tasks.values())
@@ -182,10 +228,16 @@ def summarise(runs: list[dict[str, Any]], tasks: dict[str, Any]) -> list[dict[st
 def ours(sets: list[str], workers: list[int]) -> list[dict[str, Any]]:
     """Our default's rows from the committed bench.strategies run."""
     data = json.loads((RESULTS / "strategies.json").read_text())
-    return [{**r, "strategy": f"ours: {DEFAULT} (default)", "seeds": data["meta"]["seeds"],
-             "commit": data["meta"]["commit"]}  # fmt: skip
-            for r in data["rows"] if r["strategy"] == DEFAULT and r["set"] in sets
-            and r["workers"] in workers]  # fmt: skip
+    return [
+        {
+            **r,
+            "strategy": f"ours: {DEFAULT} (default)",
+            "seeds": data["meta"]["seeds"],
+            "commit": data["meta"]["commit"],
+        }
+        for r in data["rows"]
+        if r["strategy"] == DEFAULT and r["set"] in sets and r["workers"] in workers
+    ]
 
 
 def _cell(c: dict[str, Any], runs: int) -> str:
@@ -243,18 +295,24 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 )
                 if r.get("tasks"):  # a run cut short: say which part of the set it covers
                     name += f" ({r['tasks']})"
-                lines.append(f"| {name} | {_cell(t1, runs)} | {_cell(t2, runs)} | "
-                             f"{_cell(done, runs)} |")  # fmt: skip
-    failed = [f"{r['strategy']} ({r['set']}, W={r['workers']}): {e}" for r in rows
-              for e in r.get("errors", [])]  # fmt: skip
+                lines.append(
+                    f"| {name} | {_cell(t1, runs)} | {_cell(t2, runs)} | {_cell(done, runs)} |"
+                )
+    failed = [
+        f"{r['strategy']} ({r['set']}, W={r['workers']}): {e}"
+        for r in rows
+        for e in r.get("errors", [])
+    ]
     if failed:
         lines += ["", "Failed runs: " + "; ".join(failed)]
     return "\n".join(lines) + "\n"
 
 
 def _versions(python: str) -> list[str]:
-    code = ("import importlib.metadata as m; print(*[f'{p} {m.version(p)}' for p in "
-            "('syne-tune', 'ray', 'optuna', 'numpy')], sep=';')")  # fmt: skip
+    code = (
+        "import importlib.metadata as m; print(*[f'{p} {m.version(p)}' for p in "
+        "('syne-tune', 'ray', 'optuna', 'numpy')], sep=';')"
+    )
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
     return out.stdout.strip().split(";")
 
@@ -291,18 +349,30 @@ def main() -> None:
     jobs, tasks = _jobs(args, args.work)
     if not args.summarise_only:
         _run_all(jobs, args.python, args.jobs, args.work)
-    runs = [{**json.loads(Path(j["out"]).read_text()), "task": j["name"]}
-            for j in jobs if Path(j["out"]).exists()]  # fmt: skip
+    runs = [
+        {**json.loads(Path(j["out"]).read_text()), "task": j["name"]}
+        for j in jobs
+        if Path(j["out"]).exists()
+    ]
     mine = ours(args.sets, args.workers)
     rows = summarise(runs, tasks)
-    rows = sorted(mine + rows, key=lambda r: (SETS.index(r["set"]), r["workers"],
-                                              not r["strategy"].startswith("ours")))  # fmt: skip
-    meta = {"commit": commit(), "machine": machine(), "seeds": args.seeds, "jobs": args.jobs,
-            "seconds": time.time() - started, "versions": _versions(args.python),
-            "runner_seconds": sum(r.get("seconds", 0.0) for r in runs), "jobs_total": len(jobs),
-            "ours_seeds": mine[0]["seeds"] if mine else 0,
-            "ours_commit": mine[0]["commit"] if mine else "",
-            "missing_runs": len(jobs) - len(runs)}  # fmt: skip
+    rows = sorted(
+        mine + rows,
+        key=lambda r: (SETS.index(r["set"]), r["workers"], not r["strategy"].startswith("ours")),
+    )
+    meta = {
+        "commit": commit(),
+        "machine": machine(),
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "seconds": time.time() - started,
+        "versions": _versions(args.python),
+        "runner_seconds": sum(r.get("seconds", 0.0) for r in runs),
+        "jobs_total": len(jobs),
+        "ours_seeds": mine[0]["seeds"] if mine else 0,
+        "ours_commit": mine[0]["commit"] if mine else "",
+        "missing_runs": len(jobs) - len(runs),
+    }
     save("peers", {"meta": meta, "rows": rows}, _markdown(rows, meta))
     print(_markdown(rows, meta))
 

@@ -48,40 +48,58 @@ def strategies(trainings: int) -> dict[str, dict[str, Any]]:
     """``search`` overrides per strategy, each costing about ``trainings`` full trainings."""
     return {
         "default": {"budget": {"max_trials": trainings}},
-        "asha": {"scheduler": {"type": "asha", "min_steps": 64, "reduction_factor": 2},
-                 "budget": {"max_trials": 2 * trainings}},
-        "top_k": {"scheduler": {"type": "top_k", "at_steps": 64, "k": 2, "min_scored": 4},
-                  "budget": {"max_trials": 2 * trainings}},
-        "pbt": {"scheduler": {"type": "pbt", "population_size": trainings,
-                              "interval_steps": 64, "quantile": 0.25},
-                "budget": {"max_trials": trainings}},
-    }  # fmt: skip
+        "asha": {
+            "scheduler": {"type": "asha", "min_steps": 64, "reduction_factor": 2},
+            "budget": {"max_trials": 2 * trainings},
+        },
+        "top_k": {
+            "scheduler": {"type": "top_k", "at_steps": 64, "k": 2, "min_scored": 4},
+            "budget": {"max_trials": 2 * trainings},
+        },
+        "pbt": {
+            "scheduler": {
+                "type": "pbt",
+                "population_size": trainings,
+                "interval_steps": 64,
+                "quantile": 0.25,
+            },
+            "budget": {"max_trials": trainings},
+        },
+    }
 
 
 def study_spec(name: str, model: str, seed: int, search: dict[str, Any]) -> StudySpec:
-    return StudySpec.model_validate({
-        "name": name,
-        "train": {
-            "model": {"name_or_path": model},
-            "dataset": {"path": str(ROOT / "examples/data/arithmetic.jsonl"),
-                        "validation_fraction": 0.2, "max_train_examples": 256,
-                        "max_eval_examples": 40},
-            "training": {"num_train_epochs": 1, "per_device_train_batch_size": 8,
-                         "max_seq_length": 48},
-            "evaluation": {"every_examples": 64},
-            "report_to": [],
-        },
-        "search": {
-            "space": {
-                "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-                "lora_r": {"type": "categorical", "choices": [4, 16]},
-                "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-                "lora_dropout": {"type": "float", "low": 0.0, "high": 0.2},
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "train": {
+                "model": {"name_or_path": model},
+                "dataset": {
+                    "path": str(ROOT / "examples/data/arithmetic.jsonl"),
+                    "validation_fraction": 0.2,
+                    "max_train_examples": 256,
+                    "max_eval_examples": 40,
+                },
+                "training": {
+                    "num_train_epochs": 1,
+                    "per_device_train_batch_size": 8,
+                    "max_seq_length": 48,
+                },
+                "evaluation": {"every_examples": 64},
+                "report_to": [],
             },
-            "sampler": {"type": "tpe", "seed": seed, "n_startup_trials": 3},
-            **search,
-        },
-    })  # fmt: skip
+            "search": {
+                "space": {
+                    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+                    "lora_r": {"type": "categorical", "choices": [4, 16]},
+                    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+                    "lora_dropout": {"type": "float", "low": 0.0, "high": 0.2},
+                },
+                "sampler": {"type": "tpe", "seed": seed, "n_startup_trials": 3},
+                **search,
+            },
+        }
+    )
 
 
 def run_study(settings: Settings, spec: StudySpec, threads: int) -> list[dict[str, Any]]:
@@ -91,19 +109,25 @@ def run_study(settings: Settings, spec: StudySpec, threads: int) -> list[dict[st
     with Session(storage.engine) as session:
         create_study(session, storage, spec=spec, owner="bench", settings=settings)
         session.commit()
-    Worker(settings, studies=[spec.name], idle_exit=2.0, poll_interval=0.2,
-           cpu_threads=threads).run(handle_signals=False)  # fmt: skip
+    Worker(
+        settings, studies=[spec.name], idle_exit=2.0, poll_interval=0.2, cpu_threads=threads
+    ).run(handle_signals=False)
     study = optuna.load_study(study_name=spec.name, storage=storage)
     segments = [t for t in study.get_trials() if t.datetime_complete is not None]
     segments.sort(key=lambda t: t.datetime_complete)  # type: ignore[arg-type, return-value]
     storage.engine.dispose()
     return [
-        {"number": t.number, "state": t.state.name.lower(), "value": t.value,
-         "params": t.params, "seconds": t.user_attrs.get(DEVICE_SECONDS_ATTR, 0.0),
-         "examples": t.user_attrs.get(EXAMPLES_TRAINED_ATTR, 0),
-         "complete": t.state == TrialState.COMPLETE}
+        {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "value": t.value,
+            "params": t.params,
+            "seconds": t.user_attrs.get(DEVICE_SECONDS_ATTR, 0.0),
+            "examples": t.user_attrs.get(EXAMPLES_TRAINED_ATTR, 0),
+            "complete": t.state == TrialState.COMPLETE,
+        }
         for t in segments
-    ]  # fmt: skip
+    ]
 
 
 def reach(segments: list[dict[str, Any]], target: float, cost: str) -> float | None:
@@ -124,8 +148,12 @@ def main() -> None:
     parser.add_argument("--trainings", type=int, default=6)
     parser.add_argument("--strategies", nargs="+", default=["default", "asha", "top_k", "pbt"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--merge", type=Path, nargs="+",
-                        help="write the table from these results files' runs instead")  # fmt: skip
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="write the table from these results files' runs instead",
+    )
     args = parser.parse_args()
     if args.merge:
         merge(args.merge)
@@ -138,17 +166,27 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="hpo-sched-") as tmp:
             url = cluster.url()
             upgrade(url)
-            settings = Settings(database_url=url, artifact_dir=Path(tmp) / "artifacts",
-                                cache_dir=Path(tmp) / "cache")  # fmt: skip
+            settings = Settings(
+                database_url=url,
+                artifact_dir=Path(tmp) / "artifacts",
+                cache_dir=Path(tmp) / "cache",
+            )
             for seed in args.seeds:
                 for name, search in chosen.items():
                     spec = study_spec(f"{name}-{seed}", args.model, seed, search)
                     segments = run_study(settings, spec, args.threads)
                     runs.append({"strategy": name, "seed": seed, "segments": segments})
-                    print(json.dumps({"strategy": name, "seed": seed,
-                                      "examples": sum(s["examples"] for s in segments),
-                                      "seconds": sum(s["seconds"] for s in segments)}),
-                          flush=True)  # fmt: skip
+                    print(
+                        json.dumps(
+                            {
+                                "strategy": name,
+                                "seed": seed,
+                                "examples": sum(s["examples"] for s in segments),
+                                "seconds": sum(s["seconds"] for s in segments),
+                            }
+                        ),
+                        flush=True,
+                    )
                 write(
                     runs,
                     args.strategies,
@@ -189,16 +227,18 @@ def write(
         mine = [r for r in runs if r["strategy"] == name]
         if not mine:
             continue
-        bests = [min((s["value"] for s in r["segments"] if s["complete"]), default=None)
-                 for r in mine]  # fmt: skip
+        bests = [
+            min((s["value"] for s in r["segments"] if s["complete"]), default=None) for r in mine
+        ]
         row: dict[str, Any] = {"strategy": name, "runs": len(mine), "bests": bests}
         for cost in COSTS:
             row[f"median_{cost}"] = statistics.median(
                 sum(s[cost] for s in r["segments"]) for r in mine
             )
             for mark in MARKS:
-                row[f"to_{mark}_{cost}"] = [reach(r["segments"], best * (1 + mark), cost)
-                                            for r in mine]  # fmt: skip
+                row[f"to_{mark}_{cost}"] = [
+                    reach(r["segments"], best * (1 + mark), cost) for r in mine
+                ]
         rows.append(row)
     seeds = sorted({r["seed"] for r in runs})
     lines = [
@@ -219,13 +259,22 @@ def write(
     ]
     for row in rows:
         per_seed = ", ".join(f"{b:.4f}" if b is not None else "none" for b in row["bests"])
-        cells = [_reached(row[f"to_{mark}_{cost}"]) for mark, cost in
-                 ((0.01, "examples"), (0.001, "examples"), (0.001, "seconds"))]  # fmt: skip
+        cells = [
+            _reached(row[f"to_{mark}_{cost}"])
+            for mark, cost in ((0.01, "examples"), (0.001, "examples"), (0.001, "seconds"))
+        ]
         head = f"| {row['strategy']} | {row['median_examples']:.0f} | {row['median_seconds']:.0f}"
         lines.append(f"{head} | {per_seed} | " + " | ".join(cells) + " |")
-    data = {"commit": revision, "machine": host, "model": model, "seeds": seeds,
-            "trainings": trainings, "best_known": best, "rows": rows,
-            "runs": runs}  # fmt: skip
+    data = {
+        "commit": revision,
+        "machine": host,
+        "model": model,
+        "seeds": seeds,
+        "trainings": trainings,
+        "best_known": best,
+        "rows": rows,
+        "runs": runs,
+    }
     save("schedulers-real", data, "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

@@ -179,8 +179,14 @@ def run(data: Path, task_set: str, name: str, workers: int, seed: int) -> dict[s
         )
         cost = sim.cost_to_reach(task.best_value * (1 + TARGET)) / grid
         tasks.append({"task": task.name, "cost": cost, "configurations": len(sim.trials)})
-    return {"set": task_set, "candidate": name, "workers": workers, "seed": seed,
-            "seconds": time.time() - started, "tasks": tasks}  # fmt: skip
+    return {
+        "set": task_set,
+        "candidate": name,
+        "workers": workers,
+        "seed": seed,
+        "seconds": time.time() - started,
+        "tasks": tasks,
+    }
 
 
 def _load_runs() -> list[dict[str, Any]]:
@@ -200,20 +206,33 @@ def report() -> tuple[list[dict[str, Any]], str]:
     runs = _load_runs()
     peers = _peer_rows()
     order = {name: i for i, name in enumerate(CANDIDATES)}
-    keys = sorted({(r["set"], r["workers"], r["candidate"]) for r in runs},
-                  key=lambda k: (SETS.index(k[0]), k[1], order.get(k[2], 99)))  # fmt: skip
+    keys = sorted(
+        {(r["set"], r["workers"], r["candidate"]) for r in runs},
+        key=lambda k: (SETS.index(k[0]), k[1], order.get(k[2], 99)),
+    )
     rows = []
     for task_set, workers, name in keys:
-        group = [r for r in runs if (r["set"], r["workers"], r["candidate"])
-                 == (task_set, workers, name)]  # fmt: skip
+        group = [
+            r
+            for r in runs
+            if (r["set"], r["workers"], r["candidate"]) == (task_set, workers, name)
+        ]
         costs = [t["cost"] for r in group for t in r["tasks"]]
         stats = target_stats(costs)
         peer = peers.get((task_set, workers))
-        rows.append({"set": task_set, "workers": workers, "candidate": name,
-                     "seeds": sorted({r["seed"] for r in group}), "runs": len(costs),
-                     "seconds": sum(r["seconds"] for r in group), **stats,
-                     "peer": None if peer is None else peer["cost_to_target"][str(TARGET)],
-                     "peer_runs": None if peer is None else peer["runs"]})  # fmt: skip
+        rows.append(
+            {
+                "set": task_set,
+                "workers": workers,
+                "candidate": name,
+                "seeds": sorted({r["seed"] for r in group}),
+                "runs": len(costs),
+                "seconds": sum(r["seconds"] for r in group),
+                **stats,
+                "peer": None if peer is None else peer["cost_to_target"][str(TARGET)],
+                "peer_runs": None if peer is None else peer["runs"],
+            }
+        )
     lines = [
         "# Candidates for the default search, beside the best peer (simulated)",
         "",
@@ -235,8 +254,10 @@ def report() -> tuple[list[dict[str, Any]], str]:
         if p is None:
             peer_cells, ratio, met = "-", "-", "-"
         else:
-            peer_cells = (f"{_fmt(p['median'])} ({_fmt(p['iqr'][0])}-{_fmt(p['iqr'][1])}) | "
-                          f"{p['reached_runs']}/{r['peer_runs']}")  # fmt: skip
+            peer_cells = (
+                f"{_fmt(p['median'])} ({_fmt(p['iqr'][0])}-{_fmt(p['iqr'][1])}) | "
+                f"{p['reached_runs']}/{r['peer_runs']}"
+            )
             q = r["median"] / p["median"]
             ratio = f"{q:.2f}"
             met = "yes" if q <= 0.5 and r["reached"] >= p["reached"] else "no"
@@ -294,14 +315,23 @@ def main() -> None:
                 for w in args.workers:
                     for seed in args.seeds:
                         result = run(args.data, task_set, name, w, seed)
-                        runs = [r for r in _load_runs() if (r["set"], r["candidate"],
-                                r["workers"], r["seed"]) != (task_set, name, w, seed)]  # fmt: skip
+                        runs = [
+                            r
+                            for r in _load_runs()
+                            if (r["set"], r["candidate"], r["workers"], r["seed"])
+                            != (task_set, name, w, seed)
+                        ]
                         RUNS.write_text(json.dumps([*runs, result], indent=1))
-                        print(f"{task_set} W={w} {name} seed {seed}: "
-                              f"{result['seconds']:.0f} s", flush=True)  # fmt: skip
+                        print(
+                            f"{task_set} W={w} {name} seed {seed}: {result['seconds']:.0f} s",
+                            flush=True,
+                        )
     rows, markdown = report()
-    save("search-default", {"meta": {"commit": commit(), "machine": machine()}, "rows": rows},
-         markdown)  # fmt: skip
+    save(
+        "search-default",
+        {"meta": {"commit": commit(), "machine": machine()}, "rows": rows},
+        markdown,
+    )
     print(markdown)
 
 

@@ -82,7 +82,7 @@ STRATEGIES = {
     "tpe + median": Strategy(TPE, {"type": "median"}, sets=("nmtlc",)),
     "tpe + median, warmup 20": Strategy(
         TPE, {"type": "median", "n_warmup_steps": 20}, sets=("nmtlc",)
-    ),  # fmt: skip
+    ),
     "tpe + asha": Strategy(TPE, {"type": "successive_halving"}),
     "tpe + hyperband": Strategy(TPE, {"type": "hyperband"}, sets=("nmtlc",)),
     "random + asha": Strategy(RANDOM, {"type": "successive_halving"}, sets=("nmtlc",)),
@@ -94,7 +94,7 @@ STRATEGIES = {
     # any sampler proposes new configurations; two sets keep the matrix within ~1.5 h
     "random + asha, promotion": Strategy(
         RANDOM, scheduler="asha", sets=("nmtlc", "synthetic-ranked")
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -148,8 +148,12 @@ def target_stats(values: list[float]) -> dict[str, Any]:
     """Median (IQR) of runs' costs to a target and how many reached it (inf = never)."""
     q25, q50, q75 = _quantiles(values)
     reached = sum(not math.isinf(v) for v in values)
-    return {"median": q50, "iqr": (q25, q75), "reached": reached / len(values),
-            "reached_runs": reached}  # fmt: skip
+    return {
+        "median": q50,
+        "iqr": (q25, q75),
+        "reached": reached / len(values),
+        "reached_runs": reached,
+    }
 
 
 def _run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
@@ -160,8 +164,9 @@ def _run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
     results = []
     for task in load_set(task_set, Path(data)):
         grid = task.full_grid_cost
-        sim = simulate(_search(task, strategy), task, workers=workers, seed=seed,
-                       max_cost=MAX_COST * grid)  # fmt: skip
+        sim = simulate(
+            _search(task, strategy), task, workers=workers, seed=seed, max_cost=MAX_COST * grid
+        )
         results.append(
             {
                 "task": task.name,
@@ -173,15 +178,14 @@ def _run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
                 },
                 "curve": [
                     (c / grid, (v - task.best_value) / task.best_value) for c, v in sim.best_curve
-                ],  # fmt: skip
+                ],
                 "configurations": len(sim.trials),
                 "paused": sum(len(t.segments) > 1 or t.state == "paused" for t in sim.trials)
                 / max(1, len(sim.trials)),
                 "stalled": sim.stalled_workers > 0,
             }
         )
-    return {"set": task_set, "strategy": name, "workers": workers, "seed": seed,
-            "tasks": results}  # fmt: skip
+    return {"set": task_set, "strategy": name, "workers": workers, "seed": seed, "tasks": results}
 
 
 def rank_agreement(tasks: list[Task]) -> dict[str, Any]:
@@ -190,8 +194,11 @@ def rank_agreement(tasks: list[Task]) -> dict[str, Any]:
     out: dict[str, list[float | None]] = {"first rung": [], "top-k rung": [], "R/3 rung": []}
     for task in tasks:
         length = training_length(task)
-        rungs = {"first rung": first_rung(task), "top-k rung": max(1, round(length / 5)),
-                 "R/3 rung": 3 * first_rung(task)}  # fmt: skip
+        rungs = {
+            "first rung": first_rung(task),
+            "top-k rung": max(1, round(length / 5)),
+            "R/3 rung": 3 * first_rung(task),
+        }
         for key, rung in rungs.items():
             past = [c for c in task.curves.values() if len(c) > rung]
             out[key].append(spearman([c[rung - 1] for c in past], [c[-1] for c in past]))
@@ -211,11 +218,17 @@ def _fmt(x: float) -> str:
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     order = {name: i for i, name in enumerate(STRATEGIES)}
-    keys = sorted({(r["set"], r["strategy"], r["workers"]) for r in runs},
-                  key=lambda k: (SETS.index(k[0]), k[2], order[k[1]]))  # fmt: skip
+    keys = sorted(
+        {(r["set"], r["strategy"], r["workers"]) for r in runs},
+        key=lambda k: (SETS.index(k[0]), k[2], order[k[1]]),
+    )
     for task_set, strategy, workers in keys:
-        tasks = [t for r in runs if (r["set"], r["strategy"], r["workers"])
-                 == (task_set, strategy, workers) for t in r["tasks"]]  # fmt: skip
+        tasks = [
+            t
+            for r in runs
+            if (r["set"], r["strategy"], r["workers"]) == (task_set, strategy, workers)
+            for t in r["tasks"]
+        ]
         costs = {}
         for target in TARGETS:
             costs[str(target)] = target_stats([t["cost_to_target"][str(target)] for t in tasks])
@@ -223,11 +236,19 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for b in BUDGET_POINTS:
             vals = [t["regret_at"][str(b)] for t in tasks]
             regrets[str(b)] = median([math.inf if v is None else v for v in vals])
-        rows.append({"set": task_set, "strategy": strategy, "workers": workers,
-                     "cost_to_target": costs, "median_regret_at": regrets, "runs": len(tasks),
-                     "paused_share": float(np.mean([t["paused"] for t in tasks])),
-                     "configurations": median(t["configurations"] for t in tasks),
-                     "stalled_runs": sum(t["stalled"] for t in tasks)})  # fmt: skip
+        rows.append(
+            {
+                "set": task_set,
+                "strategy": strategy,
+                "workers": workers,
+                "cost_to_target": costs,
+                "median_regret_at": regrets,
+                "runs": len(tasks),
+                "paused_share": float(np.mean([t["paused"] for t in tasks])),
+                "configurations": median(t["configurations"] for t in tasks),
+                "stalled_runs": sum(t["stalled"] for t in tasks),
+            }
+        )
     return rows
 
 
@@ -252,10 +273,18 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             d, b = default["cost_to_target"]["0.001"], best["cost_to_target"]["0.001"]
             ratio = b["median"] / d["median"] if math.isfinite(d["median"]) else math.nan
             met = ratio <= 1 / 3 and b["reached_runs"] >= d["reached_runs"]
-            out.append({"set": task_set, "workers": workers, "best": best["strategy"],
-                        "cost_ratio": ratio, "reached": b["reached_runs"],
-                        "default_reached": d["reached_runs"], "runs": best["runs"],
-                        "met": met})  # fmt: skip
+            out.append(
+                {
+                    "set": task_set,
+                    "workers": workers,
+                    "best": best["strategy"],
+                    "cost_ratio": ratio,
+                    "reached": b["reached_runs"],
+                    "default_reached": d["reached_runs"],
+                    "runs": best["runs"],
+                    "met": met,
+                }
+            )
     return out
 
 
@@ -280,16 +309,22 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
     ]
     agreement = meta["rank_agreement"]
-    lines += ["## Rank agreement of early scores with final scores", "",
-              "Spearman's rho per task over the whole grid (configurations whose curve goes "
-              "past the rung):", "", "| set | first rung (R/9) | top-k rung (R/5) | R/3 |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Rank agreement of early scores with final scores",
+        "",
+        "Spearman's rho per task over the whole grid (configurations whose curve goes "
+        "past the rung):",
+        "",
+        "| set | first rung (R/9) | top-k rung (R/5) | R/3 |",
+        "|---|---|---|---|",
+    ]
     for task_set, per in agreement.items():
         cells = []
         for key in ("first rung", "top-k rung", "R/3 rung"):
             vals = [v for v in per[key] if v is not None]
-            cells.append(f"median {median(vals):.2f} ({min(vals):.2f} to {max(vals):.2f})"
-                         if vals else "-")  # fmt: skip
+            cells.append(
+                f"median {median(vals):.2f} ({min(vals):.2f} to {max(vals):.2f})" if vals else "-"
+            )
         lines.append(f"| {task_set} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -301,17 +336,24 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for v in meta["verdicts"]:
-        lines.append(f"| {v['set']} | {v['workers']} | {v['best']} | {v['cost_ratio']:.2f} | "
-                     f"{v['reached']}/{v['runs']} ({v['default_reached']}) | "
-                     f"{'yes' if v['met'] else 'no'} |")  # fmt: skip
+        lines.append(
+            f"| {v['set']} | {v['workers']} | {v['best']} | {v['cost_ratio']:.2f} | "
+            f"{v['reached']}/{v['runs']} ({v['default_reached']}) | "
+            f"{'yes' if v['met'] else 'no'} |"
+        )
     for task_set in SETS:
         group = [r for r in rows if r["set"] == task_set]
         if not group:
             continue
-        lines += ["", f"## {task_set}", "",
-                  "| workers | strategy | cost to 1% | reached | cost to 0.1% | reached | "
-                  + " | ".join(f"regret @ {b}x" for b in BUDGET_POINTS) + " | paused |",
-                  "|---|---|---|---|---|---|" + "---|" * len(BUDGET_POINTS) + "---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## {task_set}",
+            "",
+            "| workers | strategy | cost to 1% | reached | cost to 0.1% | reached | "
+            + " | ".join(f"regret @ {b}x" for b in BUDGET_POINTS)
+            + " | paused |",
+            "|---|---|---|---|---|---|" + "---|" * len(BUDGET_POINTS) + "---|",
+        ]
         for r in group:
             regrets = " | ".join(_fmt(r["median_regret_at"][str(b)]) for b in BUDGET_POINTS)
             targets = " | ".join(
@@ -320,14 +362,22 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 for c in (r["cost_to_target"][str(t)] for t in TARGETS)
             )
             name = f"**{r['strategy']}** (default)" if r["strategy"] == DEFAULT else r["strategy"]
-            lines.append(f"| {r['workers']} | {name} | {targets} | {regrets} | "
-                         f"{r['paused_share']:.0%} |")  # fmt: skip
-    stalled = [f"{r['strategy']} at {r['workers']} worker(s): {r['stalled_runs']} of "
-               f"{r['runs']} runs" for r in rows if r["stalled_runs"]]  # fmt: skip
+            lines.append(
+                f"| {r['workers']} | {name} | {targets} | {regrets} | {r['paused_share']:.0%} |"
+            )
+    stalled = [
+        f"{r['strategy']} at {r['workers']} worker(s): {r['stalled_runs']} of {r['runs']} runs"
+        for r in rows
+        if r["stalled_runs"]
+    ]
     if stalled:
-        lines += ["", "NMTLC runs where a worker stopped early because its sampler kept "
-                  "proposing configurations it has no curve for (269 of 270 are recorded): "
-                  + "; ".join(stalled) + "."]  # fmt: skip
+        lines += [
+            "",
+            "NMTLC runs where a worker stopped early because its sampler kept "
+            "proposing configurations it has no curve for (269 of 270 are recorded): "
+            + "; ".join(stalled)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -340,8 +390,12 @@ def _plot(runs: list[dict[str, Any]], task_set: str, workers: int, out: Path) ->
     grid = np.linspace(0, MAX_COST, 151)
     fig, ax = plt.subplots(figsize=(8, 5))
     for strategy in STRATEGIES:
-        tasks = [t for r in runs if (r["set"], r["strategy"], r["workers"])
-                 == (task_set, strategy, workers) for t in r["tasks"]]  # fmt: skip
+        tasks = [
+            t
+            for r in runs
+            if (r["set"], r["strategy"], r["workers"]) == (task_set, strategy, workers)
+            for t in r["tasks"]
+        ]
         if not tasks:
             continue
         curves = []
@@ -370,8 +424,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
-    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES),
-                        default=list(STRATEGIES))  # fmt: skip
+    parser.add_argument(
+        "--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES)
+    )
     args = parser.parse_args()
     jobs = [
         (str(args.data), task_set, name, w, seed)
@@ -386,11 +441,16 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(_run, jobs, chunksize=2))
     rows = summarise(runs)
-    meta = {"commit": commit(), "machine": machine(),
-            "seeds": args.seeds, "jobs": args.jobs, "seconds": time.time() - started,
-            "tasks": {s: [t.name for t in load_set(s, args.data)] for s in args.sets},
-            "rank_agreement": {s: rank_agreement(load_set(s, args.data)) for s in args.sets},
-            "verdicts": verdicts(rows)}  # fmt: skip
+    meta = {
+        "commit": commit(),
+        "machine": machine(),
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "seconds": time.time() - started,
+        "tasks": {s: [t.name for t in load_set(s, args.data)] for s in args.sets},
+        "rank_agreement": {s: rank_agreement(load_set(s, args.data)) for s in args.sets},
+        "verdicts": verdicts(rows),
+    }
     save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta))
     for task_set in args.sets:
         for w in args.workers:

@@ -55,11 +55,23 @@ from worker.trainer import lora_config, trial_hparams
 from worker.training import TrialHooks, train_trial
 
 SHAPES: dict[str, dict[str, Any]] = {
-    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
-           "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000},
-    "tiny": {"hidden_size": 128, "intermediate_size": 344, "num_hidden_layers": 4,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 32000},
-}  # fmt: skip
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+    },
+    "tiny": {
+        "hidden_size": 128,
+        "intermediate_size": 344,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 32000,
+    },
+}
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
 PEAKS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 LORA = {"lora_r": 16, "lora_target_modules": "all-linear", "learning_rate": 2e-4}
@@ -140,14 +152,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_ours(args: argparse.Namespace, splits: Splits, tokenizer: Any,
-             device: torch.device) -> dict[str, Any]:  # fmt: skip
+def run_ours(
+    args: argparse.Namespace, splits: Splits, tokenizer: Any, device: torch.device
+) -> dict[str, Any]:
     n_train = len(splits.train)
-    spec = StudySpec.model_validate({"name": "throughput", "train": {
-        "model": {"name_or_path": "builtin:tiny-llama"}, "dataset": {"path": "builtin:demo-text"},
-        "evaluation": {"every_examples": max(1, n_train // 4)},
-        "training": {"max_seq_length": args.seq_len},
-    }})  # fmt: skip
+    spec = StudySpec.model_validate(
+        {
+            "name": "throughput",
+            "train": {
+                "model": {"name_or_path": "builtin:tiny-llama"},
+                "dataset": {"path": "builtin:demo-text"},
+                "evaluation": {"every_examples": max(1, n_train // 4)},
+                "training": {"max_seq_length": args.seq_len},
+            },
+        }
+    )
     dtype = resolve_dtype(spec.train.model, device)
     loaded = LoadedModel(_model(args.model, args.seq_len, dtype, device), tokenizer, "synthetic")
     settings = trial_hparams(spec, {**LORA, "per_device_train_batch_size": args.batch})
@@ -167,16 +186,29 @@ def run_ours(args: argparse.Namespace, splits: Splits, tokenizer: Any,
     timer = PhaseTimer()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
-        train_trial(trial, spec=spec, hparams=settings, loaded=loaded, raw=splits,
-                    cache=DataCache(Path(cache)), device=device, stop=threading.Event(),
-                    hooks=TrialHooks(extra_callbacks=[timer]))  # fmt: skip
+        train_trial(
+            trial,
+            spec=spec,
+            hparams=settings,
+            loaded=loaded,
+            raw=splits,
+            cache=DataCache(Path(cache)),
+            device=device,
+            stop=threading.Event(),
+            hooks=TrialHooks(extra_callbacks=[timer]),
+        )
     _sync(device)
     wall = time.perf_counter() - started
     timer.seconds["evaluation"] -= reporting[0]
     timer.seconds["reporting"] = reporting[0]
     lora_params = _lora_params(loaded.model, settings, loaded)
-    return {"wall_s": wall, "split_s": timer.seconds, "dtype": str(dtype),
-            "model": loaded.model, "lora_params": lora_params}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "split_s": timer.seconds,
+        "dtype": str(dtype),
+        "model": loaded.model,
+        "lora_params": lora_params,
+    }
 
 
 def _lora_params(model: torch.nn.Module, settings: dict[str, Any], loaded: LoadedModel) -> int:
@@ -186,25 +218,41 @@ def _lora_params(model: torch.nn.Module, settings: dict[str, Any], loaded: Loade
     return count
 
 
-def run_plain(args: argparse.Namespace, splits: Splits, tokenizer: Any,
-              device: torch.device, out_dir: str) -> dict[str, Any]:  # fmt: skip
+def run_plain(
+    args: argparse.Namespace, splits: Splits, tokenizer: Any, device: torch.device, out_dir: str
+) -> dict[str, Any]:
     model = _model(args.model, args.seq_len, torch.float32, device)
     loaded = LoadedModel(model, tokenizer, "synthetic")
-    settings = trial_hparams(StudySpec.model_validate({"name": "throughput", "train": {
-        "model": {"name_or_path": "builtin:tiny-llama"},
-        "dataset": {"path": "builtin:demo-text"}}}), LORA)  # fmt: skip
+    settings = trial_hparams(
+        StudySpec.model_validate(
+            {
+                "name": "throughput",
+                "train": {
+                    "model": {"name_or_path": "builtin:tiny-llama"},
+                    "dataset": {"path": "builtin:demo-text"},
+                },
+            }
+        ),
+        LORA,
+    )
     peft = get_peft_model(model, lora_config(settings, loaded, "causal-lm"))
     timer = PhaseTimer()
     trainer = Trainer(
         model=peft,
-        args=TrainingArguments(output_dir=out_dir, per_device_train_batch_size=args.batch,
-                               num_train_epochs=1, learning_rate=2e-4, report_to="none",
-                               save_strategy="no", disable_tqdm=True,
-                               use_cpu=device.type != "cuda"),
+        args=TrainingArguments(
+            output_dir=out_dir,
+            per_device_train_batch_size=args.batch,
+            num_train_epochs=1,
+            learning_rate=2e-4,
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            use_cpu=device.type != "cuda",
+        ),
         train_dataset=splits.train,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         callbacks=[timer],
-    )  # fmt: skip
+    )
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     trainer.train()
@@ -230,14 +278,22 @@ def main() -> None:
         builtin.resolve("builtin:tiny-llama", Settings().cache_dir)
     )
     # Already tokenized: TRL's preparation leaves input_ids as they are.
-    splits = Splits(_dataset(lengths, vocab, rng), _dataset(_lengths(32, args.seq_len, rng),
-                    vocab, rng), None, "language_modeling", train_lengths=lengths)  # fmt: skip
+    splits = Splits(
+        _dataset(lengths, vocab, rng),
+        _dataset(_lengths(32, args.seq_len, rng), vocab, rng),
+        None,
+        "language_modeling",
+        train_lengths=lengths,
+    )
     device_name, peak = _peak(device)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as out_dir:
         for side in ("ours", "plain"):
-            result = (run_ours(args, splits, tokenizer, device) if side == "ours"
-                      else run_plain(args, splits, tokenizer, device, out_dir))  # fmt: skip
+            result = (
+                run_ours(args, splits, tokenizer, device)
+                if side == "ours"
+                else run_plain(args, splits, tokenizer, device, out_dir)
+            )
             model = result.pop("model")
             lora = int(result.pop("lora_params", None) or rows["ours"]["lora_params"])
             flops = _model_flops(model, lengths, lora)
@@ -245,14 +301,22 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             rows[side] = {
-                **result, "lora_params": lora, "useful_tokens": sum(lengths),
+                **result,
+                "lora_params": lora,
+                "useful_tokens": sum(lengths),
                 "tokens_per_s": sum(lengths) / result["wall_s"],
                 "tflops": flops / result["wall_s"] / 1e12,
                 "mfu": flops / result["wall_s"] / peak if peak else None,
-            }  # fmt: skip
+            }
     rows["ours"]["speedup_vs_plain"] = rows["plain"]["wall_s"] / rows["ours"]["wall_s"]
-    meta = {"commit": commit(), "device": device_name, "peak_bf16_flops": peak,
-            "cpus": os.cpu_count(), "torch": torch.__version__, **vars(args)}  # fmt: skip
+    meta = {
+        "commit": commit(),
+        "device": device_name,
+        "peak_bf16_flops": peak,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        **vars(args),
+    }
     save(
         f"throughput-{args.model}-{device.type}",
         {"meta": meta, "rows": rows},
@@ -285,8 +349,11 @@ def _markdown(rows: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{s['forward/backward/optimizer']:.1f} | {s['data loading']:.2f} | "
             f"{s['evaluation']:.2f} | {s.get('reporting', 0.0):.3f} |"
         )
-    lines += ["", f"ours vs plain: {rows['ours']['speedup_vs_plain']:.2f}x wall time "
-              "(ours also evaluates four times)."]  # fmt: skip
+    lines += [
+        "",
+        f"ours vs plain: {rows['ours']['speedup_vs_plain']:.2f}x wall time "
+        "(ours also evaluates four times).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -76,15 +76,26 @@ def run_set(task_set: str, data: Path, *, workers: int, seed: int, top_k: int) -
     strategy = STRATEGIES[DEFAULT]
     cold = []
     for task in tasks:
-        sim = simulate(_search(task, strategy), task, workers=workers, seed=seed,
-                       max_cost=MAX_COST * task.full_grid_cost)  # fmt: skip
+        sim = simulate(
+            _search(task, strategy),
+            task,
+            workers=workers,
+            seed=seed,
+            max_cost=MAX_COST * task.full_grid_cost,
+        )
         cold.append(sim)
     rows = []
     for i, task in enumerate(tasks):
         sources = [_source(tasks[j].name, cold[j]) for j in nearest_first(i, len(tasks))]
         warm = warm_start_configs(sources, task.search_space, top_k=top_k)
-        sim = simulate(_search(task, strategy), task, workers=workers, seed=seed,
-                       max_cost=MAX_COST * task.full_grid_cost, warm=warm)  # fmt: skip
+        sim = simulate(
+            _search(task, strategy),
+            task,
+            workers=workers,
+            seed=seed,
+            max_cost=MAX_COST * task.full_grid_cost,
+            warm=warm,
+        )
         names = ("learning_rate", "per_device_train_batch_size", "lora_r")
         keys = [tuple(c.params.get(k) for k in names) for c in warm]
         finals = [task.curves[key][-1] for key in keys if key in task.curves]  # recorded ones
@@ -113,8 +124,11 @@ def summarise(rows: list[dict], peers: list[dict]) -> list[dict]:
         for side in ("cold", "warm"):
             row[side] = {str(t): target_stats([r[side][str(t)] for r in mine]) for t in TARGETS}
         key = str(TARGETS[-1])
-        ratios = [r["warm"][key] / r["cold"][key] for r in mine
-                  if math.isfinite(r["cold"][key]) and math.isfinite(r["warm"][key])]  # fmt: skip
+        ratios = [
+            r["warm"][key] / r["cold"][key]
+            for r in mine
+            if math.isfinite(r["cold"][key]) and math.isfinite(r["warm"][key])
+        ]
         row["median_warm_over_cold"] = median(ratios) if ratios else None
         row["runs_at_most_a_third"] = sum(x <= 1 / 3 for x in ratios)
         row["runs_where_warm_cost_more"] = sum(r["warm"][key] > r["cold"][key] for r in mine)
@@ -123,8 +137,11 @@ def summarise(rows: list[dict], peers: list[dict]) -> list[dict]:
             if r["warm"][key] > r["cold"][key]:
                 hurt[r["task"]] = hurt.get(r["task"], 0) + 1
         row["hurt_tasks"] = hurt
-        peer = [p for p in peers if p["strategy"] == PEER and p["set"] == PEER_SET[task_set]
-                and p["workers"] == workers]  # fmt: skip
+        peer = [
+            p
+            for p in peers
+            if p["strategy"] == PEER and p["set"] == PEER_SET[task_set] and p["workers"] == workers
+        ]
         row["peer"] = (
             {"set": PEER_SET[task_set], **peer[0]["cost_to_target"][key]} if peer else None
         )
@@ -188,17 +205,23 @@ def main() -> None:
     for workers in args.workers:
         for task_set in args.sets:
             for seed in range(args.seeds):
-                rows += run_set(task_set, args.data, workers=workers, seed=seed,
-                                top_k=args.top_k)  # fmt: skip
-                print(f"{task_set} W={workers} seed {seed}: {time.monotonic() - began:.0f} s",
-                      flush=True)  # fmt: skip
+                rows += run_set(task_set, args.data, workers=workers, seed=seed, top_k=args.top_k)
+                print(
+                    f"{task_set} W={workers} seed {seed}: {time.monotonic() - began:.0f} s",
+                    flush=True,
+                )
     peers = json.loads((RESULTS / "peers.json").read_text())["rows"]
     summary = summarise(rows, peers)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()  # fmt: skip
-    meta = {"commit": commit, "machine": f"{platform.machine()}, {platform.processor()}",
-            "seeds": args.seeds, "top_k": args.top_k,
-            "seconds": time.monotonic() - began}  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    meta = {
+        "commit": commit,
+        "machine": f"{platform.machine()}, {platform.processor()}",
+        "seeds": args.seeds,
+        "top_k": args.top_k,
+        "seconds": time.monotonic() - began,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1)

@@ -18,9 +18,13 @@ from hpo.simulate import CurvePoint, NotRecorded
 
 # Parameters in billions by family and hidden size (BLOOMZ 560M/1.7B/3B, XGLM 564M/1.7B/2.9B).
 PARAMS_B = {
-    ("bloomz", 1024): 0.56, ("bloomz", 2048): 1.7, ("bloomz", 2560): 3.0,
-    ("xglm", 1024): 0.564, ("xglm", 2048): 1.7, ("xglm", 2560): 2.9,
-}  # fmt: skip
+    ("bloomz", 1024): 0.56,
+    ("bloomz", 2048): 1.7,
+    ("bloomz", 2560): 3.0,
+    ("xglm", 1024): 0.564,
+    ("xglm", 2048): 1.7,
+    ("xglm", 2560): 2.9,
+}
 # Modelled cost of one checkpoint interval: proportional to parameters x batch size (the
 # same number of updates per checkpoint for every run). The unit is arbitrary but shared.
 SECONDS_PER_B_PARAM_PER_EXAMPLE = 1.0

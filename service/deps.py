@@ -57,9 +57,10 @@ def authenticate(request: Request, session: Session, token: str | None) -> str:
     challenge = {"WWW-Authenticate": "Bearer"}
     if token is None:
         raise HTTPException(
-            401, "missing bearer token (Authorization: Bearer ...; the CLI reads HPO_TOKEN)",
+            401,
+            "missing bearer token (Authorization: Bearer ...; the CLI reads HPO_TOKEN)",
             challenge,
-        )  # fmt: skip
+        )
     owner = owner_of(session, token)
     if owner is not None:
         return owner

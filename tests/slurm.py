@@ -48,9 +48,16 @@ class SlurmCluster:
         munge.mkdir(mode=0o700)
         socket_path = munge / "munge.sock"
         self._run("mungekey", "--create", f"--keyfile={munge / 'munge.key'}")
-        self._daemon("munged", "--foreground", "--force", f"--socket={socket_path}",
-                     f"--key-file={munge / 'munge.key'}", f"--log-file={munge / 'log'}",
-                     f"--pid-file={munge / 'pid'}", f"--seed-file={munge / 'seed'}")  # fmt: skip
+        self._daemon(
+            "munged",
+            "--foreground",
+            "--force",
+            f"--socket={socket_path}",
+            f"--key-file={munge / 'munge.key'}",
+            f"--log-file={munge / 'log'}",
+            f"--pid-file={munge / 'pid'}",
+            f"--seed-file={munge / 'seed'}",
+        )
         self._wait(socket_path.exists, "munged")
         for folder in ("state", "spool", "log"):
             (self.root / folder).mkdir()
@@ -101,8 +108,9 @@ PartitionName=test Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         )
 
     def _run(self, *cmd: str, env: dict[str, str] | None = None) -> str:
-        done = subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=30)  # fmt: skip
+        done = subprocess.run(
+            cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=30
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
         return done.stdout
@@ -118,8 +126,11 @@ PartitionName=test Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
             if any(d.poll() is not None for d in self.daemons):
                 break
             time.sleep(0.2)
-        logs = {p.name: p.read_text()[-1500:] for p in self.root.glob("**/*") if p.is_file()
-                and p.suffix in (".out", ".log") or p.name == "log"}  # fmt: skip
+        logs = {
+            p.name: p.read_text()[-1500:]
+            for p in self.root.glob("**/*")
+            if p.is_file() and p.suffix in (".out", ".log") or p.name == "log"
+        }
         raise RuntimeError(f"{what}: not ready; logs: {logs}")
 
     def sbatch(self, *args: str, env: dict[str, str]) -> str:

@@ -34,6 +34,8 @@ def study_spec(name: str, **parts: Any) -> dict[str, Any]:
 
 def minimal_spec(name: str = "demo", **parts: Any) -> dict[str, Any]:
     """The tiny built-in model on the demo text, with everything else at its default."""
-    defaults = {"model": {"name_or_path": "builtin:tiny-llama"},
-                "dataset": {"path": "builtin:demo-text"}}  # fmt: skip
+    defaults = {
+        "model": {"name_or_path": "builtin:tiny-llama"},
+        "dataset": {"path": "builtin:demo-text"},
+    }
     return study_spec(name, **{**defaults, **parts})

@@ -79,8 +79,15 @@ class RecordState(TrainerCallback):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                       optimizer: Any = None, **_: Any) -> None:  # fmt: skip
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        **_: Any,
+    ) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         trial = Path(args.output_dir).name.split("-")[1]  # hpo-trial<N>-<random>
         torch.save(
@@ -216,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.inject_oom:
         factory = functools.partial(make_objective, extra_callbacks=oom_when(args.inject_oom))
     elif args.slow_steps or args.record_state:
-        injected = [*([SlowSteps(args.slow_steps)] if args.slow_steps else []),
-                    *([RecordState(args.record_state)] if args.record_state else [])]  # fmt: skip
+        injected = [
+            *([SlowSteps(args.slow_steps)] if args.slow_steps else []),
+            *([RecordState(args.record_state)] if args.record_state else []),
+        ]
         factory = functools.partial(make_objective, extra_callbacks=lambda params: injected)
     Worker(
         Settings(),

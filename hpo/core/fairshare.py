@@ -111,8 +111,22 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
     grace = dt.timedelta(seconds=grace_period)
     loads = []
     for row in connection.execute(query).all():
-        (record_id, name, owner, status, optuna_id, running, finished, waiting, unbeaten,
-         oldest_beat, last_start, trial_cap, weight, now) = row  # fmt: skip
+        (
+            record_id,
+            name,
+            owner,
+            status,
+            optuna_id,
+            running,
+            finished,
+            waiting,
+            unbeaten,
+            oldest_beat,
+            last_start,
+            trial_cap,
+            weight,
+            now,
+        ) = row
         # Optuna compares naive heartbeats with the database's clock the same way.
         stale = unbeaten > 0 or (
             oldest_beat is not None and now.replace(tzinfo=None) - oldest_beat > grace

@@ -85,8 +85,10 @@ class _Header:
             for _ in range(count):
                 self.value(item, what, depth + 1)
         else:
-            raise BadGGUF(f"{self.name} has a value of unknown type {kind} (or arrays nested "
-                          f"deeper than {MAX_NESTING}) in {what}.")  # fmt: skip
+            raise BadGGUF(
+                f"{self.name} has a value of unknown type {kind} (or arrays nested "
+                f"deeper than {MAX_NESTING}) in {what}."
+            )
 
 
 def check_gguf(path: str | Path, *, max_items: int) -> None:

@@ -97,12 +97,24 @@ def check_spec_paths(spec: StudySpec, settings: Settings) -> None:
     """Raise SpecError when the spec's dataset or model points outside the allowed places, or
     at anything but regular files and folders."""
     for attribute, data in spec.train.dataset.paths().items():
-        _check_local(data, settings.data_roots, ("train", "dataset", attribute), "dataset",
-                     "HPO_DATA_ROOTS", settings.max_folder_entries)  # fmt: skip
+        _check_local(
+            data,
+            settings.data_roots,
+            ("train", "dataset", attribute),
+            "dataset",
+            "HPO_DATA_ROOTS",
+            settings.max_folder_entries,
+        )
     model = spec.train.model.name_or_path
     if model.startswith(BUILTIN_PREFIX):
         return
     if HUB_ID.match(model) and ".." not in model and not os.path.exists(model):
         return  # a hub id: from_pretrained resolves it through the local HF cache or the hub
-    _check_local(model, settings.model_roots, ("train", "model", "name_or_path"), "model",
-                 "HPO_MODEL_ROOTS", settings.max_folder_entries)  # fmt: skip
+    _check_local(
+        model,
+        settings.model_roots,
+        ("train", "model", "name_or_path"),
+        "model",
+        "HPO_MODEL_ROOTS",
+        settings.max_folder_entries,
+    )

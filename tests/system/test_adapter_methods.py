@@ -27,8 +27,13 @@ from worker.loop import Worker
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["lora", "dora", "rslora", "adalora"]
 # A rank budget of 4 per module on average, allocated from 6 after 3 of the 32 steps.
-ADALORA = {"lora_method": "adalora", "lora_r": 4, "adalora_init_r": 6, "adalora_tinit": 0.1,
-           "adalora_tfinal": 0.2}  # fmt: skip
+ADALORA = {
+    "lora_method": "adalora",
+    "lora_r": 4,
+    "adalora_init_r": 6,
+    "adalora_tinit": 0.1,
+    "adalora_tfinal": 0.2,
+}
 
 
 def _run_worker(settings: Settings) -> None:
@@ -54,7 +59,7 @@ def test_each_method_trains_and_adalora_keeps_its_rank_budget(pg_api: ApiServer)
             "per_device_train_batch_size": 8,
             "lora_r": 4,
             "adalora_init_r": 6,
-        },  # fmt: skip
+        },
         sampler={"type": "grid"},
         pruner={"type": "none"},
         budget={"max_trials": len(METHODS)},
@@ -89,13 +94,26 @@ def test_a_paused_adalora_trial_continues_where_it_stopped(pg_api: ApiServer) ->
     with the curve and the rank pattern of the same configuration trained without a pause."""
     config = {"learning_rate": 3e-3, "per_device_train_batch_size": 8}
     top_1_of_2 = {"type": "top_k", "at_steps": 64, "k": 1, "min_scored": 2}
-    space = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-             "per_device_train_batch_size": {"type": "categorical", "choices": [8]}}  # fmt: skip
+    space = {
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "per_device_train_batch_size": {"type": "categorical", "choices": [8]},
+    }
     training = {"num_train_epochs": 1, "max_seq_length": 32, **ADALORA}
-    paused = small_study("adalora-paused", space=space, training=training, pruner={"type": "none"},
-                         scheduler=top_1_of_2, budget={"max_trials": 2})  # fmt: skip
-    plain = small_study("adalora-plain", space=space, training=training, pruner={"type": "none"},
-                        budget={"max_trials": 1})  # fmt: skip
+    paused = small_study(
+        "adalora-paused",
+        space=space,
+        training=training,
+        pruner={"type": "none"},
+        scheduler=top_1_of_2,
+        budget={"max_trials": 2},
+    )
+    plain = small_study(
+        "adalora-plain",
+        space=space,
+        training=training,
+        pruner={"type": "none"},
+        budget={"max_trials": 1},
+    )
     with pg_api.client() as client:
         assert client.post("/studies", json=paused).status_code == 201
         for params in (config, {**config, "learning_rate": 6e-3}):
@@ -126,8 +144,11 @@ def test_a_decode_study_generates_with_a_stored_adalora_adapter(
     """The best AdaLoRA adapter is stored cut to its final ranks, loads with
     ``PeftModel.from_pretrained``, and a decode study generates with it."""
     settings = pg_settings.model_copy(update={"data_roots": [ROOT]})
-    data = {"path": "examples/data/short_answers.jsonl", "max_train_examples": 64,
-            "max_eval_examples": 8}  # fmt: skip
+    data = {
+        "path": "examples/data/short_answers.jsonl",
+        "max_train_examples": 64,
+        "max_eval_examples": 8,
+    }
     tuned = study_spec(
         "answers",
         model={"name_or_path": "builtin:tiny-llama"},
@@ -170,8 +191,11 @@ def test_a_decode_study_generates_with_a_stored_adalora_adapter(
     assert {k.split(".lora_E")[0]: sum(v) for k, v in pattern.items()} == _ranks(trial)
     base = AutoModelForCausalLM.from_pretrained(resolve("builtin:tiny-llama", settings.cache_dir))
     loaded = PeftModel.from_pretrained(base, folder)
-    shapes = {n.split(".lora_E")[0].removeprefix("base_model.model."): p.shape[0]
-              for n, p in loaded.named_parameters() if ".lora_E." in n}  # fmt: skip
+    shapes = {
+        n.split(".lora_E")[0].removeprefix("base_model.model."): p.shape[0]
+        for n, p in loaded.named_parameters()
+        if ".lora_E." in n
+    }
     assert shapes == _ranks(trial)
     done = trials(settings, "answers-decode")
     assert [t.state for t in done] == [TrialState.COMPLETE] * 2

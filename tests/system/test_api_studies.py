@@ -155,9 +155,11 @@ def test_trials_and_best_pages(
     optuna.load_study(study_name="neighbour", storage=api.settings.database_url).ask()
     pruned = study.ask()
     study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
-    study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.PRUNED, user_attrs={records.INFEASIBLE_RECORD_ATTR: 0}
-    ))  # fmt: skip
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED, user_attrs={records.INFEASIBLE_RECORD_ATTR: 0}
+        )
+    )
     detail = client.get("/studies/tri").json()["trials"]
     assert (detail["complete"], detail["pruned"], detail["running"]) == (3, 1, 0)
     rest = client.get("/studies/tri/trials", params={"offset": 2, "limit": 2}).json()

@@ -68,11 +68,17 @@ class _SameOrigin(BaseHTTPRequestHandler):
         else:
             length = int(self.headers.get("content-length") or 0)
             sent = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_PASSED}
-            answer = httpx.request(self.command, self.api + self.path, headers=sent,
-                                   content=self.rfile.read(length), timeout=60)  # fmt: skip
+            answer = httpx.request(
+                self.command,
+                self.api + self.path,
+                headers=sent,
+                content=self.rfile.read(length),
+                timeout=60,
+            )
             status, body = answer.status_code, answer.content
-            headers = [(k, v) for k, v in answer.headers.multi_items()
-                       if k.lower() not in _NOT_PASSED]  # fmt: skip
+            headers = [
+                (k, v) for k, v in answer.headers.multi_items() if k.lower() not in _NOT_PASSED
+            ]
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -105,12 +111,26 @@ def sign_in_page(pg_api: ApiServer) -> Iterator[str]:
 def _render(url: str, profile: Path) -> str:
     """The page's text after its scripts ran, as Chromium renders it."""
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-         "--dump-dom", url],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 

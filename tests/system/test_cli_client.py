@@ -43,8 +43,18 @@ def test_study_commands(pg_api: ApiServer, tmp_path: Path) -> None:
     human = hpo(pg_api, token, "study", "list")
     assert name in human.stdout
 
-    queued = hpo(pg_api, token, "study", "enqueue", name, "--param", "lora_r=8",
-                 "--param", "lora_target_modules=attention", "--json")  # fmt: skip
+    queued = hpo(
+        pg_api,
+        token,
+        "study",
+        "enqueue",
+        name,
+        "--param",
+        "lora_r=8",
+        "--param",
+        "lora_target_modules=attention",
+        "--json",
+    )
     assert json.loads(queued.stdout)["params"] == {"lora_r": 8, "lora_target_modules": "attention"}
 
     assert json.loads(hpo(pg_api, token, "study", "pause", name, "--json").stdout)["status"] == (
@@ -154,14 +164,22 @@ def test_classification_example_runs(pg_api: ApiServer) -> None:
 
 def test_token_create_on_an_unmigrated_database_says_so(tmp_path: Path) -> None:
     env = dict(os.environ, HPO_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}")
-    result = subprocess.run([sys.executable, "-m", "hpo", "token", "create", "bob"], env=env,
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "hpo", "token", "create", "bob"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert "hpo db upgrade" in result.stderr
     assert "Traceback" not in result.stderr
     upgrade = subprocess.run([sys.executable, "-m", "hpo", "db", "upgrade"], env=env)
     assert upgrade.returncode == 0
-    created = subprocess.run([sys.executable, "-m", "hpo", "token", "create", "bob"], env=env,
-                             capture_output=True, text=True)  # fmt: skip
+    created = subprocess.run(
+        [sys.executable, "-m", "hpo", "token", "create", "bob"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert created.returncode == 0
     assert created.stdout.startswith("hpo_")

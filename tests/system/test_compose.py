@@ -34,8 +34,10 @@ def _dotenv(path: Path) -> dict[str, str]:
 
 
 def _command(service: str, env: dict[str, str], **swap: str) -> list[str]:
-    command = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], part)
-               for part in COMPOSE["services"][service]["command"]]  # fmt: skip
+    command = [
+        re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], part)
+        for part in COMPOSE["services"][service]["command"]
+    ]
     for flag, value in swap.items():
         command[command.index(f"--{flag}") + 1] = value
     # The console scripts installed beside this interpreter, as in the image.

@@ -75,9 +75,15 @@ def _populate(settings: Settings, storage: RDBStorage, name: str, tmp: Path) -> 
     )
     with Database(storage.engine).session() as session:
         record_id = session.scalar(select(StudyRecord.id).where(StudyRecord.name == name))
-        session.add(ArtifactRecord(artifact_id=artifact_id, study_id=record_id,
-                                   trial_id=trial._trial_id, trial_number=trial.number,
-                                   kind="adapter"))  # fmt: skip
+        session.add(
+            ArtifactRecord(
+                artifact_id=artifact_id,
+                study_id=record_id,
+                trial_id=trial._trial_id,
+                trial_number=trial.number,
+                kind="adapter",
+            )
+        )
     study.tell(trial, 0.5)
     study.enqueue_trial({"x": 0.9})
     study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=1)

@@ -42,20 +42,31 @@ def test_restart_mid_study(
         heartbeat_interval=1,
         grace_period=4,
     )
-    spec = small_study("restart", budget={"max_trials": 6}, pruner={"type": "none"},
-                       training={"num_train_epochs": 3, "max_seq_length": 32})  # fmt: skip
+    spec = small_study(
+        "restart",
+        budget={"max_trials": 6},
+        pruner={"type": "none"},
+        training={"num_train_epochs": 3, "max_seq_length": 32},
+    )
     with ApiServer(settings) as api, api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
         workers = [spawn_worker(settings, f"w{i}", "--idle-exit", "30") for i in range(2)]
-        wait_until(lambda: any(t.intermediate_values for t in trials(settings, "restart")),
-                   timeout=120, what="a reported value")  # fmt: skip
+        wait_until(
+            lambda: any(t.intermediate_values for t in trials(settings, "restart")),
+            timeout=120,
+            what="a reported value",
+        )
         before = {t.number: dict(t.intermediate_values) for t in trials(settings, "restart")}
 
-        own_cluster._run([own_cluster.pg_ctl, "-D", str(own_cluster.data), "-m", "fast", "-w",
-                          "stop"])  # fmt: skip
+        own_cluster._run(
+            [own_cluster.pg_ctl, "-D", str(own_cluster.data), "-m", "fast", "-w", "stop"]
+        )
         # The API answers at once, not after a hang (each request has the client's timeout).
-        outage = [client.get("/studies/restart"), client.get("/studies"),
-                  httpx.get(f"{api.base_url}/healthz", timeout=30)]  # fmt: skip
+        outage = [
+            client.get("/studies/restart"),
+            client.get("/studies"),
+            httpx.get(f"{api.base_url}/healthz", timeout=30),
+        ]
         assert [r.status_code for r in outage] == [503, 503, 503]
         assert all(r.json()["detail"] for r in outage[:2])
         assert outage[2].json() == {"status": "unavailable", "database": "unreachable"}
@@ -87,9 +98,11 @@ def test_an_idle_worker_leaves_a_lost_database(
     upgrade(url)
     settings = Settings(database_url=url, cache_dir=model_cache_dir)
     worker = spawn_worker(settings, "w", "--idle-exit", "10")
-    wait_until(lambda: '"worker_start"' in (tmp_path / "w.log").read_text(), timeout=120,
-               what="the worker to start")  # fmt: skip
-    own_cluster._run([own_cluster.pg_ctl, "-D", str(own_cluster.data), "-m", "fast", "-w",
-                      "stop"])  # fmt: skip
+    wait_until(
+        lambda: '"worker_start"' in (tmp_path / "w.log").read_text(),
+        timeout=120,
+        what="the worker to start",
+    )
+    own_cluster._run([own_cluster.pg_ctl, "-D", str(own_cluster.data), "-m", "fast", "-w", "stop"])
     assert worker.wait(timeout=120) == 0
     assert '"database_unavailable"' in (tmp_path / "w.log").read_text()

@@ -22,10 +22,23 @@ def test_demo_prints_whole_paths_and_worker_progress(
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
     env.update(COLUMNS="80", HPO_CACHE_DIR=str(model_cache_dir))
     result = subprocess.run(
-        [sys.executable, "-m", "hpo", "demo", "--workdir", str(workdir), "--workers", "1",
-         "--trials", "2"],
-        env=env, capture_output=True, text=True, timeout=900,  # a busy 2-core box
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "demo",
+            "--workdir",
+            str(workdir),
+            "--workers",
+            "1",
+            "--trials",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,  # a busy 2-core box
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert "starting 1 CPU worker (the first trial builds the model and the data)..." in lines

@@ -69,18 +69,25 @@ def test_unwritable_artifact_folder_keeps_the_trial(
 def test_repeated_kill_9_keeps_the_books(pg_api: ApiServer, spawn_worker: Spawn) -> None:
     """Three workers killed at random points of their first trial (training, reporting, tell);
     a fourth worker then fails their stale trials after the grace period and retries them."""
-    spec = small_study("massacre", budget={"max_trials": 6}, pruner={"type": "none"},
-                       training={"num_train_epochs": 2, "max_seq_length": 32})  # fmt: skip
+    spec = small_study(
+        "massacre",
+        budget={"max_trials": 6},
+        pruner={"type": "none"},
+        training={"num_train_epochs": 2, "max_seq_length": 32},
+    )
     with pg_api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
     rng = random.Random(2026)
     for round_ in range(3):
         victim = spawn_worker(pg_api.settings, f"victim{round_}")
         wait_until(
-            lambda v=victim: any(f"-{v.pid}-" in t.user_attrs.get("worker", "")
-                                 for t in trials(pg_api.settings, "massacre")),
-            timeout=120, what="the victim's first trial",
-        )  # fmt: skip
+            lambda v=victim: any(
+                f"-{v.pid}-" in t.user_attrs.get("worker", "")
+                for t in trials(pg_api.settings, "massacre")
+            ),
+            timeout=120,
+            what="the victim's first trial",
+        )
         time.sleep(rng.uniform(0.0, 2.5))
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
@@ -188,8 +195,11 @@ def test_slow_sampling_keeps_its_trial(pg_api: ApiServer) -> None:
 
     def neighbour_sweeps() -> None:
         neighbour = optuna.load_study(study_name="slow-sampler", storage=make_storage(settings))
-        wait_until(lambda: neighbour.get_trials(states=(TrialState.RUNNING,)), timeout=30,
-                   what="the claim")  # fmt: skip
+        wait_until(
+            lambda: neighbour.get_trials(states=(TrialState.RUNNING,)),
+            timeout=30,
+            what="the claim",
+        )
         time.sleep(settings.grace_period + 1)
         optuna.storages.fail_stale_trials(neighbour)
         failed.append([t.number for t in neighbour.get_trials(states=(TrialState.FAIL,))])

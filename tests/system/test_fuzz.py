@@ -32,8 +32,12 @@ def test_generated_requests_never_get_a_5xx(pg_api: ApiServer) -> None:
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case: schemathesis.Case) -> None:
                 headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
@@ -61,17 +65,24 @@ def test_any_study_name_in_the_path_gets_a_4xx(pg_api: ApiServer) -> None:
     """Path parameters as an attacker writes them (NUL, unicode, encoded slashes, dots, long):
     every study route answers a JSON 4xx, never a 5xx."""
     token = pg_api.token("fuzzer")
-    routes = [("GET", "/studies/{}"), ("GET", "/studies/{}/trials"), ("GET", "/studies/{}/best"),
-              ("GET", "/studies/{}/best/adapter"), ("POST", "/studies/{}/stop"),
-              ("DELETE", "/studies/{}")]  # fmt: skip
+    routes = [
+        ("GET", "/studies/{}"),
+        ("GET", "/studies/{}/trials"),
+        ("GET", "/studies/{}/best"),
+        ("GET", "/studies/{}/best/adapter"),
+        ("POST", "/studies/{}/stop"),
+        ("DELETE", "/studies/{}"),
+    ]
     names = st.text(min_size=1, max_size=300) | st.sampled_from(
         ["\x00", "a\x00b", "..", "%2e%2e", "a/../b", "x" * 5000, "é", "\ud7ff", "%00"]
     )
-    with httpx.Client(base_url=pg_api.base_url, timeout=30,
-                      headers={"Authorization": f"Bearer {token}"}) as http:  # fmt: skip
+    with httpx.Client(
+        base_url=pg_api.base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as http:
 
-        @settings(max_examples=200, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(route=st.sampled_from(routes), name=names)
         def run(route: tuple[str, str], name: str) -> None:
             method, template = route

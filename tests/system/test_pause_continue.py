@@ -54,9 +54,11 @@ def _run_worker(settings: Settings) -> None:
 
 def _checkpoints(settings: Settings) -> set[int]:
     with session_scope(Database(settings.database_url).sessions) as session:
-        return set(session.scalars(
-            select(ArtifactRecord.trial_number).where(ArtifactRecord.kind == CHECKPOINT)
-        ))  # fmt: skip
+        return set(
+            session.scalars(
+                select(ArtifactRecord.trial_number).where(ArtifactRecord.kind == CHECKPOINT)
+            )
+        )
 
 
 def _register_two_configurations(client: Any, spec: dict[str, Any]) -> None:
@@ -73,8 +75,9 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
     saved state: its loss on the evaluation examples at resume is the loss it paused with,
     its curve goes on at 128, and it ends exactly where the same configuration trained
     without a pause ends (same data order, same dropout: a continuation, not a restart)."""
-    spec = small_study("paused", pruner={"type": "none"}, scheduler=TOP_1_OF_2,
-                       budget={"max_trials": 2})  # fmt: skip
+    spec = small_study(
+        "paused", pruner={"type": "none"}, scheduler=TOP_1_OF_2, budget={"max_trials": 2}
+    )
     plain = small_study("plain", pruner={"type": "none"}, budget={"max_trials": 1})
     with pg_api.client() as client:
         _register_two_configurations(client, spec)
@@ -121,11 +124,18 @@ def test_cool_down_scores_rank_paused_trials_that_continue_from_the_stable_state
     """With ``cooldown`` each paused configuration carries its score after a decay branch;
     the better cooled score continues, from the stable checkpoint: its loss at resume is the
     loss it paused with, not the cooled one."""
-    training = {"num_train_epochs": 1, "max_seq_length": 32,
-                "lr_scheduler_type": "warmup_stable_decay"}  # fmt: skip
-    spec = small_study("cool", pruner={"type": "none"}, training=training,
-                       scheduler={**TOP_1_OF_2, "cooldown": True},
-                       budget={"max_trials": 2})  # fmt: skip
+    training = {
+        "num_train_epochs": 1,
+        "max_seq_length": 32,
+        "lr_scheduler_type": "warmup_stable_decay",
+    }
+    spec = small_study(
+        "cool",
+        pruner={"type": "none"},
+        training=training,
+        scheduler={**TOP_1_OF_2, "cooldown": True},
+        budget={"max_trials": 2},
+    )
     with pg_api.client() as client:
         _register_two_configurations(client, spec)
         _run_worker(pg_api.settings)
@@ -183,8 +193,10 @@ def test_racing_workers_continue_a_paused_trial_exactly_once(pg_api: ApiServer) 
         barrier.wait()
         ran.append(worker._run_one(candidate))  # noqa: SLF001
 
-    threads = [threading.Thread(target=race, args=(w, c)) for w, c in zip(workers, candidates,
-                                                                         strict=True)]  # fmt: skip
+    threads = [
+        threading.Thread(target=race, args=(w, c))
+        for w, c in zip(workers, candidates, strict=True)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -259,10 +271,14 @@ def _segments_of(all_trials: list[FrozenTrial]) -> dict[int, list[int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheduler", [
-    {"type": "asha", "min_steps": 1, "reduction_factor": 3},
-    {"type": "top_k", "at_steps": 1, "k": 3, "min_scored": 4},
-], ids=lambda s: s["type"])  # fmt: skip
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        {"type": "asha", "min_steps": 1, "reduction_factor": 3},
+        {"type": "top_k", "at_steps": 1, "k": 3, "min_scored": 4},
+    ],
+    ids=lambda s: s["type"],
+)
 def test_racing_worker_processes_keep_the_budget_with_promotions(
     pg_api: ApiServer, spawn_worker: Spawn, scheduler: dict[str, Any]
 ) -> None:
@@ -274,15 +290,26 @@ def test_racing_worker_processes_keep_the_budget_with_promotions(
         space={
             "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
             "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1},
-        },  # fmt: skip
+        },
         sampler={"type": "random", "seed": 5},
         scheduler=scheduler,
         budget={"max_trials": 12},
     )
     with pg_api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
-        workers = [spawn_worker(pg_api.settings, f"w{i}", "--cheap", "--barrier", "3",
-                                "--idle-exit", "3", injected=True) for i in range(3)]  # fmt: skip
+        workers = [
+            spawn_worker(
+                pg_api.settings,
+                f"w{i}",
+                "--cheap",
+                "--barrier",
+                "3",
+                "--idle-exit",
+                "3",
+                injected=True,
+            )
+            for i in range(3)
+        ]
         assert [w.wait(timeout=240) for w in workers] == [0, 0, 0]
         study = client.get(f"/studies/{spec['name']}").json()
     done = trials(pg_api.settings, spec["name"])
@@ -305,8 +332,9 @@ def test_killed_workers_lose_at_most_the_segment_they_ran(
     """kill -9 a worker while one configuration is paused and another mid-segment, then
     the next one mid-continuation: the paused state survives, each dead segment is retried
     from where it started, and the study ends with its budget as if nobody died."""
-    spec = small_study("killed", pruner={"type": "none"}, scheduler=TOP_1_OF_2,
-                       budget={"max_trials": 2})  # fmt: skip
+    spec = small_study(
+        "killed", pruner={"type": "none"}, scheduler=TOP_1_OF_2, budget={"max_trials": 2}
+    )
     with pg_api.client() as client:
         _register_two_configurations(client, spec)
 
@@ -315,15 +343,24 @@ def test_killed_workers_lose_at_most_the_segment_they_ran(
 
         slow = ("--slow-steps", "0.5")
         first = spawn_worker(pg_api.settings, "a", *slow, injected=True)
-        wait_until(lambda: any(PAUSED_AT_ATTR in t.user_attrs for t in now())
-                   and any(t.state == TrialState.RUNNING for t in now()),
-                   timeout=300, what="one paused, one running")  # fmt: skip
+        wait_until(
+            lambda: (
+                any(PAUSED_AT_ATTR in t.user_attrs for t in now())
+                and any(t.state == TrialState.RUNNING for t in now())
+            ),
+            timeout=300,
+            what="one paused, one running",
+        )
         first.kill()
         assert first.wait(timeout=30) == -9
         second = spawn_worker(pg_api.settings, "b", *slow, injected=True)
-        wait_until(lambda: any(t.state == TrialState.RUNNING and CONTINUES_ATTR in t.user_attrs
-                               for t in now()),
-                   timeout=300, what="a continuation running")  # fmt: skip
+        wait_until(
+            lambda: any(
+                t.state == TrialState.RUNNING and CONTINUES_ATTR in t.user_attrs for t in now()
+            ),
+            timeout=300,
+            what="a continuation running",
+        )
         second.kill()
         assert second.wait(timeout=30) == -9
         last = spawn_worker(pg_api.settings, "c", "--idle-exit", "15")
@@ -342,8 +379,9 @@ def test_killed_workers_lose_at_most_the_segment_they_ran(
     (final,) = [t for t in done if t.state == TrialState.COMPLETE]
     parent = done[final.user_attrs[CONTINUES_ATTR]]
     assert parent.user_attrs[PAUSED_AT_ATTR] == 64
-    assert final.user_attrs[RESUMED_VALUE_ATTR] == pytest.approx(parent.intermediate_values[64],
-                                                                 rel=1e-6)  # fmt: skip
+    assert final.user_attrs[RESUMED_VALUE_ATTR] == pytest.approx(
+        parent.intermediate_values[64], rel=1e-6
+    )
     assert final.user_attrs["examples_trained"] == 256 - 64
 
 
@@ -359,7 +397,7 @@ def test_a_pbt_exploit_starts_from_exactly_the_state_it_copied(
         space={
             "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
             "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-        },  # fmt: skip
+        },
         sampler={"type": "random", "seed": 2},
         pruner={"type": "none"},
         scheduler={"type": "pbt", "population_size": 2, "interval_steps": 64, "quantile": 0.5},
@@ -368,8 +406,9 @@ def test_a_pbt_exploit_starts_from_exactly_the_state_it_copied(
     states = tmp_path / "states"
     with pg_api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
-        worker = spawn_worker(pg_api.settings, "w", "--record-state", str(states),
-                              "--idle-exit", "5", injected=True)  # fmt: skip
+        worker = spawn_worker(
+            pg_api.settings, "w", "--record-state", str(states), "--idle-exit", "5", injected=True
+        )
         assert worker.wait(timeout=600) == 0
         study = client.get("/studies/pbt").json()
         listed = {t["number"]: t for t in client.get("/studies/pbt/trials").json()["data"]}
@@ -406,7 +445,7 @@ def _checkpoint_of(settings: Settings, trial: FrozenTrial, target: Path) -> Path
         record = session.scalars(
             select(ArtifactRecord).where(
                 ArtifactRecord.trial_number == trial.number, ArtifactRecord.kind == CHECKPOINT
-            )  # fmt: skip
+            )
         ).one()
         unpack(settings, record.artifact_id, target)
     return target

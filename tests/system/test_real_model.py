@@ -44,18 +44,23 @@ def data(tmp_path: Path) -> dict[str, str]:
     folder.mkdir()
     qa = realmodel.QA * 4
     chat = [
-        {"messages": [{"role": "user", "content": "Hello!"},
-                      {"role": "assistant", "content": "Hello, how can I help?"},
-                      {"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        {
+            "messages": [
+                {"role": "user", "content": "Hello!"},
+                {"role": "assistant", "content": "Hello, how can I help?"},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+        }
         for q, a in qa
-    ]  # fmt: skip
+    ]
     return {
         "language_modeling": _jsonl(
             folder / "text.jsonl", [{"text": t} for t in realmodel.TEXT * 8]
-        ),  # fmt: skip
+        ),
         "prompt_completion": _jsonl(
             folder / "qa.jsonl", [{"prompt": q, "completion": " " + a} for q, a in qa]
-        ),  # fmt: skip
+        ),
         "prompt_completion_messages": _jsonl(
             folder / "qa-messages.jsonl",
             [
@@ -65,7 +70,7 @@ def data(tmp_path: Path) -> dict[str, str]:
                 }
                 for q, a in qa
             ],
-        ),  # fmt: skip
+        ),
         "conversational": _jsonl(folder / "chat.jsonl", chat),
     }
 
@@ -88,7 +93,7 @@ def _study(name: str, model: str, dataset: dict[str, Any], **parts: Any) -> dict
             "per_device_train_batch_size": 4,
             "max_seq_length": 96,
             "learning_rate": 5e-4,
-        },  # fmt: skip
+        },
         "space": {"lora_r": {"type": "categorical", "choices": [8]}},
         "budget": {"max_trials": 1},
         "evaluation": {"every_examples": 8},
@@ -108,9 +113,17 @@ def _run(api: ApiServer, spec: dict[str, Any]) -> list[Any]:
 def test_the_base_model_is_sane_and_tuning_lowers_its_loss(
     api: ApiServer, smollm2: Path, data: dict[str, str]
 ) -> None:
-    spec = _study("real-text", str(smollm2), {"path": data["language_modeling"]},
-                  training={"max_steps": 12, "per_device_train_batch_size": 4,
-                            "max_seq_length": 64, "learning_rate": 1e-3})  # fmt: skip
+    spec = _study(
+        "real-text",
+        str(smollm2),
+        {"path": data["language_modeling"]},
+        training={
+            "max_steps": 12,
+            "per_device_train_batch_size": 4,
+            "max_seq_length": 64,
+            "learning_rate": 1e-3,
+        },
+    )
     (trial,) = _run(api, spec)
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
     with api.client() as client:
@@ -138,10 +151,17 @@ def _prepared(smollm2: Path, data: str, tmp_path: Path) -> tuple[Splits, Any]:
     model = AutoModelForCausalLM.from_pretrained(smollm2)
     raw = load_splits(spec.train.dataset, task="causal-lm", cache_dir=tmp_path)
     hparams = trial_hparams(spec, {"lora_r": 8})
-    kwargs = trainer_arguments(hparams, spec, out_dir=str(tmp_path), device=torch.device("cpu"),
-                               n_train=len(raw.train), wants_logits=False)  # fmt: skip
-    args = sft.config(kwargs, loss_on="completion", splits=raw, tokenizer=tokenizer,
-                      max_length=96, packing=False)  # fmt: skip
+    kwargs = trainer_arguments(
+        hparams,
+        spec,
+        out_dir=str(tmp_path),
+        device=torch.device("cpu"),
+        n_train=len(raw.train),
+        wants_logits=False,
+    )
+    args = sft.config(
+        kwargs, loss_on="completion", splits=raw, tokenizer=tokenizer, max_length=96, packing=False
+    )
     return sft.prepare(raw, args, model, tokenizer), tokenizer
 
 
@@ -174,9 +194,12 @@ def test_a_gguf_file_is_a_model(api: ApiServer, data: dict[str, str], tmp_path: 
     link.symlink_to(gguf)  # inside the model roots of this API
     settings = api.settings.model_copy(update={"model_roots": [tmp_path, gguf.parent]})
     with ApiServer(settings) as gguf_api:
-        spec = _study("from-gguf", str(gguf), {"path": data["prompt_completion"]},
-                      training={"max_steps": 1, "per_device_train_batch_size": 2,
-                                "max_seq_length": 48})  # fmt: skip
+        spec = _study(
+            "from-gguf",
+            str(gguf),
+            {"path": data["prompt_completion"]},
+            training={"max_steps": 1, "per_device_train_batch_size": 2, "max_seq_length": 48},
+        )
         (trial,) = _run(gguf_api, spec)
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
 
@@ -197,14 +220,14 @@ def test_a_decoding_study_with_two_workers(
             "path": data["prompt_completion"],
             "max_eval_examples": 8,
             "validation_fraction": 0.25,
-        },  # fmt: skip
+        },
         adapter={"study": "capitals"},
         training={"max_new_tokens": 8},
         evaluation={"generation": {"max_examples": 4}},
         space={
             "temperature": {"type": "float", "low": 0.1, "high": 1.0},
             "top_p": {"type": "float", "low": 0.5, "high": 1.0},
-        },  # fmt: skip
+        },
         objective={"metric": "contains"},
         sampler={"type": "random", "seed": 0},
         budget={"max_trials": 4},
@@ -213,8 +236,10 @@ def test_a_decoding_study_with_two_workers(
         created = client.post("/studies", json=decode)
         assert created.status_code == 201, created.text
     settings = api.settings
-    roots = {"HPO_DATA_ROOTS": json.dumps([str(p) for p in settings.data_roots]),
-             "HPO_MODEL_ROOTS": json.dumps([str(p) for p in settings.model_roots])}  # fmt: skip
+    roots = {
+        "HPO_DATA_ROOTS": json.dumps([str(p) for p in settings.data_roots]),
+        "HPO_MODEL_ROOTS": json.dumps([str(p) for p in settings.model_roots]),
+    }
     workers = [spawn_worker(api.settings, f"d{i}", "--idle-exit", "5", **roots) for i in range(2)]
     assert [w.wait(timeout=600) for w in workers] == [0, 0]
     done = trials(api.settings, "capitals-decode")

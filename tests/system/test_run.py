@@ -45,7 +45,7 @@ def _spec(name: str, trials: int) -> dict[str, object]:
                 "max_eval_examples": 16,
             },
             "training": {"max_seq_length": 32},
-        },  # fmt: skip
+        },
         "search": {
             "space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
             "budget": {"max_trials": trials},
@@ -58,8 +58,12 @@ def _hpo_run(folder: Path, spec: Path, cache: Path) -> subprocess.Popen[str]:
     env.update(COLUMNS="80", HPO_CACHE_DIR=str(cache))
     return subprocess.Popen(
         [sys.executable, "-m", "hpo", "run", str(spec), "--workers", "2"],
-        cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
@@ -99,12 +103,18 @@ def test_run_prints_best_exports_it_and_resumes_after_sigint(
     assert config["training_arguments"]["learning_rate"] > 0
     adapter = Path(re.search(r"^best adapter: (.+)$", out, re.MULTILINE)[1])  # type: ignore[index]
     assert adapter.is_file()
-    served = Settings(database_url=f"sqlite:///{tmp_path / 'hpo.db'}", auth="disabled",
-                      artifact_dir=tmp_path / "artifacts")  # fmt: skip
+    served = Settings(
+        database_url=f"sqlite:///{tmp_path / 'hpo.db'}",
+        auth="disabled",
+        artifact_dir=tmp_path / "artifacts",
+    )
     with ApiServer(served) as api:  # the same database under the service: the adapter
         zipped = tmp_path / "best.zip"
-        got = CliRunner().invoke(app, ["study", "download", "first", "--out", str(zipped)],
-                                 env={"HPO_API_URL": api.base_url})  # fmt: skip
+        got = CliRunner().invoke(
+            app,
+            ["study", "download", "first", "--out", str(zipped)],
+            env={"HPO_API_URL": api.base_url},
+        )
     assert got.exit_code == 0, got.output
     assert zipped.read_bytes() == adapter.read_bytes()
 
@@ -153,8 +163,11 @@ def test_a_decode_study_starts_from_greedy_and_never_reports_worse(
     pg_settings: Settings, tmp_path: Path
 ) -> None:
     data = tmp_path / "sums.jsonl"
-    rows = [{"prompt": f"{a} plus {b} is", "completion": f" {a + b}"} for a in range(6)
-            for b in range(4)]  # fmt: skip
+    rows = [
+        {"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}
+        for a in range(6)
+        for b in range(4)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     settings = pg_settings.model_copy(update={"data_roots": [tmp_path]})
     spec = minimal_spec(
@@ -166,15 +179,16 @@ def test_a_decode_study_starts_from_greedy_and_never_reports_worse(
         space={
             "temperature": {"type": "float", "low": 0.1, "high": 1.5},
             "top_p": {"type": "float", "low": 0.5, "high": 1.0},
-        },  # fmt: skip
+        },
         objective={"metric": "contains"},
         sampler={"type": "random", "seed": 0},
         budget={"max_trials": 3},
     )
     storage = make_storage(settings)
     with Database(settings.database_url) as db, db.session() as session:
-        create_study(session, storage, spec=StudySpec.model_validate(spec), owner="alice",
-                     settings=settings)  # fmt: skip
+        create_study(
+            session, storage, spec=StudySpec.model_validate(spec), owner="alice", settings=settings
+        )
     Worker(settings, max_trials=3, cpu_threads=1).run(handle_signals=False)
     study = optuna.load_study(study_name="sums-decode", storage=storage)
     done = study.get_trials(deepcopy=False)

@@ -41,8 +41,9 @@ def s3_endpoint(tmp_path: Path) -> Iterator[str]:
     with (tmp_path / "moto.log").open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         client = boto3.client("s3", endpoint_url=endpoint, **_keys())
 
@@ -76,10 +77,14 @@ def serve(tmp_path: Path) -> Iterator[Callable[[Settings, dict[str, str]], str]]
     def start(settings: Settings, env: dict[str, str]) -> str:
         port = _free_port()
         with (tmp_path / "api.log").open("wb") as log:
-            started.append(subprocess.Popen(
-                [sys.executable, "-m", "hpo", "serve", "--port", str(port)],
-                env=worker_env(settings, **env), stdout=log, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "hpo", "serve", "--port", str(port)],
+                    env=worker_env(settings, **env),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         base = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -128,5 +133,8 @@ def test_adapter_uploaded_by_a_worker_downloads_through_another_process(
     assert not pg_settings.artifact_dir.exists()  # nothing went to a local folder
 
     assert httpx.delete(f"{base}/studies/via-s3", headers=auth).status_code == 204
-    wait_until(lambda: not client.list_objects_v2(Bucket=BUCKET).get("Contents"), timeout=10,
-               what="the study's adapters to leave the bucket")  # fmt: skip
+    wait_until(
+        lambda: not client.list_objects_v2(Bucket=BUCKET).get("Contents"),
+        timeout=10,
+        what="the study's adapters to leave the bucket",
+    )

@@ -37,8 +37,10 @@ def _run(api: ApiServer, spawn: Spawn, spec: dict[str, Any]) -> list[dict[str, A
     with api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
     barrier = ("--barrier", str(WORKERS))
-    workers = [spawn(api.settings, f"w{i}", "--cheap", *barrier, "--idle-exit", "3",
-                     injected=True) for i in range(WORKERS)]  # fmt: skip
+    workers = [
+        spawn(api.settings, f"w{i}", "--cheap", *barrier, "--idle-exit", "3", injected=True)
+        for i in range(WORKERS)
+    ]
     assert [w.wait(timeout=240) for w in workers] == [0] * WORKERS
     done = [t for t in trials(api.settings, spec["name"]) if t.state == TrialState.COMPLETE]
     assert len({t.user_attrs["worker"] for t in done}) == WORKERS
@@ -59,8 +61,9 @@ def _run(api: ApiServer, spawn: Spawn, spec: dict[str, Any]) -> list[dict[str, A
 def test_no_sampler_proposes_a_configuration_twice(
     pg_api: ApiServer, spawn_worker: Spawn, sampler: dict[str, Any], n: int
 ) -> None:
-    spec = minimal_spec(f"s-{sampler['type']}", space=CONTINUOUS, sampler=sampler,
-                        budget={"max_trials": n})  # fmt: skip
+    spec = minimal_spec(
+        f"s-{sampler['type']}", space=CONTINUOUS, sampler=sampler, budget={"max_trials": n}
+    )
     params = _run(pg_api, spawn_worker, spec)
     assert len(params) == n
     keys = [tuple(sorted(p.items())) for p in params]
@@ -70,8 +73,9 @@ def test_no_sampler_proposes_a_configuration_twice(
 def test_the_grid_runs_each_point_exactly_once(pg_api: ApiServer, spawn_worker: Spawn) -> None:
     """Seeded per worker, each process once shuffled the grid its own way, so one grid id
     named different points in different workers: a point ran twice and another never."""
-    spec = minimal_spec("grid", space=GRID, sampler={"type": "grid", "seed": 11},
-                        budget={"max_trials": 50})  # fmt: skip
+    spec = minimal_spec(
+        "grid", space=GRID, sampler={"type": "grid", "seed": 11}, budget={"max_trials": 50}
+    )
     params = _run(pg_api, spawn_worker, spec)
     points = sorted(tuple(sorted(p.items())) for p in params)
     expected = sorted(

@@ -213,21 +213,27 @@ def test_a_study_whose_optuna_half_is_gone_says_so(
 def test_deleting_a_study_mid_trial_does_not_kill_the_worker(
     pg_api: ApiServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
-    doomed = small_study("doomed", pruner={"type": "none"},
-                         training={"num_train_epochs": 30, "max_seq_length": 32})  # fmt: skip
+    doomed = small_study(
+        "doomed", pruner={"type": "none"}, training={"num_train_epochs": 30, "max_seq_length": 32}
+    )
     with pg_api.client() as client:
         assert client.post("/studies", json=doomed).status_code == 201
         worker = spawn_worker(pg_api.settings, "w", "--idle-exit", "6")
-        wait_until(lambda: any(t.intermediate_values for t in trials(pg_api.settings, "doomed")),
-                   timeout=120, what="a trial reporting")  # fmt: skip
+        wait_until(
+            lambda: any(t.intermediate_values for t in trials(pg_api.settings, "doomed")),
+            timeout=120,
+            what="a trial reporting",
+        )
         assert client.delete("/studies/doomed").status_code == 204
         later = small_study("later", budget={"max_trials": 2}, pruner={"type": "none"})
         assert client.post("/studies", json=later).status_code == 201
         assert worker.wait(timeout=300) == 0
         assert client.get("/studies/later").json()["trials"]["complete"] == 2
-    events = [json.loads(line.split(" hpo.worker ", 1)[1])
-              for line in (tmp_path / "w.log").read_text().splitlines()
-              if " hpo.worker " in line]  # fmt: skip
+    events = [
+        json.loads(line.split(" hpo.worker ", 1)[1])
+        for line in (tmp_path / "w.log").read_text().splitlines()
+        if " hpo.worker " in line
+    ]
     gone = [e for e in events if e["event"] == "study_gone"]
     assert [e["study"] for e in gone] == ["doomed"]
     assert gone[0]["abandoned_trial"] == 0
@@ -294,7 +300,9 @@ def test_registration_checks_what_the_files_hold(rooted: tuple[httpx.Client, Pat
     (data / "labels.csv").write_text("text,label\nx,1\n")
     missing = _dataset_error(client, path=str(data / "nope.jsonl"))
     assert (missing["loc"], "does not exist" in str(missing["msg"])) == (
-        ["body", "train", "dataset", "path"], True)  # fmt: skip
+        ["body", "train", "dataset", "path"],
+        True,
+    )
     field = _dataset_error(client, path=str(data / "rows.jsonl"))
     assert field["loc"] == ["body", "train", "dataset", "text_field"]
     assert "no field 'text'" in str(field["msg"]) and "body" in str(field["msg"])
@@ -401,19 +409,22 @@ def test_openapi_documents_the_errors(api: ApiServer) -> None:
 
 def _hpo(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HPO_DATABASE_URL=settings.database_url)
-    return subprocess.run([sys.executable, "-m", "hpo", *args], env=env, capture_output=True,
-                          text=True, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args], env=env, capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def test_tokens_expire_and_are_revoked(pg_api: ApiServer) -> None:
     settings = pg_api.settings
-    created = _hpo(settings, "token", "create", "carol-laptop", "--owner", "carol",
-                   "--expires-in", "30d")  # fmt: skip
+    created = _hpo(
+        settings, "token", "create", "carol-laptop", "--owner", "carol", "--expires-in", "30d"
+    )
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     with Database(settings.database_url) as db, db.session() as session:
-        expired = create_token(session, name="old", owner="carol",
-                               expires_in=-dt.timedelta(seconds=1))  # fmt: skip
+        expired = create_token(
+            session, name="old", owner="carol", expires_in=-dt.timedelta(seconds=1)
+        )
 
     def status(bearer: str) -> int:
         headers = {"Authorization": f"Bearer {bearer}"}
@@ -489,9 +500,15 @@ def test_a_loss_far_above_its_start_prunes_the_trial(
     real checkpoint at lr 0.9 is in the slow tier of the real-model tests."""
     study = optuna.create_study(storage=pg_settings.database_url)
     trial = study.ask()
-    callback = FidelityCallback(trial, metric="eval_loss", every_examples=8, examples_per_step=8,
-                                max_examples=64, stop=threading.Event(),
-                                divergence_factor=3.0)  # fmt: skip
+    callback = FidelityCallback(
+        trial,
+        metric="eval_loss",
+        every_examples=8,
+        examples_per_step=8,
+        max_examples=64,
+        stop=threading.Event(),
+        divergence_factor=3.0,
+    )
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
     state, control = TrainerState(), TrainerControl()
     state.global_step = 1

@@ -37,8 +37,12 @@ def test_an_array_finishes_the_study_through_a_cancelled_task(
     settings = pg_api.settings
     budget = 4
     # Trials of a few seconds, so the cancel finds one training.
-    spec = small_study("on-slurm", budget={"max_trials": budget}, pruner={"type": "none"},
-                       training={"num_train_epochs": 4, "max_seq_length": 32})  # fmt: skip
+    spec = small_study(
+        "on-slurm",
+        budget={"max_trials": budget},
+        pruner={"type": "none"},
+        training={"num_train_epochs": 4, "max_seq_length": 32},
+    )
     with pg_api.client() as client:
         assert client.post("/studies", json=spec).status_code == 201
     env = worker_env(
@@ -49,12 +53,21 @@ def test_an_array_finishes_the_study_through_a_cancelled_task(
         HPO_IDLE_EXIT="8",
     )
     # No GPU here: the script's `--gres=gpu:1` gives way, and `--gpus all` falls back to CPU.
-    job = cluster.sbatch("--array=0-1", "--gres=none", "--cpus-per-task=1",
-                         f"--output={tmp_path}/task-%a.out", str(SCRIPT), env=env)  # fmt: skip
+    job = cluster.sbatch(
+        "--array=0-1",
+        "--gres=none",
+        "--cpus-per-task=1",
+        f"--output={tmp_path}/task-%a.out",
+        str(SCRIPT),
+        env=env,
+    )
 
     def training() -> list[tuple[int, str]]:
-        return [(t.number, t.user_attrs["worker"]) for t in trials(settings, "on-slurm")
-                if t.state == TrialState.RUNNING and "setup_seconds" in t.user_attrs]  # fmt: skip
+        return [
+            (t.number, t.user_attrs["worker"])
+            for t in trials(settings, "on-slurm")
+            if t.state == TrialState.RUNNING and "setup_seconds" in t.user_attrs
+        ]
 
     number, worker = wait_until(training, timeout=120, what="a task training")[0]
     task = next(i for i in (0, 1) if worker in (tmp_path / f"task-{i}.out").read_text())

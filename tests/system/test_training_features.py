@@ -94,9 +94,18 @@ def test_validation_and_test_files_max_steps_baseline_and_logs(
 def test_chat_data_needs_a_chat_template(rooted: ApiServer, tmp_path: Path) -> None:
     """The built-in Llama's tokenizer has no chat template: registering chat data for it is a
     422; where registration cannot tell, the trial fails saying so."""
-    chat = _jsonl(tmp_path / "chat.jsonl", [{"messages": [
-        {"role": "user", "content": "ada has two cups"},
-        {"role": "assistant", "content": "so ada has two cups ."}]}] * 20)  # fmt: skip
+    chat = _jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "ada has two cups"},
+                    {"role": "assistant", "content": "so ada has two cups ."},
+                ]
+            }
+        ]
+        * 20,
+    )
     budget = {"max_trials": 1, "max_failures_in_a_row": 1}
     spec = minimal_spec("chat", dataset={"path": chat}, budget=budget)
     with rooted.client() as client:
@@ -120,7 +129,7 @@ def test_classification_adapters_carry_their_label_names(pg_api: ApiServer) -> N
             "path": "examples/data/reviews.csv",
             "text_field": "review",
             "label_field": "sentiment",
-        },  # fmt: skip
+        },
         objective={"metric": "eval_accuracy"},
         space={"lora_r": {"type": "categorical", "choices": [4]}},
         budget={"max_trials": 1},
@@ -153,8 +162,14 @@ def test_a_hub_id_resolves_from_the_local_cache_offline(tmp_path: Path) -> None:
         "print(loaded.model.config.model_type)"
     )
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", load],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("llama")
 
@@ -178,8 +193,11 @@ def test_packing_fills_every_sequence(pg_api: ApiServer) -> None:
 def test_a_generation_objective_reports_a_subset_score_and_the_loss_curve(
     rooted: ApiServer, tmp_path: Path
 ) -> None:
-    rows = [{"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}
-            for a in range(8) for b in range(6)]  # fmt: skip
+    rows = [
+        {"prompt": f"{a} plus {b} is", "completion": f" {a + b}"}
+        for a in range(8)
+        for b in range(6)
+    ]
     every, batch, steps = 8, 4, 6
     spec = small_study(
         "generating",
@@ -189,9 +207,11 @@ def test_a_generation_objective_reports_a_subset_score_and_the_loss_curve(
         objective={"metric": "exact_match"},
         pruner={"type": "none"},
         budget={"max_trials": 1},
-        evaluation={"every_examples": every, "generation": {"max_examples": 8,
-                                                            "report_examples": 2}},
-    )  # fmt: skip
+        evaluation={
+            "every_examples": every,
+            "generation": {"max_examples": 8, "report_examples": 2},
+        },
+    )
     (trial,) = _run(rooted, spec)
     assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
     points = list(range(every, steps * batch + 1, every))

@@ -21,8 +21,13 @@ SPACE = {
 
 def test_a_warm_started_study_runs_the_earlier_studys_best_first(pg_api: ApiServer) -> None:
     settings = pg_api.settings
-    earlier = small_study("earlier", space=SPACE, sampler={"type": "random", "seed": 0},
-                          pruner={"type": "none"}, budget={"max_trials": 3})  # fmt: skip
+    earlier = small_study(
+        "earlier",
+        space=SPACE,
+        sampler={"type": "random", "seed": 0},
+        pruner={"type": "none"},
+        budget={"max_trials": 3},
+    )
     # lora_r 16 is not in the new space: the earlier values are snapped to its nearest choice
     later = small_study(
         "later",

@@ -40,10 +40,14 @@ def _base_weights(worker: Worker) -> dict[str, torch.Tensor]:
 
 CLASSIFIER = {
     "model": {"name_or_path": "builtin:tiny-encoder", "task": "sequence-classification"},
-    "dataset": {"path": "builtin:demo-classification", "label_field": "label",
-                "max_train_examples": 128, "max_eval_examples": 32},
+    "dataset": {
+        "path": "builtin:demo-classification",
+        "label_field": "label",
+        "max_train_examples": 128,
+        "max_eval_examples": 32,
+    },
     "objective": {"metric": "eval_accuracy"},
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("task", [{}, CLASSIFIER], ids=["causal-lm", "classification"])

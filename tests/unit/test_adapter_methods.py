@@ -48,8 +48,9 @@ def test_each_method_builds_the_peft_config_it_names() -> None:
 def test_adalora_phases_leave_steps_to_allocate_in_at_any_length(steps: int) -> None:
     """Shares that registration accepts give phases PEFT accepts, whatever the data size."""
     for tinit, tfinal in [(0.0, 0.0), (0.45, 0.5), (0.9, 0.0), (0.0, 0.9), (0.1, 0.2)]:
-        settings = resolve({"lora_method": "adalora", "adalora_tinit": tinit,
-                            "adalora_tfinal": tfinal}, {})  # fmt: skip
+        settings = resolve(
+            {"lora_method": "adalora", "adalora_tinit": tinit, "adalora_tfinal": tfinal}, {}
+        )
         start, end = adalora_phases(settings, steps)
         assert start < steps - end
         _built(settings | {"adalora_tinit": tinit, "adalora_tfinal": tfinal}, steps)
@@ -58,21 +59,37 @@ def test_adalora_phases_leave_steps_to_allocate_in_at_any_length(steps: int) -> 
 @pytest.mark.parametrize(
     ("training", "space", "where"),
     [
-        ({"lora_method": "adalora", "init_lora_weights": "gaussian"}, None,
-         "train.training.init_lora_weights"),
-        (None, {"lora_method": {"type": "categorical", "choices": ["lora", "adalora"]},
-                "init_lora_weights": {"type": "categorical", "choices": ["default", "gaussian"]}},
-         "search.space.init_lora_weights"),
-        ({"init_lora_weights": "orthogonal"}, {"lora_r": {"type": "int", "low": 4, "high": 6}},
-         "search.space.lora_r"),
+        (
+            {"lora_method": "adalora", "init_lora_weights": "gaussian"},
+            None,
+            "train.training.init_lora_weights",
+        ),
+        (
+            None,
+            {
+                "lora_method": {"type": "categorical", "choices": ["lora", "adalora"]},
+                "init_lora_weights": {"type": "categorical", "choices": ["default", "gaussian"]},
+            },
+            "search.space.init_lora_weights",
+        ),
+        (
+            {"init_lora_weights": "orthogonal"},
+            {"lora_r": {"type": "int", "low": 4, "high": 6}},
+            "search.space.lora_r",
+        ),
         ({"init_lora_weights": "orthogonal", "lora_r": 5}, None, "train.training.lora_r"),
-        ({"lora_method": "adalora", "adalora_tinit": 0.5}, {
-            "adalora_tfinal": {"type": "float", "low": 0.1, "high": 0.5}},
-         "search.space.adalora_tfinal"),
-        ({"lora_method": "adalora", "adalora_init_r": 4, "lora_r": 8}, None,
-         "train.training.adalora_init_r"),
+        (
+            {"lora_method": "adalora", "adalora_tinit": 0.5},
+            {"adalora_tfinal": {"type": "float", "low": 0.1, "high": 0.5}},
+            "search.space.adalora_tfinal",
+        ),
+        (
+            {"lora_method": "adalora", "adalora_init_r": 4, "lora_r": 8},
+            None,
+            "train.training.adalora_init_r",
+        ),
     ],
-)  # fmt: skip
+)
 def test_combinations_peft_refuses_are_refused_naming_the_field(
     training: dict[str, Any] | None, space: dict[str, Any] | None, where: str
 ) -> None:
@@ -86,17 +103,24 @@ def test_the_methods_search_together_with_the_default_space() -> None:
     """The default space (even ranks) takes orthogonal init; adalora takes its defaults."""
     for training in ({"init_lora_weights": "orthogonal"}, {"lora_method": "adalora"}):
         StudySpec.model_validate(minimal_spec("ok", training=training))
-    space = {"lora_method": {"type": "categorical", "choices": ["lora", "dora", "adalora"]},
-             "adalora_tinit": {"type": "float", "low": 0.0, "high": 0.3}}  # fmt: skip
+    space = {
+        "lora_method": {"type": "categorical", "choices": ["lora", "dora", "adalora"]},
+        "adalora_tinit": {"type": "float", "low": 0.0, "high": 0.3},
+    }
     StudySpec.model_validate(minimal_spec("ok", space=space))
 
 
 def test_the_export_is_the_config_of_the_trial_method() -> None:
     spec = StudySpec.model_validate(
-        minimal_spec("x", training={"lora_r": 4, "per_device_train_batch_size": 8},
-                     space={"lora_method": {"type": "categorical", "choices": ["lora", "adalora"]},
-                            "adalora_tfinal": {"type": "float", "low": 0.0, "high": 0.5}})
-    )  # fmt: skip
+        minimal_spec(
+            "x",
+            training={"lora_r": 4, "per_device_train_batch_size": 8},
+            space={
+                "lora_method": {"type": "categorical", "choices": ["lora", "adalora"]},
+                "adalora_tfinal": {"type": "float", "low": 0.0, "high": 0.5},
+            },
+        )
+    )
     trial = optuna.trial.create_trial(
         params={"lora_method": "adalora", "adalora_tfinal": 0.25},
         distributions={
@@ -115,14 +139,26 @@ def test_the_export_is_the_config_of_the_trial_method() -> None:
 
 def test_trials_show_where_the_adalora_budget_went() -> None:
     layer = "model.layers.{}.self_attn.{}_proj"
-    ranks = {layer.format(0, "q"): 6, layer.format(0, "v"): 2, layer.format(1, "q"): 3,
-             layer.format(1, "v"): 5}  # fmt: skip
+    ranks = {
+        layer.format(0, "q"): 6,
+        layer.format(0, "v"): 2,
+        layer.format(1, "q"): 3,
+        layer.format(1, "v"): 5,
+    }
     found = [
-        TrialPublic(number=n, state="complete", value=1.0, params={}, intermediate_values={},
-                    datetime_start=None, datetime_complete=None, duration_s=None,
-                    user_attrs=attrs)
+        TrialPublic(
+            number=n,
+            state="complete",
+            value=1.0,
+            params={},
+            intermediate_values={},
+            datetime_start=None,
+            datetime_complete=None,
+            duration_s=None,
+            user_attrs=attrs,
+        )
         for n, attrs in ((0, {RANK_PATTERN_ATTR: ranks}), (1, {}))
-    ]  # fmt: skip
+    ]
     table = trials_table("eval_loss", [], found)
     column = next(c for c in table.columns if c.header == "ranks")
     assert list(column.cells) == ["q_proj 6,3 v_proj 2,5", ""]
@@ -139,9 +175,13 @@ def test_the_simulator_searches_adapter_methods() -> None:
             floor = floors[params["lora_method"]]
             return [(1.0, floor + 1 / (i + 1)) for i in range(4)]
 
-    search = SearchSpec.model_validate({"space": Methods.search_space,
-                                        "sampler": {"type": "random", "seed": 0},
-                                        "budget": {"max_trials": 6}})  # fmt: skip
+    search = SearchSpec.model_validate(
+        {
+            "space": Methods.search_space,
+            "sampler": {"type": "random", "seed": 0},
+            "budget": {"max_trials": 6},
+        }
+    )
     sim = simulate(search, Methods(), workers=2, seed=0)
     assert len(sim.trials) == 6
     for trial in sim.trials:

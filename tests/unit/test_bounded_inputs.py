@@ -52,8 +52,12 @@ def test_a_gguf_header_that_fits_passes(tmp_path: Path) -> None:
     tokens = b"".join(_string(t) for t in (b"a", b"bc", b"d"))
     scores = struct.pack("<3f", 0.0, 1.0, 2.0)
     version = _string(b"general.version") + struct.pack("<I", 8) + _string(b"v1")
-    _gguf(tmp_path / "ok.gguf", _array(b"tokens", 8, 3, tokens),
-          _array(b"scores", 6, 3, scores), version)  # fmt: skip
+    _gguf(
+        tmp_path / "ok.gguf",
+        _array(b"tokens", 8, 3, tokens),
+        _array(b"scores", 6, 3, scores),
+        version,
+    )
     check_gguf(tmp_path / "ok.gguf", max_items=6)  # 3 entries, 3 strings; floats are skipped
 
 

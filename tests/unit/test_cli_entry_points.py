@@ -65,12 +65,23 @@ def _trial(number: int, state: str, **fields: object) -> TrialPublic:
 
 def test_trials_table_has_a_column_per_hyperparameter() -> None:
     found = [
-        _trial(0, "complete", params={"learning_rate": 0.00123456, "lora_r": 8}, value=0.5,
-               duration_s=12.345),
-        _trial(1, "pruned", params={"learning_rate": 0.1, "lora_r": 4}, value=0.9,
-               duration_s=3.0, user_attrs={"prune_reason": "diverged"}),
+        _trial(
+            0,
+            "complete",
+            params={"learning_rate": 0.00123456, "lora_r": 8},
+            value=0.5,
+            duration_s=12.345,
+        ),
+        _trial(
+            1,
+            "pruned",
+            params={"learning_rate": 0.1, "lora_r": 4},
+            value=0.9,
+            duration_s=3.0,
+            user_attrs={"prune_reason": "diverged"},
+        ),
         _trial(2, "fail", params={"learning_rate": 0.01}, user_attrs={"fail_reason": "oom"}),
-    ]  # fmt: skip
+    ]
     console = Console(width=200, record=True)
     console.print(trials_table("eval_loss", ["learning_rate", "lora_r"], found))
     rows = [

@@ -15,8 +15,12 @@ T0 = dt.datetime(2026, 12, 1)
 def load(owner: str, name: str | None = None, **fields: Any) -> StudyLoad:
     record_id = next(_ids)
     defaults: dict[str, Any] = {"status": "running", "optuna_id": record_id, "max_trials": 10}
-    return StudyLoad(record_id=record_id, name=name or f"{owner}-{record_id}", owner=owner,
-                     **{**defaults, **fields})  # fmt: skip
+    return StudyLoad(
+        record_id=record_id,
+        name=name or f"{owner}-{record_id}",
+        owner=owner,
+        **{**defaults, **fields},
+    )
 
 
 def names(loads: list[StudyLoad]) -> list[str]:

@@ -99,11 +99,20 @@ def test_the_worker_passes_every_trainer_setting(tmp_path: Any) -> None:
     """A study fixing every TrainingArguments setting gets each into the Trainer's arguments."""
     fixed = {hp.name: _inside(hp) for hp in HYPERPARAMETERS if hp.target == "trainer"}
     fixed |= {"bf16": False, "fp16": False, "gradient_checkpointing": False}
-    spec = StudySpec.model_validate(minimal_spec("all", training=fixed, space={
-        "lora_r": {"type": "categorical", "choices": [4, 8]}}))  # fmt: skip
+    spec = StudySpec.model_validate(
+        minimal_spec(
+            "all", training=fixed, space={"lora_r": {"type": "categorical", "choices": [4, 8]}}
+        )
+    )
     hparams = trial_hparams(spec, {"lora_r": 4})
-    kwargs = trainer_arguments(hparams, spec, out_dir=str(tmp_path), device=torch.device("cpu"),
-                               n_train=64, wants_logits=False)  # fmt: skip
+    kwargs = trainer_arguments(
+        hparams,
+        spec,
+        out_dir=str(tmp_path),
+        device=torch.device("cpu"),
+        n_train=64,
+        wants_logits=False,
+    )
     args = TrainingArguments(**kwargs)
     for hp in HYPERPARAMETERS:
         if hp.target == "trainer":

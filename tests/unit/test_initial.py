@@ -26,10 +26,16 @@ def test_alpha_is_twice_the_rank_chosen() -> None:
 
 
 def test_other_parameters_start_in_the_middle() -> None:
-    assert first_value("per_device_train_batch_size", CategoricalDistribution([64, 8, 32, 16]),
-                       {}) == 16  # fmt: skip
-    assert first_value("lr_scheduler_type", CategoricalDistribution(["cosine", "linear",
-                       "constant"]), {}) == "linear"  # fmt: skip
+    assert (
+        first_value("per_device_train_batch_size", CategoricalDistribution([64, 8, 32, 16]), {})
+        == 16
+    )
+    assert (
+        first_value(
+            "lr_scheduler_type", CategoricalDistribution(["cosine", "linear", "constant"]), {}
+        )
+        == "linear"
+    )
     assert first_value("weight_decay", FloatDistribution(0.0, 0.1, step=0.025), {}) == 0.05
     assert first_value("warmup_steps", IntDistribution(1, 100, log=True), {}) == 10
 
@@ -42,7 +48,7 @@ def test_the_default_sampler_starts_at_the_prior_and_then_searches() -> None:
                 "lora_r": {"type": "categorical", "choices": [4, 16, 64]},
             },
             "sampler": {"type": "tpe", "seed": 1},
-        }  # fmt: skip
+        }
     )
     assert isinstance(build_sampler(search), UntriedSampler)
     storage = optuna.storages.InMemoryStorage()

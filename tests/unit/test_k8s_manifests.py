@@ -19,8 +19,11 @@ def _kustomization() -> dict[str, Any]:
 
 
 def _manifests() -> dict[str, dict[str, Any]]:
-    docs = [yaml.safe_load(path.read_text()) for path in sorted(BASE.glob("*.yaml"))
-            if path.name != "kustomization.yaml"]  # fmt: skip
+    docs = [
+        yaml.safe_load(path.read_text())
+        for path in sorted(BASE.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+    ]
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
 
 
@@ -66,6 +69,8 @@ def test_every_pod_reads_the_secret_and_config_that_exist() -> None:
     images = {i["name"] for i in _kustomization()["images"]}
     for name in ("hpo-api", "hpo-worker", "hpo-migrate"):
         (container,) = _pod(name)["containers"]
-        assert container["envFrom"] == [{"secretRef": {"name": "hpo"}},
-                                        {"configMapRef": {"name": "hpo"}}]  # fmt: skip
+        assert container["envFrom"] == [
+            {"secretRef": {"name": "hpo"}},
+            {"configMapRef": {"name": "hpo"}},
+        ]
         assert container["image"] in images

@@ -23,8 +23,9 @@ def test_batches_group_similar_lengths(tmp_path: Path) -> None:
     rng = random.Random(0)
     lengths = [rng.randint(8, 512) for _ in range(400)]
     data = datasets.Dataset.from_dict({"input_ids": [[1] * n for n in lengths]})
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8,
-                             use_cpu=True, report_to="none")  # fmt: skip
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to="none"
+    )
     trainer = LengthGroupedTrainer(
         model=torch.nn.Linear(2, 2), args=args, train_dataset=data, train_lengths=lengths
     )

@@ -166,10 +166,12 @@ def restore_signals() -> Iterator[None]:
 
 @pytest.mark.parametrize(
     ("mode", "killed"),
-    [("gil", (7, "stalled", "no progress in phase 'run'")),
-     ("term", (9, "shutdown", "did not stop within 0.5 s of SIGTERM"))],
+    [
+        ("gil", (7, "stalled", "no progress in phase 'run'")),
+        ("term", (9, "shutdown", "did not stop within 0.5 s of SIGTERM")),
+    ],
     ids=["stalled-holding-the-gil", "ignores-sigterm"],
-)  # fmt: skip
+)
 def test_the_supervisor_kills_what_does_not_progress_or_stop(
     mode: str, killed: tuple[int, str, str], tmp_path: Path, restore_signals: None
 ) -> None:

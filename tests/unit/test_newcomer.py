@@ -20,8 +20,14 @@ from hpo.core.schemas import TrialPublic
 from hpo.core.spec import SearchSpec
 from hpo.local import hpo_command
 
-SEARCHED = ["learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
-            "warmup_ratio", "lora_r", "weight_decay"]  # fmt: skip
+SEARCHED = [
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "warmup_ratio",
+    "lora_r",
+    "weight_decay",
+]
 
 
 def test_an_unknown_hyperparameter_names_the_closest_one() -> None:
@@ -39,11 +45,18 @@ def test_no_suggestion_for_a_name_like_none() -> None:
 
 def test_the_trials_table_cuts_no_name_in_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     trial = TrialPublic.model_validate(
-        {"number": 0, "state": "pruned", "params": dict.fromkeys(SEARCHED, 0.001234),
-         "value": 0.5, "intermediate_values": {}, "datetime_start": None,
-         "datetime_complete": None, "duration_s": 1.0,
-         "user_attrs": {"prune_reason": "below the median at 128 examples"}}
-    )  # fmt: skip
+        {
+            "number": 0,
+            "state": "pruned",
+            "params": dict.fromkeys(SEARCHED, 0.001234),
+            "value": 0.5,
+            "intermediate_values": {},
+            "datetime_start": None,
+            "datetime_complete": None,
+            "duration_s": 1.0,
+            "user_attrs": {"prune_reason": "below the median at 128 examples"},
+        }
+    )
     out = io.StringIO()
     monkeypatch.setattr(cli_study, "console", Console(file=out, width=80))
     cli_study.print_whole(cli_study.trials_table("eval_loss", SEARCHED, [trial]))

@@ -132,8 +132,11 @@ def test_fifos_and_broken_links_are_refused(roots: tuple[Path, Path, Settings]) 
 def test_validation_and_test_files_are_checked_too(roots: tuple[Path, Path, Settings]) -> None:
     data, outside, settings = roots
     (data / "ok.csv").write_text("text\nhi\n")
-    spec = StudySpec.model_validate(minimal_spec("p", dataset={
-        "path": str(data / "ok.csv"), "test_path": str(outside / "secret.csv")}))  # fmt: skip
+    spec = StudySpec.model_validate(
+        minimal_spec(
+            "p", dataset={"path": str(data / "ok.csv"), "test_path": str(outside / "secret.csv")}
+        )
+    )
     with pytest.raises(SpecError, match="outside the roots") as refused:
         check_spec_paths(spec, settings)
     assert refused.value.loc == ("train", "dataset", "test_path")

@@ -49,8 +49,10 @@ def member(
         "lora_dropout": 0.05,
         "lora_r": [8, 16, 64, 16][slot % 4],
     }
-    saved = [Checkpoint(at, 10 * (i + 2) + slot, params, value)
-             for i, (at, value) in enumerate(sorted((earlier or {}).items()))]  # fmt: skip
+    saved = [
+        Checkpoint(at, 10 * (i + 2) + slot, params, value)
+        for i, (at, value) in enumerate(sorted((earlier or {}).items()))
+    ]
     if score is not None:
         saved.append(Checkpoint(step, 10 + slot, params, score))
     return Member(slot, 10 + slot, params, step, score, state, tuple(saved))
@@ -117,8 +119,7 @@ def test_exploit_ranks_the_checkpoints_at_the_step_finished_members_included() -
     rng = random.Random(0)
     alone = [member(0, 1.0), member(1, None)]
     assert exploit(alone, alone[0], quantile=0.25, rng=rng) is None
-    done = [member(0, 0.05, 300, "complete", earlier={100: 0.1}), member(1, 1.0),
-            member(2, 2.0)]  # fmt: skip
+    done = [member(0, 0.05, 300, "complete", earlier={100: 0.1}), member(1, 1.0), member(2, 2.0)]
     donor = exploit(done, done[2], quantile=0.25, rng=rng)
     assert donor == Checkpoint(100, 20, done[0].params, 0.1)
     nobody_there = [member(0, 0.5, 200), member(1, 2.0)]
@@ -169,8 +170,9 @@ def test_members_are_read_at_their_latest_checkpoint() -> None:
     ]
     by_slot = {m.slot: m for m in members(trials)}
     params = {"learning_rate": 1e-4}
-    assert by_slot[1] == Member(1, 1, params, 100, 1.0, "running",
-                                (Checkpoint(100, 1, params, 1.0),))  # fmt: skip
+    assert by_slot[1] == Member(
+        1, 1, params, 100, 1.0, "running", (Checkpoint(100, 1, params, 1.0),)
+    )
     assert by_slot[0].trial == 0 and by_slot[0].state == "stopped" and by_slot[0].step == 100
     assert by_slot[0].at(100) == Checkpoint(100, 0, params, 2.0) and by_slot[0].at(200) is None
 

@@ -19,8 +19,13 @@ def test_an_exported_task_reads_back_as_the_same_objective() -> None:
     assert back.curves == task.curves
     assert back.search_space == task.search_space
     assert (back.best_value, back.full_grid_cost) == (task.best_value, task.full_grid_cost)
-    params = dict(zip(("learning_rate", "per_device_train_batch_size", "lora_r"),
-                      next(iter(task.curves)), strict=True))  # fmt: skip
+    params = dict(
+        zip(
+            ("learning_rate", "per_device_train_batch_size", "lora_r"),
+            next(iter(task.curves)),
+            strict=True,
+        )
+    )
     assert back.curve(params) == task.curve(params)
     search = _search(task, STRATEGIES[DEFAULT])
     search = search.model_copy(
@@ -33,16 +38,15 @@ def test_an_exported_task_reads_back_as_the_same_objective() -> None:
 def test_a_trace_scores_as_the_simulators_run() -> None:
     task = make_task(late=0.0, seed=2)
     grid = task.full_grid_cost
-    sim = simulate(_search(task, STRATEGIES[DEFAULT]), task, workers=1, seed=0,
-                   max_cost=grid)  # fmt: skip
+    sim = simulate(_search(task, STRATEGIES[DEFAULT]), task, workers=1, seed=0, max_cost=grid)
     # One worker: a trial ends when everything before it and itself were paid for.
     costs = accumulate(t.cost for t in sim.trials)
     trace = [[c, t.value, t.state == "complete"] for c, t in zip(costs, sim.trials, strict=True)]
     assert best_curve(trace, completed_only=True) == sim.best_curve
-    expected = {str(t): sim.cost_to_reach(task.best_value * (1 + t)) / grid
-                for t in (0.01, 0.001)}  # fmt: skip
-    assert cost_to_targets(best_curve(trace, completed_only=True), task.best_value,
-                           grid) == expected  # fmt: skip
+    expected = {str(t): sim.cost_to_reach(task.best_value * (1 + t)) / grid for t in (0.01, 0.001)}
+    assert (
+        cost_to_targets(best_curve(trace, completed_only=True), task.best_value, grid) == expected
+    )
 
 
 def test_a_stopped_trial_counts_with_its_last_point_unless_completed_only() -> None:

@@ -55,8 +55,9 @@ def test_counts_pages_and_sums(storage: HeartbeatStorage) -> None:
     assert (counts.complete, counts.pruned, counts.running, counts.finished) == (2, 1, 0, 3)
     page, total = trial_page(storage, study_id(study), offset=1, limit=2)
     assert total == 4 and [t.number for t in page] == [1, 2]
-    pruned_page, n = trial_page(storage, study_id(study), offset=0, limit=9,
-                                state=TrialState.PRUNED)  # fmt: skip
+    pruned_page, n = trial_page(
+        storage, study_id(study), offset=0, limit=9, state=TrialState.PRUNED
+    )
     assert n == 2 and [t.number for t in pruned_page] == [2, 3]
     assert user_attr_sum(storage, study_id(study), records.DEVICE_SECONDS_ATTR) == 30.0
 
@@ -88,8 +89,11 @@ def test_the_best_trial_prefers_a_stored_adapter_then_the_earliest(
     with Database(storage.engine).session() as session:
         session.add(StudyRecord(name="tie", owner="o", spec={}, status="running"))
         session.flush()
-        session.add(ArtifactRecord(artifact_id="a" * 36, study_id=1, trial_id=ids[3],
-                                   trial_number=3, kind="adapter"))  # fmt: skip
+        session.add(
+            ArtifactRecord(
+                artifact_id="a" * 36, study_id=1, trial_id=ids[3], trial_number=3, kind="adapter"
+            )
+        )
     assert best_trial(storage, study_id(study)).number == 3  # the one with an adapter
 
 

@@ -119,12 +119,22 @@ def test_cooled_scores_rank_the_rung_they_were_taken_at() -> None:
     """With cool-down scoring a paused configuration ranks by its cooled score at its rung;
     the curve stays as reported, and a rung it passed without a branch ranks by its report."""
     trials = [
-        segment(0, 1.0, {1: 2.0}, TrialState.PRUNED,
-                **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1, COOLED_ATTR: 0.5}),
-        segment(1, 2.0, {1: 1.0}, TrialState.PRUNED,
-                **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1, COOLED_ATTR: 0.9}),
+        segment(
+            0,
+            1.0,
+            {1: 2.0},
+            TrialState.PRUNED,
+            **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1, COOLED_ATTR: 0.5},
+        ),
+        segment(
+            1,
+            2.0,
+            {1: 1.0},
+            TrialState.PRUNED,
+            **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1, COOLED_ATTR: 0.9},
+        ),
         segment(2, 3.0, {1: 3.0}, TrialState.PRUNED, **{UNTIL_ATTR: 1, PAUSED_AT_ATTR: 1}),
-    ]  # fmt: skip
+    ]
     configs = {c.number: c for c in configurations(trials)}
     assert configs[0].values == ((1, 2.0),) and configs[0].cooled == ((1, 0.5),)
     assert configs[0].score_at(1) == 0.5 and configs[2].score_at(1) == 3.0
@@ -137,12 +147,16 @@ def test_cooldown_needs_a_fixed_warmup_stable_decay_schedule() -> None:
     def spec(training: dict[str, Any], space: dict[str, Any]) -> dict[str, Any]:
         return {
             "name": "cool",
-            "train": {"model": {"name_or_path": "builtin:tiny-llama"},
-                      "dataset": {"path": "builtin:demo-text"}, "training": training},
-            "search": {"space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3},
-                                 **space},
-                       "scheduler": {"type": "asha", "min_steps": 64, "cooldown": True}},
-        }  # fmt: skip
+            "train": {
+                "model": {"name_or_path": "builtin:tiny-llama"},
+                "dataset": {"path": "builtin:demo-text"},
+                "training": training,
+            },
+            "search": {
+                "space": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3}, **space},
+                "scheduler": {"type": "asha", "min_steps": 64, "cooldown": True},
+            },
+        }
 
     wsd = {"lr_scheduler_type": "warmup_stable_decay"}
     assert StudySpec.model_validate(spec(wsd, {})).search.scheduler.type == "asha"

@@ -45,8 +45,9 @@ def search(scheduler: dict[str, Any], max_trials: int = 3) -> SearchSpec:
     )
 
 
-def trial(number: int, lr: float, values: dict[int, float], state: TrialState,
-          **attrs: Any) -> FrozenTrial:  # fmt: skip
+def trial(
+    number: int, lr: float, values: dict[int, float], state: TrialState, **attrs: Any
+) -> FrozenTrial:
     made = create_trial(
         state=state,
         params={"learning_rate": lr},
@@ -60,8 +61,9 @@ def trial(number: int, lr: float, values: dict[int, float], state: TrialState,
 
 
 def paused(number: int, lr: float, value: float, **attrs: Any) -> FrozenTrial:
-    return trial(number, lr, {64: value}, TrialState.PRUNED,
-                 **{UNTIL_ATTR: 64, PAUSED_AT_ATTR: 64, **attrs})  # fmt: skip
+    return trial(
+        number, lr, {64: value}, TrialState.PRUNED, **{UNTIL_ATTR: 64, PAUSED_AT_ATTR: 64, **attrs}
+    )
 
 
 TOP_1 = {"type": "top_k", "at_steps": 64, "k": 1, "min_scored": 2}
@@ -92,12 +94,17 @@ def test_with_no_new_configuration_allowed_the_best_paused_one_continues() -> No
 def test_a_pbt_continuation_carries_its_member_and_lineage() -> None:
     change = Perturbation("learning_rate", 1e-4, 1.2e-4, "x1.2")
     lineage = Lineage(parent=1, step=64, perturbations=(change,))
-    decision = ContinueMember(slot=0, trial=1, params={"learning_rate": 1.2e-4}, until=128,
-                              lineage=lineage)  # fmt: skip
+    decision = ContinueMember(
+        slot=0, trial=1, params={"learning_rate": 1.2e-4}, until=128, lineage=lineage
+    )
     queued = continuation(decision, [])
     assert queued.params == {"learning_rate": 1.2e-4}
-    assert queued.attrs == {CONTINUES_ATTR: 1, UNTIL_ATTR: 128, SLOT_ATTR: 0,
-                            LINEAGE_ATTR: lineage.to_attr()}  # fmt: skip
+    assert queued.attrs == {
+        CONTINUES_ATTR: 1,
+        UNTIL_ATTR: 128,
+        SLOT_ATTR: 0,
+        LINEAGE_ATTR: lineage.to_attr(),
+    }
     assert Segment.of(queued.attrs) == Segment(until=128, continues=1)
 
 
@@ -131,18 +138,33 @@ def test_studies_check_what_a_scheduler_needs() -> None:
     generating = {"metric": "exact_match"}
     assert StudySpec.model_validate(minimal_spec(scheduler=asha, objective=generating))
     with pytest.raises(ValidationError, match="report_examples is 0"):
-        StudySpec.model_validate(minimal_spec(
-            scheduler=asha, objective=generating,
-            evaluation={"generation": {"report_examples": 0}}))  # fmt: skip
+        StudySpec.model_validate(
+            minimal_spec(
+                scheduler=asha,
+                objective=generating,
+                evaluation={"generation": {"report_examples": 0}},
+            )
+        )
     with pytest.raises(ValidationError, match="must be at least"):
-        StudySpec.model_validate(minimal_spec(
-            space=SPACE, budget={"max_trials": 4},
-            scheduler={"type": "pbt", "population_size": 8, "interval_steps": 64}))  # fmt: skip
+        StudySpec.model_validate(
+            minimal_spec(
+                space=SPACE,
+                budget={"max_trials": 4},
+                scheduler={"type": "pbt", "population_size": 8, "interval_steps": 64},
+            )
+        )
 
 
 def _callback(trial: optuna.Trial, *, until: int | None) -> FidelityCallback:
-    return FidelityCallback(trial, metric="eval_loss", every_examples=8, examples_per_step=8,
-                            max_examples=32, stop=threading.Event(), until=until)  # fmt: skip
+    return FidelityCallback(
+        trial,
+        metric="eval_loss",
+        every_examples=8,
+        examples_per_step=8,
+        max_examples=32,
+        stop=threading.Event(),
+        until=until,
+    )
 
 
 def _evaluate_at(callback: FidelityCallback, step: int) -> TrainerControl:

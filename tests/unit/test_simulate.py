@@ -156,10 +156,16 @@ def test_nmtlc_adapter() -> None:
     assert sum(len(t.curves) for t in tasks) == 269
     task = tasks[0]
     assert {k: len(v.choices) for k, v in task.search_space.items()} == {
-        "learning_rate": 3, "per_device_train_batch_size": 3, "lora_r": 3,
-    }  # fmt: skip
-    sim = simulate(spec(sampler="tpe", max_trials=15).model_copy(
-        update={"space": task.search_space}), task, workers=4, seed=0)  # fmt: skip
+        "learning_rate": 3,
+        "per_device_train_batch_size": 3,
+        "lora_r": 3,
+    }
+    sim = simulate(
+        spec(sampler="tpe", max_trials=15).model_copy(update={"space": task.search_space}),
+        task,
+        workers=4,
+        seed=0,
+    )
     assert len(sim.trials) == 15
     assert sim.best_curve[-1][1] >= task.best_value
 
@@ -274,8 +280,10 @@ def test_what_recorded_curves_cannot_say_is_not_replayed(
 
 
 def test_warm_configurations_run_first_on_every_worker() -> None:
-    warm = [WarmConfig({"learning_rate": 1e-3, "per_device_train_batch_size": 8}, "earlier"),
-            WarmConfig({"learning_rate": 2e-3}, "earlier")]  # fmt: skip
+    warm = [
+        WarmConfig({"learning_rate": 1e-3, "per_device_train_batch_size": 8}, "earlier"),
+        WarmConfig({"learning_rate": 2e-3}, "earlier"),
+    ]
     sim = simulate(spec(max_trials=6), Bowl(), workers=2, seed=0, warm=warm)
     first = sorted(sim.trials, key=lambda t: t.number)[:2]
     assert first[0].params == warm[0].params

@@ -43,8 +43,14 @@ def test_search_knows_nothing_of_models() -> None:
     """The simulator builds a SearchSpec alone: no fake model or dataset."""
     search = SearchSpec.model_validate({"space": GRID, "sampler": {"type": "grid"}})
     assert set(SearchSpec.model_fields) == {
-        "space", "objective", "sampler", "pruner", "scheduler", "budget", "warm_start"
-    }  # fmt: skip
+        "space",
+        "objective",
+        "sampler",
+        "pruner",
+        "scheduler",
+        "budget",
+        "warm_start",
+    }
     assert max_trials(search) == 9  # the grid's size, below the default budget of 20
 
 
@@ -55,11 +61,14 @@ def test_search_knows_nothing_of_models() -> None:
         ({"sampler": {"type": "grid"}}, ("search",), "finite space"),
         ({"space": {}}, ("search", "space"), "at least 1"),
         ({"objective": {"metric": "eval_accuracy"}}, (), "needs task sequence-classification"),
-        ({"space": {"lora_r": {"type": "int", "low": 0, "high": 8}}}, ("search", "space"),
-         "lora_r must be >= 1"),
+        (
+            {"space": {"lora_r": {"type": "int", "low": 0, "high": 8}}},
+            ("search", "space"),
+            "lora_r must be >= 1",
+        ),
         ({"training": {"warmup_ratio": 1.5}}, ("train", "training", "warmup_ratio"), "0.99"),
     ],
-)  # fmt: skip
+)
 def test_invalid_specs_name_the_place(
     parts: dict[str, object], where: tuple[str, ...], why: str
 ) -> None:
@@ -91,8 +100,9 @@ def test_workers_sample_differently_but_grid_and_qmc_share_one_sequence() -> Non
     assert _proposals(qmc, 0) == _proposals(qmc, 1)
 
 
-@pytest.mark.parametrize("kind", ["median", "percentile", "successive_halving", "hyperband",
-                                  "none"])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind", ["median", "percentile", "successive_halving", "hyperband", "none"]
+)
 def test_every_pruner_builds(kind: str) -> None:
     search = SearchSpec.model_validate({"pruner": {"type": kind}})
     assert isinstance(build_pruner(search.pruner), optuna.pruners.BasePruner)
@@ -101,7 +111,9 @@ def test_every_pruner_builds(kind: str) -> None:
 def test_enqueued_configurations_are_checked_against_the_space() -> None:
     search = SearchSpec.model_validate({"space": GRID})
     assert check_params(search, {"lora_r": 8, "weight_decay": 0.05}) == {
-        "lora_r": 8, "weight_decay": 0.05}  # fmt: skip
+        "lora_r": 8,
+        "weight_decay": 0.05,
+    }
     with pytest.raises(SpecError) as outside:
         check_params(search, {"lora_r": 7})
     assert outside.value.loc == ("params", "lora_r")
@@ -128,16 +140,21 @@ def test_derived_studies_are_valid_specs() -> None:
             "src",
             dataset={"path": "builtin:demo-text", "max_train_examples": 64},
             training={"max_seq_length": 48},
-        )  # fmt: skip
+        )
     )
     best = {"learning_rate": 3e-4, "lora_r": 16, "per_device_train_batch_size": 8}
     again = retrain_spec(source, best, name="src-final")
     assert again.train.dataset.max_train_examples is None
     assert max_trials(again.search) == 1
     assert {k: d.values() for k, d in again.search.space.items()} == {
-        k: [v] for k, v in best.items()}  # fmt: skip
+        k: [v] for k, v in best.items()
+    }
     decode = decode_spec(source, name="src-decode", metric="exact_match", trials=5)
     assert decode.train.mode == "decode" and decode.train.adapter.study == "src"
     assert decode.train.training.values() == {"max_seq_length": 48}
-    assert decode.search.space.names() == {"temperature", "top_p", "repetition_penalty",
-                                            "max_new_tokens"}  # fmt: skip
+    assert decode.search.space.names() == {
+        "temperature",
+        "top_p",
+        "repetition_penalty",
+        "max_new_tokens",
+    }

@@ -86,8 +86,10 @@ def test_qmc_sampling_reaches_find_sample_id(storage: HeartbeatStorage) -> None:
     study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=1)
     method, caller = "_find_sample_id", "QMCSampler.sample_relative()"
     assert callable(vars(optuna.samplers.QMCSampler).get(method)), _upgrade_message(method, caller)
-    with mock.patch.object(NumberedQMCSampler, method, autospec=True,
-                           side_effect=vars(NumberedQMCSampler)[method]) as spy:  # fmt: skip
-        study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1),
-                       n_trials=2)  # fmt: skip
+    with mock.patch.object(
+        NumberedQMCSampler, method, autospec=True, side_effect=vars(NumberedQMCSampler)[method]
+    ) as spy:
+        study.optimize(
+            lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=2
+        )
     assert spy.call_count == 2, _upgrade_message(method, caller)

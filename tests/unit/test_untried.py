@@ -23,8 +23,10 @@ def test_a_repeat_moves_one_grid_step() -> None:
 
 
 def test_ties_are_drawn_and_a_full_grid_gives_none() -> None:
-    seen = {nearest_untried((1e-4, 16), {(1e-4, 16)}, CHOICES, np.random.default_rng(s))
-            for s in range(20)}  # fmt: skip
+    seen = {
+        nearest_untried((1e-4, 16), {(1e-4, 16)}, CHOICES, np.random.default_rng(s))
+        for s in range(20)
+    }
     assert seen == {(1e-5, 16), (1e-3, 16), (1e-4, 8), (1e-4, 32)}
     every = {(a, b) for a in CHOICES[0] for b in CHOICES[1]}
     assert nearest_untried((1e-4, 16), every, CHOICES, np.random.default_rng(0)) is None

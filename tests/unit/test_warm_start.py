@@ -34,35 +34,53 @@ def test_the_best_come_first_by_each_sources_direction() -> None:
     loss = _source("loss", [3.0, 1.0, 2.0])
     accuracy = _source("acc", [0.2, 0.9, 0.5], minimize=False)
     assert [c.params["learning_rate"] for c in warm_start_configs([loss], SPACE, top_k=2)] == [
-        pytest.approx(2e-4), pytest.approx(3e-4)]  # fmt: skip
+        pytest.approx(2e-4),
+        pytest.approx(3e-4),
+    ]
     picked = warm_start_configs([accuracy], SPACE, top_k=3)
     assert [c.params["learning_rate"] for c in picked] == pytest.approx([2e-4, 3e-4, 1e-4])
 
 
 def test_sources_take_turns_and_duplicates_count_once() -> None:
-    a = SourceStudy("a", True, [({"learning_rate": 1e-4, "lora_r": 8}, 1.0),
-                                ({"learning_rate": 2e-4, "lora_r": 8}, 2.0)])  # fmt: skip
-    b = SourceStudy("b", True, [({"learning_rate": 1e-4, "lora_r": 8}, 0.5),  # a's best again
-                                ({"learning_rate": 5e-4, "lora_r": 16}, 0.7)])  # fmt: skip
+    a = SourceStudy(
+        "a",
+        True,
+        [({"learning_rate": 1e-4, "lora_r": 8}, 1.0), ({"learning_rate": 2e-4, "lora_r": 8}, 2.0)],
+    )
+    b = SourceStudy(
+        "b",
+        True,
+        [
+            ({"learning_rate": 1e-4, "lora_r": 8}, 0.5),  # a's best again
+            ({"learning_rate": 5e-4, "lora_r": 16}, 0.7),
+        ],
+    )
     picked = warm_start_configs([a, b], SPACE, top_k=10)
     assert [(c.source, c.params["learning_rate"]) for c in picked] == [
-        ("a", 1e-4), ("b", 5e-4), ("a", 2e-4)]  # fmt: skip
+        ("a", 1e-4),
+        ("b", 5e-4),
+        ("a", 2e-4),
+    ]
 
 
 def test_params_are_mapped_into_the_new_space() -> None:
     source = SourceStudy(
         "old",
         True,
-        [({"learning_rate": 5e-2, "lora_r": 64, "weight_decay": 0.1}, 1.0),  # outside: clipped
-         ({"learning_rate": 1e-4, "lora_r": 8}, math.nan)],  # never finished well: skipped
+        [
+            ({"learning_rate": 5e-2, "lora_r": 64, "weight_decay": 0.1}, 1.0),  # outside: clipped
+            ({"learning_rate": 1e-4, "lora_r": 8}, math.nan),
+        ],  # never finished well: skipped
         fixed={"lora_r": 6, "per_device_train_batch_size": 8},
-    )  # fmt: skip
+    )
     picked = warm_start_configs([source], SPACE, top_k=5)
     assert [c.params for c in picked] == [{"learning_rate": 1e-3, "lora_r": 16}]
     # a fixed setting fills a searched param; 6 is nearer 8 than 4 on a log scale
     fixed_only = SourceStudy("fixed", True, [({"learning_rate": 1e-4}, 1.0)], fixed={"lora_r": 6})
     assert warm_start_configs([fixed_only], SPACE, top_k=1)[0].params == {
-        "learning_rate": 1e-4, "lora_r": 8}  # fmt: skip
+        "learning_rate": 1e-4,
+        "lora_r": 8,
+    }
     unrelated = SourceStudy("decode", True, [({"temperature": 0.7}, 1.0)])
     assert warm_start_configs([unrelated], SPACE, top_k=3) == []
 
@@ -81,7 +99,11 @@ def test_the_spec_option_is_off_by_default_and_checked() -> None:
     assert SearchSpec().warm_start is None
     spec = SearchSpec.model_validate({"warm_start": {"studies": ["a", "b"]}})
     assert spec.warm_start is not None and spec.warm_start.top_k == 3
-    for bad in ({"studies": []}, {"studies": ["a", "a"]}, {"studies": ["A/.."]},
-                {"studies": ["a"], "top_k": 0}):  # fmt: skip
+    for bad in (
+        {"studies": []},
+        {"studies": ["a", "a"]},
+        {"studies": ["A/.."]},
+        {"studies": ["a"], "top_k": 0},
+    ):
         with pytest.raises(ValidationError):
             SearchSpec.model_validate({"warm_start": bad})

@@ -41,8 +41,13 @@ def register(settings: Settings, owner: str, names: list[str]) -> None:
     try:
         with Database(settings.database_url) as db, db.session() as session:
             for name in names:
-                create_study(session, storage, spec=StudySpec.model_validate(spec(name)),
-                             owner=owner, settings=settings)  # fmt: skip
+                create_study(
+                    session,
+                    storage,
+                    spec=StudySpec.model_validate(spec(name)),
+                    owner=owner,
+                    settings=settings,
+                )
     finally:
         storage.engine.dispose()
 
@@ -58,8 +63,10 @@ def owners_by_start(settings: Settings) -> list[tuple[str, str]]:
     started = []
     for summary in optuna.get_all_study_summaries(settings.database_url):
         study = optuna.load_study(study_name=summary.study_name, storage=settings.database_url)
-        started += [(t.datetime_start, owner_of[study.study_name], study.study_name)
-                    for t in study.get_trials(deepcopy=False)]  # fmt: skip
+        started += [
+            (t.datetime_start, owner_of[study.study_name], study.study_name)
+            for t in study.get_trials(deepcopy=False)
+        ]
     return [(owner, name) for _, owner, name in sorted(started)]
 
 
@@ -129,8 +136,11 @@ def test_study_quota_answers_429_naming_it(pg_settings: Settings) -> None:
     settings = pg_settings.model_copy(update={"max_active_studies_per_owner": 3})
     with ApiServer(settings) as api, api.client("mallory") as mallory:
         with ThreadPoolExecutor(8) as pool:  # concurrent registrations cannot all pass
-            codes = list(pool.map(lambda i: mallory.post("/studies", json=spec(f"m-{i}")
-                                                         ).status_code, range(8)))  # fmt: skip
+            codes = list(
+                pool.map(
+                    lambda i: mallory.post("/studies", json=spec(f"m-{i}")).status_code, range(8)
+                )
+            )
         assert sorted(codes) == [201] * 3 + [429] * 5
         refused = mallory.post("/studies", json=spec("one-more"))
         assert refused.status_code == 429

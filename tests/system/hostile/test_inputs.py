@@ -174,8 +174,11 @@ def test_malformed_json_is_422_naming_the_file(rooted: ApiServer, tmp_path: Path
     (splits / "dataset_dict.json").write_text('{"splits": 5}')
     features = _saved(data / "features", train=["a b"] * 4)
     (features / "train" / "dataset_info.json").write_text('{"features": 5}')
-    cases = [(data / "deep.jsonl", "deep.jsonl"), (splits, "dataset_dict.json"),
-             (features, "dataset_info.json")]  # fmt: skip
+    cases = [
+        (data / "deep.jsonl", "deep.jsonl"),
+        (splits, "dataset_dict.json"),
+        (features, "dataset_info.json"),
+    ]
     for path, named in cases:
         error = _refused(rooted, minimal_spec("malformed", dataset={"path": str(path)}))
         assert error["loc"] == ["body", "train", "dataset", "path"]
@@ -209,20 +212,37 @@ def test_hostile_trials_fail_with_a_reason_and_the_worker_goes_on(
     settings = rooted.settings
     once = {"budget": {"max_trials": 1, "max_failures_in_a_row": 1}, "pruner": {"type": "none"}}
     a36 = [{"prompt": f"say {i}", "completion": "a" * 36} for i in range(8)]
-    _registered(rooted, study_spec(
-        "regex", mode="decode", model={"name_or_path": "builtin:tiny-llama"},
-        dataset={"path": _jsonl(data / "a.jsonl", a36), "validation_fraction": 0.5},
-        training={"max_new_tokens": 4}, evaluation={"generation": {"max_examples": 4}},
-        space={"temperature": {"type": "float", "low": 0.5, "high": 1.0}},
-        objective={"metric": "regex", "pattern": "(a+)+b"}, **once,
-    ))  # fmt: skip
-    chat = [{"messages": [{"role": "user", "content": "two cups?"},
-                          {"role": "assistant", "content": "two cups ."}]}] * 8  # fmt: skip
-    _registered(rooted, small_study(
-        "template", model={"name_or_path": str(_looping_template_model(models,
-                                                                       settings.cache_dir))},
-        dataset={"path": _jsonl(data / "chat.jsonl", chat)}, **once,
-    ))  # fmt: skip
+    _registered(
+        rooted,
+        study_spec(
+            "regex",
+            mode="decode",
+            model={"name_or_path": "builtin:tiny-llama"},
+            dataset={"path": _jsonl(data / "a.jsonl", a36), "validation_fraction": 0.5},
+            training={"max_new_tokens": 4},
+            evaluation={"generation": {"max_examples": 4}},
+            space={"temperature": {"type": "float", "low": 0.5, "high": 1.0}},
+            objective={"metric": "regex", "pattern": "(a+)+b"},
+            **once,
+        ),
+    )
+    chat = [
+        {
+            "messages": [
+                {"role": "user", "content": "two cups?"},
+                {"role": "assistant", "content": "two cups ."},
+            ]
+        }
+    ] * 8
+    _registered(
+        rooted,
+        small_study(
+            "template",
+            model={"name_or_path": str(_looping_template_model(models, settings.cache_dir))},
+            dataset={"path": _jsonl(data / "chat.jsonl", chat)},
+            **once,
+        ),
+    )
     arrow = _saved(data / "arrow", train=["ada has two cups ."] * 16)
     _registered(rooted, small_study("fifo", dataset={"path": str(arrow)}, **once))
     _fifo_in_place_of(_arrow_file(arrow))
@@ -230,20 +250,31 @@ def test_hostile_trials_fail_with_a_reason_and_the_worker_goes_on(
     gguf.write_bytes(_gguf_header())
     _registered(rooted, small_study("gguf", model={"name_or_path": str(gguf)}, **once))
     _hostile_gguf(gguf)
-    spawn_worker(settings, "w", "--idle-exit", "120", HPO_PREPARE_TIMEOUT="10",
-                 HPO_DATA_ROOTS=json.dumps([str(data)]),
-                 HPO_MODEL_ROOTS=json.dumps([str(models)]))  # fmt: skip
+    spawn_worker(
+        settings,
+        "w",
+        "--idle-exit",
+        "120",
+        HPO_PREPARE_TIMEOUT="10",
+        HPO_DATA_ROOTS=json.dumps([str(data)]),
+        HPO_MODEL_ROOTS=json.dumps([str(models)]),
+    )
 
     def finished(name: str) -> Any:
         found = trials(settings, name)
         return found if found and all(t.state.is_finished() for t in found) else None
 
-    outcomes = {name: wait_until(lambda n=name: finished(n), timeout=300, what=f"{name}'s trial")
-                for name in ("regex", "template", "fifo", "gguf")}  # fmt: skip
+    outcomes = {
+        name: wait_until(lambda n=name: finished(n), timeout=300, what=f"{name}'s trial")
+        for name in ("regex", "template", "fifo", "gguf")
+    }
     (regex,) = outcomes["regex"]
     assert regex.state == TrialState.COMPLETE, regex.user_attrs.get("error")
-    failures = [("template", "deadline", "chat template"), ("fifo", "input", "FIFO"),
-                ("gguf", "input", "claims")]  # fmt: skip
+    failures = [
+        ("template", "deadline", "chat template"),
+        ("fifo", "input", "FIFO"),
+        ("gguf", "input", "claims"),
+    ]
     for name, reason, says in failures:
         (trial,) = outcomes[name]
         assert trial.state == TrialState.FAIL, name

@@ -124,10 +124,14 @@ def test_sigterm_ends_a_worker_whose_trial_holds_the_gil(
         HPO_SHUTDOWN_GRACE="2",
     )
     wait_until(
-        lambda: [t for t in trials(pg_api.settings, "term")
-                 if t.state == TrialState.RUNNING and "worker" in t.user_attrs],
-        timeout=600, what="the marked trial to stall",
-    )  # fmt: skip
+        lambda: [
+            t
+            for t in trials(pg_api.settings, "term")
+            if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+        ],
+        timeout=600,
+        what="the marked trial to stall",
+    )
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=300) == 0
     [child] = log_events(tmp_path / "term.log", "child_start")
@@ -153,10 +157,14 @@ def test_a_halted_study_of_a_dead_worker_does_not_keep_its_trials_running(
     _study_with_a_marked_trial(pg_api, "halted", max_trials=2)
     dead = spawn_worker(pg_api.settings, "dead", *STALL_WHEN, "--stall", "gil", injected=True)
     wait_until(
-        lambda: [t for t in trials(pg_api.settings, "halted")
-                 if t.state == TrialState.RUNNING and "worker" in t.user_attrs],
-        timeout=600, what="the marked trial to run",
-    )  # fmt: skip
+        lambda: [
+            t
+            for t in trials(pg_api.settings, "halted")
+            if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+        ],
+        timeout=600,
+        what="the marked trial to run",
+    )
     dead.kill()
     dead.wait()
     with pg_api.client() as client:
