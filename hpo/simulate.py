@@ -155,16 +155,7 @@ def simulate(
             cool-down branch: a recorded curve cannot say what would have happened.
         ValueError: ``first`` with a scheduler (continuations are enqueued trials too).
     """
-    scheduler = build_scheduler(search)
-    if scheduler.replay_refusal is not None:
-        raise SpecError(scheduler.replay_refusal, loc=("search", "scheduler"))
-    if first and scheduler.pauses:
-        raise ValueError("an initial design and a scheduler's continuations share one queue.")
-    if scheduler.cools_down:
-        raise SpecError(
-            "cool-down scores come from branches a recorded curve does not have.",
-            loc=("search", "scheduler", "cooldown"),
-        )
+    scheduler = _replayable(search, with_initial_design=bool(first))
     search = search.model_copy(
         update={"sampler": search.sampler.model_copy(update={"seed": seed})}
     )
@@ -184,6 +175,21 @@ def simulate(
         studies[0].enqueue_trial(params)
     replay = _Replay(search, scheduler, objective, studies, seed=seed, max_cost=max_cost)
     return replay.play(target)
+
+
+def _replayable(search: SearchSpec, *, with_initial_design: bool) -> Scheduler:
+    """The study's scheduler, if recorded curves can replay it (see ``simulate``)."""
+    scheduler = build_scheduler(search)
+    if scheduler.replay_refusal is not None:
+        raise SpecError(scheduler.replay_refusal, loc=("search", "scheduler"))
+    if with_initial_design and scheduler.pauses:
+        raise ValueError("an initial design and a scheduler's continuations share one queue.")
+    if scheduler.cools_down:
+        raise SpecError(
+            "cool-down scores come from branches a recorded curve does not have.",
+            loc=("search", "scheduler", "cooldown"),
+        )
+    return scheduler
 
 
 class _Replay:

@@ -14,8 +14,9 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, Select, Subquery, func, or_, select
 
 from hpo.core.db import OwnerRecord, StudyRecord, StudyStatus
 from hpo.core.optuna_tables import studies as optuna_studies
@@ -63,13 +64,41 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
     ``stale``: a RUNNING trial has no heartbeat, or none within ``grace_period`` seconds by
     the database's clock (as Optuna's own check), so a sweep is due before counts are exact.
     """
+    grace = dt.timedelta(seconds=grace_period)
+    loads = []
+    for row in connection.execute(_scan_query()).all():
+        # Optuna compares naive heartbeats with the database's clock the same way.
+        stale = row.unbeaten > 0 or (
+            row.oldest_beat is not None and row.now.replace(tzinfo=None) - row.oldest_beat > grace
+        )
+        loads.append(
+            StudyLoad(
+                record_id=row.record_id,
+                name=row.name,
+                owner=row.owner,
+                status=row.status,
+                optuna_id=row.optuna_id,
+                running=row.running,
+                finished=row.finished,
+                waiting=row.waiting,
+                stale=stale,
+                last_start=row.last_start,
+                max_trials=row.trial_cap,
+                weight=row.weight,
+            )
+        )
+    return loads
+
+
+def _per_study_counts() -> Subquery:
+    """Trial counts and heartbeats per study, for running studies and running trials."""
     is_running = trials.c.state == "RUNNING"
     running_studies = (
         select(optuna_studies.c.study_id)
         .join(StudyRecord, StudyRecord.name == optuna_studies.c.study_name)
         .where(StudyRecord.status == StudyStatus.RUNNING)
     )
-    per_study = (
+    return (
         select(
             trials.c.study_id,
             func.count().filter(is_running).label("running"),
@@ -86,68 +115,32 @@ def scan(connection: Connection, *, grace_period: float) -> list[StudyLoad]:
         .group_by(trials.c.study_id)
         .subquery()
     )
-    query = (
+
+
+def _scan_query() -> Select[Any]:
+    per_study = _per_study_counts()
+    return (
         select(
-            StudyRecord.id,
+            StudyRecord.id.label("record_id"),
             StudyRecord.name,
             StudyRecord.owner,
             StudyRecord.status,
-            optuna_studies.c.study_id,
-            func.coalesce(per_study.c.running, 0),
-            func.coalesce(per_study.c.finished, 0),
-            func.coalesce(per_study.c.waiting, 0),
-            func.coalesce(per_study.c.unbeaten, 0),
+            optuna_studies.c.study_id.label("optuna_id"),
+            func.coalesce(per_study.c.running, 0).label("running"),
+            func.coalesce(per_study.c.finished, 0).label("finished"),
+            func.coalesce(per_study.c.waiting, 0).label("waiting"),
+            func.coalesce(per_study.c.unbeaten, 0).label("unbeaten"),
             per_study.c.oldest_beat,
             per_study.c.last_start,
             StudyRecord.trial_cap,
-            func.coalesce(OwnerRecord.weight, DEFAULT_WEIGHT),
-            func.now(),
+            func.coalesce(OwnerRecord.weight, DEFAULT_WEIGHT).label("weight"),
+            func.now().label("now"),
         )
         .join(optuna_studies, optuna_studies.c.study_name == StudyRecord.name)
         .outerjoin(per_study, per_study.c.study_id == optuna_studies.c.study_id)
         .outerjoin(OwnerRecord, OwnerRecord.owner == StudyRecord.owner)
         .where(or_(StudyRecord.status == StudyStatus.RUNNING, per_study.c.running > 0))
     )
-    grace = dt.timedelta(seconds=grace_period)
-    loads = []
-    for row in connection.execute(query).all():
-        (
-            record_id,
-            name,
-            owner,
-            status,
-            optuna_id,
-            running,
-            finished,
-            waiting,
-            unbeaten,
-            oldest_beat,
-            last_start,
-            trial_cap,
-            weight,
-            now,
-        ) = row
-        # Optuna compares naive heartbeats with the database's clock the same way.
-        stale = unbeaten > 0 or (
-            oldest_beat is not None and now.replace(tzinfo=None) - oldest_beat > grace
-        )
-        loads.append(
-            StudyLoad(
-                record_id=record_id,
-                name=name,
-                owner=owner,
-                status=status,
-                optuna_id=optuna_id,
-                running=running,
-                finished=finished,
-                waiting=waiting,
-                stale=stale,
-                last_start=last_start,
-                max_trials=trial_cap,
-                weight=weight,
-            )
-        )
-    return loads
 
 
 def fair_order(
