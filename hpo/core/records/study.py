@@ -1,0 +1,43 @@
+"""Study user attributes: owner, objective, fidelity, the untuned model's scores."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hpo.core.records.base import Writable
+from hpo.core.records.keys import (
+    BASELINE_PREFIX,
+    FIDELITY,
+    FIDELITY_ATTR,
+    OBJECTIVE_ATTR,
+    OWNER_ATTR,
+)
+
+
+def study_attrs(*, owner: str, objective: str) -> dict[str, str]:
+    """A new study's user attributes: who owns it, what it optimises, its fidelity axis
+    (for people browsing the database with Optuna's own tools)."""
+    return {OWNER_ATTR: owner, OBJECTIVE_ATTR: objective, FIDELITY_ATTR: FIDELITY}
+
+
+def baseline_key(metric: str) -> str:
+    return f"{BASELINE_PREFIX}{metric}"
+
+
+def baseline(study_user_attrs: Mapping[str, Any]) -> dict[str, float]:
+    """The untuned model's scores by metric, from a study's user attributes."""
+    return {
+        key.removeprefix(BASELINE_PREFIX): float(value)
+        for key, value in study_user_attrs.items()
+        if key.startswith(BASELINE_PREFIX)
+    }
+
+
+def has_baseline(study_user_attrs: Mapping[str, Any]) -> bool:
+    """Whether a trial already scored the untuned model (the first trial does)."""
+    return any(key.startswith(BASELINE_PREFIX) for key in study_user_attrs)
+
+
+def set_baseline(study: Writable, metric: str, value: float) -> None:
+    study.set_user_attr(baseline_key(metric), value)
