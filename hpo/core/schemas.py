@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Generic, TypeVar
 
+from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpo.core.spec import Scalar, StudySpec
@@ -63,6 +64,21 @@ class TrialPublic(BaseModel):
     datetime_complete: dt.datetime | None
     duration_s: float | None
     user_attrs: dict[str, Any]
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> TrialPublic:
+        duration = trial.duration.total_seconds() if trial.duration else None
+        return cls(
+            number=trial.number,
+            state=trial.state.name.lower(),
+            params=trial.params,
+            value=trial.value,
+            intermediate_values=trial.intermediate_values,
+            datetime_start=trial.datetime_start,
+            datetime_complete=trial.datetime_complete,
+            duration_s=duration,
+            user_attrs=trial.user_attrs,
+        )
 
 
 class BestConfigPublic(BaseModel):

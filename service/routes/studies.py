@@ -75,21 +75,6 @@ def _public(record: StudyRecord, session: Session) -> StudyPublic:
     )
 
 
-def _trial_public(trial: FrozenTrial) -> TrialPublic:
-    duration = trial.duration.total_seconds() if trial.duration else None
-    return TrialPublic(
-        number=trial.number,
-        state=trial.state.name.lower(),
-        params=trial.params,
-        value=trial.value,
-        intermediate_values=trial.intermediate_values,
-        datetime_start=trial.datetime_start,
-        datetime_complete=trial.datetime_complete,
-        duration_s=duration,
-        user_attrs=trial.user_attrs,
-    )
-
-
 def _chunks(reader: BinaryIO, size: int = 2**20) -> Iterator[bytes]:
     with reader:
         while chunk := reader.read(size):
@@ -155,14 +140,14 @@ def list_trials(
         limit=limit,
         state=TrialState[state.upper()] if state else None,
     )
-    return Page[TrialPublic](data=[_trial_public(t) for t in page], count=count)
+    return Page[TrialPublic](data=[TrialPublic.of(t) for t in page], count=count)
 
 
 @router.get("/{name}/best", response_model=TrialPublic)
 def get_best(
     name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
 ) -> TrialPublic:
-    return _trial_public(_best(studies.get_study(session, name=name, owner=owner), storage))
+    return TrialPublic.of(_best(studies.get_study(session, name=name, owner=owner), storage))
 
 
 def _zip(

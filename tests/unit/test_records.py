@@ -23,20 +23,6 @@ def study() -> optuna.Study:
     return optuna.create_study(storage=optuna.storages.InMemoryStorage())
 
 
-def _public(trial: FrozenTrial) -> TrialPublic:
-    return TrialPublic(
-        number=trial.number,
-        state=trial.state.name.lower(),
-        params=trial.params,
-        value=trial.value,
-        intermediate_values=trial.intermediate_values,
-        datetime_start=trial.datetime_start,
-        datetime_complete=trial.datetime_complete,
-        duration_s=None,
-        user_attrs=trial.user_attrs,
-    )
-
-
 def test_what_a_worker_writes_every_reader_reads_back(study: optuna.Study) -> None:
     trial = study.ask()
     records.record_worker(trial, worker="host-1-a", hostname="host", device="cuda:0")
@@ -62,7 +48,7 @@ def test_what_a_worker_writes_every_reader_reads_back(study: optuna.Study) -> No
     records.record_device_time(trial, 12.345678, gpu=True, peak_memory_mb=1024.56)
     study.tell(trial, 0.1)
     frozen = study.trials[0]
-    for record in (frozen, frozen.user_attrs, _public(frozen)):
+    for record in (frozen, frozen.user_attrs, TrialPublic.of(frozen)):
         assert records.worker(record) == "host-1-a"
         assert (records.hostname(record), records.device(record)) == ("host", "cuda:0")
         assert records.setup_seconds(record) == 1.2346
@@ -149,7 +135,7 @@ def test_segment_status(state: TrialState, attrs: dict[str, Any], status: str) -
     else:
         trial = _trial(state, **attrs)
     assert records.segment_status(trial) == status
-    assert records.segment_status(_public(trial)) == status  # the REST shape: state by name
+    assert records.segment_status(TrialPublic.of(trial)) == status  # the REST shape: state by name
 
 
 def test_a_paused_segment_and_its_continuation(study: optuna.Study) -> None:
