@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict, Field
 
 from hpo.core.spec import Scalar, StudySpec
+
+if TYPE_CHECKING:  # the client reads these schemas without optuna installed
+    from optuna.trial import FrozenTrial
 
 T = TypeVar("T")
 
