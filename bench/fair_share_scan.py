@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -28,6 +29,7 @@ from bench import commit, machine, save
 from hpo.core import fairshare
 from hpo.core.budget import trial_cap
 from hpo.core.db import Database, StudyRecord, StudyStatus
+from hpo.core.fairshare import StudyLoad
 from hpo.core.migrate import upgrade
 from hpo.core.spec import StudySpec
 from tests.pg import PostgresCluster
@@ -72,6 +74,36 @@ def _add_trials(storage: RDBStorage, study_id: int) -> None:
     storage.record_heartbeat(trial_id)
 
 
+@dataclass(frozen=True)
+class StudyChoice:
+    """What ``repeats`` study choices (scan + fair order) cost, and the last order."""
+
+    order: list[StudyLoad]
+    rows: int
+    statements: int
+    times: list[float]
+
+
+def time_study_choice(db: Database, *, grace_period: float, repeats: int) -> StudyChoice:
+    """Time a worker's study choice ``repeats`` times, counting one choice's SQL statements."""
+    statements: list[str] = []
+    event.listen(
+        db.engine, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql)
+    )
+    times: list[float] = []
+    order: list[StudyLoad] = []
+    rows = 0
+    for _ in range(repeats):
+        statements.clear()
+        began = time.perf_counter()
+        with db.engine.connect() as conn:
+            loads = fairshare.scan(conn, grace_period=grace_period)
+        order = fairshare.fair_order(loads)
+        times.append(time.perf_counter() - began)
+        rows = len(loads)
+    return StudyChoice(order=order, rows=rows, statements=len(statements), times=times)
+
+
 def run(*, crowd: int, owners: int, with_trials: int) -> dict[str, Any]:
     cluster = PostgresCluster()
     try:
@@ -88,21 +120,11 @@ def run(*, crowd: int, owners: int, with_trials: int) -> dict[str, Any]:
             for study_id in crowd_ids[:with_trials]:
                 _add_trials(storage, study_id)
             setup_s = time.perf_counter() - started
-            statements: list[str] = []
-            event.listen(
-                db.engine, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql)
-            )
-            times, order = [], []
-            for _ in range(7):
-                statements.clear()
-                began = time.perf_counter()
-                with db.engine.connect() as conn:
-                    loads = fairshare.scan(conn, grace_period=120)
-                order = fairshare.fair_order(loads)
-                times.append(time.perf_counter() - began)
+            choice = time_study_choice(db, grace_period=120, repeats=7)
         storage.engine.dispose()
     finally:
         cluster.stop()
+    order = choice.order
     first_other = next((i + 1 for i, s in enumerate(order) if s.owner != "crowd"), None)
     return {
         "studies": crowd + owners,
@@ -110,10 +132,10 @@ def run(*, crowd: int, owners: int, with_trials: int) -> dict[str, Any]:
         "owners": owners + 1,
         "with_trials": with_trials,
         "setup_s": setup_s,
-        "statements": len(statements),
-        "rows": len(loads),
-        "median_ms": statistics.median(times) * 1000,
-        "max_ms": max(times) * 1000,
+        "statements": choice.statements,
+        "rows": choice.rows,
+        "median_ms": statistics.median(choice.times) * 1000,
+        "max_ms": max(choice.times) * 1000,
         "last_other_owner_place": max(
             (i + 1 for i, s in enumerate(order) if s.owner != "crowd"), default=None
         ),

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from bench import commit, machine, save
-from hpo.core import fairshare
+from bench.fair_share_scan import time_study_choice
 from hpo.core.db import Database, StudyRecord
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import studies as optuna_studies
@@ -193,25 +193,13 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 def _scan_figures(url: str, *, grace_period: float) -> dict[str, Any]:
     """A worker's study choice with every study registered: statements, time, normal's place."""
     with Database(url) as db:
-        statements: list[str] = []
-        event.listen(
-            db.engine, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql)
-        )
-        times, order = [], []
-        for _ in range(5):
-            statements.clear()
-            started = time.perf_counter()
-            with db.engine.connect() as conn:
-                loads = fairshare.scan(conn, grace_period=grace_period)
-            order = fairshare.fair_order(loads)
-            times.append(time.perf_counter() - started)
-    place = next((i + 1 for i, s in enumerate(order) if s.owner == "normal"), None)
-    median_ms = statistics.median(times) * 1000
+        choice = time_study_choice(db, grace_period=grace_period, repeats=5)
+    place = next((i + 1 for i, s in enumerate(choice.order) if s.owner == "normal"), None)
     return {
-        "studies_in_order": len(order),
+        "studies_in_order": len(choice.order),
         "normal_place": place,
-        "statements": len(statements),
-        "median_ms": median_ms,
+        "statements": choice.statements,
+        "median_ms": statistics.median(choice.times) * 1000,
     }
 
 
