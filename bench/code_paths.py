@@ -23,7 +23,23 @@ everything is imported before tracing starts.
 A narrower figure, the call chain: the files with a function on the call stack when the
 path reaches the database (any SQL statement) or reports a value (``optuna.Trial.report``).
 These are the files one follows from the entry point down to the storage, without the
-helpers each step calls on the side.
+helpers each step calls on the side; it takes every statement, the reads and locks along the
+way included.
+
+The narrowest, the issue's literal reading ("follow POST /studies to the database and one
+trial from claim to reported loss"): the files on the call stack at one named landmark,
+each a union over the times the landmark is hit in the run:
+
+- ``study row``: the ``INSERT INTO hpo_studies`` of POST /studies, our registration row.
+  It is the statement that makes the study exist for the API, the CLI and the workers
+  (Optuna's ``INSERT INTO studies`` comes just before it from the same function and is
+  shown beside it as ``optuna study``).
+- ``claim``: the ``INSERT INTO trials`` that creates the worker's RUNNING trial (the
+  study has no queued trial, so the claim is a new trial); ``report``:
+  ``optuna.Trial.report`` of the trial's validation loss; ``claim to report``: the two
+  together, the issue's "from claim to reported loss".
+- ``tell``: every SQL statement issued under Optuna's ``_tell_with_warning``, the trial's
+  final state and value written.
 
 Writes bench/results/code-paths.{md,json}.
 """
@@ -58,9 +74,15 @@ from worker.loop import Worker
 
 PROJECT = tuple(str(ROOT / folder) + "/" for folder in ("hpo", "worker", "service"))
 # Where a path reaches the database or reports: the call stack there is its call chain.
-LANDMARKS = {
-    ("sqlalchemy/engine/base.py", "_execute_context"),
-    ("optuna/trial/_trial.py", "report"),
+SQL = ("sqlalchemy/engine/base.py", "_execute_context")
+REPORT = ("optuna/trial/_trial.py", "report")
+LANDMARKS = {SQL, REPORT}
+TELL = ("optuna/study/_tell.py", "_tell_with_warning")
+# The named landmarks of the narrowest figure: SQL statements by their start, and the tell.
+STATEMENTS = {
+    "INSERT INTO hpo_studies ": "study row",
+    "INSERT INTO studies ": "optuna study",
+    "INSERT INTO trials ": "claim",
 }
 
 
@@ -71,8 +93,9 @@ class Tracer:
     def __init__(self) -> None:
         self.functions: dict[str, set[str]] = defaultdict(set)
         self.chain: set[str] = set()
+        self.stops: dict[str, set[str]] = defaultdict(set)
         self._recording = False
-        self._kind: dict[CodeType, str | None] = {}  # code -> "project" path, "landmark", None
+        self._kind: dict[CodeType, str | None] = {}  # "project", "landmark", "tell" or None
 
     def install(self) -> None:
         sys.setprofile(self._profile)
@@ -84,7 +107,7 @@ class Tracer:
 
     @contextmanager
     def recording(self) -> Iterator[None]:
-        self.functions, self.chain = defaultdict(set), set()
+        self.functions, self.chain, self.stops = defaultdict(set), set(), defaultdict(set)
         self._recording = True
         try:
             yield
@@ -95,10 +118,10 @@ class Tracer:
         path = code.co_filename
         if path.startswith(PROJECT) and not path.endswith("__init__.py"):
             return "project" if code.co_name != "<module>" else None
-        tail = "/".join(Path(path).parts[-3:])
-        if (tail, code.co_name) in LANDMARKS:
+        where = ("/".join(Path(path).parts[-3:]), code.co_name)
+        if where in LANDMARKS:
             return "landmark"
-        return None
+        return "tell" if where == TELL else None
 
     def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
         if event != "call" or not self._recording:
@@ -112,17 +135,37 @@ class Tracer:
         elif kind == "landmark":
             self._note_chain(frame)
 
-    def _note_chain(self, frame: FrameType | None) -> None:
+    def _note_chain(self, landmark: FrameType) -> None:
+        files, names = set(), set()
+        frame: FrameType | None = landmark
         while frame is not None:
-            if self._kind.get(frame.f_code) == "project":
-                self.chain.add(_relative(frame.f_code.co_filename))
+            kind = self._kind.get(frame.f_code)
+            if kind == "project":
+                files.add(_relative(frame.f_code.co_filename))
+            elif kind == "tell":
+                names.add("tell")
             frame = frame.f_back
+        self.chain |= files
+        if landmark.f_code.co_name == REPORT[1]:
+            names.add("report")
+        else:
+            sql = str(landmark.f_locals.get("statement", ""))
+            names.update(name for start, name in STATEMENTS.items() if sql.startswith(start))
+        for name in names:
+            self.stops[name] |= files
 
     def result(self) -> dict[str, Any]:
         return {
             "files": {path: sorted(names) for path, names in sorted(self.functions.items())},
             "chain": sorted(self.chain),
+            "landmarks": self._landmarks(),
         }
+
+    def _landmarks(self) -> dict[str, list[str]]:
+        stops = dict(self.stops)
+        if "claim" in stops and "report" in stops:  # the issue's "from claim to reported loss"
+            stops["claim to report"] = stops["claim"] | stops["report"]
+        return {name: sorted(files) for name, files in sorted(stops.items())}
 
 
 def _relative(path: str) -> str:
@@ -182,17 +225,24 @@ def markdown(data: dict[str, Any]) -> str:
         "`python -m bench.code_paths`; the counting rule is in the module's docstring: a "
         "file counts when a function defined in it runs (``__init__.py`` files and "
         "module-level code excluded); *call chain*: the files on the stack where the path "
-        "issues SQL or reports a value.",
+        "issues SQL or reports a value; *at the landmark*: the files on the stack where the "
+        "path does the one thing the issue names (the study's row inserted, the trial's loss "
+        "reported, the trial's final tell).",
         "",
-        "| path | run | files with a function run | files on the call chain |",
-        "|---|---|---|---|",
+        "| path | run | files with a function run | files on the call chain | at the landmark |",
+        "|---|---|---|---|---|",
     ]
     for path, runs in data["paths"].items():
         for label, run in zip(("first", "second"), runs, strict=True):
-            lines.append(f"| {path} | {label} | {len(run['files'])} | {len(run['chain'])} |")
+            stops = ", ".join(f"{name} {len(files)}" for name, files in run["landmarks"].items())
+            lines.append(
+                f"| {path} | {label} | {len(run['files'])} | {len(run['chain'])} | {stops} |"
+            )
     for path, runs in data["paths"].items():
         run = runs[1]
-        lines += ["", f"## {path} (second run)", "", "Call chain: " + _names(run["chain"]), ""]
+        lines += ["", f"## {path} (second run)", ""]
+        lines += [f"At {name}: {_names(files)}  " for name, files in run["landmarks"].items()]
+        lines += ["Call chain: " + _names(run["chain"]), ""]
         for file, names in run["files"].items():
             lines.append(f"- `{file}` ({len(names)}): {', '.join(names)}")
         only_first = sorted(set(runs[0]["files"]) - set(run["files"]))
