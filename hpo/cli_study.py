@@ -215,7 +215,10 @@ def trials(
     as_json: AsJson = False,
     state: Annotated[
         str | None,
-        typer.Option(help="Only trials in this state: complete, pruned, fail, running, waiting."),
+        typer.Option(
+            help="Only trials in this state: complete, pruned, paused, fail, running, waiting "
+            "(paused trials are pruned to Optuna: 'pruned' lists them too)."
+        ),
     ] = None,
 ) -> None:
     """All trials of a study: state, value, parameters, duration and fail or prune reason."""

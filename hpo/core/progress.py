@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Exists,
     Float,
@@ -58,15 +60,19 @@ def is_a_record() -> Exists:
     return has_user_attr(records.INFEASIBLE_RECORD_ATTR)
 
 
+def is_paused() -> ColumnElement[bool]:
+    """SQL: the trial paused at a scheduler's rung, its state kept (``segment_status``)."""
+    return and_(trials.c.state == TrialState.PRUNED.name, has_user_attr(records.PAUSED_AT_ATTR))
+
+
 def trial_counts(source: RDBStorage | Connection, study_id: int) -> TrialCounts:
     """Trials by state, infeasible records left out: one aggregate query, any study size.
 
     ``source``: a storage (a connection from its pool) or a connection already held.
     """
-    paused = and_(trials.c.state == TrialState.PRUNED.name, has_user_attr(records.PAUSED_AT_ATTR))
     each = (
         # Optuna's state is an enum on PostgreSQL: compared as text with our own "PAUSED"
-        select(case((paused, "PAUSED"), else_=cast(trials.c.state, String)).label("status"))
+        select(case((is_paused(), "PAUSED"), else_=cast(trials.c.state, String)).label("status"))
         .where(trials.c.study_id == study_id, ~is_a_record())
         .subquery()
     )
@@ -97,11 +103,17 @@ def trial_page(
     *,
     offset: int,
     limit: int,
-    state: TrialState | None = None,
+    state: TrialState | Literal["paused"] | None = None,
 ) -> tuple[list[FrozenTrial], int]:
-    """One page of a study's trials by number, and how many there are in all."""
+    """One page of a study's trials by number, and how many there are in all.
+
+    ``state``: only trials in this Optuna state, or only the paused ones (PRUNED is Optuna's
+    state of a paused trial too, so ``TrialState.PRUNED`` takes them with the others).
+    """
     where = [trials.c.study_id == study_id]
-    if state is not None:
+    if state == "paused":
+        where.append(is_paused())
+    elif state is not None:
         where.append(trials.c.state == state.name)
     page = select(trials.c.trial_id).where(*where).order_by(trials.c.number)
     with storage.engine.connect() as conn:

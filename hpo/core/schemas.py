@@ -26,7 +26,7 @@ class TrialCountsPublic(BaseModel):
     paused: int = Field(
         description="Stopped at a scheduler's rung with their state kept: a scheduler may "
         "continue them (each continuation is a trial of its own). Optuna records them as "
-        "pruned, and `state=pruned` lists them."
+        "pruned, and `state=pruned` lists them with the others; `state=paused` lists them alone."
     )
     fail: int
     running: int

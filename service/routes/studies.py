@@ -130,7 +130,9 @@ def list_trials(
     storage: StorageDep,
     offset: Offset = 0,
     limit: Limit = 50,
-    state: Annotated[str | None, Query(pattern="^(complete|pruned|fail|running|waiting)$")] = None,
+    state: Annotated[
+        str | None, Query(pattern="^(complete|pruned|paused|fail|running|waiting)$")
+    ] = None,
 ) -> Page[TrialPublic]:
     record = studies.get_study(session, name=name, owner=owner)
     page, count = trial_page(
@@ -138,7 +140,7 @@ def list_trials(
         studies.optuna_study_id(storage, record),
         offset=offset,
         limit=limit,
-        state=TrialState[state.upper()] if state else None,
+        state="paused" if state == "paused" else TrialState[state.upper()] if state else None,
     )
     return Page[TrialPublic](data=[TrialPublic.of(t) for t in page], count=count)
 

@@ -173,6 +173,11 @@ def test_trials_and_best_pages(
     study.tell(paused, state=optuna.trial.TrialState.PRUNED)
     detail = client.get("/studies/tri").json()["trials"]
     assert (detail["pruned"], detail["paused"], detail["finished"]) == (1, 1, 5)
+    paused_page = client.get("/studies/tri/trials", params={"state": "paused"}).json()
+    assert [t["number"] for t in paused_page["data"]] == [paused.number]
+    assert paused_page["count"] == detail["paused"]
+    pruned_page = client.get("/studies/tri/trials", params={"state": "pruned"}).json()
+    assert [t["number"] for t in pruned_page["data"]] == [3, 4, paused.number]  # Optuna's state
 
 
 def test_health(api: ApiServer) -> None:

@@ -3,6 +3,7 @@ from it; racing workers continue a paused trial once; the budget counts configur
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -85,6 +86,9 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
         study = client.get("/studies/paused").json()
         env = {"HPO_API_URL": pg_api.base_url, "HPO_TOKEN": pg_api.token("alice")}
         shown = CliRunner().invoke(app, ["study", "show", "paused"], env=env)
+        listed = CliRunner().invoke(
+            app, ["study", "trials", "paused", "--state", "paused", "--json"], env=env
+        )
         first, second, last = trials(pg_api.settings, "paused")
         parent = (first, second)[last.user_attrs[CONTINUES_ATTR]]
         assert client.post("/studies", json=plain).status_code == 201
@@ -115,6 +119,8 @@ def test_a_paused_trial_continues_where_it_stopped(pg_api: ApiServer) -> None:
     assert counts["finished"] == 3
     assert shown.exit_code == 0, shown.output
     assert "(1 complete, 0 pruned, 2 paused)" in shown.stdout
+    assert listed.exit_code == 0, listed.output
+    assert [t["number"] for t in json.loads(listed.stdout)] == [first.number, second.number]
 
 
 @pytest.mark.slow

@@ -72,6 +72,8 @@ def test_a_paused_trial_counts_as_paused_not_pruned(storage: HeartbeatStorage) -
     records.mark_paused(running, at=64, reason="not told yet")  # RUNNING until it is told
     counts = trial_counts(storage, study_id(study))
     assert (counts.pruned, counts.paused, counts.running, counts.finished) == (1, 1, 1, 2)
+    page, n = trial_page(storage, study_id(study), offset=0, limit=9, state="paused")
+    assert n == 1 and [t.number for t in page] == [paused.number]
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
