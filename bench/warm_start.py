@@ -34,9 +34,12 @@ import optuna
 
 from bench import RESULTS, commit, machine, save
 from bench.strategies import DEFAULT, MAX_COST, STRATEGIES, _fmt, _search, target_stats
+from hpo.core.spec import WarmStartSpec
 from hpo.core.transfer import TransferSampler
 from hpo.core.warm_start import (
+    RANKING_LIMIT,
     TRUST_THRESHOLD,
+    Ranked,
     SourceStudy,
     WarmConfig,
     consensus_configs,
@@ -54,6 +57,7 @@ FAMILY_LATE = (0.0, 0.25, 0.5, 0.75, 1.0)
 PEER_SET = {"nmtlc": "nmtlc", "synthetic-family": "synthetic-mixed"}
 TARGET = 0.001
 TOP_K = 3
+SERVICE = "top 3 + first batch, consensus"
 Sampler = Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
 
 
@@ -63,13 +67,28 @@ class Variant:
 
     enqueue: Callable[[list[SourceStudy], Any], list[WarmConfig]] | None = None
     sampler: Callable[[list[SourceStudy], Any], Sampler] | None = None
+    # as the service runs it: a search.warm_start spec, the consensus ranking stored
+    ranking: bool = False
 
 
-def _follow(*, guard: bool) -> Callable[[list[SourceStudy], Any], Sampler]:
+def _interleaved(sources: list[SourceStudy], task: Any) -> list[Ranked]:
+    """Every configuration in warm start's order (each source's next best in turns)."""
+    configs = warm_start_configs(sources, task.search_space, top_k=len(task.curves))
+    return [Ranked(c.params, i / max(len(configs) - 1, 1)) for i, c in enumerate(configs)]
+
+
+def _follow(
+    *,
+    guard: bool,
+    order: Callable[[list[SourceStudy], Any], list[Ranked]] | None = None,
+    blind_only: bool = False,
+) -> Callable[[list[SourceStudy], Any], Sampler]:
     def build(sources: list[SourceStudy], task: Any) -> Sampler:
-        ranking = consensus_ranking(sources, task.search_space)
+        ranking = (order or (lambda s, t: consensus_ranking(s, t.search_space)))(sources, task)
         threshold = TRUST_THRESHOLD if guard else -math.inf
-        return lambda base, _: TransferSampler(base, ranking, threshold=threshold)
+        return lambda base, _: TransferSampler(
+            base, ranking, threshold=threshold, blind_only=blind_only
+        )
 
     return build
 
@@ -88,6 +107,16 @@ VARIANTS = {
     ),
     "follow consensus, guard": Variant(sampler=_follow(guard=True)),
     "follow consensus, no guard": Variant(sampler=_follow(guard=False)),
+    "follow interleaved, guard": Variant(sampler=_follow(guard=True, order=_interleaved)),
+    # W > 1: the trials that start before any result fill up from the ranking, not at random
+    "top 3 + first batch, interleaved": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        sampler=_follow(guard=True, order=_interleaved, blind_only=True),
+    ),
+    # the service's warm start now (hpo.core.studies, hpo.core.factory.load_study)
+    SERVICE: Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K), ranking=True
+    ),
 }
 
 
@@ -139,14 +168,23 @@ def run_set(
         }
         for name in variants:
             variant = VARIANTS[name]
+            spec = _search(task, search)
+            ranking: list[dict[str, Any]] = []
+            if variant.ranking:
+                names = [f"source-{i}" for i in range(len(sources))]
+                spec = spec.model_copy(update={"warm_start": WarmStartSpec(studies=names)})
+                ranking = [
+                    r.params for r in consensus_ranking(sources, task.search_space)[:RANKING_LIMIT]
+                ]
             sim = simulate(
-                _search(task, search),
+                spec,
                 task,
                 workers=workers,
                 seed=seed,
                 max_cost=MAX_COST * task.full_grid_cost,
                 target=task.best_value * (1 + TARGET),
                 warm=variant.enqueue(sources, task) if variant.enqueue else (),
+                ranking=ranking,
                 sampler=variant.sampler(sources, task) if variant.sampler else None,
             )
             row["warm"][name] = _cost(task, sim)
@@ -302,6 +340,20 @@ def _load_runs() -> list[dict[str, Any]]:
     return json.loads(RUNS.read_text()) if RUNS.exists() else []
 
 
+def _merge(runs: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with ``new`` in: a rerun of a task replaces its cold cost (deterministic) and
+    the variants it ran, and keeps the others'."""
+
+    def key(r: dict[str, Any]) -> tuple[str, int, int, str]:
+        return r["set"], r["workers"], r["seed"], r["task"]
+
+    merged = {key(r): r for r in runs}
+    for r in new:
+        old = merged.get(key(r))
+        merged[key(r)] = {**r, "warm": {**(old["warm"] if old else {}), **r["warm"]}}
+    return list(merged.values())
+
+
 def report() -> str:
     runs = _load_runs()
     peers = json.loads((RESULTS / "peers.json").read_text())
@@ -337,14 +389,8 @@ def main() -> None:
                     new = run_set(
                         task_set, args.data, workers=workers, seed=seed, variants=args.variants
                     )
-                    # a rerun of a (set, W, seed) replaces its rows
-                    kept = [
-                        r
-                        for r in _load_runs()
-                        if (r["set"], r["workers"], r["seed"]) != (task_set, workers, seed)
-                    ]
                     RESULTS.mkdir(exist_ok=True)
-                    RUNS.write_text(json.dumps(kept + new, indent=1))
+                    RUNS.write_text(json.dumps(_merge(_load_runs(), new), indent=1))
                     print(
                         f"{task_set} W={workers} seed {seed}: {time.monotonic() - began:.0f} s",
                         flush=True,

@@ -29,10 +29,12 @@ class TransferSampler(optuna.samplers.BaseSampler):
         *,
         min_pairs: int = MIN_PAIRS,
         threshold: float = TRUST_THRESHOLD,
+        blind_only: bool = False,
     ) -> None:
         self._base = base
         self._ranking = list(ranking)
         self._min_pairs, self._threshold = min_pairs, threshold
+        self._blind_only = blind_only
         self._chosen: dict[int, dict[str, Any]] = {}  # trial number -> its configuration
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -45,7 +47,12 @@ class TransferSampler(optuna.samplers.BaseSampler):
             for t in trials
             if t.state == TrialState.COMPLETE and t.value is not None
         ]
-        tried = [t.params for t in trials if t.number != trial.number and t.params]
+        # an enqueued trial's params exist before it runs (a worker may not have set them yet)
+        tried = [
+            t.params or t.system_attrs.get("fixed_params", {})
+            for t in trials
+            if t.number != trial.number
+        ]
         chosen = next_transfer(
             self._ranking,
             done,
@@ -53,6 +60,7 @@ class TransferSampler(optuna.samplers.BaseSampler):
             minimize=study.direction == optuna.study.StudyDirection.MINIMIZE,
             min_pairs=self._min_pairs,
             threshold=self._threshold,
+            blind_only=self._blind_only,
         )
         if chosen is not None:
             self._chosen[trial.number] = chosen

@@ -139,6 +139,8 @@ def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 # better than a coin would). Chosen before measuring, not fitted to a table.
 MIN_PAIRS = 4
 TRUST_THRESHOLD = 0.0
+# Configurations of the ranking a study keeps: more than the workers that start at once.
+RANKING_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ def next_transfer(
     minimize: bool,
     min_pairs: int = MIN_PAIRS,
     threshold: float = TRUST_THRESHOLD,
+    blind_only: bool = False,
 ) -> dict[str, Any] | None:
     """The configuration the new study should try next from the sources' ranking, or None
     to let its own sampler choose (the guard has stopped trusting transfer, or every ranked
@@ -225,7 +228,11 @@ def next_transfer(
     ``done``: the new study's completed ``(params, value)``; ``tried``: params of all its
     other trials (running, failed, pruned too: a configuration that failed is not proposed
     again). Pairs for the guard are the completed configurations the ranking holds.
+    ``blind_only``: transfer only while the new study has no result of its own (the trials
+    that start together on many workers), then leave every choice to its sampler.
     """
+    if blind_only and done:
+        return None
     if not ranking:
         return None
     names = ranking[0].params.keys()
