@@ -285,7 +285,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Warm start, leave one task out",
         "",
-        f"Commit `{meta['commit']}`, {meta['machine']}, seeds {meta['seeds']}, one process at "
+        f"Commit `{meta['commit']}`, {meta['machine']}, seeds {meta['seeds']}, peers from "
+        f"`peers.json` of commit {meta['peers_commit']}, one process at "
         "nice 10 on a shared host (simulated costs: load-independent). Produced by "
         "`python -m bench.warm_start` (runs) and `--report` (this table; the peer column "
         "re-read from `peers.json`).",
@@ -298,10 +299,16 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "(for the synthetic family its `synthetic-mixed` row). Goal (issue 22): warm <= 1/3 of "
         "cold. Variants: `top 3, interleaved` enqueues each source's best in turns (the "
         "service's warm start before this change); `top 3, consensus` enqueues the 3 best by "
-        "mean normalised rank over the sources; `follow consensus` proposes the consensus "
-        "ranking's next untried configuration while the guard trusts it (rank correlation "
-        "of the task's finished configurations with the ranking >= 0 once 4 are known), "
-        "then the default sampler; `no guard` never stops trusting.",
+        "normalised rank averaged over the sources (weight 1/(i+1) for the i-th nearest); "
+        "`follow consensus` proposes the consensus ranking's next untried configuration while "
+        "the guard trusts it (rank correlation of the task's finished configurations with "
+        "the ranking >= 0 once 4 are known), then the default sampler; `no guard` never stops "
+        "trusting; `follow interleaved` follows warm start's interleaved order instead; "
+        "`top 3 + follow` enqueues the top 3 first. `top 3 + first batch` enqueues the top 3 "
+        "and fills only the trials that start before the task has any result (the rest of "
+        "the first batch at W=8; none at W=1, where it equals `top 3, interleaved`) from the "
+        f"ranking: **`{SERVICE}` is the service's warm start now**. Cold runs go to 1.5x "
+        "the grid cost (the sources); warm runs stop at 0.1%.",
         "",
         "| set | W | variant | cold (reach) | warm (reach) | warm/cold medians | median "
         "run ratio | runs warm <= 1/3 cold | runs warm cost more | best peer, cold (reach) "
@@ -363,6 +370,7 @@ def report() -> str:
         "machine": machine(),
         "seeds": sorted({r["seed"] for r in runs}),
         "peers_commit": peers.get("meta", {}).get("commit"),
+        "service": SERVICE,
     }
     text = markdown(summary, meta)
     save("warm-start", {"meta": meta, "summary": summary}, text)

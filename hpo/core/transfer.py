@@ -1,10 +1,12 @@
-"""A sampler that follows earlier studies' consensus ranking while the new study agrees.
+"""A sampler that follows earlier studies' ranking of configurations.
 
-``TransferSampler`` wraps the study's own sampler: each new trial takes the best configuration
-of ``hpo.core.warm_start.consensus_ranking`` not yet tried, as long as
-``hpo.core.warm_start.next_transfer``'s guard still trusts the ranking; once the new study's
-finished configurations disagree with it, or the ranking is used up, every trial is the
-wrapped sampler's (the cold default). Enqueued trials are left alone.
+``TransferSampler`` wraps the study's own sampler: a new trial takes the ranking's best
+configuration not yet tried (``hpo.core.warm_start.next_transfer``) while that says so, then
+every trial is the wrapped sampler's (the cold default). Enqueued trials are left alone.
+A warm-started study uses it with ``blind_only`` (``hpo.core.factory.load_study``): only the
+trials that start before the study has any result follow the ranking. Following it further,
+while the guard measures agreement, is a benchmark candidate that did not generalise
+(``bench/results/warm-start.md``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ clipped and snapped into the new distributions), de-duplicated, and interleaved 
 sources so one study cannot fill the queue. Only ``top_k`` of them run first; the sampler then
 searches as usual with them in its history, which bounds what a misleading source can cost
 (``bench/results/warm-start.md`` measures where it does).
+
+``consensus_ranking`` orders every configuration the sources tried by their weighted mean
+normalised rank: the trials a warm-started study starts before its first result follow it
+(``hpo.core.transfer``). ``agreement`` / ``transfer_trusted`` measure whether the new study's
+results still agree with that ranking; only the benchmark's candidates use them.
 """
 
 from __future__ import annotations

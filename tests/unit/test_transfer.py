@@ -87,6 +87,13 @@ def test_next_transfer_takes_the_best_untried_while_trusted() -> None:
     assert next_transfer(ranking, done, [], minimize=True, min_pairs=2) is None
     # the same values as accuracies agree with the ranking
     assert next_transfer(ranking, done, [], minimize=False, min_pairs=2) == {"learning_rate": 1e-4}
+    # blind only: the ranking's next while the study has no result, none from the first on
+    running = [{"learning_rate": 3e-4}]
+    assert next_transfer(ranking, [], running, minimize=True, blind_only=True) == {
+        "learning_rate": 1e-4
+    }
+    agreeing = [({"learning_rate": 3e-4}, 1.0)]
+    assert next_transfer(ranking, agreeing, [], minimize=True, blind_only=True) is None
     everything = [({"learning_rate": r}, 1.0) for r in RATES]
     assert next_transfer(ranking, everything, [], minimize=True) is None
     assert next_transfer([], [], [], minimize=True) is None
