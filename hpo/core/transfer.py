@@ -55,6 +55,16 @@ class TransferSampler(optuna.samplers.BaseSampler):
             for t in trials
             if t.number != trial.number
         ]
+        # earlier trials started by other workers that have no params yet: each takes the
+        # ranking's next, so this one passes over as many (distinct by trial number)
+        pending = sum(
+            1
+            for t in trials
+            if t.number < trial.number
+            and t.state == TrialState.RUNNING
+            and not t.params
+            and "fixed_params" not in t.system_attrs
+        )
         chosen = next_transfer(
             self._ranking,
             done,
@@ -63,6 +73,7 @@ class TransferSampler(optuna.samplers.BaseSampler):
             min_pairs=self._min_pairs,
             threshold=self._threshold,
             blind_only=self._blind_only,
+            skip=pending,
         )
         if chosen is not None:
             self._chosen[trial.number] = chosen

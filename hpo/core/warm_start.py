@@ -225,6 +225,7 @@ def next_transfer(
     min_pairs: int = MIN_PAIRS,
     threshold: float = TRUST_THRESHOLD,
     blind_only: bool = False,
+    skip: int = 0,
 ) -> dict[str, Any] | None:
     """The configuration the new study should try next from the sources' ranking, or None
     to let its own sampler choose (the guard has stopped trusting transfer, or every ranked
@@ -234,7 +235,9 @@ def next_transfer(
     other trials (running, failed, pruned too: a configuration that failed is not proposed
     again). Pairs for the guard are the completed configurations the ranking holds.
     ``blind_only``: transfer only while the new study has no result of its own (the trials
-    that start together on many workers), then leave every choice to its sampler.
+    that start together on many workers), then leave every choice to its sampler. ``skip``:
+    how many untried configurations to pass over (those that earlier trials, started but
+    with no params yet, are taking), so that workers starting together take distinct ones.
     """
     if blind_only and done:
         return None
@@ -254,7 +257,8 @@ def next_transfer(
     if not transfer_trusted(pairs, min_pairs=min_pairs, threshold=threshold):
         return None
     seen = {key(p) for p, _ in done} | {key(p) for p in tried}
-    return next((dict(r.params) for r in ranking if key(r.params) not in seen), None)
+    untried = [dict(r.params) for r in ranking if key(r.params) not in seen]
+    return untried[skip] if skip < len(untried) else None
 
 
 def _ranks(values: Sequence[float]) -> list[float]:

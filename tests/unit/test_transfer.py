@@ -92,6 +92,11 @@ def test_next_transfer_takes_the_best_untried_while_trusted() -> None:
     assert next_transfer(ranking, [], running, minimize=True, blind_only=True) == {
         "learning_rate": 1e-4
     }
+    # an earlier trial already started elsewhere, params not yet set, takes 1e-4: pass it over
+    assert next_transfer(ranking, [], running, minimize=True, blind_only=True, skip=1) == {
+        "learning_rate": 3e-5
+    }
+    assert next_transfer(ranking, [], running, minimize=True, skip=3) is None
     agreeing = [({"learning_rate": 3e-4}, 1.0)]
     assert next_transfer(ranking, agreeing, [], minimize=True, blind_only=True) is None
     everything = [({"learning_rate": r}, 1.0) for r in RATES]
@@ -122,3 +127,13 @@ def test_the_sampler_follows_the_ranking_then_hands_over() -> None:
     )
     followed.optimize(_objective, n_trials=4)
     assert [t.params["learning_rate"] for t in followed.trials] == [3e-4, 1e-4, 3e-5, 1e-5]
+
+
+def test_trials_started_together_take_distinct_configurations() -> None:
+    ranking = consensus_ranking([_source("a", [4.0, 3.0, 2.0, 1.0])], SPACE)
+    sampler = TransferSampler(optuna.samplers.RandomSampler(seed=0), ranking, blind_only=True)
+    study = optuna.create_study(sampler=sampler)
+    # as workers do: each asks before any has suggested (set) its params
+    asked = [study.ask() for _ in range(3)]
+    rates = [t.suggest_categorical("learning_rate", RATES) for t in asked]
+    assert rates == [3e-4, 1e-4, 3e-5]
