@@ -194,17 +194,20 @@ def run_set(
 
 def best_peer(peers: list[dict[str, Any]], task_set: str, workers: int) -> dict[str, Any] | None:
     """The peer with the lowest median cost to 0.1% on the set at ``workers`` (ties: the
-    higher reach), from ``peers.json``'s rows; ours (``ours: ...``) are not peers."""
-    rows = [
+    higher reach), from ``peers.json``'s rows; ours (``ours: ...``) are not peers. The set's
+    own rows where peers ran on it, else those of ``PEER_SET``'s stand-in."""
+    key = str(TARGET)
+    runs = [
         p
         for p in peers
-        if p["set"] == PEER_SET[task_set]
-        and p["workers"] == workers
+        if p["workers"] == workers
         and not p["strategy"].startswith("ours")
+        and key in p.get("cost_to_target", {})
     ]
+    own = [p for p in runs if p["set"] == task_set]
+    rows = own or [p for p in runs if p["set"] == PEER_SET[task_set]]
     if not rows:
         return None
-    key = str(TARGET)
     best = min(
         rows,
         key=lambda p: (p["cost_to_target"][key]["median"], -p["cost_to_target"][key]["reached"]),

@@ -4,10 +4,12 @@ that measures whether the new study agrees with it, and the sampler that follows
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import optuna
 import pytest
 
+from bench.warm_start import best_peer
 from hpo.core.spec import SearchSpace
 from hpo.core.transfer import TransferSampler
 from hpo.core.warm_start import (
@@ -137,3 +139,28 @@ def test_trials_started_together_take_distinct_configurations() -> None:
     asked = [study.ask() for _ in range(3)]
     rates = [t.suggest_categorical("learning_rate", RATES) for t in asked]
     assert rates == [3e-4, 1e-4, 3e-5]
+
+
+def _peer(strategy: str, task_set: str, median: float, reached: float) -> dict[str, Any]:
+    return {
+        "strategy": strategy,
+        "set": task_set,
+        "workers": 1,
+        "cost_to_target": {"0.001": {"median": median, "reached": reached}},
+    }
+
+
+def test_the_benchmarks_best_peer_is_the_cheapest_non_ours_row() -> None:
+    peers = [
+        _peer("ours: tpe", "nmtlc", 0.1, 1.0),
+        _peer("gp bo", "nmtlc", 0.3, 1.0),
+        _peer("asha", "nmtlc", math.inf, 0.1),
+        _peer("bohb", "nmtlc", 0.3, 0.9),
+        _peer("asha", "synthetic-mixed", 0.2, 0.8),
+    ]
+    assert best_peer(peers, "nmtlc", 1)["strategy"] == "gp bo"  # type: ignore[index]
+    assert best_peer(peers, "nmtlc", 8) is None
+    # the family has no peer rows of its own: its stand-in's
+    assert best_peer(peers, "synthetic-family", 1)["strategy"] == "asha"  # type: ignore[index]
+    family = [*peers, _peer("gp bo", "synthetic-family", 0.5, 1.0)]
+    assert best_peer(family, "synthetic-family", 1)["median"] == 0.5  # type: ignore[index]
