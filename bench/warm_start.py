@@ -1,18 +1,21 @@
-"""Warm start, leave one task out: cold start vs a start from the other tasks' results.
+"""Warm start, leave one task out: cold start vs starts from the other tasks' results.
 
-    python -m bench.warm_start PATH/TO/nmtlc.pkl [--seeds 3] [--workers 1 8] [--top-k 3]
-        [--sets nmtlc synthetic-family]
+    python -m bench.warm_start PATH/TO/nmtlc.pkl [--seeds 0 1 2] [--workers 1 8]
+        [--sets nmtlc synthetic-family] [--variants ...]   # runs -> warm-start-runs.json
+    python -m bench.warm_start --report        # warm-start.{md,json} from the runs + peers.json
 
 For each seed, every task of a set first runs cold (the service's default search, as in
-``bench.strategies``); then each task runs again, warm-started (``hpo.core.warm_start``) from
-the finished trials of the *other* tasks' cold runs of the same seed, nearest tasks first (in
-NMTLC's order: same language pair, then family; in the synthetic family: the nearest share of
-late blooming, whose best learning rate lies nearest). Cost to get within 0.1% (and 1%) of the
-task's best final loss, as a share of its full-grid cost, warm beside cold and beside the best
-peer's cold start (Syne Tune GP BO, ``bench/results/peers.json``); per task, how often warm
-cost more than cold (where transfer hurts). ``synthetic-family`` is one task per share of late
-blooming 0, 0.25, .., 1 (seed 0): related tasks whose best configuration moves.
-Writes ``bench/results/warm-start.{md,json}``.
+``bench.strategies``, to 1.5x the grid cost: an earlier study that ran its budget); then each
+task runs again per variant, warm-started from the finished trials of the *other* tasks' cold
+runs of the same seed, nearest tasks first (NMTLC's order: same language pair, then family;
+the synthetic family: the nearest share of late blooming, whose best learning rate lies
+nearest). Warm runs stop once a configuration completes within 0.1% of the task's best final
+value (the measure is unchanged by the stop). ``synthetic-family`` is one task per share of
+late blooming 0, 0.25, .., 1 (seed 0): related tasks whose best configuration moves.
+
+``--report`` sets each variant beside the cold start and the best peer's cold start (the
+lowest median cost to 0.1% in ``bench/results/peers.json`` for the set and worker count,
+re-read each time), and per task where warm cost more than cold, by how much.
 """
 
 from __future__ import annotations
@@ -20,35 +23,101 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import optuna
 
-from bench.strategies import (
-    DEFAULT,
-    MAX_COST,
-    STRATEGIES,
-    TARGETS,
-    _fmt,
-    _search,
-    cost_to_targets,
-    target_stats,
+from bench import RESULTS, commit, machine, save
+from bench.strategies import DEFAULT, MAX_COST, STRATEGIES, _fmt, _search, target_stats
+from hpo.core.spec import WarmStartSpec
+from hpo.core.transfer import TransferSampler
+from hpo.core.warm_start import (
+    RANKING_LIMIT,
+    TRUST_THRESHOLD,
+    Ranked,
+    SourceStudy,
+    WarmConfig,
+    consensus_configs,
+    consensus_ranking,
+    warm_start_configs,
 )
-from hpo.core.warm_start import SourceStudy, warm_start_configs
 from hpo.nmtlc import load_tasks
 from hpo.simulate import Simulation, simulate
 from hpo.synthetic import make_task
 
-RESULTS = Path(__file__).parent / "results"
+RUNS = RESULTS / "warm-start-runs.json"
 SETS = ("nmtlc", "synthetic-family")
 FAMILY_LATE = (0.0, 0.25, 0.5, 0.75, 1.0)
-PEER = "st gp bo"
+# the peers' curve set for ours: the family has no peer runs; synthetic-mixed is its middle
 PEER_SET = {"nmtlc": "nmtlc", "synthetic-family": "synthetic-mixed"}
+TARGET = 0.001
+TOP_K = 3
+SERVICE = "top 3 + first batch, consensus"
+Sampler = Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a warm run uses the sources: configurations to enqueue and/or a sampler wrapper."""
+
+    enqueue: Callable[[list[SourceStudy], Any], list[WarmConfig]] | None = None
+    sampler: Callable[[list[SourceStudy], Any], Sampler] | None = None
+    # as the service runs it: a search.warm_start spec, the consensus ranking stored
+    ranking: bool = False
+
+
+def _interleaved(sources: list[SourceStudy], task: Any) -> list[Ranked]:
+    """Every configuration in warm start's order (each source's next best in turns)."""
+    configs = warm_start_configs(sources, task.search_space, top_k=len(task.curves))
+    return [Ranked(c.params, i / max(len(configs) - 1, 1)) for i, c in enumerate(configs)]
+
+
+def _follow(
+    *,
+    guard: bool,
+    order: Callable[[list[SourceStudy], Any], list[Ranked]] | None = None,
+    blind_only: bool = False,
+) -> Callable[[list[SourceStudy], Any], Sampler]:
+    def build(sources: list[SourceStudy], task: Any) -> Sampler:
+        ranking = (order or (lambda s, t: consensus_ranking(s, t.search_space)))(sources, task)
+        threshold = TRUST_THRESHOLD if guard else -math.inf
+        return lambda base, _: TransferSampler(
+            base, ranking, threshold=threshold, blind_only=blind_only
+        )
+
+    return build
+
+
+VARIANTS = {
+    # the service's warm start on main: each source's best in turns, top 3 enqueued
+    "top 3, interleaved": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K)
+    ),
+    "top 3, consensus": Variant(
+        enqueue=lambda s, t: consensus_configs(s, t.search_space, top_k=TOP_K)
+    ),
+    "top 3 + follow consensus, guard": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        sampler=_follow(guard=True),
+    ),
+    "follow consensus, guard": Variant(sampler=_follow(guard=True)),
+    "follow consensus, no guard": Variant(sampler=_follow(guard=False)),
+    "follow interleaved, guard": Variant(sampler=_follow(guard=True, order=_interleaved)),
+    # W > 1: the trials that start before any result fill up from the ranking, not at random
+    "top 3 + first batch, interleaved": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        sampler=_follow(guard=True, order=_interleaved, blind_only=True),
+    ),
+    # the service's warm start now (hpo.core.studies, hpo.core.factory.load_study)
+    SERVICE: Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K), ranking=True
+    ),
+}
 
 
 def load_set(name: str, data: Path) -> list[Any]:
@@ -67,85 +136,143 @@ def _source(name: str, sim: Simulation) -> SourceStudy:
     return SourceStudy(name, True, [(p, v) for p, v in done if v is not None])
 
 
-def _outcome(task: Any, sim: Simulation) -> dict[str, float]:
-    return cost_to_targets(sim.best_curve, task.best_value, task.full_grid_cost)
+def _cost(task: Any, sim: Simulation) -> float:
+    return sim.cost_to_reach(task.best_value * (1 + TARGET)) / task.full_grid_cost
 
 
-def run_set(task_set: str, data: Path, *, workers: int, seed: int, top_k: int) -> list[dict]:
+def run_set(
+    task_set: str, data: Path, *, workers: int, seed: int, variants: Sequence[str]
+) -> list[dict[str, Any]]:
     tasks = load_set(task_set, data)
-    strategy = STRATEGIES[DEFAULT]
-    cold = []
-    for task in tasks:
-        sim = simulate(
-            _search(task, strategy),
+    search = STRATEGIES[DEFAULT]
+    cold = [
+        simulate(
+            _search(task, search),
             task,
             workers=workers,
             seed=seed,
             max_cost=MAX_COST * task.full_grid_cost,
         )
-        cold.append(sim)
+        for task in tasks
+    ]
     rows = []
     for i, task in enumerate(tasks):
         sources = [_source(tasks[j].name, cold[j]) for j in nearest_first(i, len(tasks))]
-        warm = warm_start_configs(sources, task.search_space, top_k=top_k)
-        sim = simulate(
-            _search(task, strategy),
-            task,
-            workers=workers,
-            seed=seed,
-            max_cost=MAX_COST * task.full_grid_cost,
-            warm=warm,
-        )
-        names = ("learning_rate", "per_device_train_batch_size", "lora_r")
-        keys = [tuple(c.params.get(k) for k in names) for c in warm]
-        finals = [task.curves[key][-1] for key in keys if key in task.curves]  # recorded ones
-        rows.append(
-            {
-                "set": task_set,
-                "workers": workers,
-                "seed": seed,
-                "task": task.name,
-                "cold": _outcome(task, cold[i]),
-                "warm": _outcome(task, sim),
-                # how near the task's best the best warm configuration alone is
-                "warm_first_regret": (
-                    (min(finals) - task.best_value) / task.best_value if finals else None
-                ),
-            }
-        )
+        row: dict[str, Any] = {
+            "set": task_set,
+            "workers": workers,
+            "seed": seed,
+            "task": task.name,
+            "cold": _cost(task, cold[i]),
+            "warm": {},
+        }
+        for name in variants:
+            variant = VARIANTS[name]
+            spec = _search(task, search)
+            ranking: list[dict[str, Any]] = []
+            if variant.ranking:
+                names = [f"source-{i}" for i in range(len(sources))]
+                spec = spec.model_copy(update={"warm_start": WarmStartSpec(studies=names)})
+                ranking = [
+                    r.params for r in consensus_ranking(sources, task.search_space)[:RANKING_LIMIT]
+                ]
+            sim = simulate(
+                spec,
+                task,
+                workers=workers,
+                seed=seed,
+                max_cost=MAX_COST * task.full_grid_cost,
+                target=task.best_value * (1 + TARGET),
+                warm=variant.enqueue(sources, task) if variant.enqueue else (),
+                ranking=ranking,
+                sampler=variant.sampler(sources, task) if variant.sampler else None,
+            )
+            row["warm"][name] = _cost(task, sim)
+        rows.append(row)
     return rows
 
 
-def summarise(rows: list[dict], peers: list[dict]) -> list[dict]:
+def best_peer(peers: list[dict[str, Any]], task_set: str, workers: int) -> dict[str, Any] | None:
+    """The peer with the lowest median cost to 0.1% on the set at ``workers`` (ties: the
+    higher reach), from ``peers.json``'s rows; ours (``ours: ...``) are not peers. The set's
+    own rows where peers ran on it, else those of ``PEER_SET``'s stand-in."""
+    key = str(TARGET)
+    runs = [
+        p
+        for p in peers
+        if p["workers"] == workers
+        and not p["strategy"].startswith("ours")
+        and key in p.get("cost_to_target", {})
+    ]
+    own = [p for p in runs if p["set"] == task_set]
+    rows = own or [p for p in runs if p["set"] == PEER_SET[task_set]]
+    if not rows:
+        return None
+    best = min(
+        rows,
+        key=lambda p: (p["cost_to_target"][key]["median"], -p["cost_to_target"][key]["reached"]),
+    )
+    return {
+        "strategy": best["strategy"],
+        "set": best["set"],
+        "runs": best.get("runs"),
+        **best["cost_to_target"][key],
+    }
+
+
+def summarise(runs: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for task_set, workers in sorted({(r["set"], r["workers"]) for r in rows}):
-        mine = [r for r in rows if (r["set"], r["workers"]) == (task_set, workers)]
-        row: dict[str, Any] = {"set": task_set, "workers": workers, "runs": len(mine)}
-        for side in ("cold", "warm"):
-            row[side] = {str(t): target_stats([r[side][str(t)] for r in mine]) for t in TARGETS}
-        key = str(TARGETS[-1])
-        ratios = [
-            r["warm"][key] / r["cold"][key]
-            for r in mine
-            if math.isfinite(r["cold"][key]) and math.isfinite(r["warm"][key])
-        ]
-        row["median_warm_over_cold"] = median(ratios) if ratios else None
-        row["runs_at_most_a_third"] = sum(x <= 1 / 3 for x in ratios)
-        row["runs_where_warm_cost_more"] = sum(r["warm"][key] > r["cold"][key] for r in mine)
-        hurt: dict[str, int] = {}
-        for r in mine:
-            if r["warm"][key] > r["cold"][key]:
-                hurt[r["task"]] = hurt.get(r["task"], 0) + 1
-        row["hurt_tasks"] = hurt
-        peer = [
-            p
-            for p in peers
-            if p["strategy"] == PEER and p["set"] == PEER_SET[task_set] and p["workers"] == workers
-        ]
-        row["peer"] = (
-            {"set": PEER_SET[task_set], **peer[0]["cost_to_target"][key]} if peer else None
-        )
-        out.append(row)
+    cells = sorted(
+        {(r["set"], r["workers"]) for r in runs}, key=lambda c: (SETS.index(c[0]), c[1])
+    )
+    for task_set, workers in cells:
+        mine = [r for r in runs if (r["set"], r["workers"]) == (task_set, workers)]
+        peer = best_peer(peers, task_set, workers)
+        cold = target_stats([r["cold"] for r in mine])
+        names = [v for v in VARIANTS if all(v in r["warm"] for r in mine)]
+        for name in names:
+            warm = target_stats([r["warm"][name] for r in mine])
+            ratios = [
+                r["warm"][name] / r["cold"]
+                for r in mine
+                if math.isfinite(r["cold"]) and math.isfinite(r["warm"][name]) and r["cold"] > 0
+            ]
+            hurt = []
+            for task in dict.fromkeys(r["task"] for r in mine):
+                of = [r for r in mine if r["task"] == task]
+                c, w = median(r["cold"] for r in of), median(r["warm"][name] for r in of)
+                worse = [r["warm"][name] - r["cold"] for r in of if r["warm"][name] > r["cold"]]
+                if w > c or worse:
+                    hurt.append(
+                        {
+                            "task": task,
+                            "cold": c,
+                            "warm": w,
+                            "runs_worse": len(worse),
+                            "runs": len(of),
+                            "most_worse_by": max(worse) if worse else 0.0,
+                        }
+                    )
+            out.append(
+                {
+                    "set": task_set,
+                    "workers": workers,
+                    "variant": name,
+                    "runs": len(mine),
+                    "seeds": sorted({r["seed"] for r in mine}),
+                    "cold": cold,
+                    "warm": warm,
+                    "warm_over_cold_medians": warm["median"] / cold["median"],
+                    "median_run_ratio": median(ratios) if ratios else None,
+                    "runs_at_most_a_third": sum(x <= 1 / 3 for x in ratios),
+                    "runs_warm_cost_more": sum(r["warm"][name] > r["cold"] for r in mine),
+                    "warm_over_peer": (
+                        warm["median"] / peer["median"] if peer and peer["median"] > 0 else None
+                    ),
+                    "peer": peer,
+                    "hurt": hurt,
+                }
+            )
     return out
 
 
@@ -153,81 +280,133 @@ def _cell(stats: dict[str, Any]) -> str:
     return f"{_fmt(stats['median'])} ({stats['reached']:.0%})"
 
 
-def markdown(summary: list[dict], meta: dict[str, Any]) -> str:
-    key = str(TARGETS[-1])
+def _ratio(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Warm start, leave one task out",
         "",
-        f"Commit {meta['commit']}, {meta['machine']}, {meta['seeds']} seeds, top_k "
-        f"{meta['top_k']}, {meta['seconds']:.0f} s. Produced by `python -m bench.warm_start`.",
+        f"Commit `{meta['commit']}`, {meta['machine']}, seeds {meta['seeds']}, peers from "
+        f"`peers.json` of commit {meta['peers_commit']}, one process at "
+        "nice 10 on a shared host (simulated costs: load-independent). Produced by "
+        "`python -m bench.warm_start` (runs) and `--report` (this table; the peer column "
+        "re-read from `peers.json`).",
         "",
-        "Each task searched with the default (TPE, no scheduler), cold, and warm-started from "
-        "the other tasks' cold runs of the same seed (their best configurations, nearest "
-        "tasks first, interleaved; `hpo.core.warm_start`). Cost to get within 0.1% of the "
-        "task's best final loss as a share of its full-grid cost, median over tasks x seeds "
-        "(reach rate); the best peer's cold start (Syne Tune GP BO, `peers.json`; for the "
-        "synthetic family its `synthetic-mixed` row) beside it. The target: warm <= 1/3 of "
-        "cold.",
+        "Each task searched cold by the service's default (TPE, 4 startup trials, untried "
+        "rule, LoRA prior first), and warm-started from the other tasks' cold runs of the same "
+        "seed (nearest tasks first). Cells: median cost to 0.1% of the task's best final "
+        "value as a share of its full-grid cost over tasks x seeds (reach). Best peer: the "
+        "lowest median cold cost to 0.1% among the peers in `peers.json` on that set and W "
+        "(for the synthetic family its `synthetic-mixed` row). Goal (issue 22): warm <= 1/3 of "
+        "cold. Variants: `top 3, interleaved` enqueues each source's best in turns (the "
+        "service's warm start before this change); `top 3, consensus` enqueues the 3 best by "
+        "normalised rank averaged over the sources (weight 1/(i+1) for the i-th nearest); "
+        "`follow consensus` proposes the consensus ranking's next untried configuration while "
+        "the guard trusts it (rank correlation of the task's finished configurations with "
+        "the ranking >= 0 once 4 are known), then the default sampler; `no guard` never stops "
+        "trusting; `follow interleaved` follows warm start's interleaved order instead; "
+        "`top 3 + follow` enqueues the top 3 first. `top 3 + first batch` enqueues the top 3 "
+        "and fills only the trials that start before the task has any result (the rest of "
+        "the first batch at W=8; none at W=1, where it equals `top 3, interleaved`) from the "
+        f"ranking: **`{SERVICE}` is the service's warm start now**. Cold runs go to 1.5x "
+        "the grid cost (the sources); warm runs stop at 0.1%.",
         "",
-        "| set | W | cold: cost to 0.1% (reach) | warm | peer, cold | median warm/cold "
-        "| runs warm <= 1/3 cold | runs warm cost more |",
-        "|---|---|---|---|---|---|---|---|",
+        "| set | W | variant | cold (reach) | warm (reach) | warm/cold medians | median "
+        "run ratio | runs warm <= 1/3 cold | runs warm cost more | best peer, cold (reach) "
+        "| warm/peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         peer = row["peer"]
-        peer_cell = f"{_fmt(peer['median'])} ({peer['reached']:.0%})" if peer else "-"
-        ratio = row["median_warm_over_cold"]
+        peer_cell = f"{peer['strategy']}: {_cell(peer)}" if peer else "-"
         lines.append(
-            f"| {row['set']} | {row['workers']} | {_cell(row['cold'][key])} | "
-            f"{_cell(row['warm'][key])} | {peer_cell} | "
-            f"{'-' if ratio is None else f'{ratio:.2f}'} | {row['runs_at_most_a_third']}/"
-            f"{row['runs']} | {row['runs_where_warm_cost_more']}/{row['runs']} |"
+            f"| {row['set']} | {row['workers']} | {row['variant']} | {_cell(row['cold'])} | "
+            f"{_cell(row['warm'])} | {_ratio(row['warm_over_cold_medians'])} | "
+            f"{_ratio(row['median_run_ratio'])} | {row['runs_at_most_a_third']}/{row['runs']} "
+            f"| {row['runs_warm_cost_more']}/{row['runs']} | {peer_cell} | "
+            f"{_ratio(row['warm_over_peer'])} |"
         )
-    lines += ["", "Where warm cost more than cold (task: runs):", ""]
+    lines += [
+        "",
+        "## Where warm cost more than cold",
+        "",
+        "Per task: median cold vs warm cost to 0.1% (share of the grid), runs where warm cost "
+        "more (same seed), and the largest excess.",
+        "",
+    ]
     for row in summary:
-        hurt = ", ".join(f"{t}: {n}" for t, n in sorted(row["hurt_tasks"].items())) or "none"
-        lines.append(f"- {row['set']}, W={row['workers']}: {hurt}")
+        hurt = "; ".join(
+            f"{h['task']} {_fmt(h['cold'])} vs {_fmt(h['warm'])}, {h['runs_worse']}/{h['runs']} "
+            f"runs, up to +{_fmt(h['most_worse_by'])}"
+            for h in row["hurt"]
+        )
+        lines.append(f"- {row['set']}, W={row['workers']}, {row['variant']}: {hurt or 'none'}")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("data", type=Path, help="NMTLC's nmtlc.pkl")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1])
-    parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
-    parser.add_argument("--out", default="warm-start", help="results file stem")
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    began = time.monotonic()
-    rows = []
-    for workers in args.workers:
-        for task_set in args.sets:
-            for seed in range(args.seeds):
-                rows += run_set(task_set, args.data, workers=workers, seed=seed, top_k=args.top_k)
-                print(
-                    f"{task_set} W={workers} seed {seed}: {time.monotonic() - began:.0f} s",
-                    flush=True,
-                )
-    peers = json.loads((RESULTS / "peers.json").read_text())["rows"]
-    summary = summarise(rows, peers)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+def _load_runs() -> list[dict[str, Any]]:
+    return json.loads(RUNS.read_text()) if RUNS.exists() else []
+
+
+def _merge(runs: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with ``new`` in: a rerun of a task replaces its cold cost (deterministic) and
+    the variants it ran, and keeps the others'."""
+
+    def key(r: dict[str, Any]) -> tuple[str, int, int, str]:
+        return r["set"], r["workers"], r["seed"], r["task"]
+
+    merged = {key(r): r for r in runs}
+    for r in new:
+        old = merged.get(key(r))
+        merged[key(r)] = {**r, "warm": {**(old["warm"] if old else {}), **r["warm"]}}
+    return list(merged.values())
+
+
+def report() -> str:
+    runs = _load_runs()
+    peers = json.loads((RESULTS / "peers.json").read_text())
+    summary = summarise(runs, peers["rows"])
     meta = {
-        "commit": commit,
-        "machine": f"{platform.machine()}, {platform.processor()}",
-        "seeds": args.seeds,
-        "top_k": args.top_k,
-        "seconds": time.monotonic() - began,
+        "commit": commit(),
+        "machine": machine(),
+        "seeds": sorted({r["seed"] for r in runs}),
+        "peers_commit": peers.get("meta", {}).get("commit"),
+        "service": SERVICE,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1)
-    )
-    (RESULTS / f"{args.out}.md").write_text(markdown(summary, meta))
-    print(markdown(summary, meta))
+    text = markdown(summary, meta)
+    save("warm-start", {"meta": meta, "summary": summary}, text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("data", type=Path, nargs="?", help="NMTLC's nmtlc.pkl")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--report", action="store_true", help="only write warm-start.{md,json}")
+    args = parser.parse_args()
+    if not args.report:
+        if args.data is None:
+            parser.error("the path of nmtlc.pkl is needed to run")
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        began = time.monotonic()
+        for workers in args.workers:
+            for task_set in args.sets:
+                for seed in args.seeds:
+                    new = run_set(
+                        task_set, args.data, workers=workers, seed=seed, variants=args.variants
+                    )
+                    RESULTS.mkdir(exist_ok=True)
+                    RUNS.write_text(json.dumps(_merge(_load_runs(), new), indent=1))
+                    print(
+                        f"{task_set} W={workers} seed {seed}: {time.monotonic() - began:.0f} s",
+                        flush=True,
+                    )
+    print(report())
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ def simulate(
     seed: int,
     max_cost: float | None = None,
     warm: Sequence[WarmConfig] = (),
+    ranking: Sequence[dict[str, Any]] = (),
     target: float | None = None,
     first: Sequence[dict[str, Any]] = (),
     sampler: Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
@@ -146,7 +147,9 @@ def simulate(
     whichever comes first.
 
     ``warm``: configurations from earlier studies (``hpo.core.warm_start``), enqueued first as
-    registration enqueues them; ``first``: an initial design, enqueued next;
+    registration enqueues them; ``ranking``: their consensus ranking, stored as registration
+    stores it (a ``search.warm_start`` study's workers follow it until the first result);
+    ``first``: an initial design, enqueued next;
     ``sampler(spec_sampler, worker)``: the sampler a worker uses in place of the spec's, for
     benchmark candidates a spec cannot name yet.
 
@@ -161,7 +164,10 @@ def simulate(
     )
     storage = optuna.storages.InMemoryStorage()
     direction = search.objective.direction
-    optuna.create_study(storage=storage, study_name=STUDY, direction=direction)
+    created = optuna.create_study(storage=storage, study_name=STUDY, direction=direction)
+    if ranking:
+        for key, value in records.warm_start_ranking_attrs(list(ranking)).items():
+            created.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         # Worker w samples exactly as a real worker whose seed offset is w would.

@@ -17,6 +17,7 @@ from optuna.distributions import IntDistribution as OptunaInt
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial
 
+from hpo.core import records
 from hpo.core.errors import SpecError
 from hpo.core.spec import (
     CategoricalDistribution,
@@ -36,7 +37,9 @@ from hpo.core.spec import (
     SuccessiveHalvingPrunerSpec,
     TPESamplerSpec,
 )
+from hpo.core.transfer import TransferSampler
 from hpo.core.untried import UntriedSampler
+from hpo.core.warm_start import Ranked
 
 
 def to_optuna_distribution(dist: Distribution) -> BaseDistribution:
@@ -190,10 +193,18 @@ def load_study(
     *,
     seed_offset: int = 0,
 ) -> optuna.Study:
-    """The Optuna study ``name`` with the sampler and pruner ``search`` asks for."""
-    return optuna.load_study(
+    """The Optuna study ``name`` with the sampler and pruner ``search`` asks for; a
+    warm-started study's sampler first follows the earlier studies' ranking for the trials
+    that start before the study has a result (``hpo.core.transfer``)."""
+    study = optuna.load_study(
         study_name=name,
         storage=storage,
         sampler=build_sampler(search, seed_offset=seed_offset),
         pruner=build_pruner(search.pruner),
     )
+    if search.warm_start is not None:
+        ranking = records.warm_start_ranking(study.user_attrs)
+        if ranking:
+            ranked = [Ranked(params, float(i)) for i, params in enumerate(ranking)]
+            study.sampler = TransferSampler(study.sampler, ranked, blind_only=True)
+    return study

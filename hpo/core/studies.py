@@ -31,7 +31,13 @@ from hpo.core.preflight import check_inputs
 from hpo.core.progress import best_trial, trial_counts
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
-from hpo.core.warm_start import SourceStudy, WarmConfig, warm_start_configs
+from hpo.core.warm_start import (
+    RANKING_LIMIT,
+    SourceStudy,
+    WarmConfig,
+    consensus_ranking,
+    warm_start_configs,
+)
 
 # Which status a transition may start from.
 TRANSITIONS: dict[str, tuple[StudyStatus, ...]] = {
@@ -79,7 +85,7 @@ def register_study(
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
         raise StudyConflict(f"a study named {spec.name!r} already exists")
     adapter = _pinned_adapter(session, storage, spec, owner) if spec.train.adapter else None
-    warm = _warm_configs(session, storage, spec, owner)
+    warm, ranking = _warm_start(session, storage, spec, owner)
     # Optuna's study first: SQLite allows one writer, so our row cannot stay flushed
     # while Optuna writes through its own connection. Undo Optuna's half if ours fails.
     direction = StudyDirection[spec.search.objective.direction.upper()]
@@ -96,9 +102,10 @@ def register_study(
         trial_cap=trial_cap(spec.search),
     )
     try:
-        for key, value in records.study_attrs(
-            owner=owner, objective=spec.search.objective.metric
-        ).items():
+        attrs = records.study_attrs(owner=owner, objective=spec.search.objective.metric)
+        if ranking:
+            attrs |= records.warm_start_ranking_attrs(ranking)
+        for key, value in attrs.items():
             storage.set_study_user_attr(study_id, key, value)
         session.add(record)
         session.commit()
@@ -119,17 +126,18 @@ def register_study(
     return record
 
 
-def _warm_configs(
+def _warm_start(
     session: Session, storage: RDBStorage, spec: StudySpec, owner: str
-) -> list[WarmConfig]:
-    """The configurations ``search.warm_start`` says to try first (none when it is off).
+) -> tuple[list[WarmConfig], list[dict[str, Any]]]:
+    """The configurations ``search.warm_start`` says to try first, and the earlier studies'
+    consensus ranking for the trials that start before any result (none when it is off).
 
     Raises:
         SpecError: A named study is not one of this owner's.
     """
     warm = spec.search.warm_start
     if warm is None:
-        return []
+        return [], []
     sources = []
     for i, name in enumerate(warm.studies):
         try:
@@ -151,7 +159,11 @@ def _warm_configs(
             )
         )
     top_k = min(warm.top_k, spec.search.budget.max_trials)  # never queue past the budget
-    return warm_start_configs(sources, spec.search.space, top_k=top_k)
+    ranking = consensus_ranking(sources, spec.search.space)[:RANKING_LIMIT]
+    return (
+        warm_start_configs(sources, spec.search.space, top_k=top_k),
+        [r.params for r in ranking],
+    )
 
 
 def _pinned_adapter(session: Session, storage: RDBStorage, spec: StudySpec, owner: str) -> str:

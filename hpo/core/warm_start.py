@@ -8,6 +8,11 @@ clipped and snapped into the new distributions), de-duplicated, and interleaved 
 sources so one study cannot fill the queue. Only ``top_k`` of them run first; the sampler then
 searches as usual with them in its history, which bounds what a misleading source can cost
 (``bench/results/warm-start.md`` measures where it does).
+
+``consensus_ranking`` orders every configuration the sources tried by their weighted mean
+normalised rank: the trials a warm-started study starts before its first result follow it
+(``hpo.core.transfer``). ``agreement`` / ``transfer_trusted`` measure whether the new study's
+results still agree with that ranking; only the benchmark's candidates use them.
 """
 
 from __future__ import annotations
@@ -131,3 +136,141 @@ def _scale(value: float, log: bool) -> float:
 
 def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+# The guard: transfer is trusted until this many of the new study's finished configurations
+# have a counterpart in the sources' ranking, then only while their rank correlation is at
+# least TRUST_THRESHOLD (a positive one: the sources order the new task's configurations
+# better than a coin would). Chosen before measuring, not fitted to a table.
+MIN_PAIRS = 4
+TRUST_THRESHOLD = 0.0
+# Configurations of the ranking a study keeps: more than the workers that start at once.
+RANKING_LIMIT = 64
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A configuration the sources tried, mapped into the new space, and its score: the mean
+    over the sources that tried it of its normalised rank there (0 their best, 1 their worst)."""
+
+    params: dict[str, Any]
+    score: float
+
+
+def consensus_ranking(sources: Sequence[SourceStudy], space: SearchSpace) -> list[Ranked]:
+    """Every configuration the sources tried, best consensus first (ties: first seen first).
+
+    Each source's normalised ranks count with weight ``1 / (i + 1)`` for the i-th source as
+    listed (nearest first): a configuration good on all the related tasks ranks above one
+    that one task alone liked, and the nearest tasks count most.
+    """
+    dists = space.distributions()
+    sums: dict[tuple[tuple[str, str], ...], list[float]] = {}  # key -> [weighted, weights]
+    params_of: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for i, source in enumerate(sources):
+        ranked = _ranked(source, dists)
+        ranks: dict[tuple[tuple[str, str], ...], float] = {}
+        for position, params in enumerate(ranked):
+            # a configuration the source tried twice counts at its better rank
+            ranks.setdefault(_key(params), position / max(len(ranked) - 1, 1))
+            params_of.setdefault(_key(params), params)
+        for key, normalised in ranks.items():
+            acc = sums.setdefault(key, [0.0, 0.0])
+            acc[0] += normalised / (i + 1)
+            acc[1] += 1 / (i + 1)
+    score = {key: weighted / weights for key, (weighted, weights) in sums.items()}
+    return [Ranked(params_of[k], score[k]) for k in sorted(score, key=score.__getitem__)]
+
+
+def consensus_configs(
+    sources: Sequence[SourceStudy], space: SearchSpace, *, top_k: int
+) -> list[WarmConfig]:
+    """The ``top_k`` best of ``consensus_ranking``, to try first."""
+    names = ",".join(s.name for s in sources)
+    return [WarmConfig(r.params, names) for r in consensus_ranking(sources, space)[:top_k]]
+
+
+def agreement(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Spearman's rank correlation of ``(source score, new study's value)`` pairs (both lower
+    is better), or None when either side has fewer than two distinct values."""
+    if len({s for s, _ in pairs}) < 2 or len({v for _, v in pairs}) < 2:
+        return None
+    xs, ys = _ranks([s for s, _ in pairs]), _ranks([v for _, v in pairs])
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    cov = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    vx = sum((x - mx) ** 2 for x in xs)
+    vy = sum((y - my) ** 2 for y in ys)
+    return cov / math.sqrt(vx * vy)
+
+
+def transfer_trusted(
+    pairs: Sequence[tuple[float, float]],
+    *,
+    min_pairs: int = MIN_PAIRS,
+    threshold: float = TRUST_THRESHOLD,
+) -> bool:
+    """Whether the new study's results so far still agree with the sources' ranking."""
+    if len(pairs) < min_pairs:
+        return True
+    rho = agreement(pairs)
+    return rho is None or rho >= threshold
+
+
+def next_transfer(
+    ranking: Sequence[Ranked],
+    done: Sequence[tuple[Mapping[str, Any], float]],
+    tried: Sequence[Mapping[str, Any]],
+    *,
+    minimize: bool,
+    min_pairs: int = MIN_PAIRS,
+    threshold: float = TRUST_THRESHOLD,
+    blind_only: bool = False,
+    skip: int = 0,
+) -> dict[str, Any] | None:
+    """The configuration the new study should try next from the sources' ranking, or None
+    to let its own sampler choose (the guard has stopped trusting transfer, or every ranked
+    configuration was tried).
+
+    ``done``: the new study's completed ``(params, value)``; ``tried``: params of all its
+    other trials (running, failed, pruned too: a configuration that failed is not proposed
+    again). Pairs for the guard are the completed configurations the ranking holds.
+    ``blind_only``: transfer only while the new study has no result of its own (the trials
+    that start together on many workers), then leave every choice to its sampler. ``skip``:
+    how many untried configurations to pass over (those that earlier trials, started but
+    with no params yet, are taking), so that workers starting together take distinct ones.
+    """
+    if blind_only and done:
+        return None
+    if not ranking:
+        return None
+    names = ranking[0].params.keys()
+
+    def key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+        return _key({n: params[n] for n in names if n in params})
+
+    score = {key(r.params): r.score for r in ranking}
+    pairs = [
+        (score[key(p)], v if minimize else -v)
+        for p, v in done
+        if key(p) in score and math.isfinite(v)
+    ]
+    if not transfer_trusted(pairs, min_pairs=min_pairs, threshold=threshold):
+        return None
+    seen = {key(p) for p, _ in done} | {key(p) for p in tried}
+    untried = [dict(r.params) for r in ranking if key(r.params) not in seen]
+    return untried[skip] if skip < len(untried) else None
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """Ranks from 0, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks

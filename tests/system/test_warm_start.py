@@ -1,12 +1,15 @@
 """Warm start with the real API, PostgreSQL and a real worker: an owner's earlier study's best
-configurations run first in a new study; another owner's study cannot seed one."""
+configurations run first in a new study, and the trials that start before it has a result
+follow the earlier studies' ranking; another owner's study cannot seed one."""
 
 from __future__ import annotations
 
 import pytest
 from optuna.trial import TrialState
 
+from hpo.core.factory import load_study, suggest_params
 from hpo.core.records import WARM_START_ATTR
+from hpo.core.spec import StudySpec
 from tests.conftest import ApiServer
 from tests.workers import small_study, trials
 from worker.loop import Worker
@@ -57,3 +60,22 @@ def test_a_warm_started_study_runs_the_earlier_studys_best_first(pg_api: ApiServ
     assert [t.state for t in first] == [TrialState.COMPLETE] * 2
     assert [t.params for t in first] == [t.params for t in best]
     assert [t.user_attrs[WARM_START_ATTR] for t in first] == ["earlier"] * 2
+
+    # Trials that start before the study has a result (a first batch on many workers) follow
+    # the ranking: two asked at once through the worker's own loader, as two workers would.
+    batch = small_study(
+        "batch",
+        space=SPACE,
+        pruner={"type": "none"},
+        budget={"max_trials": 2},
+        warm_start={"studies": ["earlier"], "top_k": 1},
+    )
+    with pg_api.client("alice") as alice:
+        assert alice.post("/studies", json=batch).status_code == 201
+    search = StudySpec.model_validate(batch).search
+    study = load_study("batch", search, settings.database_url)
+    asked = [study.ask() for _ in range(2)]
+    params = [suggest_params(trial, search) for trial in asked]
+    for trial in asked:
+        study.tell(trial, state=TrialState.FAIL)
+    assert params == [t.params for t in best]  # the enqueued best, then the ranking's next

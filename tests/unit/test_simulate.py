@@ -12,7 +12,13 @@ import pytest
 
 from hpo.core.errors import SpecError
 from hpo.core.factory import load_study, suggest_params
-from hpo.core.spec import CategoricalDistribution, FloatDistribution, SearchSpace, SearchSpec
+from hpo.core.spec import (
+    CategoricalDistribution,
+    FloatDistribution,
+    SearchSpace,
+    SearchSpec,
+    WarmStartSpec,
+)
 from hpo.core.warm_start import WarmConfig
 from hpo.simulate import NotRecorded, simulate
 
@@ -290,6 +296,28 @@ def test_warm_configurations_run_first_on_every_worker() -> None:
     assert first[1].params["learning_rate"] == warm[1].params["learning_rate"]  # batch sampled
     cold = simulate(spec(max_trials=6), Bowl(), workers=2, seed=0)
     assert sim.best_curve[0][1] < cold.best_curve[0][1]  # 1e-3 is the bowl's floor
+
+
+def test_a_warm_started_study_fills_its_first_batch_from_the_ranking() -> None:
+    warm = [WarmConfig({"learning_rate": 1e-3, "per_device_train_batch_size": 8}, "a")]
+    ranking = [
+        {"learning_rate": 1e-3, "per_device_train_batch_size": 8},  # enqueued already
+        {"learning_rate": 2e-3, "per_device_train_batch_size": 16},
+        {"learning_rate": 5e-4, "per_device_train_batch_size": 32},
+    ]
+    warm_spec = spec(max_trials=8).model_copy(
+        update={"warm_start": WarmStartSpec(studies=["a"], top_k=1)}
+    )
+    sim = simulate(warm_spec, Bowl(), workers=3, seed=0, warm=warm, ranking=ranking)
+    first = sorted(sim.trials, key=lambda t: t.number)
+    # three workers start before any result: the enqueued one, then the ranking's next two
+    assert [t.params for t in first[:3]] == ranking
+    # after the first result the study's own sampler decides: no more ranked configurations
+    assert all(t.params not in ranking for t in first[3:]), [t.params for t in first]
+    # one worker: every later trial starts after a result, so the ranking is never followed
+    one = simulate(warm_spec, Bowl(), workers=1, seed=0, warm=warm, ranking=ranking)
+    plain = simulate(spec(max_trials=8), Bowl(), workers=1, seed=0, warm=warm)
+    assert [t.params for t in one.trials] == [t.params for t in plain.trials]
 
 
 def test_a_target_stops_the_run_without_changing_the_cost_to_reach_it() -> None:

@@ -98,6 +98,7 @@ from hpo.core.records.keys import (
     TRAIN_SECONDS_ATTR,
     UNTIL_ATTR,
     WARM_START_ATTR,
+    WARM_START_RANKING_ATTR,
     WORKER_ATTR,
 )
 from hpo.core.records.lineages import (
@@ -161,7 +162,15 @@ from hpo.core.records.segment import (
     starts_configuration,
     until,
 )
-from hpo.core.records.study import baseline, baseline_key, has_baseline, set_baseline, study_attrs
+from hpo.core.records.study import (
+    baseline,
+    baseline_key,
+    has_baseline,
+    set_baseline,
+    study_attrs,
+    warm_start_ranking,
+    warm_start_ranking_attrs,
+)
 
 __all__ = [
     "ARTIFACT_ERROR_SUFFIX",
@@ -208,6 +217,7 @@ __all__ = [
     "TRAIN_SECONDS_ATTR",
     "UNTIL_ATTR",
     "WARM_START_ATTR",
+    "WARM_START_RANKING_ATTR",
     "WORKER_ATTR",
     "Attrs",
     "HasState",
@@ -280,6 +290,8 @@ __all__ = [
     "slot",
     "starts_configuration",
     "study_attrs",
+    "warm_start_ranking",
+    "warm_start_ranking_attrs",
     "tokens_seen",
     "train_seconds",
     "until",

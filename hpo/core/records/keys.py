@@ -54,6 +54,9 @@ ENQUEUED_BY_ATTR = "enqueued_by"
 WARM_START_ATTR = "warm_start_from"
 # study user attributes
 OWNER_ATTR = "owner"
+# A warm-started study's consensus ranking of the earlier studies' configurations (params,
+# best first): what its workers try while the study has no result of its own.
+WARM_START_RANKING_ATTR = "warm_start_ranking"
 OBJECTIVE_ATTR = "objective"
 FIDELITY_ATTR = "fidelity"
 FIDELITY = "step = training examples seen"
@@ -99,6 +102,7 @@ KEYS = frozenset(
         ENQUEUED_BY_ATTR,
         WARM_START_ATTR,
         OWNER_ATTR,
+        WARM_START_RANKING_ATTR,
         OBJECTIVE_ATTR,
         FIDELITY_ATTR,
         BASELINE_PREFIX,

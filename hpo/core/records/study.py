@@ -1,4 +1,5 @@
-"""Study user attributes: owner, objective, fidelity, the untuned model's scores."""
+"""Study user attributes: owner, objective, fidelity, the untuned model's scores, the warm
+start's ranking."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hpo.core.records.keys import (
     FIDELITY_ATTR,
     OBJECTIVE_ATTR,
     OWNER_ATTR,
+    WARM_START_RANKING_ATTR,
 )
 
 
@@ -41,3 +43,16 @@ def has_baseline(study_user_attrs: Mapping[str, Any]) -> bool:
 
 def set_baseline(study: Writable, metric: str, value: float) -> None:
     study.set_user_attr(baseline_key(metric), value)
+
+
+def warm_start_ranking_attrs(ranking: list[dict[str, Any]]) -> dict[str, Any]:
+    """A warm-started study's user attribute: the earlier studies' ranked params."""
+    return {WARM_START_RANKING_ATTR: ranking}
+
+
+def warm_start_ranking(study_user_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ranked params a warm-started study stored (none for any other study)."""
+    ranking = study_user_attrs.get(WARM_START_RANKING_ATTR)
+    if not isinstance(ranking, list):
+        return []
+    return [p for p in ranking if isinstance(p, dict)]
