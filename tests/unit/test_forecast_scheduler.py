@@ -54,13 +54,18 @@ def test_once_nothing_new_may_start_the_forecast_best_continues_not_the_early_le
         for b, c in forecast_bounds([*CROSSING, fast, slow], minimize=True, quantile=SPEC.quantile)
     )
     assert bounds[21] is not None and bounds[20] is not None and bounds[21] < bounds[20]
-    # once the late bloomer ended best, the fast one cannot beat it: the study is done
+    # the early leader is still continued after it (it is never lost), then the study is done
     ended = Config(21, {"lr": 21.0}, curve(1.4, 1.6), "complete", 22, False)
-    assert scheduler.next_work([*CROSSING, fast, ended], can_start=False) == Idle(done=True)
-    running = Config(22, {"lr": 22.0}, curve(1.0, 2.0, 3), "running", 22, True)
-    assert scheduler.next_work([*CROSSING, fast, ended, running], can_start=False) == Idle(
-        done=False
+    assert scheduler.next_work([*CROSSING, fast, ended], can_start=False) == Continue(
+        20, 20, until=None
     )
+    both = [*CROSSING, Config(20, {"lr": 20.0}, curve(0.25, 2.75), "complete", 23, False), ended]
+    assert scheduler.next_work(both, can_start=False) == Idle(done=True)
+    running = Config(22, {"lr": 22.0}, curve(1.0, 2.0, 3), "running", 22, True)
+    assert scheduler.next_work([*both, running], can_start=False) == Idle(done=False)
+    # while new ones may start, only a forecast that could beat the best continues
+    assert scheduler.hopeful([*CROSSING, fast, slow]) == Continue(21, 21, until=None)
+    assert scheduler.hopeful([*CROSSING, fast, ended]) is None
 
 
 def test_a_finite_space_fully_tried_starts_nothing_new() -> None:

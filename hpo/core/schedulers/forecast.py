@@ -4,9 +4,9 @@ While new configurations may start it pauses and promotes as ``adaptive`` does (
 rungs measured to rank like the end; plain search otherwise), and a paused configuration
 also continues when the optimistic bound of its forecast final value (``hpo.core.forecast``,
 fitted on the study's finished curves) beats the best final value so far. Once nothing new
-may start (the budget is spent, or every point of a finite space was tried), paused
-configurations continue in order of that bound while it beats the best, so one whose early
-score ranked it out is not lost for good; then the study is done.
+may start (the budget is spent, or every point of a finite space was tried), every paused
+configuration continues, in order of that bound: one whose early score ranked it out is
+never lost, and the forecast decides how soon it is reached.
 """
 
 from __future__ import annotations
@@ -15,15 +15,9 @@ import math
 from collections.abc import Sequence
 
 from hpo.core.forecast import Model, fit
-from hpo.core.schedulers.adaptive import trusted_rungs
+from hpo.core.schedulers.adaptive import AdaptiveScheduler
 from hpo.core.schedulers.base import Decision, Idle
-from hpo.core.schedulers.rungs import (
-    Config,
-    Continue,
-    RungScheduler,
-    params_key,
-    share_promotable,
-)
+from hpo.core.schedulers.rungs import Config, Continue, params_key
 from hpo.core.spec import (
     AdaptiveSchedulerSpec,
     ForecastSchedulerSpec,
@@ -32,30 +26,20 @@ from hpo.core.spec import (
 )
 
 
-class ForecastScheduler(RungScheduler):
+class ForecastScheduler(AdaptiveScheduler):
     def __init__(
         self, spec: ForecastSchedulerSpec, *, minimize: bool = True, size: int | None = None
     ) -> None:
-        super().__init__(minimize=minimize)
-        self.spec = spec
-        self.size = size  # configurations in a finite space (None: unbounded)
-        self._rungs = AdaptiveSchedulerSpec(
+        rungs = AdaptiveSchedulerSpec(
             min_steps=spec.min_steps,
             reduction_factor=spec.reduction_factor,
             min_agreement=spec.min_agreement,
             min_pairs=spec.min_pairs,
             audit_every=spec.audit_every,
         )
-
-    def rungs(self, configs: Sequence[Config]) -> tuple[int, ...]:
-        return trusted_rungs(configs, self._rungs)
-
-    def promotable(self, rank: int, scored: int, *, can_start: bool) -> bool:
-        return share_promotable(rank, scored, self.spec.reduction_factor, can_start=can_start)
-
-    def audits(self, configs: Sequence[Config]) -> bool:
-        unpaused = sum(c.unpaused and c.status != "stopped" for c in configs)
-        return unpaused < self.spec.min_pairs or len(configs) % self.spec.audit_every == 0
+        super().__init__(rungs, minimize=minimize)
+        self.quantile = spec.quantile
+        self.size = size  # configurations in a finite space (None: unbounded)
 
     def exhausted(self, configs: Sequence[Config]) -> bool:
         """Every configuration of a finite space started: a new one would be a repeat."""
@@ -63,32 +47,48 @@ class ForecastScheduler(RungScheduler):
         return self.size is not None and len(tried) >= self.size
 
     def next_work(self, configs: Sequence[Config], *, can_start: bool) -> Decision:
-        fresh = can_start and not self.exhausted(configs)
-        if fresh:
+        if can_start and not self.exhausted(configs):
             decision = super().next_work(configs, can_start=True)
-            if not isinstance(decision, Continue):
-                return self.hopeful(configs, forecast_only=True) or decision
-            return decision
-        return self.hopeful(configs, forecast_only=False) or Idle(
-            done=not any(c.status == "running" for c in configs)
-        )
+            if isinstance(decision, Continue):
+                return decision
+            return self.hopeful(configs) or decision
+        # Nothing new may start: every paused configuration continues, the most promising
+        # first, so the best is never left paused (a bound can be wrong; the order costs
+        # least when it is right).
+        ranked = forecast_bounds(configs, minimize=self.minimize, quantile=self.quantile)
+        if ranked:
+            return self._continue(ranked[0][1], configs)
+        return Idle(done=not any(c.status == "running" for c in configs))
 
-    def hopeful(self, configs: Sequence[Config], *, forecast_only: bool) -> Continue | None:
-        """The paused configuration whose forecast's optimistic bound is best, if that bound
-        beats the best final value so far (or nothing finished yet). ``forecast_only``: skip
-        those with no forecast (while new configurations may start, rungs rank them)."""
-        ranked = forecast_bounds(configs, minimize=self.minimize, quantile=self.spec.quantile)
-        ranked = [(b, c) for b, c in ranked if b is not None or not forecast_only]
+    def hopeful(self, configs: Sequence[Config]) -> Continue | None:
+        """While new configurations may start: the paused configuration with the best
+        forecast bound, if that bound beats the best final value so far."""
+        ranked = [
+            (bound, c)
+            for bound, c in forecast_bounds(
+                configs, minimize=self.minimize, quantile=self.quantile
+            )
+            if bound is not None
+        ]
         if not ranked:
             return None
         bound, config = ranked[0]
         sign = 1.0 if self.minimize else -1.0
         finals = [sign * c.final for c in configs if c.final is not None]
-        if bound is not None and finals and bound >= min(finals):
+        if finals and bound >= min(finals):
             return None
-        rungs = self.rungs(configs)
-        until = next((r for r in rungs if r > config.last_step), None)
+        return self._continue(config, configs)
+
+    def _continue(self, config: Config, configs: Sequence[Config]) -> Continue:
+        """Continue ``config`` up to its next trusted rung (None: to its end)."""
+        until = next((r for r in self.rungs(configs) if r > config.last_step), None)
         return Continue(config.number, config.last_trial, until)
+
+    def done_reason(self, max_trials: int) -> str:
+        return (
+            f"max_trials={max_trials} configurations ran, or every point of the space did, "
+            "and each ran to its end"
+        )
 
 
 def forecast_bounds(
