@@ -494,19 +494,20 @@ def main() -> None:
     rows = summarise(runs)
     if args.keep:
         rows = merge(rows, json.loads((RESULTS / "strategies.json").read_text())["rows"])
+    sets = [s for s in SETS if any(r["set"] == s for r in rows)]
     meta = {
         "commit": commit(),
         "machine": machine(),
         "seeds": args.seeds,
         "jobs": args.jobs,
         "seconds": time.time() - started,
-        "tasks": {s: [t.name for t in load_set(s, args.data)] for s in args.sets},
-        "rank_agreement": {s: rank_agreement(load_set(s, args.data)) for s in args.sets},
+        "tasks": {s: [t.name for t in load_set(s, args.data)] for s in sets},
+        "rank_agreement": {s: rank_agreement(load_set(s, args.data)) for s in sets},
         "verdicts": verdicts(rows),
         "not_run": [n for n in STRATEGIES if n not in {r["strategy"] for r in rows}],
     }
     save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta))
-    for task_set in args.sets:
+    for task_set in [] if args.keep else args.sets:  # a batch's runs hold only its rows
         for w in args.workers:
             _plot(runs, task_set, w, RESULTS / f"strategies-{task_set}-w{w}.png")
     print(_markdown(rows, meta))
