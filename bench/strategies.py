@@ -404,7 +404,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             )
             name = f"**{r['strategy']}** (default)" if r["strategy"] == DEFAULT else r["strategy"]
             if r.get("seeds", meta["seeds"]) != meta["seeds"]:
-                name += f" ({r['seeds']} seeds)"
+                name += f" ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
             lines.append(
                 f"| {r['workers']} | {name} | {targets} | {regrets} | {r['paused_share']:.0%} |"
             )
