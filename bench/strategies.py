@@ -16,6 +16,7 @@ once), so tasks of different sizes compare.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -44,7 +45,13 @@ LATE = {"synthetic-ranked": 0.0, "synthetic-mixed": 0.5, "synthetic-crossing": 1
 SETS = ("nmtlc", *LATE, "smollm2")
 SYNTHETIC_TASKS = 5
 DEFAULT = "tpe"  # the service's default search (README "Search defaults")
-SCHEDULED = ("tpe + asha, promotion", "tpe + top-k", "tpe + adaptive", "random + asha, promotion")
+SCHEDULED = (
+    "tpe + asha, promotion",
+    "tpe + top-k",
+    "tpe + adaptive",
+    "tpe + forecast",
+    "random + asha, promotion",
+)
 
 
 class Task(Protocol):
@@ -94,6 +101,7 @@ STRATEGIES = {
     "tpe + asha, promotion": Strategy(TPE, scheduler="asha"),
     "tpe + top-k": Strategy(TPE, scheduler="top_k"),
     "tpe + adaptive": Strategy(TPE, scheduler="adaptive"),
+    "tpe + forecast": Strategy(TPE, scheduler="forecast"),
     # any sampler proposes new configurations; two sets keep the matrix within ~1.5 h
     "random + asha, promotion": Strategy(
         RANDOM, scheduler="asha", sets=("nmtlc", "synthetic-ranked")
@@ -254,9 +262,28 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "paused_share": float(np.mean([t["paused"] for t in tasks])),
                 "configurations": median(t["configurations"] for t in tasks),
                 "stalled_runs": sum(t["stalled"] for t in tasks),
+                "seeds": len(
+                    {
+                        r["seed"]
+                        for r in runs
+                        if (r["set"], r["strategy"], r["workers"]) == (task_set, strategy, workers)
+                    }
+                ),
             }
         )
     return rows
+
+
+def merge(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``new`` rows, and the ``old`` ones of strategies, sets and worker counts not in them, in
+    the table's order."""
+    done = {(r["set"], r["strategy"], r["workers"]) for r in new}
+    kept = [r for r in old if (r["set"], r["strategy"], r["workers"]) not in done]
+    order = {name: i for i, name in enumerate(STRATEGIES)}
+    return sorted(
+        new + [r for r in kept if r["strategy"] in order],
+        key=lambda r: (SETS.index(r["set"]), r["workers"], order[r["strategy"]]),
+    )
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -300,7 +327,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "# Search strategies and pause-and-continue schedulers on learning curves (simulated)",
         "",
         f"Commit `{meta['commit']}`, {meta['machine']}, {meta['seeds']} seeds per row and "
-        f"task, {meta['seconds']:.0f} s with {meta['jobs']} processes.",
+        f"task unless a row says otherwise, {meta['seconds']:.0f} s with {meta['jobs']} "
+        "processes (the last batch).",
         "",
         "A configuration's value is its curve's **last** point (the final evaluation a worker "
         "reports) and a task's best is the best final value of its grid. Earlier results "
@@ -315,6 +343,12 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "task's median curve length), top-k scores at R/5 and continues the best 3 of >= 9.",
         "",
     ]
+    if meta.get("not_run"):
+        lines += [
+            "Rows of earlier runs not run again (to save CPU; see the commit that last ran "
+            "them): " + ", ".join(meta["not_run"]) + ".",
+            "",
+        ]
     agreement = meta["rank_agreement"]
     lines += [
         "## Rank agreement of early scores with final scores",
@@ -369,6 +403,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 for c in (r["cost_to_target"][str(t)] for t in TARGETS)
             )
             name = f"**{r['strategy']}** (default)" if r["strategy"] == DEFAULT else r["strategy"]
+            if r.get("seeds", meta["seeds"]) != meta["seeds"]:
+                name += f" ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
             lines.append(
                 f"| {r['workers']} | {name} | {targets} | {regrets} | {r['paused_share']:.0%} |"
             )
@@ -434,6 +470,12 @@ def main() -> None:
     parser.add_argument(
         "--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES)
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the rows of bench/results/strategies.json that this run does not redo "
+        "(a matrix run in batches)",
+    )
     args = parser.parse_args()
     if args.data is None and "nmtlc" in args.sets:
         parser.error("the path to nmtlc.pkl is required for --sets nmtlc")
@@ -450,18 +492,22 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(_run, jobs, chunksize=2))
     rows = summarise(runs)
+    if args.keep:
+        rows = merge(rows, json.loads((RESULTS / "strategies.json").read_text())["rows"])
+    sets = [s for s in SETS if any(r["set"] == s for r in rows)]
     meta = {
         "commit": commit(),
         "machine": machine(),
         "seeds": args.seeds,
         "jobs": args.jobs,
         "seconds": time.time() - started,
-        "tasks": {s: [t.name for t in load_set(s, args.data)] for s in args.sets},
-        "rank_agreement": {s: rank_agreement(load_set(s, args.data)) for s in args.sets},
+        "tasks": {s: [t.name for t in load_set(s, args.data)] for s in sets},
+        "rank_agreement": {s: rank_agreement(load_set(s, args.data)) for s in sets},
         "verdicts": verdicts(rows),
+        "not_run": [n for n in STRATEGIES if n not in {r["strategy"] for r in rows}],
     }
     save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta))
-    for task_set in args.sets:
+    for task_set in [] if args.keep else args.sets:  # a batch's runs hold only its rows
         for w in args.workers:
             _plot(runs, task_set, w, RESULTS / f"strategies-{task_set}-w{w}.png")
     print(_markdown(rows, meta))

@@ -16,6 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.core import records
 from hpo.core.initial import first_value
 
 Config = tuple[Any, ...]
@@ -53,7 +54,7 @@ def nearest_untried(
 
 
 class UntriedSampler(optuna.samplers.BaseSampler):
-    """``base``, except that a repeat of a complete or running configuration becomes the
+    """``base``, except that a repeat of a complete, running or paused configuration becomes the
     nearest untried one, and with ``prior_first`` trial 0 tries ``hpo.core.initial``'s
     first configuration. Applies where the whole relative space is categorical and has at
     most ``MAX_CONFIGURATIONS`` configurations; elsewhere it is ``base`` unchanged."""
@@ -87,11 +88,13 @@ class UntriedSampler(optuna.samplers.BaseSampler):
         if size > MAX_CONFIGURATIONS:
             return params
         names = sorted(dists)
-        states = (TrialState.COMPLETE, TrialState.RUNNING)
+        states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.PRUNED)
         tried = {
             tuple(t.params.get(n) for n in names)
             for t in study.get_trials(deepcopy=False, states=states)
+            # a paused configuration (PRUNED to Optuna) is tried: a scheduler continues it
             if t.number != trial.number
+            and (t.state != TrialState.PRUNED or records.paused_at(t) is not None)
         }
         choices = [dists[n].choices for n in names]
         config = nearest_untried(tuple(params[n] for n in names), tried, choices, self._rng)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
+from hpo.core.records import PAUSED_AT_ATTR
 from hpo.core.untried import UntriedSampler, nearest_untried
 
 CHOICES = [[1e-5, 1e-4, 1e-3], [8, 16, 32]]
@@ -66,3 +67,27 @@ def test_a_space_too_large_to_walk_is_left_alone() -> None:
     trial = study.ask()
     frozen = study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - the sampler's view
     assert sampler.sample_relative(study, frozen, space) == {name: 0 for name in space}
+
+
+def test_a_paused_configuration_is_tried_and_a_pruned_one_is_not() -> None:
+    """A scheduler's paused configuration (PRUNED to Optuna, with its rung) continues from
+    its state: proposing it again would train a twin. A pruner's stop leaves it untried."""
+    space = {"lr": optuna.distributions.CategoricalDistribution(list(CHOICES[0]))}
+
+    class Repeats(optuna.samplers.RandomSampler):
+        def sample_relative(self, *args: object) -> dict[str, object]:
+            return {"lr": CHOICES[0][0]}
+
+    def proposal(paused: bool) -> object:
+        study = optuna.create_study()
+        study.enqueue_trial({"lr": CHOICES[0][0]})
+        first = study.ask(space)
+        if paused:
+            first.set_user_attr(PAUSED_AT_ATTR, 1)
+        study.tell(first, state=optuna.trial.TrialState.PRUNED)
+        trial = study.ask()
+        frozen = study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - the sampler's view
+        return UntriedSampler(Repeats(), seed=0).sample_relative(study, frozen, space)["lr"]
+
+    assert proposal(paused=False) == CHOICES[0][0]
+    assert proposal(paused=True) == CHOICES[0][1]  # the one untried neighbour

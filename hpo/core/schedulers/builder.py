@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hpo.core.schedulers import adaptive, asha, none, pbt, top_k
+from hpo.core.schedulers import adaptive, asha, forecast, none, pbt, top_k
 from hpo.core.schedulers.base import Scheduler
 from hpo.core.spec import SearchSpec
 
@@ -14,6 +14,7 @@ SCHEDULERS: dict[str, Callable[[SearchSpec], Scheduler]] = {
     "asha": asha.build,
     "top_k": top_k.build,
     "adaptive": adaptive.build,
+    "forecast": forecast.build,
     "pbt": pbt.build,
 }
 

@@ -80,6 +80,32 @@ class AdaptiveSchedulerSpec(Strict):
     audit_every: int = Field(default=4, ge=1, le=10_000)
 
 
+class ForecastSchedulerSpec(Strict):
+    """The adaptive scheduler's trusted rungs, plus continuation by forecast final value.
+
+    Rungs, agreement and audits as ``adaptive``. A paused configuration also continues when
+    the optimistic bound of its forecast final value (a regression fitted on the study's
+    finished curves, ``hpo.core.forecast``) beats the best final value so far; once no new
+    configuration may start (budget spent, or every point of a finite space tried), paused
+    ones continue in order of that bound while it beats the best, so one an early score
+    ranked out is not lost.
+    """
+
+    type: Literal["forecast"] = "forecast"
+    min_steps: int = Field(ge=1, le=MAX_STEP, description="Steps to the first candidate rung.")
+    reduction_factor: int = Field(default=3, ge=2, le=100)
+    min_agreement: float = Field(default=0.5, gt=-1.0, lt=1.0)
+    min_pairs: int = Field(default=8, ge=4, le=10_000)
+    audit_every: int = Field(default=4, ge=1, le=10_000)
+    quantile: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=0.5,
+        description="Quantile of the forecast's leave-one-out errors its optimistic bound "
+        "takes: lower continues more paused configurations.",
+    )
+
+
 # What PBT's explore may perturb: the settings declared ``mutable`` (hpo.core.hyperparameters).
 PBT_MUTABLE = tuple(hp.name for hp in HYPERPARAMETERS if hp.mutable)
 if TYPE_CHECKING:
@@ -130,6 +156,7 @@ SchedulerSpec = Annotated[
     | AshaSchedulerSpec
     | TopKSchedulerSpec
     | AdaptiveSchedulerSpec
+    | ForecastSchedulerSpec
     | PBTSchedulerSpec,
     Field(discriminator="type"),
 ]

@@ -1,0 +1,127 @@
+"""The adaptive scheduler's trusted rungs, and continuation by forecast so the best is kept.
+
+While new configurations may start it pauses and promotes as ``adaptive`` does (ASHA on the
+rungs measured to rank like the end; plain search otherwise), and a paused configuration
+also continues when the optimistic bound of its forecast final value (``hpo.core.forecast``,
+fitted on the study's finished curves) beats the best final value so far. Once nothing new
+may start (the budget is spent, or every point of a finite space was tried), every paused
+configuration continues, in order of that bound: one whose early score ranked it out is
+never lost, and the forecast decides how soon it is reached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from hpo.core.forecast import Model, fit
+from hpo.core.schedulers.adaptive import AdaptiveScheduler
+from hpo.core.schedulers.base import Decision, Idle
+from hpo.core.schedulers.rungs import Config, Continue, params_key
+from hpo.core.spec import (
+    AdaptiveSchedulerSpec,
+    ForecastSchedulerSpec,
+    SearchSpec,
+    grid_size,
+)
+
+
+class ForecastScheduler(AdaptiveScheduler):
+    def __init__(
+        self, spec: ForecastSchedulerSpec, *, minimize: bool = True, size: int | None = None
+    ) -> None:
+        rungs = AdaptiveSchedulerSpec(
+            min_steps=spec.min_steps,
+            reduction_factor=spec.reduction_factor,
+            min_agreement=spec.min_agreement,
+            min_pairs=spec.min_pairs,
+            audit_every=spec.audit_every,
+        )
+        super().__init__(rungs, minimize=minimize)
+        self.quantile = spec.quantile
+        self.size = size  # configurations in a finite space (None: unbounded)
+
+    def exhausted(self, configs: Sequence[Config]) -> bool:
+        """Every configuration of a finite space started: a new one would be a repeat."""
+        tried = {params_key(c) for c in configs if c.values or c.status != "stopped"}
+        return self.size is not None and len(tried) >= self.size
+
+    def next_work(self, configs: Sequence[Config], *, can_start: bool) -> Decision:
+        if can_start and not self.exhausted(configs):
+            decision = super().next_work(configs, can_start=True)
+            if isinstance(decision, Continue):
+                return decision
+            return self.hopeful(configs) or decision
+        # Nothing new may start: every paused configuration continues, the most promising
+        # first, so the best is never left paused (a bound can be wrong; the order costs
+        # least when it is right).
+        ranked = forecast_bounds(configs, minimize=self.minimize, quantile=self.quantile)
+        if ranked:
+            return self._continue(ranked[0][1], configs)
+        return Idle(done=not any(c.status == "running" for c in configs))
+
+    def hopeful(self, configs: Sequence[Config]) -> Continue | None:
+        """While new configurations may start: the paused configuration with the best
+        forecast bound, if that bound beats the best final value so far."""
+        ranked = [
+            (bound, c)
+            for bound, c in forecast_bounds(
+                configs, minimize=self.minimize, quantile=self.quantile
+            )
+            if bound is not None
+        ]
+        if not ranked:
+            return None
+        bound, config = ranked[0]
+        sign = 1.0 if self.minimize else -1.0
+        finals = [sign * c.final for c in configs if c.final is not None]
+        if finals and bound >= min(finals):
+            return None
+        return self._continue(config, configs)
+
+    def _continue(self, config: Config, configs: Sequence[Config]) -> Continue:
+        """Continue ``config`` up to its next trusted rung (None: to its end)."""
+        until = next((r for r in self.rungs(configs) if r > config.last_step), None)
+        return Continue(config.number, config.last_trial, until)
+
+    def done_reason(self, max_trials: int) -> str:
+        return (
+            f"max_trials={max_trials} configurations ran, or every point of the space did, "
+            "and each ran to its end"
+        )
+
+
+def forecast_bounds(
+    configs: Sequence[Config], *, minimize: bool, quantile: float
+) -> list[tuple[float | None, Config]]:
+    """Paused configurations, each with its forecast's optimistic bound (signed: lower is
+    better), best first; None for one without a forecast (too few finished curves went past
+    its step), which nothing rules out: those come first, the most advanced first."""
+    sign = 1.0 if minimize else -1.0
+    finished = [c.values for c in configs if c.final is not None]
+    seen = {params_key(c) for c in configs if c.status in ("running", "complete")}
+    models: dict[int, Model | None] = {}  # one fit per step paused configurations are at
+    out = []
+    for c in configs:
+        if c.status != "paused" or params_key(c) in seen or not c.values:
+            continue
+        step = c.last_step
+        if step not in models:
+            models[step] = fit(finished, step, quantile=quantile)
+        model = models[step]
+        predicted = None if model is None else model.predict(c.values)
+        bound = None
+        if predicted is not None:
+            bound = sign * (predicted.low if minimize else predicted.high)
+        out.append((-math.inf if bound is None else bound, -step, c.number, bound, c))
+    out.sort(key=lambda item: item[:3])
+    return [(bound, c) for _, _, _, bound, c in out]
+
+
+def build(search: SearchSpec) -> ForecastScheduler:
+    assert isinstance(search.scheduler, ForecastSchedulerSpec)
+    return ForecastScheduler(
+        search.scheduler,
+        minimize=search.objective.direction == "minimize",
+        size=grid_size(search.space),
+    )
