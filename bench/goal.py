@@ -128,7 +128,7 @@ def _shortfall(g: dict[str, Any]) -> str:
     elif math.isnan(g["ratio"]):
         parts.append("neither reaches 0.1% in half its runs")
     if g["reach_gap"] is not None:
-        parts.append(f"reach {100 * g['reach_gap']:.0f} points lower")
+        parts.append(f"reach {100 * g['reach_gap']:.0f} pp lower")
     return "; ".join(parts)
 
 
@@ -167,7 +167,7 @@ def goal_table(
         f"{PEER_MIN_REACH:.0%} of their runs (where none does: among those with the highest "
         "reach). Reach = share of runs within 0.1%. Ratio = our median cost / the best peer's. "
         f"Shortfall: how many times the {GOAL}x goal our median cost is, the median cost that "
-        "would meet it, and how much lower our reach is.",
+        "would meet it, and how much lower our reach is (pp = percentage points).",
         "",
         "| set | workers | ours: cost to 0.1% | reached | best peer | its cost to 0.1% | reached "
         "| ours / best peer | goal met | shortfall |",

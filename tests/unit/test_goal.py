@@ -88,5 +88,5 @@ def test_the_goal_table_has_one_line_per_set_and_workers_with_the_shortfall() ->
     w1, w8 = table
     assert "| st gp bo |" in w1 and "| no |" in w1
     assert f"{0.567 / 0.286 / goal.GOAL:.2f}x the goal" in w1
-    assert "4 points lower" in w1
+    assert "reach 4 pp lower" in w1
     assert "no comparison" in w8  # no peer ran at 8 workers in the fixture
