@@ -176,11 +176,13 @@ def _jobs(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
                             }
                         )
     (work / "runs").mkdir(parents=True, exist_ok=True)
-    # fast methods first; then seed 0 of every slow method and set before seed 1
+    # fast methods first, then GP BO (the best peer so far), then the other slow ones; seed 0
+    # of every set before seed 1
     sets = {t: i for i, t in enumerate(args.sets)}
     jobs.sort(
         key=lambda j: (
             j["method"] not in FAST,
+            j["method"] != "st gp bo",
             j["seed"],
             PRIORITY.index(j["method"]),
             sets[tasks[j["name"]]["set"]],
