@@ -2,7 +2,7 @@
 
     python -m bench.peers --setup                      # makes .peers-venv/ (pinned versions)
     python -m bench.peers PATH/TO/nmtlc.pkl [--seeds 5] [--workers 1 8] [--jobs 2]
-        [--sets nmtlc synthetic-mixed] [--methods ...] [--python .peers-venv/bin/python]
+        [--sets nmtlc synthetic-mixed smollm2] [--methods ...] [--python .peers-venv/bin/python]
         [--cap 120]
 
 The peers need NumPy < 1.27, so they run in their own virtualenv (``bench/peers-requirements.txt``)
@@ -434,8 +434,8 @@ def main() -> None:
     if args.setup:
         print(setup())
         return
-    if args.data is None:
-        parser.error("the path to nmtlc.pkl is required")
+    if args.data is None and "nmtlc" in args.sets:
+        parser.error("the path to nmtlc.pkl is required for --sets nmtlc")
     started = time.time()
     jobs, tasks = _jobs(args, args.work)
     if not args.summarise_only:

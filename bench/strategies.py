@@ -1,15 +1,17 @@
 """Compare search strategies and pause-and-continue schedulers on learning curves, simulated.
 
     python -m bench.strategies PATH/TO/nmtlc.pkl [--seeds 20] [--workers 1 8] [--jobs 2]
-        [--sets nmtlc synthetic-ranked synthetic-mixed synthetic-crossing]
+        [--sets nmtlc synthetic-ranked synthetic-mixed synthetic-crossing smollm2]
     python -m bench.strategies --tables-only   # strategies.md from the saved JSON + peers.json
 
 Task sets: NMTLC's recorded LoRA fine-tunes (10 tasks of 27 configurations), and three sets
 of the synthetic family in ``hpo/synthetic.py`` (5 seeded tasks of 48 configurations each)
 whose early ranks agree with the final ones (``ranked``), partly (``mixed``) or not at all
-(``crossing``: late bloomers). Writes bench/results/strategies.{md,json} and one plot per set
-and worker count, each set's table with the peer libraries' rows of bench/results/peers.json
-(``bench.peers``) under ours and the goal table of ``bench.goal`` on top. Costs are modelled
+(``crossing``: late bloomers), and ``smollm2``: a real SmolLM2-135M LoRA grid recorded on CPU
+and shipped in the repository (``hpo/smollm2.py``; no path needed). Writes
+bench/results/strategies.{md,json} and one plot per set and worker count, each set's table
+with the peer libraries' rows of bench/results/peers.json (``bench.peers``) under ours and the
+goal table of ``bench.goal`` on top. Costs are modelled
 device-seconds normalised by the task's full-grid cost (every configuration trained to its end
 once), so tasks of different sizes compare.
 """
@@ -32,6 +34,7 @@ import optuna
 import torch
 
 from bench import RESULTS, commit, goal, machine, save
+from hpo import smollm2
 from hpo.core.schedulers.adaptive import spearman
 from hpo.core.spec import SearchSpace, SearchSpec
 from hpo.nmtlc import load_tasks
@@ -42,7 +45,7 @@ TARGETS = (0.01, 0.001)  # within 1% and 0.1% of the task's best final loss
 MAX_COST = 1.5  # stop a run after 1.5 full-grid costs
 BUDGET_POINTS = (0.1, 0.25, 0.5, 1.0)
 LATE = {"synthetic-ranked": 0.0, "synthetic-mixed": 0.5, "synthetic-crossing": 1.0}
-SETS = ("nmtlc", *LATE)
+SETS = ("nmtlc", *LATE, "smollm2")
 SYNTHETIC_TASKS = 5
 DEFAULT = "tpe"  # the service's default search (README "Search defaults")
 SCHEDULED = ("tpe + asha, promotion", "tpe + top-k", "tpe + adaptive", "random + asha, promotion")
@@ -102,8 +105,12 @@ STRATEGIES = {
 }
 
 
-def load_set(name: str, data: Path) -> list[Task]:
+def load_set(name: str, data: Path | None) -> list[Task]:
+    if name == "smollm2":
+        return list(smollm2.load_tasks())
     if name == "nmtlc":
+        if data is None:
+            raise ValueError("the nmtlc set needs the path to nmtlc.pkl")
         return list(load_tasks(data))
     return [make_task(late=LATE[name], seed=seed) for seed in range(SYNTHETIC_TASKS)]
 
@@ -160,13 +167,13 @@ def target_stats(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _run(args: tuple[str, str, str, int, int]) -> dict[str, Any]:
+def _run(args: tuple[str | None, str, str, int, int]) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(1)  # GP fits: one thread per pool process, no oversubscription
     data, task_set, name, workers, seed = args
     strategy = STRATEGIES[name]
     results = []
-    for task in load_set(task_set, Path(data)):
+    for task in load_set(task_set, Path(data) if data else None):
         grid = task.full_grid_cost
         sim = simulate(
             _search(task, strategy), task, workers=workers, seed=seed, max_cost=MAX_COST * grid
@@ -458,10 +465,10 @@ def main() -> None:
     if args.tables_only:
         print(tables_only())
         return
-    if args.data is None:
-        parser.error("the path to nmtlc.pkl is required")
+    if args.data is None and "nmtlc" in args.sets:
+        parser.error("the path to nmtlc.pkl is required for --sets nmtlc")
     jobs = [
-        (str(args.data), task_set, name, w, seed)
+        (str(args.data) if args.data else None, task_set, name, w, seed)
         for task_set in args.sets
         for name in args.strategies
         if task_set in STRATEGIES[name].sets
