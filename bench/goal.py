@@ -105,6 +105,13 @@ def goal_rows(
     return out
 
 
+def seeds_text(meta: dict[str, Any]) -> str:
+    """'seeds 0..1 (smollm2: 0..9)' from a bench.peers run's meta."""
+    per_set = meta.get("set_seeds") or {}
+    extra = ", ".join(f"{k}: 0..{n - 1}" for k, n in per_set.items())
+    return f"seeds 0..{meta['seeds'] - 1}" + (f" ({extra})" if extra else "")
+
+
 def _fmt(x: float) -> str:
     return "never" if math.isinf(x) else f"{x:.3f}"
 
@@ -156,8 +163,8 @@ def goal_table(
     )
     lines += [
         f"Ours: `{default}` (the default), commit `{meta['commit']}`, seeds 0..{meta['seeds'] - 1}"
-        f" per task. Peers: bench/results/peers.json, commit `{peers['meta']['commit']}`, seeds "
-        f"0..{peers['meta']['seeds'] - 1} per task"
+        f" per task. Peers: bench/results/peers.json, commit `{peers['meta']['commit']}`, "
+        f"{seeds_text(peers['meta'])} per task"
         + (
             f" (rows carried over from commit(s) {', '.join(carried)} say so below)"
             if carried

@@ -29,7 +29,7 @@ import venv
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, commit, machine, save
+from bench import RESULTS, ROOT, commit, goal, machine, save
 from bench.strategies import (
     DEFAULT,
     MAX_COST,
@@ -160,7 +160,7 @@ def _jobs(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
                 for w in args.workers:
                     if method in RAY and w != 1:
                         continue
-                    for seed in range(args.seeds):
+                    for seed in range(dict(args.set_seeds).get(task_set, args.seeds)):
                         name = f"{task.name}-{method}-w{w}-s{seed}".replace("/", "_")
                         out = work / "runs" / f"{name}.json"
                         jobs.append(
@@ -238,6 +238,7 @@ def summarise(runs: list[dict[str, Any]], tasks: dict[str, Any]) -> list[dict[st
             "workers": workers,
             "strategy": method,
             "runs": len(ok),
+            "seeds": len({r["seed"] for r in ok}),
             "errors": sorted({r["error"] for r in group if "error" in r and r not in late}),
             "unfinished": len(late),
             "wall_cap": max((r["wall_cap"] for r in late), default=None),
@@ -311,7 +312,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Peer libraries on the curve sets of bench.strategies (simulated)",
         "",
-        f"Commit `{meta['commit']}`, {meta['machine']}, {meta['seeds']} seeds per row and task, "
+        f"Commit `{meta['commit']}`, {meta['machine']}, {goal.seeds_text(meta)} per row and "
+        "task, "
         f"{meta['runner_seconds']:.0f} s of runs in {meta['jobs']} processes + one for Ray, "
         f"{meta['jobs_total'] - meta['missing_runs']} of {meta['jobs_total']} runs ended "
         f"({meta.get('unfinished_runs', 0)} of them stopped at the {meta.get('cap', 0):.0f} s "
@@ -336,7 +338,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"completed trial is within 0.1%, or at {MAX_COST}x the grid cost ('never'). Cells: "
         "median cost (IQR) | runs reaching the target. "
         f"Our default's rows: bench/results/strategies.json (commit `{meta['ours_commit']}`, "
-        f"seeds 0..{meta['ours_seeds'] - 1}; peers ran seeds 0..{meta['seeds'] - 1}). "
+        f"seeds 0..{meta['ours_seeds'] - 1}; peers ran {goal.seeds_text(meta)}). "
         f"A peer run still going after {meta['cap']:.0f} s of real time was stopped and is "
         "counted apart ('k did not finish in N s'), not as a run that never reached the target. "
         "A row marked with a commit was carried over from the peers.json of that commit (same "
@@ -406,6 +408,14 @@ def main() -> None:
     default_python = os.environ.get("PEERS_PYTHON", str(VENV / "bin" / "python"))
     parser.add_argument("--python", default=default_python, help="the peers venv's python")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--set-seeds",
+        nargs="+",
+        default=[],
+        type=lambda s: (s.split("=")[0], int(s.split("=")[1])),
+        metavar="SET=N",
+        help="seeds for one set instead of --seeds (e.g. smollm2=10: one small task)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
@@ -471,6 +481,7 @@ def main() -> None:
         "missing_runs": len(jobs) - len(runs),
         "unfinished_runs": sum(bool(r.get("timed_out")) for r in runs),
         "cap": args.cap,
+        "set_seeds": dict(args.set_seeds),
     }
     save("peers", {"meta": meta, "rows": rows}, _markdown(rows, meta))
     print(_markdown(rows, meta))
