@@ -314,8 +314,9 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Commit `{meta['commit']}`, {meta['machine']}, {goal.seeds_text(meta)} per row and "
         "task, "
-        f"{meta['runner_seconds']:.0f} s of runs in {meta['jobs']} processes + one for Ray, "
-        f"{meta['jobs_total'] - meta['missing_runs']} of {meta['jobs_total']} runs ended "
+        f"{meta['runner_seconds']:.0f} s of runs (their sum; {meta['jobs']} runner process(es)), "
+        f"{meta['jobs_total'] - meta['missing_runs']} of the {meta['jobs_total']} runs of the "
+        "full matrix (methods x tasks x seeds x W) ended "
         f"({meta.get('unfinished_runs', 0)} of them stopped at the {meta.get('cap', 0):.0f} s "
         "cap); "
         f"{', '.join(meta['versions'])}.",

@@ -56,6 +56,10 @@ def test_the_best_peer_is_the_cheapest_that_reaches_in_most_runs() -> None:
     # where no peer reaches in 90% of runs, the most reliable one sets the bar
     assert goal.best_peer([CHEAP_BUT_UNRELIABLE, ASHA]) is CHEAP_BUT_UNRELIABLE
     assert goal.best_peer([]) is None
+    # a cut-short row (some of the set's tasks only) never sets the bar, however cheap
+    partial = row("st mobster", 0.079, 2, 2, tasks="2 of 10 tasks")
+    assert goal.best_peer([partial, RAY_HB]) is RAY_HB
+    assert goal.best_peer([partial]) is None
 
 
 def test_the_shortfall_says_how_far_from_half_the_best_peers_cost() -> None:
