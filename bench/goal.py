@@ -220,3 +220,11 @@ def peer_lines(
         note = f" ({'; '.join(notes)})" if notes else ""
         lines.append(f"| {workers} | *peer: {r['strategy']}*{note} | {cells} |" + " - |" * blanks)
     return lines
+
+
+def peer_lines_all(peers: dict[str, Any] | None, task_set: str, blanks: int) -> list[str]:
+    """``peer_lines`` for every worker count the peers ran on ``task_set``."""
+    workers = sorted(
+        {r["workers"] for r in (peers or {"rows": []})["rows"] if r["set"] == task_set}
+    )
+    return [line for w in workers for line in peer_lines(peers, task_set, w, blanks)]

@@ -357,7 +357,9 @@ def _markdown(
         )
     for task_set in SETS:
         group = [r for r in rows if r["set"] == task_set]
-        if not group:
+        # a set only the peers ran on (ours not run there yet): their rows alone
+        alone = [] if group else goal.peer_lines_all(peers, task_set, len(BUDGET_POINTS) + 1)
+        if not group and not alone:
             continue
         lines += [
             "",
@@ -367,6 +369,7 @@ def _markdown(
             + " | ".join(f"regret @ {b}x" for b in BUDGET_POINTS)
             + " | paused |",
             "|---|---|---|---|---|---|" + "---|" * len(BUDGET_POINTS) + "---|",
+            *alone,
         ]
         for i, r in enumerate(group):
             regrets = " | ".join(_fmt(r["median_regret_at"][str(b)]) for b in BUDGET_POINTS)

@@ -94,3 +94,11 @@ def test_the_goal_table_has_one_line_per_set_and_workers_with_the_shortfall() ->
     assert f"{0.567 / 0.286 / goal.GOAL:.2f}x the goal" in w1
     assert "reach 4 pp lower" in w1
     assert "no comparison" in w8  # no peer ran at 8 workers in the fixture
+
+
+def test_peer_lines_list_the_peers_with_runs_beside_ours() -> None:
+    lines = goal.peer_lines_all(PEERS, "nmtlc", 6)
+    assert [line.split("|")[2].strip() for line in lines] == [
+        f"*peer: {r['strategy']}*" for r in (GP_BO, RAY_HB, ASHA, CHEAP_BUT_UNRELIABLE)
+    ]
+    assert all(line.count("|") == 7 + 6 for line in lines)  # 6 columns + the blanks
