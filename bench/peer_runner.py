@@ -5,19 +5,24 @@ virtualenv's python (``python -m bench.peers --setup`` makes it), never with the
     .peers-venv/bin/python bench/peer_runner.py JOBS.json
 
 ``JOBS.json`` is a list of ``{"task": PATH, "method": NAME, "workers": W, "seed": S,
-"max_cost": DEVICE_SECONDS, "out": PATH}``; a task file is what ``bench.peers.export_task``
-writes. Each run writes to ``out``: the trace of trial ends, each ``[device cost so far, value,
-completed]`` (value = the trial's last reported point), and the configurations it started.
+"max_cost": DEVICE_SECONDS, "wall_cap": SECONDS, "out": PATH}``; a task file is what
+``bench.peers.export_task`` writes. Each run writes to ``out``: the trace of trial ends, each
+``[device cost so far, value, completed]`` (value = the trial's last reported point), and the
+configurations it started.
 Device cost is ours: the recorded cost of every point trained (a resumed trial does not train a
 point twice) plus the part of each in-flight point that has elapsed on the simulated clock. A
 run stops once a completed trial is within ``TARGET`` of the task's best final value (later
 cost-to-target numbers cannot change), once ``max_cost`` is spent, or when the library stops.
+A run still going after ``wall_cap`` seconds of real time is stopped and written as
+``{"error": "did not finish in N s", "timed_out": true}``: bounded, and never silently missing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import sys
 import tempfile
 import time
@@ -39,6 +44,13 @@ SYNE_TUNE = (
 )
 RAY = ("ray asha", "ray hyperband + optuna")
 METHODS = SYNE_TUNE + RAY
+WALL_CAP = 120.0  # seconds of real time per run when a job names none
+# past the cap, a library stuck inside one decision (a GP fit) is interrupted this much later
+GRACE = 30
+
+
+class WallCapExceeded(Exception):
+    """A run went past its wall-clock cap."""
 
 
 class Curves:
@@ -65,8 +77,10 @@ class Curves:
 class Trace:
     """Device cost and trial ends of one run, shared by the libraries' hooks."""
 
-    def __init__(self, task: Curves, max_cost: float) -> None:
+    def __init__(self, task: Curves, max_cost: float, wall_cap: float = WALL_CAP) -> None:
         self.task, self.max_cost = task, max_cost
+        self.deadline = time.monotonic() + wall_cap
+        self.timed_out = False
         self.paid = 0.0  # cost of the points reported so far
         self.events: list[list[Any]] = []
         self.best_complete = float("inf")
@@ -82,7 +96,9 @@ class Trace:
 
     def done(self, in_flight: float = 0.0) -> bool:
         reached = self.best_complete <= self.task.best_value * (1 + TARGET)
-        return reached or self.paid + in_flight >= self.max_cost
+        if not reached and time.monotonic() > self.deadline:
+            self.timed_out = True
+        return reached or self.timed_out or self.paid + in_flight >= self.max_cost
 
 
 def _syne_tune(task: Curves, method: str, workers: int, seed: int, trace: Trace) -> None:
@@ -176,7 +192,17 @@ def _syne_tune(task: Curves, method: str, workers: int, seed: int, trace: Trace)
             "hypertune": baselines.HyperTune,
             "dyhpo": baselines.DyHPO,
         }[kind]
-        extra = {} if kind == "dyhpo" else {"type": "promotion" if kind != "bohb" else "stopping"}
+        if kind == "dyhpo":
+            # Its defaults (a rung every 2 points, a GP refit at every third decision over up to
+            # 500 points) did not finish one 48-configuration run in 5 min: a rung every R/9
+            # points (the others' first rung), a refit every 5th decision on <= 200 points.
+            extra: dict[str, Any] = {
+                "rung_increment": task.first_rung,  # linear rungs: replaces reduction_factor
+                "search_options": {"opt_skip_period": 5, "max_size_data_for_model": 200},
+            }
+            multi.pop("reduction_factor")
+        else:
+            extra = {"type": "promotion" if kind != "bohb" else "stopping"}
         scheduler = cls(space, **multi, **extra)
     callback = SimulatorCallback()
     tuner = Tuner(
@@ -198,6 +224,7 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
     import ray
     from ray import tune
     from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
     def replay(config: dict[str, Any]) -> None:
@@ -243,7 +270,7 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
     def with_curve(config: dict[str, Any]) -> dict[str, Any]:
         return {**config, "_curve": curves[task.key(config)]}
 
-    searcher = OptunaSearch(metric=METRIC, mode="min", seed=seed)
+    samples = 8 * len(curves)
     if method == "ray asha":
         scheduler: Any = AsyncHyperBandScheduler(
             time_attr=RESOURCE,
@@ -251,10 +278,15 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
             grace_period=task.first_rung,
             reduction_factor=ETA,
         )
-        search_alg: Any = None
+        # Ray's random search samples with replacement: on a finite grid most proposals
+        # repeat one already run (4 min a run). Every configuration once, in a seeded order.
+        order = [dict(zip(task.choices, json.loads(k), strict=True)) for k in curves]
+        random.Random(seed).shuffle(order)
+        search_alg: Any = BasicVariantGenerator(points_to_evaluate=order, random_state=seed)
+        samples = len(order)
     else:
         scheduler = HyperBandScheduler(time_attr=RESOURCE, max_t=task.max_t, reduction_factor=ETA)
-        search_alg = searcher
+        search_alg = OptunaSearch(metric=METRIC, mode="min", seed=seed)
     trainable = tune.with_parameters(lambda config: replay(with_curve(config)))
     tuner = tune.Tuner(
         trainable,
@@ -264,7 +296,7 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
             mode="min",
             scheduler=scheduler,
             search_alg=search_alg,
-            num_samples=8 * len(curves),
+            num_samples=samples,
             max_concurrent_trials=1,
             reuse_actors=True,
         ),
@@ -272,30 +304,54 @@ def _ray(task: Curves, method: str, seed: int, trace: Trace, tmp: Path) -> None:
             storage_path=str(tmp), stop=Stop(), callbacks=[Hooks()], verbose=0, log_to_file=False
         ),
     )
-    if not ray.is_initialized():
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # Ray gives its node 30 s to start: not always enough on a busy box
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     tuner.fit()
 
 
 def run(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
     task = Curves(json.loads(Path(job["task"]).read_text()))
-    trace = Trace(task, job["max_cost"])
+    cap = float(job.get("wall_cap", WALL_CAP))
+    trace = Trace(task, job["max_cost"], cap)
     began = time.time()
-    if job["method"] in SYNE_TUNE:
-        _syne_tune(task, job["method"], job["workers"], job["seed"], trace)
-    elif job["method"] in RAY:
-        if job["workers"] != 1:
-            raise ValueError(f"{job['method']} runs at 1 worker only, not {job['workers']}.")
-        _ray(task, job["method"], job["seed"], trace, tmp)
-    else:
-        raise ValueError(f"unknown method {job['method']!r}; known: {', '.join(METHODS)}")
-    return {
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise WallCapExceeded
+
+    # the stop criteria see the deadline between decisions; the alarm ends one stuck inside one
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(int(cap) + GRACE)
+    try:
+        if job["method"] in SYNE_TUNE:
+            _syne_tune(task, job["method"], job["workers"], job["seed"], trace)
+        elif job["method"] in RAY:
+            if job["workers"] != 1:
+                raise ValueError(f"{job['method']} runs at 1 worker only, not {job['workers']}.")
+            _ray(task, job["method"], job["seed"], trace, tmp)
+        else:
+            raise ValueError(f"unknown method {job['method']!r}; known: {', '.join(METHODS)}")
+    except WallCapExceeded:
+        trace.timed_out = True
+    finally:
+        signal.alarm(0)
+    result = {
         **{k: job[k] for k in ("method", "workers", "seed")},
         "task": task.name,
         "trace": trace.events,
         "configurations": len(trace.configurations),
         "seconds": time.time() - began,
     }
+    if trace.timed_out:
+        # its trace is a prefix: costs to target from it would be biased, so it counts apart
+        result.update(error=f"did not finish in {cap:.0f} s", timed_out=True)
+    return result
 
 
 def main() -> None:
@@ -304,8 +360,10 @@ def main() -> None:
         os.environ["SYNETUNE_FOLDER"] = tmp  # Syne Tune's result files: thrown away
         for job in jobs:
             out = Path(job["out"])
-            if out.exists():
-                continue
+            if out.exists():  # done, or stopped at its cap; a run that failed runs again
+                done = json.loads(out.read_text())
+                if "error" not in done or done.get("timed_out"):
+                    continue
             try:
                 result = run(job, Path(tmp))
             except Exception as e:  # one failing method must not lose the other runs

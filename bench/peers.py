@@ -3,13 +3,17 @@
     python -m bench.peers --setup                      # makes .peers-venv/ (pinned versions)
     python -m bench.peers PATH/TO/nmtlc.pkl [--seeds 5] [--workers 1 8] [--jobs 2]
         [--sets nmtlc synthetic-mixed smollm2] [--methods ...] [--python .peers-venv/bin/python]
+        [--cap 120]
 
 The peers need NumPy < 1.27, so they run in their own virtualenv (``bench/peers-requirements.txt``)
 with ``bench/peer_runner.py``, which imports no project code. This side writes every task as
 JSON (``export_task``), runs the runner under ``nice -n 10`` in ``--jobs`` processes, reads
 their traces and computes cost to 1% / 0.1% of the task's best final value with the functions of
-bench.strategies. Our default's rows are bench.strategies' committed ones
-(``bench/results/strategies.json``, seeds 0..N-1 as here). Writes bench/results/peers.{md,json}.
+bench.strategies. A run past ``--cap`` seconds of real time is stopped and counted as 'did not
+finish' beside its row. Rows of the previous bench/results/peers.json whose (set, workers,
+method) has no run here are kept, marked with the commit they ran at. Our default's rows are
+bench.strategies' committed ones (``bench/results/strategies.json``). Writes
+bench/results/peers.{md,json}.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import venv
 from pathlib import Path
 from typing import Any
 
-from bench import RESULTS, ROOT, commit, machine, save
+from bench import RESULTS, ROOT, commit, goal, machine, save
 from bench.strategies import (
     DEFAULT,
     MAX_COST,
@@ -54,6 +58,20 @@ SYNE_TUNE = (
 )
 RAY = ("ray asha", "ray hyperband + optuna")
 METHODS = SYNE_TUNE + RAY
+# Which runs first when time is short: the best peers so far first, DyHPO last; the fast
+# methods' runs (seconds each) before the slow ones' (GP fits, Ray's runtime: 0.5-2 min).
+FAST = ("st asha promotion", "st asha stop", "st bohb")
+PRIORITY = (
+    "st gp bo",
+    "st asha promotion",
+    "st asha stop",
+    "st bohb",
+    "st hypertune",
+    "st mobster",
+    "ray hyperband + optuna",
+    "ray asha",
+    "st dyhpo",
+)
 NAMES = ("learning_rate", "per_device_train_batch_size", "lora_r")
 
 
@@ -142,7 +160,7 @@ def _jobs(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
                 for w in args.workers:
                     if method in RAY and w != 1:
                         continue
-                    for seed in range(args.seeds):
+                    for seed in range(dict(args.set_seeds).get(task_set, args.seeds)):
                         name = f"{task.name}-{method}-w{w}-s{seed}".replace("/", "_")
                         out = work / "runs" / f"{name}.json"
                         jobs.append(
@@ -154,19 +172,36 @@ def _jobs(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], d
                                 "seed": seed,
                                 "out": str(out),
                                 "max_cost": MAX_COST * task.full_grid_cost,
+                                "wall_cap": args.cap,
                             }
                         )
     (work / "runs").mkdir(parents=True, exist_ok=True)
-    # GP BO's fits make its runs the slowest: last, so a run cut short still has the others
-    jobs.sort(key=lambda j: (j["method"] == "st gp bo", j["workers"], j["seed"]))
+    # fast methods first, then GP BO (the best peer so far), then the other slow ones; seed 0
+    # of every set before seed 1
+    sets = {t: i for i, t in enumerate(args.sets)}
+    jobs.sort(
+        key=lambda j: (
+            j["method"] not in FAST,
+            j["method"] != "st gp bo",
+            j["seed"],
+            PRIORITY.index(j["method"]),
+            sets[tasks[j["name"]]["set"]],
+            j["workers"],
+        )
+    )
     return jobs, tasks
 
 
 def _run_all(jobs: list[dict[str, Any]], python: str, processes: int, work: Path) -> None:
     # Ray starts a cluster per process: its runs share one process; Syne Tune's the rest.
+    # One process runs them all in order (the cluster starts at the first Ray run).
     ray = [j for j in jobs if j["method"] in RAY]
     rest = [j for j in jobs if j["method"] not in RAY]
-    chunks = [c for c in (ray, *(rest[i::processes] for i in range(processes))) if c]
+    chunks = (
+        [jobs]
+        if processes == 1
+        else [c for c in (ray, *(rest[i::processes] for i in range(processes))) if c]
+    )
     procs = []
     for i, chunk in enumerate(chunks):
         path = work / f"jobs-{i}.json"
@@ -197,12 +232,16 @@ def summarise(runs: list[dict[str, Any]], tasks: dict[str, Any]) -> list[dict[st
             if (tasks[r["task"]]["set"], r["workers"], r["method"]) == (task_set, workers, method)
         ]
         ok = [r for r in group if "error" not in r]
+        late = [r for r in group if r.get("timed_out")]
         row: dict[str, Any] = {
             "set": task_set,
             "workers": workers,
             "strategy": method,
             "runs": len(ok),
-            "errors": sorted({r["error"] for r in group if "error" in r}),
+            "seeds": len({r["seed"] for r in ok}),
+            "errors": sorted({r["error"] for r in group if "error" in r and r not in late}),
+            "unfinished": len(late),
+            "wall_cap": max((r["wall_cap"] for r in late), default=None),
         }
         # headline: only completed trials count, as for ours in bench.strategies
         for rule, completed_only in (("cost_to_target", True), ("last_point", False)):
@@ -225,6 +264,23 @@ def summarise(runs: list[dict[str, Any]], tasks: dict[str, Any]) -> list[dict[st
     return rows
 
 
+def carry_over(
+    previous: dict[str, Any] | None, rows: list[dict[str, Any]], sets: list[str]
+) -> list[dict[str, Any]]:
+    """Peer rows of an earlier peers.json (same runner, same exported tasks) whose set,
+    worker count and method have no row in ``rows``; each keeps the commit it ran at."""
+    if previous is None:
+        return []
+    have = {(r["set"], r["workers"], r["strategy"]) for r in rows}
+    return [
+        {**r, "commit": r.get("commit", previous["meta"]["commit"])}
+        for r in previous["rows"]
+        if not r["strategy"].startswith("ours")
+        and r["set"] in sets
+        and (r["set"], r["workers"], r["strategy"]) not in have
+    ]
+
+
 def ours(sets: list[str], workers: list[int]) -> list[dict[str, Any]]:
     """Our default's rows from the committed bench.strategies run."""
     data = json.loads((RESULTS / "strategies.json").read_text())
@@ -240,6 +296,13 @@ def ours(sets: list[str], workers: list[int]) -> list[dict[str, Any]]:
     ]
 
 
+def _unfinished(r: dict[str, Any]) -> str:
+    """'k did not finish in N s' for a row with runs stopped at the wall cap, else ''."""
+    return (
+        f"{r['unfinished']} did not finish in {r['wall_cap']:.0f} s" if r.get("unfinished") else ""
+    )
+
+
 def _cell(c: dict[str, Any], runs: int) -> str:
     f = lambda x: "never" if math.isinf(x) else f"{x:.3f}"  # noqa: E731
     return f"{f(c['median'])} ({f(c['iqr'][0])}-{f(c['iqr'][1])}) | {c['reached_runs']}/{runs}"
@@ -249,15 +312,23 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Peer libraries on the curve sets of bench.strategies (simulated)",
         "",
-        f"Commit `{meta['commit']}`, {meta['machine']}, {meta['seeds']} seeds per row and task, "
-        f"{meta['runner_seconds']:.0f} s of runs in {meta['jobs']} processes + one for Ray, "
-        f"{meta['jobs_total'] - meta['missing_runs']} of {meta['jobs_total']} runs finished; "
+        f"Commit `{meta['commit']}`, {meta['machine']}, {goal.seeds_text(meta)} per row and "
+        "task, "
+        f"{meta['runner_seconds']:.0f} s of runs (their sum; {meta['jobs']} runner process(es)), "
+        f"{meta['jobs_total'] - meta['missing_runs']} of the {meta['jobs_total']} runs of the "
+        "full matrix (methods x tasks x seeds x W) ended "
+        f"({meta.get('unfinished_runs', 0)} of them stopped at the {meta.get('cap', 0):.0f} s "
+        "cap); "
         f"{', '.join(meta['versions'])}.",
         "",
         "Each peer runs through its own runtime on the exported curves (bench/peer_runner.py): "
         "Syne Tune's `UserBlackboxBackend` (each configuration's own curve) + `SimulatorCallback`"
         " with W simulated workers; Ray Tune's `Tuner` at one worker, a function trainable that "
         "replays the curve and checkpoints its step (HyperBand resumes without paying twice). "
+        "Library defaults except: Ray ASHA proposes every configuration once, in a seeded "
+        "random order (Ray's random search repeats configurations of a finite grid); DyHPO "
+        "rungs every R/9 points with a GP refit every 5th decision on <= 200 points (with its "
+        "defaults one 48-configuration run did not finish in 5 min). "
         "Cost = our device-seconds (recorded cost of every point trained, plus the elapsed part "
         "of in-flight points) / full-grid cost. Rungs as ours: first at R/9 (R = median curve "
         "length), eta = 3, max_t = the longest curve. As for ours in bench.strategies, the "
@@ -268,7 +339,11 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"completed trial is within 0.1%, or at {MAX_COST}x the grid cost ('never'). Cells: "
         "median cost (IQR) | runs reaching the target. "
         f"Our default's rows: bench/results/strategies.json (commit `{meta['ours_commit']}`, "
-        f"seeds 0..{meta['ours_seeds'] - 1}; peers ran seeds 0..{meta['seeds'] - 1}).",
+        f"seeds 0..{meta['ours_seeds'] - 1}; peers ran {goal.seeds_text(meta)}). "
+        f"A peer run still going after {meta['cap']:.0f} s of real time was stopped and is "
+        "counted apart ('k did not finish in N s'), not as a run that never reached the target. "
+        "A row marked with a commit was carried over from the peers.json of that commit (same "
+        "runner, same exported tasks) because it did not run again here.",
     ]
     for task_set in SETS:
         for workers in sorted({r["workers"] for r in rows}):
@@ -285,16 +360,26 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             ]
             for r in group:
                 runs = r["runs"]
-                if r.get("errors") and not runs:
-                    lines.append(f"| {r['strategy']} | failed: {r['errors'][0][:120]} |||||| ")
+                if not runs and (r.get("errors") or r.get("unfinished")):
+                    why = f"failed: {r['errors'][0][:120]}" if r.get("errors") else _unfinished(r)
+                    lines.append(f"| {r['strategy']} | {why} |||||| ")
                     continue
                 t1, t2 = (r["cost_to_target"][str(t)] for t in TARGETS)
                 done = r.get("last_point", r["cost_to_target"])["0.001"]
                 name = (
                     f"**{r['strategy']}**" if r["strategy"].startswith("ours") else r["strategy"]
                 )
-                if r.get("tasks"):  # a run cut short: say which part of the set it covers
-                    name += f" ({r['tasks']})"
+                notes = [
+                    n
+                    for n in (
+                        r.get("tasks"),  # a run cut short: say which part of the set it covers
+                        _unfinished(r),
+                        f"commit {r['commit']}" if r.get("commit") and "ours" not in name else "",
+                    )
+                    if n
+                ]
+                if notes:
+                    name += f" ({'; '.join(notes)})"
                 lines.append(
                     f"| {name} | {_cell(t1, runs)} | {_cell(t2, runs)} | {_cell(done, runs)} |"
                 )
@@ -324,15 +409,32 @@ def main() -> None:
     default_python = os.environ.get("PEERS_PYTHON", str(VENV / "bin" / "python"))
     parser.add_argument("--python", default=default_python, help="the peers venv's python")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--set-seeds",
+        nargs="+",
+        default=[],
+        type=lambda s: (s.split("=")[0], int(s.split("=")[1])),
+        metavar="SET=N",
+        help="seeds for one set instead of --seeds (e.g. smollm2=10: one small task)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
+        "--cap", type=float, default=120.0, help="seconds of real time per run (then stopped)"
+    )
+    parser.add_argument(
         "--work",
         type=Path,
         default=ROOT / ".peers-work",
         help="exported tasks and per-run traces; finished runs are reused",
+    )
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        default=RESULTS / "peers.json",
+        help="an earlier peers.json whose rows are kept where this run has none",
     )
     parser.add_argument(
         "--summarise-only",
@@ -356,9 +458,15 @@ def main() -> None:
     ]
     mine = ours(args.sets, args.workers)
     rows = summarise(runs, tasks)
+    previous = json.loads(args.previous.read_text()) if args.previous.exists() else None
+    rows += carry_over(previous, rows, args.sets)
     rows = sorted(
         mine + rows,
-        key=lambda r: (SETS.index(r["set"]), r["workers"], not r["strategy"].startswith("ours")),
+        key=lambda r: (
+            SETS.index(r["set"]),
+            r["workers"],
+            METHODS.index(r["strategy"]) if r["strategy"] in METHODS else -1,
+        ),
     )
     meta = {
         "commit": commit(),
@@ -372,6 +480,9 @@ def main() -> None:
         "ours_seeds": mine[0]["seeds"] if mine else 0,
         "ours_commit": mine[0]["commit"] if mine else "",
         "missing_runs": len(jobs) - len(runs),
+        "unfinished_runs": sum(bool(r.get("timed_out")) for r in runs),
+        "cap": args.cap,
+        "set_seeds": dict(args.set_seeds),
     }
     save("peers", {"meta": meta, "rows": rows}, _markdown(rows, meta))
     print(_markdown(rows, meta))

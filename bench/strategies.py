@@ -2,13 +2,16 @@
 
     python -m bench.strategies PATH/TO/nmtlc.pkl [--seeds 20] [--workers 1 8] [--jobs 2]
         [--sets nmtlc synthetic-ranked synthetic-mixed synthetic-crossing smollm2]
+    python -m bench.strategies --tables-only   # strategies.md from the saved JSON + peers.json
 
 Task sets: NMTLC's recorded LoRA fine-tunes (10 tasks of 27 configurations), and three sets
 of the synthetic family in ``hpo/synthetic.py`` (5 seeded tasks of 48 configurations each)
 whose early ranks agree with the final ones (``ranked``), partly (``mixed``) or not at all
 (``crossing``: late bloomers), and ``smollm2``: a real SmolLM2-135M LoRA grid recorded on CPU
 and shipped in the repository (``hpo/smollm2.py``; no path needed). Writes
-bench/results/strategies.{md,json} and one plot per set and worker count. Costs are modelled
+bench/results/strategies.{md,json} and one plot per set and worker count, each set's table
+with the peer libraries' rows of bench/results/peers.json (``bench.peers``) under ours and the
+goal table of ``bench.goal`` on top. Costs are modelled
 device-seconds normalised by the task's full-grid cost (every configuration trained to its end
 once), so tasks of different sizes compare.
 """
@@ -30,7 +33,7 @@ import numpy as np
 import optuna
 import torch
 
-from bench import RESULTS, commit, machine, save
+from bench import RESULTS, commit, goal, machine, save
 from hpo import smollm2
 from hpo.core.schedulers.adaptive import spearman
 from hpo.core.spec import SearchSpace, SearchSpec
@@ -322,7 +325,9 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def _markdown(
+    rows: list[dict[str, Any]], meta: dict[str, Any], peers: dict[str, Any] | None = None
+) -> str:
     lines = [
         "# Search strategies and pause-and-continue schedulers on learning curves (simulated)",
         "",
@@ -342,6 +347,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "(curve points): ASHA and the adaptive scheduler start at R/9 with eta = 3 (R = the "
         "task's median curve length), top-k scores at R/5 and continues the best 3 of >= 9.",
         "",
+        *goal.goal_table(rows, meta, peers, DEFAULT, SETS),
     ]
     if meta.get("not_run"):
         lines += [
@@ -384,7 +390,9 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         )
     for task_set in SETS:
         group = [r for r in rows if r["set"] == task_set]
-        if not group:
+        # a set only the peers ran on (ours not run there yet): their rows alone
+        alone = [] if group else goal.peer_lines_all(peers, task_set, len(BUDGET_POINTS) + 1)
+        if not group and not alone:
             continue
         lines += [
             "",
@@ -394,8 +402,9 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             + " | ".join(f"regret @ {b}x" for b in BUDGET_POINTS)
             + " | paused |",
             "|---|---|---|---|---|---|" + "---|" * len(BUDGET_POINTS) + "---|",
+            *alone,
         ]
-        for r in group:
+        for i, r in enumerate(group):
             regrets = " | ".join(_fmt(r["median_regret_at"][str(b)]) for b in BUDGET_POINTS)
             targets = " | ".join(
                 f"{_fmt(c['median'])} ({_fmt(c['iqr'][0])}-{_fmt(c['iqr'][1])}) | "
@@ -408,6 +417,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['workers']} | {name} | {targets} | {regrets} | {r['paused_share']:.0%} |"
             )
+            if i + 1 == len(group) or group[i + 1]["workers"] != r["workers"]:
+                lines += goal.peer_lines(peers, task_set, r["workers"], len(BUDGET_POINTS) + 1)
     stalled = [
         f"{r['strategy']} at {r['workers']} worker(s): {r['stalled_runs']} of {r['runs']} runs"
         for r in rows
@@ -460,9 +471,27 @@ def _plot(runs: list[dict[str, Any]], task_set: str, workers: int, out: Path) ->
     plt.close(fig)
 
 
+def _peers() -> dict[str, Any] | None:
+    path = RESULTS / "peers.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def tables_only() -> str:
+    """strategies.md again from the saved strategies.json and peers.json; runs nothing."""
+    data = json.loads((RESULTS / "strategies.json").read_text())
+    markdown = _markdown(data["rows"], data["meta"], _peers())
+    (RESULTS / "strategies.md").write_text(markdown)
+    return markdown
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("data", type=Path, nargs="?", help="NMTLC's nmtlc.pkl")
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="run nothing: rewrite strategies.md from strategies.json and peers.json",
+    )
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -477,6 +506,9 @@ def main() -> None:
         "(a matrix run in batches)",
     )
     args = parser.parse_args()
+    if args.tables_only:
+        print(tables_only())
+        return
     if args.data is None and "nmtlc" in args.sets:
         parser.error("the path to nmtlc.pkl is required for --sets nmtlc")
     jobs = [
@@ -506,11 +538,11 @@ def main() -> None:
         "verdicts": verdicts(rows),
         "not_run": [n for n in STRATEGIES if n not in {r["strategy"] for r in rows}],
     }
-    save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta))
+    save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta, _peers()))
     for task_set in [] if args.keep else args.sets:  # a batch's runs hold only its rows
         for w in args.workers:
             _plot(runs, task_set, w, RESULTS / f"strategies-{task_set}-w{w}.png")
-    print(_markdown(rows, meta))
+    print(_markdown(rows, meta, _peers()))
 
 
 if __name__ == "__main__":
