@@ -32,7 +32,7 @@ from typing import Any
 
 import optuna
 
-from bench import RESULTS, commit, machine, save
+from bench import RESULTS, commit, goal, machine, save
 from bench.strategies import DEFAULT, MAX_COST, STRATEGIES, _fmt, _search, target_stats
 from hpo.core.spec import WarmStartSpec
 from hpo.core.transfer import TransferSampler
@@ -193,30 +193,21 @@ def run_set(
 
 
 def best_peer(peers: list[dict[str, Any]], task_set: str, workers: int) -> dict[str, Any] | None:
-    """The peer with the lowest median cost to 0.1% on the set at ``workers`` (ties: the
-    higher reach), from ``peers.json``'s rows; ours (``ours: ...``) are not peers. The set's
-    own rows where peers ran on it, else those of ``PEER_SET``'s stand-in."""
-    key = str(TARGET)
-    runs = [
-        p
-        for p in peers
-        if p["workers"] == workers
-        and not p["strategy"].startswith("ours")
-        and key in p.get("cost_to_target", {})
-    ]
-    own = [p for p in runs if p["set"] == task_set]
-    rows = own or [p for p in runs if p["set"] == PEER_SET[task_set]]
-    if not rows:
-        return None
-    best = min(
-        rows,
-        key=lambda p: (p["cost_to_target"][key]["median"], -p["cost_to_target"][key]["reached"]),
+    """The peer that sets the bar in ``bench.goal`` (the cheapest median cost to 0.1% among
+    those reaching it in >= 90% of runs, over every task of the set), from ``peers.json``'s
+    rows: the set's own where peers ran on it, else those of ``PEER_SET``'s stand-in."""
+    table = {"rows": peers}
+    rows = goal.peer_rows(table, task_set, workers) or goal.peer_rows(
+        table, PEER_SET.get(task_set, task_set), workers
     )
+    best = goal.best_peer(rows)
+    if best is None:
+        return None
     return {
         "strategy": best["strategy"],
         "set": best["set"],
-        "runs": best.get("runs"),
-        **best["cost_to_target"][key],
+        "runs": best["runs"],
+        **best["cost_to_target"][str(TARGET)],
     }
 
 
@@ -298,8 +289,9 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "rule, LoRA prior first), and warm-started from the other tasks' cold runs of the same "
         "seed (nearest tasks first). Cells: median cost to 0.1% of the task's best final "
         "value as a share of its full-grid cost over tasks x seeds (reach). Best peer: the "
-        "lowest median cold cost to 0.1% among the peers in `peers.json` on that set and W "
-        "(for the synthetic family its `synthetic-mixed` row). Goal (issue 22): warm <= 1/3 of "
+        "best peer of `strategies.md`'s goal table (`bench.goal`: the lowest median cold "
+        "cost to 0.1% among the peers in `peers.json` on that set and W that reach it in "
+        ">= 90% of their runs over every task; for the synthetic family `synthetic-mixed`'s). Goal (issue 22): warm <= 1/3 of "
         "cold. Variants: `top 3, interleaved` enqueues each source's best in turns (the "
         "service's warm start before this change); `top 3, consensus` enqueues the 3 best by "
         "normalised rank averaged over the sources (weight 1/(i+1) for the i-th nearest); "

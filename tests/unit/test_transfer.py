@@ -146,11 +146,14 @@ def _peer(strategy: str, task_set: str, median: float, reached: float) -> dict[s
         "strategy": strategy,
         "set": task_set,
         "workers": 1,
-        "cost_to_target": {"0.001": {"median": median, "reached": reached}},
+        "runs": 10,
+        "cost_to_target": {
+            "0.001": {"median": median, "reached": reached, "reached_runs": round(reached * 10)}
+        },
     }
 
 
-def test_the_benchmarks_best_peer_is_the_cheapest_non_ours_row() -> None:
+def test_the_benchmarks_best_peer_is_the_cheapest_peer_that_reaches() -> None:
     peers = [
         _peer("ours: tpe", "nmtlc", 0.1, 1.0),
         _peer("gp bo", "nmtlc", 0.3, 1.0),
