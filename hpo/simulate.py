@@ -162,6 +162,22 @@ def simulate(
     search = search.model_copy(
         update={"sampler": search.sampler.model_copy(update={"seed": seed})}
     )
+    studies = _worker_studies(search, workers, ranking, sampler)
+    for config in warm:
+        studies[0].enqueue_trial(config.params, user_attrs=records.warm_start_attrs(config.source))
+    for params in first:
+        studies[0].enqueue_trial(params)
+    replay = _Replay(search, scheduler, objective, studies, seed=seed, max_cost=max_cost)
+    return replay.play(target)
+
+
+def _worker_studies(
+    search: SearchSpec,
+    workers: int,
+    ranking: Sequence[dict[str, Any]],
+    sampler: Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler] | None,
+) -> list[optuna.Study]:
+    """One in-memory study, seen by each worker through its own ``load_study``."""
     storage = optuna.storages.InMemoryStorage()
     direction = search.objective.direction
     created = optuna.create_study(storage=storage, study_name=STUDY, direction=direction)
@@ -175,12 +191,7 @@ def simulate(
         if sampler is not None:
             for w, study in enumerate(studies):
                 study.sampler = sampler(study.sampler, w)
-    for config in warm:
-        studies[0].enqueue_trial(config.params, user_attrs=records.warm_start_attrs(config.source))
-    for params in first:
-        studies[0].enqueue_trial(params)
-    replay = _Replay(search, scheduler, objective, studies, seed=seed, max_cost=max_cost)
-    return replay.play(target)
+    return studies
 
 
 def _replayable(search: SearchSpec, *, with_initial_design: bool) -> Scheduler:
