@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpo.core.schedulers.adaptive import spearman
 from hpo.core.spec import (
     CategoricalDistribution,
     Distribution,
@@ -195,12 +196,7 @@ def agreement(pairs: Sequence[tuple[float, float]]) -> float | None:
     is better), or None when either side has fewer than two distinct values."""
     if len({s for s, _ in pairs}) < 2 or len({v for _, v in pairs}) < 2:
         return None
-    xs, ys = _ranks([s for s, _ in pairs]), _ranks([v for _, v in pairs])
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    cov = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    vx = sum((x - mx) ** 2 for x in xs)
-    vy = sum((y - my) ** 2 for y in ys)
-    return cov / math.sqrt(vx * vy)
+    return spearman([s for s, _ in pairs], [v for _, v in pairs])
 
 
 def transfer_trusted(
@@ -259,18 +255,3 @@ def next_transfer(
     seen = {key(p) for p, _ in done} | {key(p) for p in tried}
     untried = [dict(r.params) for r in ranking if key(r.params) not in seen]
     return untried[skip] if skip < len(untried) else None
-
-
-def _ranks(values: Sequence[float]) -> list[float]:
-    """Ranks from 0, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
