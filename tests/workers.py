@@ -68,6 +68,36 @@ def trials(settings: Settings, study: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=settings.database_url).get_trials()
 
 
+def race_workers(
+    api: Any,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+    spec: dict[str, Any],
+    *,
+    count: int = 3,
+) -> dict[str, Any]:
+    """Register ``spec`` through ``api`` (a test server) and run ``count`` injected worker
+    processes side by side (they start together behind a barrier and exit once idle); the
+    study as the API shows it afterwards."""
+    with api.client() as client:
+        assert client.post("/studies", json=spec).status_code == 201
+        workers = [
+            spawn(
+                api.settings,
+                f"w{i}",
+                "--cheap",
+                "--barrier",
+                str(count),
+                "--idle-exit",
+                "3",
+                injected=True,
+            )
+            for i in range(count)
+        ]
+        assert [w.wait(timeout=240) for w in workers] == [0] * count
+        study: dict[str, Any] = client.get(f"/studies/{spec['name']}").json()
+    return study
+
+
 def small_study(name: str, **parts: Any) -> dict[str, Any]:
     """A study whose trials take a second or two on the tiny model on CPU."""
     defaults: dict[str, Any] = {

@@ -14,7 +14,7 @@ from hpo.core.records import CONTINUES_ATTR, PAUSED_AT_ATTR
 from hpo.core.schedulers.rungs import configurations
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
-from tests.workers import trials
+from tests.workers import race_workers, trials
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
 LEARNING_RATES = [1e-4, 3e-4, 1e-3, 3e-3]
@@ -47,23 +47,7 @@ def test_worker_processes_keep_the_best_of_a_finite_space(
         scheduler={"type": "forecast", "min_steps": 1, "min_pairs": 4, "audit_every": 100},
         budget={"max_trials": MAX_TRIALS},
     )
-    with pg_api.client() as client:
-        assert client.post("/studies", json=spec).status_code == 201
-        workers = [
-            spawn_worker(
-                pg_api.settings,
-                f"w{i}",
-                "--cheap",
-                "--barrier",
-                "3",
-                "--idle-exit",
-                "3",
-                injected=True,
-            )
-            for i in range(3)
-        ]
-        assert [w.wait(timeout=240) for w in workers] == [0, 0, 0]
-        study = client.get("/studies/forecast").json()
+    study = race_workers(pg_api, spawn_worker, spec)
     done = trials(pg_api.settings, "forecast")
     assert {t.state for t in done} <= {TrialState.COMPLETE, TrialState.PRUNED}
     configs = configurations(done)

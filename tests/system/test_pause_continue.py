@@ -39,7 +39,7 @@ from hpo.core.spec import SearchSpec, StudySpec, TopKSchedulerSpec
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
 from tests.worker_process import cheap_objective
-from tests.workers import small_study, trials, wait_until
+from tests.workers import race_workers, small_study, trials, wait_until
 from worker.loop import Candidate, Worker
 from worker.objective import WorkerContext
 
@@ -301,23 +301,7 @@ def test_racing_worker_processes_keep_the_budget_with_promotions(
         scheduler=scheduler,
         budget={"max_trials": 12},
     )
-    with pg_api.client() as client:
-        assert client.post("/studies", json=spec).status_code == 201
-        workers = [
-            spawn_worker(
-                pg_api.settings,
-                f"w{i}",
-                "--cheap",
-                "--barrier",
-                "3",
-                "--idle-exit",
-                "3",
-                injected=True,
-            )
-            for i in range(3)
-        ]
-        assert [w.wait(timeout=240) for w in workers] == [0, 0, 0]
-        study = client.get(f"/studies/{spec['name']}").json()
+    study = race_workers(pg_api, spawn_worker, spec)
     done = trials(pg_api.settings, spec["name"])
     assert {t.state for t in done} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert len(configurations(done)) == 12
