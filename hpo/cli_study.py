@@ -142,6 +142,9 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
         if metric in study.baseline:
             label = "greedy decoding (baseline)" if decode else "untuned model"
             console.print(f"{label}: {metric} {study.baseline[metric]:.4g}")
+        if study.warm_start_from is not None:
+            sources = ", ".join(study.warm_start_from) or "no earlier study matched: started cold"
+            console.print(f"warm start from: {sources}")
         for trial in running:  # where each running trial is: its last report
             if trial.intermediate_values:
                 step = max(trial.intermediate_values)

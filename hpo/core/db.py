@@ -18,6 +18,7 @@ from sqlalchemy import (
     Engine,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -50,6 +51,8 @@ class StudyRecord(Base):
     """A registered study: its spec, owner and lifecycle status."""
 
     __tablename__ = "hpo_studies"
+    # An owner's studies newest first (warm start's ``auto``) as a walk down one index.
+    __table_args__ = (Index("ix_hpo_studies_owner_id", "owner", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)

@@ -54,6 +54,11 @@ class StudyPublic(StudySummary):
         description="The untuned model's scores on the evaluation data (eval_loss, the "
         "objective), measured once by the first trial.",
     )
+    warm_start_from: list[str] | None = Field(
+        default=None,
+        description="With search.warm_start: the earlier studies that seeded it, named ones "
+        "first, then those auto chose; empty when none matched and it started cold.",
+    )
 
 
 class TrialPublic(BaseModel):

@@ -15,7 +15,8 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-from sqlalchemy import func, select, update
+from pydantic import ValidationError
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,13 +25,16 @@ from hpo.core.budget import decision_now, spent_reason, trial_cap
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
+from hpo.core.optuna_tables import studies as optuna_studies
 from hpo.core.optuna_tables import trial_id
+from hpo.core.optuna_tables import trials as optuna_trials
 from hpo.core.owners import check_study_quota
 from hpo.core.paths import check_spec_paths
 from hpo.core.preflight import check_inputs
 from hpo.core.progress import best_trial, trial_counts
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
+from hpo.core.warm_sources import AUTO_CANDIDATES, Candidate, TaskKey, task_key, warm_sources
 from hpo.core.warm_start import (
     RANKING_LIMIT,
     SourceStudy,
@@ -85,7 +89,7 @@ def register_study(
     if session.scalar(select(StudyRecord.id).where(StudyRecord.name == spec.name)) is not None:
         raise StudyConflict(f"a study named {spec.name!r} already exists")
     adapter = _pinned_adapter(session, storage, spec, owner) if spec.train.adapter else None
-    warm, ranking = _warm_start(session, storage, spec, owner)
+    warm, ranking, warm_from = _warm_start(session, storage, spec, owner)
     # Optuna's study first: SQLite allows one writer, so our row cannot stay flushed
     # while Optuna writes through its own connection. Undo Optuna's half if ours fails.
     direction = StudyDirection[spec.search.objective.direction.upper()]
@@ -105,6 +109,8 @@ def register_study(
         attrs = records.study_attrs(owner=owner, objective=spec.search.objective.metric)
         if ranking:
             attrs |= records.warm_start_ranking_attrs(ranking)
+        if warm_from is not None:
+            attrs |= records.warm_start_sources_attrs(warm_from)
         for key, value in attrs.items():
             storage.set_study_user_attr(study_id, key, value)
         session.add(record)
@@ -128,24 +134,28 @@ def register_study(
 
 def _warm_start(
     session: Session, storage: RDBStorage, spec: StudySpec, owner: str
-) -> tuple[list[WarmConfig], list[dict[str, Any]]]:
-    """The configurations ``search.warm_start`` says to try first, and the earlier studies'
-    consensus ranking for the trials that start before any result (none when it is off).
+) -> tuple[list[WarmConfig], list[dict[str, Any]], list[str] | None]:
+    """The configurations ``search.warm_start`` says to try first, the earlier studies'
+    consensus ranking for the trials that start before any result, and the studies that seed
+    it (``hpo.core.warm_sources``; None when warm start is off, empty when ``auto`` found no
+    study of the same task: the study starts cold).
 
     Raises:
         SpecError: A named study is not one of this owner's.
     """
     warm = spec.search.warm_start
     if warm is None:
-        return [], []
+        return [], [], None
+    candidates = _auto_candidates(session, owner) if warm.auto else []
+    names = warm_sources(spec, candidates)
     sources = []
-    for i, name in enumerate(warm.studies):
+    for i, name in enumerate(names):
         try:
             record = get_study(session, name=name, owner=owner)
-        except StudyNotFound:
-            raise SpecError(
-                f"you have no study named {name!r}.", loc=("search", "warm_start", "studies", i)
-            ) from None
+        except StudyNotFound:  # an automatic one only if deleted since it was chosen
+            named = i < len(warm.studies)
+            loc = ("search", "warm_start", *(("studies", i) if named else ("auto",)))
+            raise SpecError(f"you have no study named {name!r}.", loc=loc) from None
         source = StudySpec.model_validate(record.spec)
         done = storage.get_all_trials(
             optuna_study_id(storage, record), deepcopy=False, states=(TrialState.COMPLETE,)
@@ -163,7 +173,43 @@ def _warm_start(
     return (
         warm_start_configs(sources, spec.search.space, top_k=top_k),
         [r.params for r in ranking],
+        names,
     )
+
+
+def _auto_candidates(session: Session, owner: str) -> list[Candidate]:
+    """The owner's ``AUTO_CANDIDATES`` newest studies: a walk down the ``(owner, id)`` index
+    that stops there, and one EXISTS probe per study for a completed trial."""
+    rows = session.execute(
+        select(StudyRecord.id, StudyRecord.name, StudyRecord.spec)
+        .where(StudyRecord.owner == owner)
+        .order_by(StudyRecord.id.desc())
+        .limit(AUTO_CANDIDATES)
+    ).all()
+    if not rows:
+        return []
+    completed = exists().where(
+        optuna_trials.c.study_id == optuna_studies.c.study_id,
+        optuna_trials.c.state == TrialState.COMPLETE.name,
+    )
+    with_result = set(
+        session.scalars(
+            select(optuna_studies.c.study_name).where(
+                optuna_studies.c.study_name.in_([r.name for r in rows]), completed
+            )
+        )
+    )
+    return [
+        Candidate(name=r.name, id=r.id, task=_task(r.spec), completed=r.name in with_result)
+        for r in rows
+    ]
+
+
+def _task(stored: dict[str, Any]) -> TaskKey | None:
+    try:
+        return task_key(StudySpec.model_validate(stored))
+    except ValidationError:  # a spec an older release stored: not a candidate, not an error
+        return None
 
 
 def _pinned_adapter(session: Session, storage: RDBStorage, spec: StudySpec, owner: str) -> str:

@@ -3,9 +3,9 @@ hottest read.
 
 Optuna's storage API opens a session (and a pooled connection, pinged first) per call and
 loads whole trials; the summary needs its study id, direction, counts, best trial's number,
-value and parameters, and the baseline scores. Four small queries on the connection that
-already checked the token and read the study's record serve it: every extra checkout costs a
-ping, and on a busy host a round trip costs more than the query.
+value and parameters, the baseline scores and the warm start's sources. Four small queries on
+the connection that already checked the token and read the study's record serve it: every
+extra checkout costs a ping, and on a busy host a round trip costs more than the query.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from optuna.distributions import json_to_distribution
 from optuna.study import StudyDirection
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, or_, select
 
 from hpo.core import records
 from hpo.core.errors import StudyBroken
@@ -36,10 +36,12 @@ class Summary:
     counts: TrialCounts
     best: Best | None
     baseline: dict[str, float]
+    warm_start_from: list[str] | None
 
 
 def study_summary(conn: Connection, name: str) -> Summary:
-    """Counts, best trial and baseline of the Optuna study ``name``, read on ``conn``.
+    """Counts, best trial, baseline and warm-start sources of the Optuna study ``name``, read
+    on ``conn``.
 
     Raises:
         StudyBroken: The Optuna study is gone (deleted or renamed outside the service).
@@ -80,11 +82,19 @@ def study_summary(conn: Connection, name: str) -> Summary:
                 if r.param_name is not None
             },
         )
-    attrs = conn.execute(
+    attr_rows = conn.execute(
         select(study_user_attributes.c.key, study_user_attributes.c.value_json).where(
             study_user_attributes.c.study_id == study_id,
-            study_user_attributes.c.key.startswith(records.BASELINE_PREFIX, autoescape=True),
+            or_(
+                study_user_attributes.c.key.startswith(records.BASELINE_PREFIX, autoescape=True),
+                study_user_attributes.c.key == records.WARM_START_SOURCES_ATTR,
+            ),
         )
     )
-    baseline = records.baseline({k: json.loads(v) for k, v in attrs})
-    return Summary(counts=counts, best=best, baseline=baseline)
+    attrs = {k: json.loads(v) for k, v in attr_rows}
+    return Summary(
+        counts=counts,
+        best=best,
+        baseline=records.baseline(attrs),
+        warm_start_from=records.warm_start_sources(attrs),
+    )

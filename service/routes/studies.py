@@ -72,6 +72,7 @@ def _public(record: StudyRecord, session: Session) -> StudyPublic:
         best_params=best.params if best else None,
         best_trial=best.number if best else None,
         baseline=summary.baseline,
+        warm_start_from=summary.warm_start_from,
     )
 
 

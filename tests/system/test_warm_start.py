@@ -1,13 +1,17 @@
 """Warm start with the real API, PostgreSQL and a real worker: an owner's earlier study's best
 configurations run first in a new study, and the trials that start before it has a result
-follow the earlier studies' ranking; another owner's study cannot seed one."""
+follow the earlier studies' ranking; another owner's study cannot seed one, by name or by
+``auto``."""
 
 from __future__ import annotations
 
-import pytest
-from optuna.trial import TrialState
+from typing import Any
 
-from hpo.core.factory import load_study, suggest_params
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from hpo.core.factory import load_study, optuna_distributions, suggest_params
 from hpo.core.records import WARM_START_ATTR
 from hpo.core.spec import StudySpec
 from tests.conftest import ApiServer
@@ -79,3 +83,47 @@ def test_a_warm_started_study_runs_the_earlier_studys_best_first(pg_api: ApiServ
     for trial in asked:
         study.tell(trial, state=TrialState.FAIL)
     assert params == [t.params for t in best]  # the enqueued best, then the ranking's next
+
+
+def test_auto_seeds_from_the_owners_newest_studies_of_the_same_task(pg_api: ApiServer) -> None:
+    """Earlier studies get their finished trials through the storage (no training): alice's
+    two of the same task seed her new study, newest first; her study of another data shape,
+    her study with no result and bob's newer study of the same task do not."""
+    url = pg_api.settings.database_url
+
+    def earlier(client: Any, name: str, best_lr: float | None, **parts: Any) -> None:
+        spec = small_study(name, space=SPACE, **parts)
+        assert client.post("/studies", json=spec).status_code == 201
+        if best_lr is not None:  # the best first, then a worse one
+            study = optuna.load_study(study_name=name, storage=url)
+            dists = optuna_distributions(StudySpec.model_validate(spec).search)
+            for value, lr in enumerate((best_lr, 1e-3)):
+                params = {"learning_rate": lr, "lora_r": 8}
+                study.add_trial(create_trial(params=params, distributions=dists, value=value))
+
+    new = small_study("auto", space=SPACE, warm_start={"auto": True, "top_k": 2})
+    other_shape = {**new["train"]["dataset"], "shape": "language_modeling"}
+    with (
+        pg_api.client("alice") as alice,
+        pg_api.client("bob") as bob,
+        pg_api.client("carol") as carol,
+    ):
+        earlier(alice, "a-old", 1e-4)
+        earlier(alice, "a-shape", 2e-4, dataset=other_shape)
+        earlier(alice, "a-new", 3e-4)
+        earlier(alice, "a-empty", None)
+        earlier(bob, "b-newest", 5e-4)
+        created = alice.post("/studies", json=new)
+        assert created.status_code == 201, created.text
+        assert created.json()["warm_start_from"] == ["a-new", "a-old"]
+        bobs = bob.post("/studies", json={**new, "name": "auto-bob"}).json()
+        assert bobs["warm_start_from"] == ["b-newest"]
+        cold = carol.post("/studies", json={**new, "name": "auto-carol"})
+        assert cold.status_code == 201, cold.text
+        assert cold.json()["warm_start_from"] == []  # nothing matched: it starts cold
+        assert carol.get("/studies/auto-carol").json()["warm_start_from"] == []
+    queued = sorted(trials(pg_api.settings, "auto"), key=lambda t: t.number)
+    assert [t.state for t in queued] == [TrialState.WAITING] * 2
+    assert [t.system_attrs["fixed_params"]["learning_rate"] for t in queued] == [3e-4, 1e-4]
+    assert [t.user_attrs[WARM_START_ATTR] for t in queued] == ["a-new", "a-old"]
+    assert trials(pg_api.settings, "auto-carol") == []

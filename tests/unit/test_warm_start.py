@@ -99,8 +99,12 @@ def test_the_spec_option_is_off_by_default_and_checked() -> None:
     assert SearchSpec().warm_start is None
     spec = SearchSpec.model_validate({"warm_start": {"studies": ["a", "b"]}})
     assert spec.warm_start is not None and spec.warm_start.top_k == 3
+    assert not spec.warm_start.auto
+    auto = SearchSpec.model_validate({"warm_start": {"auto": True}}).warm_start
+    assert auto is not None and auto.studies == []
     for bad in (
         {"studies": []},
+        {"studies": [], "auto": False},
         {"studies": ["a", "a"]},
         {"studies": ["A/.."]},
         {"studies": ["a"], "top_k": 0},

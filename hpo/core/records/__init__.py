@@ -19,7 +19,8 @@ API, the CLI and the plots read it. The keys, by what they describe:
 - run: who ran it (worker, hostname, device), what it measured (its scores by metric name,
   final train loss, evaluation loss curve, a sample answer), what it resolved on the model
   (LoRA targets, AdaLoRA ranks), who enqueued it, and a decode study's greedy baseline.
-- study (study user attributes): owner, objective, fidelity, the untuned model's scores.
+- study (study user attributes): owner, objective, fidelity, the untuned model's scores, a
+  warm start's ranking and source studies.
 
 Readers take a ``FrozenTrial``, a live ``optuna.Trial``, a REST ``TrialPublic`` or a plain
 mapping of user attributes (a SQL row's) and return None where the attribute is absent.
@@ -99,6 +100,7 @@ from hpo.core.records.keys import (
     UNTIL_ATTR,
     WARM_START_ATTR,
     WARM_START_RANKING_ATTR,
+    WARM_START_SOURCES_ATTR,
     WORKER_ATTR,
 )
 from hpo.core.records.lineages import (
@@ -170,6 +172,8 @@ from hpo.core.records.study import (
     study_attrs,
     warm_start_ranking,
     warm_start_ranking_attrs,
+    warm_start_sources,
+    warm_start_sources_attrs,
 )
 
 __all__ = [
@@ -218,6 +222,7 @@ __all__ = [
     "UNTIL_ATTR",
     "WARM_START_ATTR",
     "WARM_START_RANKING_ATTR",
+    "WARM_START_SOURCES_ATTR",
     "WORKER_ATTR",
     "Attrs",
     "HasState",
@@ -292,6 +297,8 @@ __all__ = [
     "study_attrs",
     "warm_start_ranking",
     "warm_start_ranking_attrs",
+    "warm_start_sources",
+    "warm_start_sources_attrs",
     "tokens_seen",
     "train_seconds",
     "until",

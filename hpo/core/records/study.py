@@ -1,5 +1,5 @@
 """Study user attributes: owner, objective, fidelity, the untuned model's scores, the warm
-start's ranking."""
+start's ranking and sources."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hpo.core.records.keys import (
     OBJECTIVE_ATTR,
     OWNER_ATTR,
     WARM_START_RANKING_ATTR,
+    WARM_START_SOURCES_ATTR,
 )
 
 
@@ -56,3 +57,17 @@ def warm_start_ranking(study_user_attrs: Mapping[str, Any]) -> list[dict[str, An
     if not isinstance(ranking, list):
         return []
     return [p for p in ranking if isinstance(p, dict)]
+
+
+def warm_start_sources_attrs(sources: list[str]) -> dict[str, Any]:
+    """A warm-started study's user attribute: the studies that seed it, in order."""
+    return {WARM_START_SOURCES_ATTR: sources}
+
+
+def warm_start_sources(study_user_attrs: Mapping[str, Any]) -> list[str] | None:
+    """The studies a warm-started study was seeded from (empty: none matched, it started
+    cold), or None for a study without warm start."""
+    sources = study_user_attrs.get(WARM_START_SOURCES_ATTR)
+    if not isinstance(sources, list):
+        return None
+    return [s for s in sources if isinstance(s, str)]

@@ -184,15 +184,25 @@ class BudgetSpec(Strict):
 
 MAX_WARM_START_STUDIES = 16
 MAX_WARM_START_TOP_K = 20
+# Earlier studies ``auto`` picks at most (newest first): enough related results to rank by,
+# few enough that the sources' trials stay a small read at registration.
+MAX_WARM_START_AUTO = 5
 
 
 class WarmStartSpec(Strict):
     """Try earlier studies' best configurations first (``hpo.core.warm_start``)."""
 
     studies: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=MAX_WARM_START_STUDIES,
         description="Earlier studies of the same owner whose finished trials seed this one.",
+    )
+    auto: bool = Field(
+        default=False,
+        description=f"Also seed from up to {MAX_WARM_START_AUTO} of the owner's newest earlier "
+        "studies of the same task: the same base model, dataset, declared data shape, mode "
+        "and objective metric, with a completed trial (after the named ones; none found: the "
+        "study starts cold).",
     )
     top_k: int = Field(
         default=3,
@@ -208,6 +218,12 @@ class WarmStartSpec(Strict):
         if len(set(studies)) != len(studies):
             raise ValueError(f"studies must be unique, but got {studies}.")
         return studies
+
+    @model_validator(mode="after")
+    def _some_source(self) -> WarmStartSpec:
+        if not self.studies and not self.auto:
+            raise ValueError("name earlier studies, set auto: true, or both.")
+        return self
 
 
 class SearchSpec(Strict):
