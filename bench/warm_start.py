@@ -34,6 +34,7 @@ import optuna
 
 from bench import RESULTS, commit, goal, machine, save
 from bench.strategies import DEFAULT, MAX_COST, STRATEGIES, _fmt, _search, target_stats
+from bench.warm_prior import prior_sampler
 from hpo.core.spec import WarmStartSpec
 from hpo.core.transfer import TransferSampler
 from hpo.core.warm_start import (
@@ -69,6 +70,8 @@ class Variant:
     sampler: Callable[[list[SourceStudy], Any], Sampler] | None = None
     # as the service runs it: a search.warm_start spec, the consensus ranking stored
     ranking: bool = False
+    # a sampler wrapper that needs the run's seed (it builds its own seeded samplers)
+    seeded_sampler: Callable[[list[SourceStudy], Any, int], Sampler] | None = None
 
 
 def _interleaved(sources: list[SourceStudy], task: Any) -> list[Ranked]:
@@ -117,6 +120,12 @@ VARIANTS = {
     SERVICE: Variant(
         enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K), ranking=True
     ),
+    # the service's, with TPE fitted to the sources' ranking as a prior (bench.warm_prior)
+    f"{SERVICE} + prior TPE": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        seeded_sampler=prior_sampler,
+    ),
+    "prior TPE alone": Variant(seeded_sampler=prior_sampler),
 }
 
 
@@ -185,7 +194,13 @@ def run_set(
                 target=task.best_value * (1 + TARGET),
                 warm=variant.enqueue(sources, task) if variant.enqueue else (),
                 ranking=ranking,
-                sampler=variant.sampler(sources, task) if variant.sampler else None,
+                sampler=(
+                    variant.sampler(sources, task)
+                    if variant.sampler
+                    else variant.seeded_sampler(sources, task, seed)
+                    if variant.seeded_sampler
+                    else None
+                ),
             )
             row["warm"][name] = _cost(task, sim)
         rows.append(row)
