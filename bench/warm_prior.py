@@ -5,9 +5,10 @@ configuration the sources tried as an earlier result valued at its consensus sco
 (``hpo.core.warm_start.consensus_ranking``: 0 the sources' best, 1 their worst); the study's
 own completed trials are valued on the same scale by their rank among themselves, so each
 pseudo-trial weighs as much as one of the study's own, and their share shrinks as the study's
-own results grow. From ``horizon`` completed trials on it is the plain TPE (the prior is
-dropped). Unlike enqueuing the sources' best, it makes the very first proposals model-based
-where a cold TPE starts at random.
+own results grow (a configuration the study tried, failed ones included, leaves the prior).
+From ``horizon`` completed trials on it is the plain TPE (the prior is dropped). Unlike
+enqueuing the sources' best, it makes the very first proposals model-based where a cold TPE
+starts at random.
 """
 
 from __future__ import annotations
@@ -71,8 +72,11 @@ class PriorTPE(optuna.samplers.BaseSampler):
         ]
         own = [t for _, t in sorted(scored, key=lambda vt: vt[0])]
         ranks = [i / max(len(own) - 1, 1) for i in range(len(own))]
-        values = [r.score for r in self._prior] + ranks
-        params = [r.params for r in self._prior] + [t.params for t in own]
+        # a configuration the study tried (failed ones too) speaks for itself, not by prior
+        tried = {_key(t.params) for t in study.get_trials(deepcopy=False) if t.params}
+        prior = [r for r in self._prior if _key(r.params) not in tried]
+        values = [r.score for r in prior] + ranks
+        params = [r.params for r in prior] + [t.params for t in own]
         sign = 1.0 if minimize else -1.0
         view.add_trials(
             create_trial(params=p, distributions=self._space, value=sign * v)
@@ -111,6 +115,10 @@ class PriorTPE(optuna.samplers.BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._tpe.after_trial(study, trial, state, values)
+
+
+def _key(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 def prior_sampler(sources: Sequence[Any], task: Any, seed: int, *, horizon: int = HORIZON) -> Any:
