@@ -318,7 +318,12 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "`top 3 + follow` enqueues the top 3 first. `top 3 + first batch` enqueues the top 3 "
         "and fills only the trials that start before the task has any result (the rest of "
         "the first batch at W=8; none at W=1, where it equals `top 3, interleaved`) from the "
-        f"ranking: **`{SERVICE}` is the service's warm start now**. Cold runs go to 1.5x "
+        f"ranking: **`{SERVICE}` is the service's warm start now**. `+ prior TPE` "
+        "(`bench.warm_prior`, measured, not kept) replaces its TPE by one fitted to every "
+        "configuration the sources tried as a pseudo-trial valued at its consensus score "
+        "(0 best .. 1 worst) beside the task's own results ranked on the same scale, until "
+        "10 own results; `prior TPE alone` does the same without the enqueued top 3. Cold "
+        "runs go to 1.5x "
         "the grid cost (the sources); warm runs stop at 0.1%.",
         "",
         "| set | W | variant | cold (reach) | warm (reach) | warm/cold medians | median "
