@@ -10,7 +10,9 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
+from typer.testing import CliRunner
 
+from hpo.cli import app
 from hpo.core.factory import load_study, optuna_distributions, suggest_params
 from hpo.core.records import WARM_START_ATTR
 from hpo.core.spec import StudySpec
@@ -127,3 +129,10 @@ def test_auto_seeds_from_the_owners_newest_studies_of_the_same_task(pg_api: ApiS
     assert [t.system_attrs["fixed_params"]["learning_rate"] for t in queued] == [3e-4, 1e-4]
     assert [t.user_attrs[WARM_START_ATTR] for t in queued] == ["a-new", "a-old"]
     assert trials(pg_api.settings, "auto-carol") == []
+    for owner, name, says in (
+        ("alice", "auto", "warm start from: a-new, a-old"),
+        ("carol", "auto-carol", "warm start from: no earlier study matched: started cold"),
+    ):
+        env = {"HPO_API_URL": pg_api.base_url, "HPO_TOKEN": pg_api.token(owner)}
+        shown = CliRunner().invoke(app, ["study", "show", name], env=env)
+        assert shown.exit_code == 0 and says in shown.stdout, shown.stdout
