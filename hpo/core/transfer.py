@@ -19,9 +19,10 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.core.warm_start import MIN_PAIRS, TRUST_THRESHOLD, Ranked, next_transfer
+from hpo.core.wrapped import WrappedSampler
 
 
-class TransferSampler(optuna.samplers.BaseSampler):
+class TransferSampler(WrappedSampler):
     """``base``, except that a trial is the ranking's next configuration while trusted."""
 
     def __init__(
@@ -33,14 +34,14 @@ class TransferSampler(optuna.samplers.BaseSampler):
         threshold: float = TRUST_THRESHOLD,
         blind_only: bool = False,
     ) -> None:
-        self._base = base
+        super().__init__(base)
         self._ranking = list(ranking)
         self._min_pairs, self._threshold = min_pairs, threshold
         self._blind_only = blind_only
         self._chosen: dict[int, dict[str, Any]] = {}  # trial number -> its configuration
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._base.before_trial(study, trial)
+        super().before_trial(study, trial)
         if "fixed_params" in trial.system_attrs:  # enqueued: runs as it was queued
             return
         trials = study.get_trials(deepcopy=False)
@@ -78,17 +79,12 @@ class TransferSampler(optuna.samplers.BaseSampler):
         if chosen is not None:
             self._chosen[trial.number] = chosen
 
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return self._base.infer_relative_search_space(study, trial)
-
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         chosen = self._chosen.get(trial.number)
         if chosen is None:
-            return self._base.sample_relative(study, trial, search_space)
+            return super().sample_relative(study, trial, search_space)
         return {n: chosen[n] for n in search_space if n in chosen}
 
     def sample_independent(
@@ -101,7 +97,7 @@ class TransferSampler(optuna.samplers.BaseSampler):
         chosen = self._chosen.get(trial.number)
         if chosen is not None and param_name in chosen:
             return chosen[param_name]
-        return self._base.sample_independent(study, trial, param_name, param_distribution)
+        return super().sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(
         self,
@@ -111,4 +107,4 @@ class TransferSampler(optuna.samplers.BaseSampler):
         values: Sequence[float] | None,
     ) -> None:
         self._chosen.pop(trial.number, None)
-        self._base.after_trial(study, trial, state, values)
+        super().after_trial(study, trial, state, values)

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.core import records
 from hpo.core.initial import first_value
+from hpo.core.wrapped import WrappedSampler
 
 Config = tuple[Any, ...]
 # Larger spaces are left alone: a repeat there is rare, and the search for the nearest
@@ -53,7 +54,7 @@ def nearest_untried(
     return best[int(rng.integers(len(best)))]
 
 
-class UntriedSampler(optuna.samplers.BaseSampler):
+class UntriedSampler(WrappedSampler):
     """``base``, except that a repeat of a complete, running or paused configuration becomes the
     nearest untried one, and with ``prior_first`` trial 0 tries ``hpo.core.initial``'s
     first configuration. Applies where the whole relative space is categorical and has at
@@ -66,19 +67,14 @@ class UntriedSampler(optuna.samplers.BaseSampler):
         seed: int | None = None,
         prior_first: bool = False,
     ) -> None:
-        self._base = base
+        super().__init__(base)
         self._rng = np.random.default_rng(seed)
         self._prior_first = prior_first
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return self._base.infer_relative_search_space(study, trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        params = self._base.sample_relative(study, trial, search_space)
+        params = super().sample_relative(study, trial, search_space)
         dists = {n: d for n, d in search_space.items() if isinstance(d, CategoricalDistribution)}
         if not params or params.keys() != search_space.keys() or len(dists) < len(search_space):
             return params
@@ -109,16 +105,4 @@ class UntriedSampler(optuna.samplers.BaseSampler):
     ) -> Any:
         if self._prior_first and trial.number == 0:  # unique: no two workers both start here
             return first_value(param_name, param_distribution, trial.params)
-        return self._base.sample_independent(study, trial, param_name, param_distribution)
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._base.before_trial(study, trial)
-
-    def after_trial(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._base.after_trial(study, trial, state, values)
+        return super().sample_independent(study, trial, param_name, param_distribution)
