@@ -34,8 +34,8 @@ import optuna
 
 from bench import RESULTS, commit, goal, machine, save
 from bench.strategies import DEFAULT, MAX_COST, STRATEGIES, _fmt, _search, target_stats
-from bench.warm_prior import prior_sampler
-from hpo.core.spec import WarmStartSpec
+from hpo.core.factory import build_sampler
+from hpo.core.spec import SearchSpec, WarmStartSpec
 from hpo.core.transfer import TransferSampler
 from hpo.core.warm_start import (
     RANKING_LIMIT,
@@ -96,6 +96,19 @@ def _follow(
     return build
 
 
+def _service_stack(sources: list[SourceStudy], task: Any, seed: int, *, prior: bool) -> Sampler:
+    """A warm-started study's sampler per worker as ``load_study`` builds it (the first batch
+    from the ranking), with or without the ranking as TPE's prior."""
+    ranking = consensus_ranking(sources, task.search_space)[:RANKING_LIMIT]
+    spec: SearchSpec = _search(task, STRATEGIES[DEFAULT])
+    spec = spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"seed": seed})})
+    return lambda _, worker: TransferSampler(
+        build_sampler(spec, seed_offset=worker, prior=ranking if prior else ()),
+        ranking,
+        blind_only=True,
+    )
+
+
 VARIANTS = {
     # the service's warm start on main: each source's best in turns, top 3 enqueued
     "top 3, interleaved": Variant(
@@ -120,12 +133,15 @@ VARIANTS = {
     SERVICE: Variant(
         enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K), ranking=True
     ),
-    # the service's, with TPE fitted to the sources' ranking as a prior (bench.warm_prior)
-    f"{SERVICE} + prior TPE": Variant(
+    # the service's before its TPE took the ranking as a prior (hpo.core.prior_tpe)
+    f"{SERVICE}, without prior TPE": Variant(
         enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
-        seeded_sampler=prior_sampler,
+        seeded_sampler=lambda s, t, seed: _service_stack(s, t, seed, prior=False),
     ),
-    "prior TPE alone": Variant(seeded_sampler=prior_sampler),
+    # the service's without the enqueued top 3
+    "prior TPE alone": Variant(
+        seeded_sampler=lambda s, t, seed: _service_stack(s, t, seed, prior=True)
+    ),
 }
 
 
@@ -178,13 +194,11 @@ def run_set(
         for name in variants:
             variant = VARIANTS[name]
             spec = _search(task, search)
-            ranking: list[dict[str, Any]] = []
+            ranking: list[Ranked] = []
             if variant.ranking:
                 names = [f"source-{i}" for i in range(len(sources))]
                 spec = spec.model_copy(update={"warm_start": WarmStartSpec(studies=names)})
-                ranking = [
-                    r.params for r in consensus_ranking(sources, task.search_space)[:RANKING_LIMIT]
-                ]
+                ranking = consensus_ranking(sources, task.search_space)[:RANKING_LIMIT]
             sim = simulate(
                 spec,
                 task,
@@ -317,12 +331,13 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "trusting; `follow interleaved` follows warm start's interleaved order instead; "
         "`top 3 + follow` enqueues the top 3 first. `top 3 + first batch` enqueues the top 3 "
         "and fills only the trials that start before the task has any result (the rest of "
-        "the first batch at W=8; none at W=1, where it equals `top 3, interleaved`) from the "
-        f"ranking: **`{SERVICE}` is the service's warm start now**. `+ prior TPE` "
-        "(`bench.warm_prior`, measured, not kept) replaces its TPE by one fitted to every "
-        "configuration the sources tried as a pseudo-trial valued at its consensus score "
-        "(0 best .. 1 worst) beside the task's own results ranked on the same scale, until "
-        "10 own results; `prior TPE alone` does the same without the enqueued top 3. Cold "
+        "the first batch at W=8; none at W=1) from the ranking, and its TPE (default "
+        "sampler) is fitted to every configuration of the ranking as a pseudo-trial valued at "
+        "its consensus score (0 best .. 1 worst) beside the task's own results ranked on the "
+        "same scale, until 10 own results (`hpo.core.prior_tpe`): "
+        f"**`{SERVICE}` is the service's warm start now**. `, without prior TPE` is it with "
+        "the plain TPE (the service's before the prior); `prior TPE alone` is the service's "
+        "without the enqueued top 3. Cold "
         "runs go to 1.5x "
         "the grid cost (the sources); warm runs stop at 0.1%.",
         "",

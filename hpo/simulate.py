@@ -25,7 +25,7 @@ from hpo.core.factory import load_study, suggest_params
 from hpo.core.progress import beats
 from hpo.core.schedulers import Idle, Resumption, Scheduler, Start, build_scheduler
 from hpo.core.spec import SearchSpace, SearchSpec
-from hpo.core.warm_start import WarmConfig
+from hpo.core.warm_start import Ranked, WarmConfig
 
 CurvePoint = tuple[float, float]  # (cost in device-seconds, objective value after it)
 STUDY = "simulated"
@@ -128,7 +128,7 @@ def simulate(
     seed: int,
     max_cost: float | None = None,
     warm: Sequence[WarmConfig] = (),
-    ranking: Sequence[dict[str, Any]] = (),
+    ranking: Sequence[Ranked] = (),
     target: float | None = None,
     first: Sequence[dict[str, Any]] = (),
     sampler: Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
@@ -174,7 +174,7 @@ def simulate(
 def _worker_studies(
     search: SearchSpec,
     workers: int,
-    ranking: Sequence[dict[str, Any]],
+    ranking: Sequence[Ranked],
     sampler: Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler] | None,
 ) -> list[optuna.Study]:
     """One in-memory study, seen by each worker through its own ``load_study``."""
@@ -182,7 +182,8 @@ def _worker_studies(
     direction = search.objective.direction
     created = optuna.create_study(storage=storage, study_name=STUDY, direction=direction)
     if ranking:
-        for key, value in records.warm_start_ranking_attrs(list(ranking)).items():
+        params, scores = [r.params for r in ranking], [r.score for r in ranking]
+        for key, value in records.warm_start_ranking_attrs(params, scores).items():
             created.set_user_attr(key, value)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)

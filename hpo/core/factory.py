@@ -7,6 +7,7 @@ this module, so a study searches the same way wherever it runs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any, assert_never
 
 import optuna
@@ -19,6 +20,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.core import records
 from hpo.core.errors import SpecError
+from hpo.core.prior_tpe import PriorTPE
 from hpo.core.spec import (
     CategoricalDistribution,
     CmaEsSamplerSpec,
@@ -111,8 +113,12 @@ class NumberedQMCSampler(optuna.samplers.QMCSampler):
         return self._trial_number
 
 
-def build_sampler(search: SearchSpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler ``search`` names.
+def build_sampler(
+    search: SearchSpec, *, seed_offset: int = 0, prior: Sequence[Ranked] = ()
+) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler ``search`` names; TPE fitted to ``prior`` too (a warm start's
+    ranking, ``hpo.core.prior_tpe``) until the study has its own results, other samplers
+    ignore it.
 
     Each process that samples for one study must pass its own ``seed_offset``: samplers
     with equal seeds in parallel workers would propose the same configurations. Grid and
@@ -133,7 +139,10 @@ def build_sampler(search: SearchSpec, *, seed_offset: int = 0) -> optuna.sampler
             multivariate=sampler.multivariate,
             constant_liar=sampler.constant_liar,
         )
-        return UntriedSampler(tpe, seed=seed, prior_first=True)
+        base: optuna.samplers.BaseSampler = tpe
+        if prior:
+            base = PriorTPE(tpe, prior, optuna_distributions(search))
+        return UntriedSampler(base, seed=seed, prior_first=True)
     if isinstance(sampler, RandomSamplerSpec):
         return optuna.samplers.RandomSampler(seed=seed)
     if isinstance(sampler, GridSamplerSpec):
@@ -195,7 +204,8 @@ def load_study(
 ) -> optuna.Study:
     """The Optuna study ``name`` with the sampler and pruner ``search`` asks for; a
     warm-started study's sampler first follows the earlier studies' ranking for the trials
-    that start before the study has a result (``hpo.core.transfer``)."""
+    that start before the study has a result (``hpo.core.transfer``), and its TPE takes the
+    ranking as a prior (``hpo.core.prior_tpe``)."""
     study = optuna.load_study(
         study_name=name,
         storage=storage,
@@ -205,6 +215,8 @@ def load_study(
     if search.warm_start is not None:
         ranking = records.warm_start_ranking(study.user_attrs)
         if ranking:
-            ranked = [Ranked(params, float(i)) for i, params in enumerate(ranking)]
-            study.sampler = TransferSampler(study.sampler, ranked, blind_only=True)
+            scores = records.warm_start_scores(study.user_attrs, len(ranking))
+            ranked = [Ranked(p, s) for p, s in zip(ranking, scores, strict=True)]
+            sampler = build_sampler(search, seed_offset=seed_offset, prior=ranked)
+            study.sampler = TransferSampler(sampler, ranked, blind_only=True)
     return study

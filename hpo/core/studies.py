@@ -37,6 +37,7 @@ from hpo.core.spec import StudySpec
 from hpo.core.warm_sources import AUTO_CANDIDATES, Candidate, TaskKey, task_key, warm_sources
 from hpo.core.warm_start import (
     RANKING_LIMIT,
+    Ranked,
     SourceStudy,
     WarmConfig,
     consensus_ranking,
@@ -108,7 +109,9 @@ def register_study(
     try:
         attrs = records.study_attrs(owner=owner, objective=spec.search.objective.metric)
         if ranking:
-            attrs |= records.warm_start_ranking_attrs(ranking)
+            attrs |= records.warm_start_ranking_attrs(
+                [r.params for r in ranking], [r.score for r in ranking]
+            )
         if warm_from is not None:
             attrs |= records.warm_start_sources_attrs(warm_from)
         for key, value in attrs.items():
@@ -134,7 +137,7 @@ def register_study(
 
 def _warm_start(
     session: Session, storage: RDBStorage, spec: StudySpec, owner: str
-) -> tuple[list[WarmConfig], list[dict[str, Any]], list[str] | None]:
+) -> tuple[list[WarmConfig], list[Ranked], list[str] | None]:
     """The configurations ``search.warm_start`` says to try first, the earlier studies'
     consensus ranking for the trials that start before any result, and the studies that seed
     it (``hpo.core.warm_sources``; None when warm start is off, empty when ``auto`` found no
@@ -172,7 +175,7 @@ def _warm_start(
     ranking = consensus_ranking(sources, spec.search.space)[:RANKING_LIMIT]
     return (
         warm_start_configs(sources, spec.search.space, top_k=top_k),
-        [r.params for r in ranking],
+        ranking,
         names,
     )
 

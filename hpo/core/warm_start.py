@@ -72,7 +72,7 @@ def warm_start_configs(
             while cursors[i] < len(configs) and len(picked) < top_k:
                 params = configs[cursors[i]]
                 cursors[i] += 1
-                key = _key(params)
+                key = config_key(params)
                 if key not in seen:
                     seen.add(key)
                     picked.append(WarmConfig(params, sources[i].name))
@@ -135,7 +135,8 @@ def _scale(value: float, log: bool) -> float:
     return math.log(value) if log else float(value)
 
 
-def _key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+def config_key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``params`` as a hashable key: equal configurations share it."""
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
@@ -173,8 +174,8 @@ def consensus_ranking(sources: Sequence[SourceStudy], space: SearchSpace) -> lis
         ranks: dict[tuple[tuple[str, str], ...], float] = {}
         for position, params in enumerate(ranked):
             # a configuration the source tried twice counts at its better rank
-            ranks.setdefault(_key(params), position / max(len(ranked) - 1, 1))
-            params_of.setdefault(_key(params), params)
+            ranks.setdefault(config_key(params), position / max(len(ranked) - 1, 1))
+            params_of.setdefault(config_key(params), params)
         for key, normalised in ranks.items():
             acc = sums.setdefault(key, [0.0, 0.0])
             acc[0] += normalised / (i + 1)
@@ -242,7 +243,7 @@ def next_transfer(
     names = ranking[0].params.keys()
 
     def key(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-        return _key({n: params[n] for n in names if n in params})
+        return config_key({n: params[n] for n in names if n in params})
 
     score = {key(r.params): r.score for r in ranking}
     pairs = [

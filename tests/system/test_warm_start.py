@@ -1,6 +1,7 @@
 """Warm start with the real API, PostgreSQL and a real worker: an owner's earlier study's best
 configurations run first in a new study, and the trials that start before it has a result
-follow the earlier studies' ranking; another owner's study cannot seed one, by name or by
+follow the earlier studies' ranking, and later ones are TPE's with that ranking as a prior;
+another owner's study cannot seed one, by name or by
 ``auto``."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
 from hpo.cli import app
-from hpo.core.factory import load_study, optuna_distributions, suggest_params
-from hpo.core.records import WARM_START_ATTR
+from hpo.core.factory import check_params, load_study, optuna_distributions, suggest_params
+from hpo.core.records import WARM_START_ATTR, WARM_START_RANKING_ATTR, WARM_START_SCORES_ATTR
 from hpo.core.spec import StudySpec
 from tests.conftest import ApiServer
 from tests.workers import small_study, trials
@@ -82,9 +83,16 @@ def test_a_warm_started_study_runs_the_earlier_studys_best_first(pg_api: ApiServ
     study = load_study("batch", search, settings.database_url)
     asked = [study.ask() for _ in range(2)]
     params = [suggest_params(trial, search) for trial in asked]
-    for trial in asked:
-        study.tell(trial, state=TrialState.FAIL)
+    study.tell(asked[0], 1.0)
+    study.tell(asked[1], state=TrialState.FAIL)
     assert params == [t.params for t in best]  # the enqueued best, then the ranking's next
+    # after the first result TPE proposes, fitted to the ranking (as stored) as its prior
+    scores = study.user_attrs[WARM_START_SCORES_ATTR]
+    assert len(scores) == len(study.user_attrs[WARM_START_RANKING_ATTR]) >= 2
+    assert scores == sorted(scores)
+    after = study.ask()
+    assert check_params(search, suggest_params(after, search)).keys() == SPACE.keys()
+    study.tell(after, state=TrialState.FAIL)
 
 
 def test_auto_seeds_from_the_owners_newest_studies_of_the_same_task(pg_api: ApiServer) -> None:

@@ -211,6 +211,16 @@ def test_study_attributes_and_baseline(study: optuna.Study) -> None:
     assert records.baseline_key("eval_loss") == records.BASELINE_PREFIX + "eval_loss"
 
 
+def test_a_warm_start_ranking_keeps_its_scores() -> None:
+    attrs = records.warm_start_ranking_attrs([{"lora_r": 8}, {"lora_r": 4}], [0.0, 0.75])
+    ranking = records.warm_start_ranking(attrs)
+    assert records.warm_start_scores(attrs, len(ranking)) == [0.0, 0.75]
+    # stored before scores were (or a damaged list): evenly spaced by position
+    older = {records.WARM_START_RANKING_ATTR: attrs[records.WARM_START_RANKING_ATTR]}
+    assert records.warm_start_scores(older, 3) == [0.0, 0.5, 1.0]
+    assert records.warm_start_scores({**attrs, records.WARM_START_SCORES_ATTR: [True]}, 1) == [0.0]
+
+
 def test_greedy_and_enqueued(study: optuna.Study) -> None:
     study.enqueue_trial({}, user_attrs={**records.greedy_attrs(), **records.enqueued_attrs("bob")})
     assert records.is_greedy(study.trials[0]) and records.enqueued_by(study.trials[0]) == "bob"

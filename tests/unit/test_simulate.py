@@ -19,7 +19,7 @@ from hpo.core.spec import (
     SearchSpec,
     WarmStartSpec,
 )
-from hpo.core.warm_start import WarmConfig
+from hpo.core.warm_start import Ranked, WarmConfig
 from hpo.simulate import NotRecorded, simulate
 
 
@@ -300,23 +300,28 @@ def test_warm_configurations_run_first_on_every_worker() -> None:
 
 def test_a_warm_started_study_fills_its_first_batch_from_the_ranking() -> None:
     warm = [WarmConfig({"learning_rate": 1e-3, "per_device_train_batch_size": 8}, "a")]
-    ranking = [
+    configs = [
         {"learning_rate": 1e-3, "per_device_train_batch_size": 8},  # enqueued already
         {"learning_rate": 2e-3, "per_device_train_batch_size": 16},
         {"learning_rate": 5e-4, "per_device_train_batch_size": 32},
     ]
-    warm_spec = spec(max_trials=8).model_copy(
-        update={"warm_start": WarmStartSpec(studies=["a"], top_k=1)}
-    )
-    sim = simulate(warm_spec, Bowl(), workers=3, seed=0, warm=warm, ranking=ranking)
+    ranking = [Ranked(p, i / 2) for i, p in enumerate(configs)]
+
+    def warm_spec(sampler: str) -> SearchSpec:
+        return spec(sampler, max_trials=8).model_copy(
+            update={"warm_start": WarmStartSpec(studies=["a"], top_k=1)}
+        )
+
+    sim = simulate(warm_spec("tpe"), Bowl(), workers=3, seed=0, warm=warm, ranking=ranking)
     first = sorted(sim.trials, key=lambda t: t.number)
     # three workers start before any result: the enqueued one, then the ranking's next two
-    assert [t.params for t in first[:3]] == ranking
+    assert [t.params for t in first[:3]] == configs
     # after the first result the study's own sampler decides: no more ranked configurations
-    assert all(t.params not in ranking for t in first[3:]), [t.params for t in first]
+    assert all(t.params not in configs for t in first[3:]), [t.params for t in first]
     # one worker: every later trial starts after a result, so the ranking is never followed
-    one = simulate(warm_spec, Bowl(), workers=1, seed=0, warm=warm, ranking=ranking)
-    plain = simulate(spec(max_trials=8), Bowl(), workers=1, seed=0, warm=warm)
+    # (random search: a TPE would take the ranking as its prior, hpo.core.prior_tpe)
+    one = simulate(warm_spec("random"), Bowl(), workers=1, seed=0, warm=warm, ranking=ranking)
+    plain = simulate(spec("random", max_trials=8), Bowl(), workers=1, seed=0, warm=warm)
     assert [t.params for t in one.trials] == [t.params for t in plain.trials]
 
 

@@ -100,6 +100,7 @@ from hpo.core.records.keys import (
     UNTIL_ATTR,
     WARM_START_ATTR,
     WARM_START_RANKING_ATTR,
+    WARM_START_SCORES_ATTR,
     WARM_START_SOURCES_ATTR,
     WORKER_ATTR,
 )
@@ -172,6 +173,7 @@ from hpo.core.records.study import (
     study_attrs,
     warm_start_ranking,
     warm_start_ranking_attrs,
+    warm_start_scores,
     warm_start_sources,
     warm_start_sources_attrs,
 )
@@ -222,6 +224,7 @@ __all__ = [
     "UNTIL_ATTR",
     "WARM_START_ATTR",
     "WARM_START_RANKING_ATTR",
+    "WARM_START_SCORES_ATTR",
     "WARM_START_SOURCES_ATTR",
     "WORKER_ATTR",
     "Attrs",
@@ -297,6 +300,7 @@ __all__ = [
     "study_attrs",
     "warm_start_ranking",
     "warm_start_ranking_attrs",
+    "warm_start_scores",
     "warm_start_sources",
     "warm_start_sources_attrs",
     "tokens_seen",

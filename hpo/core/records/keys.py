@@ -57,6 +57,9 @@ OWNER_ATTR = "owner"
 # A warm-started study's consensus ranking of the earlier studies' configurations (params,
 # best first): what its workers try while the study has no result of its own.
 WARM_START_RANKING_ATTR = "warm_start_ranking"
+# ... and each ranked configuration's consensus score (0 the sources' best .. 1 their worst):
+# the values of the prior its TPE is fitted to (``hpo.core.prior_tpe``).
+WARM_START_SCORES_ATTR = "warm_start_scores"
 # A warm-started study's source studies, named and automatic, in the order they seed it (empty:
 # nothing matched, the study started cold).
 WARM_START_SOURCES_ATTR = "warm_start_sources"
@@ -106,6 +109,7 @@ KEYS = frozenset(
         WARM_START_ATTR,
         OWNER_ATTR,
         WARM_START_RANKING_ATTR,
+        WARM_START_SCORES_ATTR,
         WARM_START_SOURCES_ATTR,
         OBJECTIVE_ATTR,
         FIDELITY_ATTR,

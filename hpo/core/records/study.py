@@ -14,6 +14,7 @@ from hpo.core.records.keys import (
     OBJECTIVE_ATTR,
     OWNER_ATTR,
     WARM_START_RANKING_ATTR,
+    WARM_START_SCORES_ATTR,
     WARM_START_SOURCES_ATTR,
 )
 
@@ -46,9 +47,10 @@ def set_baseline(study: Writable, metric: str, value: float) -> None:
     study.set_user_attr(baseline_key(metric), value)
 
 
-def warm_start_ranking_attrs(ranking: list[dict[str, Any]]) -> dict[str, Any]:
-    """A warm-started study's user attribute: the earlier studies' ranked params."""
-    return {WARM_START_RANKING_ATTR: ranking}
+def warm_start_ranking_attrs(ranking: list[dict[str, Any]], scores: list[float]) -> dict[str, Any]:
+    """A warm-started study's user attributes: the earlier studies' ranked params and their
+    consensus scores."""
+    return {WARM_START_RANKING_ATTR: ranking, WARM_START_SCORES_ATTR: scores}
 
 
 def warm_start_ranking(study_user_attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -57,6 +59,19 @@ def warm_start_ranking(study_user_attrs: Mapping[str, Any]) -> list[dict[str, An
     if not isinstance(ranking, list):
         return []
     return [p for p in ranking if isinstance(p, dict)]
+
+
+def warm_start_scores(study_user_attrs: Mapping[str, Any], count: int) -> list[float]:
+    """The consensus scores of the stored ranking's ``count`` configurations; evenly spaced
+    ranks (0 .. 1) where none fit (a study stored before scores were)."""
+    scores = study_user_attrs.get(WARM_START_SCORES_ATTR)
+    if (
+        isinstance(scores, list)
+        and len(scores) == count
+        and all(isinstance(s, int | float) and not isinstance(s, bool) for s in scores)
+    ):
+        return [float(s) for s in scores]
+    return [i / max(count - 1, 1) for i in range(count)]
 
 
 def warm_start_sources_attrs(sources: list[str]) -> dict[str, Any]:
