@@ -11,8 +11,9 @@ searches as usual with them in its history, which bounds what a misleading sourc
 
 ``consensus_ranking`` orders every configuration the sources tried by their weighted mean
 normalised rank: the trials a warm-started study starts before its first result follow it
-(``hpo.core.transfer``). ``agreement`` / ``transfer_trusted`` measure whether the new study's
-results still agree with that ranking; only the benchmark's candidates use them.
+(``hpo.core.transfer``), and its TPE takes it as a prior (``hpo.core.prior_tpe``).
+``agreement`` / ``transfer_trusted`` measure whether the new study's results still agree with
+that ranking; only the benchmark's candidates use them.
 """
 
 from __future__ import annotations
