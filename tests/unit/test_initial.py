@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.core.factory import build_sampler, load_study, suggest_params
@@ -40,14 +41,15 @@ def test_other_parameters_start_in_the_middle() -> None:
     assert first_value("warmup_steps", IntDistribution(1, 100, log=True), {}) == 10
 
 
-def test_the_default_sampler_starts_at_the_prior_and_then_searches() -> None:
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_the_model_based_samplers_start_at_the_prior_and_then_search(sampler: str) -> None:
     search = SearchSpec.model_validate(
         {
             "space": {
                 "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
                 "lora_r": {"type": "categorical", "choices": [4, 16, 64]},
             },
-            "sampler": {"type": "tpe", "seed": 1},
+            "sampler": {"type": sampler, "seed": 1},
         }
     )
     assert isinstance(build_sampler(search), UntriedSampler)

@@ -102,7 +102,7 @@ class CmaEsSamplerSpec(_SeededSampler):
 
 class GPSamplerSpec(_SeededSampler):
     type: Literal["gp"] = "gp"
-    n_startup_trials: int = Field(default=10, ge=0, le=10_000)
+    n_startup_trials: int = Field(default=4, ge=0, le=10_000)
 
 
 class QMCSamplerSpec(_SeededSampler):
