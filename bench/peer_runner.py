@@ -347,6 +347,7 @@ def run(job: dict[str, Any], tmp: Path) -> dict[str, Any]:
         "trace": trace.events,
         "configurations": len(trace.configurations),
         "seconds": time.time() - began,
+        "wall_cap": cap,
     }
     if trace.timed_out:
         # its trace is a prefix: costs to target from it would be biased, so it counts apart

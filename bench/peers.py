@@ -303,6 +303,15 @@ def _unfinished(r: dict[str, Any]) -> str:
     )
 
 
+def _fewer_seeds(r: dict[str, Any], meta: dict[str, Any]) -> str:
+    """'k of N seeds' for a peer row that ran fewer seeds per task than its set's N, else ''."""
+    planned = (meta.get("set_seeds") or {}).get(r["set"], meta["seeds"])
+    seeds = r.get("seeds")  # rows carried over from before it was recorded have none
+    if r["strategy"].startswith("ours") or not seeds or seeds >= planned:
+        return ""
+    return f"{seeds} of {planned} seeds"
+
+
 def _cell(c: dict[str, Any], runs: int) -> str:
     f = lambda x: "never" if math.isinf(x) else f"{x:.3f}"  # noqa: E731
     return f"{f(c['median'])} ({f(c['iqr'][0])}-{f(c['iqr'][1])}) | {c['reached_runs']}/{runs}"
@@ -373,6 +382,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     n
                     for n in (
                         r.get("tasks"),  # a run cut short: say which part of the set it covers
+                        _fewer_seeds(r, meta),
                         _unfinished(r),
                         f"commit {r['commit']}" if r.get("commit") and "ours" not in name else "",
                     )
@@ -452,7 +462,8 @@ def main() -> None:
     if not args.summarise_only:
         _run_all(jobs, args.python, args.jobs, args.work)
     runs = [
-        {**json.loads(Path(j["out"]).read_text()), "task": j["name"]}
+        # the cap a run ran under (runs written before it was recorded: this call's)
+        {"wall_cap": j["wall_cap"], **json.loads(Path(j["out"]).read_text()), "task": j["name"]}
         for j in jobs
         if Path(j["out"]).exists()
     ]

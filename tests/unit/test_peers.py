@@ -7,7 +7,7 @@ import json
 import math
 from itertools import accumulate
 
-from bench.peers import ExportedTask, best_curve, export_task
+from bench.peers import ExportedTask, _fewer_seeds, best_curve, export_task
 from bench.strategies import DEFAULT, STRATEGIES, _search, cost_to_targets
 from hpo.simulate import simulate
 from hpo.synthetic import make_task
@@ -56,3 +56,14 @@ def test_a_stopped_trial_counts_with_its_last_point_unless_completed_only() -> N
     completed = cost_to_targets(best_curve(trace, completed_only=True), best, grid)
     assert anything == {"0.01": 0.2, "0.001": 0.2}
     assert completed["0.01"] == 0.4 and math.isinf(completed["0.001"])
+
+
+def test_a_peer_row_with_fewer_seeds_than_its_set_says_so() -> None:
+    meta = {"seeds": 2, "set_seeds": {"smollm2": 10}}
+    row = {"set": "nmtlc", "strategy": "st dyhpo", "seeds": 1}
+    assert _fewer_seeds(row, meta) == "1 of 2 seeds"
+    assert _fewer_seeds({**row, "seeds": 2}, meta) == ""
+    assert _fewer_seeds({**row, "set": "smollm2", "seeds": 5}, meta) == "5 of 10 seeds"
+    # ours, and rows carried over from before seeds were recorded, get no note
+    assert _fewer_seeds({**row, "strategy": "ours: tpe (default)"}, meta) == ""
+    assert _fewer_seeds({"set": "nmtlc", "strategy": "st gp bo"}, meta) == ""
