@@ -539,7 +539,7 @@ def main() -> None:
         "not_run": [n for n in STRATEGIES if n not in {r["strategy"] for r in rows}],
     }
     save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta, _peers()))
-    for task_set in [] if args.keep else args.sets:  # a batch's runs hold only its rows
+    for task_set in args.sets:  # a batch's plots show the strategies it ran
         for w in args.workers:
             _plot(runs, task_set, w, RESULTS / f"strategies-{task_set}-w{w}.png")
     print(_markdown(rows, meta, _peers()))

@@ -48,7 +48,7 @@ def test_once_nothing_new_may_start_the_forecast_best_continues_not_the_early_le
     assert scheduler.rungs([*CROSSING, fast, slow]) == ()  # rung 1 ranks backwards here
     # the early leader (fast) would be ASHA's pick; the forecast picks the late bloomer
     decision = scheduler.next_work([*CROSSING, fast, slow], can_start=False)
-    assert decision == Continue(21, 21, until=None)
+    assert decision == Continue(21, 21, until=3)  # the next rung a forecast judges from
     bounds = dict(
         (c.number, b)
         for b, c in forecast_bounds([*CROSSING, fast, slow], minimize=True, quantile=SPEC.quantile)
@@ -57,14 +57,14 @@ def test_once_nothing_new_may_start_the_forecast_best_continues_not_the_early_le
     # the early leader is still continued after it (it is never lost), then the study is done
     ended = Config(21, {"lr": 21.0}, curve(1.4, 1.6), "complete", 22, False)
     assert scheduler.next_work([*CROSSING, fast, ended], can_start=False) == Continue(
-        20, 20, until=None
+        20, 20, until=3
     )
     both = [*CROSSING, Config(20, {"lr": 20.0}, curve(0.25, 2.75), "complete", 23, False), ended]
     assert scheduler.next_work(both, can_start=False) == Idle(done=True)
     running = Config(22, {"lr": 22.0}, curve(1.0, 2.0, 3), "running", 22, True)
     assert scheduler.next_work([*both, running], can_start=False) == Idle(done=False)
     # while new ones may start, only a forecast that could beat the best continues
-    assert scheduler.hopeful([*CROSSING, fast, slow]) == Continue(21, 21, until=None)
+    assert scheduler.hopeful([*CROSSING, fast, slow]) == Continue(21, 21, until=3)
     assert scheduler.hopeful([*CROSSING, fast, ended]) is None
 
 
@@ -72,10 +72,11 @@ def test_a_finite_space_fully_tried_starts_nothing_new() -> None:
     fast, slow = paused(20, 0.25, 2.75), paused(21, 1.4, 1.6)
     configs = [*CROSSING, fast, slow]
     exhausted = ForecastScheduler(SPEC, size=len(configs))
-    assert exhausted.next_work(configs, can_start=True) == Continue(21, 21, until=None)
+    assert exhausted.next_work(configs, can_start=True) == Continue(21, 21, until=3)
     room = ForecastScheduler(SPEC, size=len(configs) + 1)
     assert isinstance(room.next_work(configs, can_start=True), Continue)  # a dropped rung
-    assert room.next_work(CROSSING, can_start=True) == Start(until=None)
+    # a forecast exists from rung 1: a new configuration pauses there to be judged
+    assert room.next_work(CROSSING, can_start=True) == Start(until=1)
 
 
 def test_where_ranks_hold_it_promotes_as_adaptive_does() -> None:

@@ -96,7 +96,13 @@ class ForecastSchedulerSpec(Strict):
     reduction_factor: int = Field(default=3, ge=2, le=100)
     min_agreement: float = Field(default=0.5, gt=-1.0, lt=1.0)
     min_pairs: int = Field(default=8, ge=4, le=10_000)
-    audit_every: int = Field(default=4, ge=1, le=10_000)
+    audit_every: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Every audit_every-th configuration runs unpaused, a sample for the "
+        "rungs' agreement; None: only the first 4 (the forecast's first curves).",
+    )
     quantile: float = Field(
         default=0.1,
         gt=0.0,
