@@ -92,13 +92,17 @@ class ForecastScheduler(AdaptiveScheduler):
             if hopeful is not None:
                 return hopeful
             return Start(self.first_until(configs, pausing))
-        # Nothing new may start: every paused configuration continues, the most promising
-        # first, so the best is never left paused (a bound can be wrong; the order costs
-        # least when it is right).
+        # Nothing new may start: the paused configurations whose bound beats the best
+        # continue, best bound first; the others wait while anything runs (what ends may
+        # be the best), then continue one at a time, so the best is never left paused.
+        running = any(c.status == "running" for c in configs)
+        hopeful = self.hopeful(configs, pausing)
+        if hopeful is not None or running:
+            return hopeful or Idle(done=False)
         ranked = forecast_bounds(configs, minimize=self.minimize, quantile=self.quantile)
         if ranked:
             return self._continue(ranked[0][1], pausing)
-        return Idle(done=not any(c.status == "running" for c in configs))
+        return Idle(done=True)
 
     def hopeful(
         self, configs: Sequence[Config], pausing: tuple[int, ...] | None = None
