@@ -11,6 +11,7 @@ never lost, and the forecast decides how soon it is reached.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,7 +19,13 @@ from dataclasses import replace
 from hpo.core.forecast import MIN_CURVES, Model, fit
 from hpo.core.schedulers.adaptive import AdaptiveScheduler
 from hpo.core.schedulers.base import Decision, Idle, Start
-from hpo.core.schedulers.rungs import Config, Continue, geometric_rungs, params_key
+from hpo.core.schedulers.rungs import (
+    Config,
+    Continue,
+    geometric_rungs,
+    params_key,
+    share_promotable,
+)
 from hpo.core.spec import (
     AdaptiveSchedulerSpec,
     ForecastSchedulerSpec,
@@ -74,7 +81,8 @@ class ForecastScheduler(AdaptiveScheduler):
     def next_work(self, configs: Sequence[Config], *, can_start: bool) -> Decision:
         pausing = self.pausing(configs)
         if can_start and not self.exhausted(configs):
-            # ASHA ranks those paused at a trusted rung; the forecast judges the others.
+            # ASHA ranks those paused at a trusted rung, the forecast those at a rung it
+            # judges from; one paused where neither is (yet) continues, as from a dropped rung.
             trusted = set(self.rungs(configs))
             judged = {
                 c.number
@@ -88,6 +96,9 @@ class ForecastScheduler(AdaptiveScheduler):
             if isinstance(decision, Continue):
                 config = next(c for c in configs if c.number == decision.config)
                 return replace(decision, until=_after(pausing, config.last_step))
+            promoted = self.promoted(configs, judged, pausing)
+            if promoted is not None:
+                return promoted
             hopeful = self.hopeful(configs, pausing)
             if hopeful is not None:
                 return hopeful
@@ -103,6 +114,33 @@ class ForecastScheduler(AdaptiveScheduler):
         if ranked:
             return self._continue(ranked[0][1], pausing)
         return Idle(done=True)
+
+    def promoted(
+        self, configs: Sequence[Config], judged: set[int], pausing: tuple[int, ...]
+    ) -> Continue | None:
+        """ASHA's rule on the forecast final value instead of the rung's score: a paused
+        configuration whose forecast ranks in the best ``1/reduction_factor`` of those that
+        reached its rung continues (the most advanced first)."""
+        finished = [c.values for c in configs if c.final is not None]
+        ready = []
+        for rung in sorted(
+            {c.paused_rung for c in configs if c.number in judged and c.paused_rung}
+        ):
+            model = fit(finished, rung, quantile=self.quantile)
+            if model is None:
+                continue
+            ranked = forecast_ranks(configs, model, minimize=self.minimize)
+            scores = sorted(ranked.values())
+            for c in configs:
+                if c.number in judged and c.paused_rung == rung and c.number in ranked:
+                    rank = bisect.bisect_left(scores, ranked[c.number])
+                    if share_promotable(
+                        rank, len(scores), self.spec.reduction_factor, can_start=True
+                    ):
+                        ready.append((-rung, ranked[c.number], c.number, c))
+        if not ready:
+            return None
+        return self._continue(min(ready)[3], pausing)
 
     def hopeful(
         self, configs: Sequence[Config], pausing: tuple[int, ...] | None = None
@@ -145,6 +183,25 @@ def forecast_rungs(configs: Sequence[Config], candidates: Sequence[int]) -> tupl
     curves went past them."""
     ends = [c.last_step for c in configs if c.final is not None]
     return tuple(r for r in candidates if sum(end > r for end in ends) >= MIN_CURVES)
+
+
+def forecast_ranks(configs: Sequence[Config], model: Model, *, minimize: bool) -> dict[int, float]:
+    """The forecast final value (signed: lower is better) of each configuration that
+    reached the model's step, by number; twins share their best."""
+    sign = 1.0 if minimize else -1.0
+    best: dict[tuple[tuple[str, object], ...], float] = {}
+    for c in configs:
+        if c.last_step < model.step:
+            continue
+        predicted = model.predict(c.values)
+        if predicted is not None:
+            key = params_key(c)
+            best[key] = min(best.get(key, math.inf), sign * predicted.mean)
+    return {
+        c.number: best[params_key(c)]
+        for c in configs
+        if params_key(c) in best and c.last_step >= model.step
+    }
 
 
 def forecast_bounds(
