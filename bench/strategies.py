@@ -47,6 +47,7 @@ BUDGET_POINTS = (0.1, 0.25, 0.5, 1.0)
 LATE = {"synthetic-ranked": 0.0, "synthetic-mixed": 0.5, "synthetic-crossing": 1.0}
 SETS = ("nmtlc", *LATE, "smollm2")
 SYNTHETIC_TASKS = 5
+RUNS = RESULTS / "strategies-runs.json"  # every run's best-so-far curves: what the plots draw
 DEFAULT = "tpe"  # the service's default search (README "Search defaults")
 SCHEDULED = (
     "tpe + asha, promotion",
@@ -287,6 +288,13 @@ def merge(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str
         new + [r for r in kept if r["strategy"] in order],
         key=lambda r: (SETS.index(r["set"]), r["workers"], order[r["strategy"]]),
     )
+
+
+def merge_runs(new: list[dict[str, Any]], old: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``new`` runs, and the ``old`` ones of strategies, sets and worker counts not in them:
+    what the plots of a matrix run in batches draw."""
+    done = {(r["set"], r["strategy"], r["workers"]) for r in new}
+    return new + [r for r in old if (r["set"], r["strategy"], r["workers"]) not in done]
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -539,7 +547,10 @@ def main() -> None:
         "not_run": [n for n in STRATEGIES if n not in {r["strategy"] for r in rows}],
     }
     save("strategies", {"meta": meta, "rows": rows}, _markdown(rows, meta, _peers()))
-    for task_set in [] if args.keep else args.sets:  # a batch's runs hold only its rows
+    if args.keep:
+        runs = merge_runs(runs, json.loads(RUNS.read_text()) if RUNS.exists() else [])
+    RUNS.write_text(json.dumps(runs))
+    for task_set in args.sets:
         for w in args.workers:
             _plot(runs, task_set, w, RESULTS / f"strategies-{task_set}-w{w}.png")
     print(_markdown(rows, meta, _peers()))

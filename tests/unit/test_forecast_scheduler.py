@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from hpo.core.forecast import MIN_CURVES
 from hpo.core.schedulers import Idle, Start
 from hpo.core.schedulers.adaptive import AdaptiveScheduler
 from hpo.core.schedulers.builder import SCHEDULERS
-from hpo.core.schedulers.forecast import ForecastScheduler, forecast_bounds
+from hpo.core.schedulers.forecast import ForecastScheduler, forecast_bounds, forecast_rungs
 from hpo.core.schedulers.rungs import Config, Continue
 from hpo.core.spec import AdaptiveSchedulerSpec, ForecastSchedulerSpec, SearchSpec
 from hpo.simulate import simulate
@@ -48,7 +49,7 @@ def test_once_nothing_new_may_start_the_forecast_best_continues_not_the_early_le
     assert scheduler.rungs([*CROSSING, fast, slow]) == ()  # rung 1 ranks backwards here
     # the early leader (fast) would be ASHA's pick; the forecast picks the late bloomer
     decision = scheduler.next_work([*CROSSING, fast, slow], can_start=False)
-    assert decision == Continue(21, 21, until=None)
+    assert decision == Continue(21, 21, until=3)  # the next rung a forecast judges from
     bounds = dict(
         (c.number, b)
         for b, c in forecast_bounds([*CROSSING, fast, slow], minimize=True, quantile=SPEC.quantile)
@@ -57,14 +58,14 @@ def test_once_nothing_new_may_start_the_forecast_best_continues_not_the_early_le
     # the early leader is still continued after it (it is never lost), then the study is done
     ended = Config(21, {"lr": 21.0}, curve(1.4, 1.6), "complete", 22, False)
     assert scheduler.next_work([*CROSSING, fast, ended], can_start=False) == Continue(
-        20, 20, until=None
+        20, 20, until=3
     )
     both = [*CROSSING, Config(20, {"lr": 20.0}, curve(0.25, 2.75), "complete", 23, False), ended]
     assert scheduler.next_work(both, can_start=False) == Idle(done=True)
     running = Config(22, {"lr": 22.0}, curve(1.0, 2.0, 3), "running", 22, True)
     assert scheduler.next_work([*both, running], can_start=False) == Idle(done=False)
     # while new ones may start, only a forecast that could beat the best continues
-    assert scheduler.hopeful([*CROSSING, fast, slow]) == Continue(21, 21, until=None)
+    assert scheduler.hopeful([*CROSSING, fast, slow]) == Continue(21, 21, until=3)
     assert scheduler.hopeful([*CROSSING, fast, ended]) is None
 
 
@@ -72,10 +73,11 @@ def test_a_finite_space_fully_tried_starts_nothing_new() -> None:
     fast, slow = paused(20, 0.25, 2.75), paused(21, 1.4, 1.6)
     configs = [*CROSSING, fast, slow]
     exhausted = ForecastScheduler(SPEC, size=len(configs))
-    assert exhausted.next_work(configs, can_start=True) == Continue(21, 21, until=None)
+    assert exhausted.next_work(configs, can_start=True) == Continue(21, 21, until=3)
     room = ForecastScheduler(SPEC, size=len(configs) + 1)
     assert isinstance(room.next_work(configs, can_start=True), Continue)  # a dropped rung
-    assert room.next_work(CROSSING, can_start=True) == Start(until=None)
+    # a forecast exists from rung 1: a new configuration pauses there to be judged
+    assert room.next_work(CROSSING, can_start=True) == Start(until=1)
 
 
 def test_where_ranks_hold_it_promotes_as_adaptive_does() -> None:
@@ -97,6 +99,54 @@ def test_with_no_forecast_yet_nothing_is_ruled_out() -> None:
     assert [(b, c.number) for b, c in bounds] == [(None, 21), (None, 20)]  # most advanced first
     assert ForecastScheduler(SPEC).next_work([*few, *waiting], can_start=False) == Continue(
         21, 21, until=None
+    )
+
+
+def test_a_rung_is_judged_by_the_forecast_once_enough_finished_curves_went_past_it() -> None:
+    few = CROSSING[: MIN_CURVES - 1]
+    assert forecast_rungs(few, (1, 3, 9)) == ()
+    short = Config(30, {"lr": 30.0}, curve(1.0, 2.0)[:3], "complete", 30, True)
+    assert forecast_rungs([*few, short], (1, 3, 9)) == (1,)  # it ended at step 3
+    assert forecast_rungs(CROSSING[:MIN_CURVES], (1, 3, 9)) == (1, 3)  # none went past 9
+
+
+# Five ranked curves: a forecast exists at rungs 1 and 3, the rungs are not trusted yet.
+RANKED = finished([1.0, 2.0, 3.0, 4.0, 5.0], [0.5, 1.0, 1.5, 2.0, 2.5])
+
+
+def test_with_no_trusted_rung_the_forecast_stops_the_hopeless_and_continues_the_best() -> None:
+    scheduler = ForecastScheduler(SPEC)
+    assert scheduler.rungs(RANKED) == () and scheduler.pausing(RANKED) == (1, 3)
+    assert scheduler.next_work(RANKED, can_start=True) == Start(until=1)  # to be judged there
+    hopeless = paused(20, 9.0, 4.5)
+    assert scheduler.next_work([*RANKED, hopeless], can_start=True) == Start(until=1)
+    leader = paused(21, 0.5, 0.25)
+    decision = scheduler.next_work([*RANKED, hopeless, leader], can_start=True)
+    assert decision == Continue(21, 21, until=3)  # on to the next rung it is judged at
+
+
+def test_where_ranks_reverse_the_forecast_share_continues_the_late_bloomer() -> None:
+    fast, slow = paused(20, 0.25, 2.75), paused(21, 1.4, 1.6)
+    scheduler = ForecastScheduler(SPEC)
+    assert scheduler.rungs([*CROSSING, fast, slow]) == ()
+    assert scheduler.promoted([*CROSSING, fast, slow], {20, 21}, (1, 3)) == Continue(
+        21, 21, until=3
+    )
+    # ASHA on the rung's score would have continued the early leader alone
+    assert scheduler.promoted([*CROSSING, fast], {20}, (1, 3)) is None
+
+
+def test_once_nothing_new_may_start_a_hopeless_one_waits_while_anything_runs() -> None:
+    fast = paused(20, 0.25, 2.75)
+    ended = Config(21, {"lr": 21.0}, curve(1.4, 1.6), "complete", 22, False)
+    running = Config(22, {"lr": 22.0}, curve(1.0, 2.0, 3), "running", 22, True)
+    scheduler = ForecastScheduler(SPEC)
+    assert scheduler.hopeful([*CROSSING, fast, ended]) is None
+    assert scheduler.next_work([*CROSSING, fast, ended, running], can_start=False) == Idle(
+        done=False
+    )
+    assert scheduler.next_work([*CROSSING, fast, ended], can_start=False) == Continue(
+        20, 20, until=3
     )
 
 

@@ -11,13 +11,21 @@ never lost, and the forecast decides how soon it is reached.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
-from hpo.core.forecast import Model, fit
+from hpo.core.forecast import MIN_CURVES, Model, fit
 from hpo.core.schedulers.adaptive import AdaptiveScheduler
-from hpo.core.schedulers.base import Decision, Idle
-from hpo.core.schedulers.rungs import Config, Continue, params_key
+from hpo.core.schedulers.base import Decision, Idle, Start
+from hpo.core.schedulers.rungs import (
+    Config,
+    Continue,
+    geometric_rungs,
+    params_key,
+    share_promotable,
+)
 from hpo.core.spec import (
     AdaptiveSchedulerSpec,
     ForecastSchedulerSpec,
@@ -35,10 +43,12 @@ class ForecastScheduler(AdaptiveScheduler):
             reduction_factor=spec.reduction_factor,
             min_agreement=spec.min_agreement,
             min_pairs=spec.min_pairs,
-            audit_every=spec.audit_every,
+            audit_every=spec.audit_every or 1,  # unused: ``audits`` is the forecast's
         )
         super().__init__(rungs, minimize=minimize)
         self.quantile = spec.quantile
+        self.audit_every = spec.audit_every
+        self.candidates = geometric_rungs(spec.min_steps, spec.reduction_factor)
         self.size = size  # configurations in a finite space (None: unbounded)
 
     def exhausted(self, configs: Sequence[Config]) -> bool:
@@ -46,21 +56,95 @@ class ForecastScheduler(AdaptiveScheduler):
         tried = {params_key(c) for c in configs if c.values or c.status != "stopped"}
         return self.size is not None and len(tried) >= self.size
 
+    def pausing(self, configs: Sequence[Config]) -> tuple[int, ...]:
+        """Where configurations pause now: the trusted rungs (ranked as ASHA does) and the
+        candidate rungs with a forecast (judged by it: the stop rule)."""
+        return tuple(sorted({*self.rungs(configs), *forecast_rungs(configs, self.candidates)}))
+
+    def first_until(
+        self, configs: Sequence[Config], rungs: tuple[int, ...] | None = None
+    ) -> int | None:
+        """The first ``MIN_CURVES`` run unpaused, for the forecast to learn from; the others
+        pause at the first pausing rung, or the first candidate rung while no forecast
+        exists yet (they wait there for one)."""
+        if self.audits(configs):
+            return None
+        rungs = (self.pausing(configs) if rungs is None else rungs) or self.candidates[:1]
+        return rungs[0] if rungs else None
+
+    def audits(self, configs: Sequence[Config]) -> bool:
+        """The first ``MIN_CURVES``, then every ``audit_every``-th (if set) run unpaused."""
+        unpaused = sum(c.unpaused and c.status != "stopped" for c in configs)
+        every = self.audit_every
+        return unpaused < MIN_CURVES or (every is not None and len(configs) % every == 0)
+
     def next_work(self, configs: Sequence[Config], *, can_start: bool) -> Decision:
+        pausing = self.pausing(configs)
         if can_start and not self.exhausted(configs):
-            decision = super().next_work(configs, can_start=True)
+            # ASHA ranks those paused at a trusted rung, the forecast those at a rung it
+            # judges from; one paused where neither is (yet) continues, as from a dropped rung.
+            trusted = set(self.rungs(configs))
+            judged = {
+                c.number
+                for c in configs
+                if c.status == "paused" and c.paused_rung in pausing
+                if c.paused_rung not in trusted
+            }
+            decision = super().next_work(
+                [c for c in configs if c.number not in judged], can_start=True
+            )
             if isinstance(decision, Continue):
-                return decision
-            return self.hopeful(configs) or decision
-        # Nothing new may start: every paused configuration continues, the most promising
-        # first, so the best is never left paused (a bound can be wrong; the order costs
-        # least when it is right).
+                config = next(c for c in configs if c.number == decision.config)
+                return replace(decision, until=_after(pausing, config.last_step))
+            promoted = self.promoted(configs, judged, pausing)
+            if promoted is not None:
+                return promoted
+            hopeful = self.hopeful(configs, pausing)
+            if hopeful is not None:
+                return hopeful
+            return Start(self.first_until(configs, pausing))
+        # Nothing new may start: the paused configurations whose bound beats the best
+        # continue, best bound first; the others wait while anything runs (what ends may
+        # be the best), then continue one at a time, so the best is never left paused.
+        running = any(c.status == "running" for c in configs)
+        hopeful = self.hopeful(configs, pausing)
+        if hopeful is not None or running:
+            return hopeful or Idle(done=False)
         ranked = forecast_bounds(configs, minimize=self.minimize, quantile=self.quantile)
         if ranked:
-            return self._continue(ranked[0][1], configs)
-        return Idle(done=not any(c.status == "running" for c in configs))
+            return self._continue(ranked[0][1], pausing)
+        return Idle(done=True)
 
-    def hopeful(self, configs: Sequence[Config]) -> Continue | None:
+    def promoted(
+        self, configs: Sequence[Config], judged: set[int], pausing: tuple[int, ...]
+    ) -> Continue | None:
+        """ASHA's rule on the forecast final value instead of the rung's score: a paused
+        configuration whose forecast ranks in the best ``1/reduction_factor`` of those that
+        reached its rung continues (the most advanced first)."""
+        finished = [c.values for c in configs if c.final is not None]
+        ready = []
+        for rung in sorted(
+            {c.paused_rung for c in configs if c.number in judged and c.paused_rung}
+        ):
+            model = fit(finished, rung, quantile=self.quantile)
+            if model is None:
+                continue
+            ranked = forecast_ranks(configs, model, minimize=self.minimize)
+            scores = sorted(ranked.values())
+            for c in configs:
+                if c.number in judged and c.paused_rung == rung and c.number in ranked:
+                    rank = bisect.bisect_left(scores, ranked[c.number])
+                    if share_promotable(
+                        rank, len(scores), self.spec.reduction_factor, can_start=True
+                    ):
+                        ready.append((-rung, ranked[c.number], c.number, c))
+        if not ready:
+            return None
+        return self._continue(min(ready)[3], pausing)
+
+    def hopeful(
+        self, configs: Sequence[Config], pausing: tuple[int, ...] | None = None
+    ) -> Continue | None:
         """While new configurations may start: the paused configuration with the best
         forecast bound, if that bound beats the best final value so far."""
         ranked = [
@@ -77,18 +161,47 @@ class ForecastScheduler(AdaptiveScheduler):
         finals = [sign * c.final for c in configs if c.final is not None]
         if finals and bound >= min(finals):
             return None
-        return self._continue(config, configs)
+        return self._continue(config, self.pausing(configs) if pausing is None else pausing)
 
-    def _continue(self, config: Config, configs: Sequence[Config]) -> Continue:
-        """Continue ``config`` up to its next trusted rung (None: to its end)."""
-        until = next((r for r in self.rungs(configs) if r > config.last_step), None)
-        return Continue(config.number, config.last_trial, until)
+    def _continue(self, config: Config, pausing: tuple[int, ...]) -> Continue:
+        """Continue ``config`` up to its next pausing rung (None: to its end)."""
+        return Continue(config.number, config.last_trial, _after(pausing, config.last_step))
 
     def done_reason(self, max_trials: int) -> str:
         return (
             f"max_trials={max_trials} configurations ran, or every point of the space did, "
             "and each ran to its end"
         )
+
+
+def _after(rungs: Sequence[int], step: int) -> int | None:
+    return next((r for r in rungs if r > step), None)
+
+
+def forecast_rungs(configs: Sequence[Config], candidates: Sequence[int]) -> tuple[int, ...]:
+    """The candidate rungs a forecast can judge from: at least ``MIN_CURVES`` finished
+    curves went past them."""
+    ends = [c.last_step for c in configs if c.final is not None]
+    return tuple(r for r in candidates if sum(end > r for end in ends) >= MIN_CURVES)
+
+
+def forecast_ranks(configs: Sequence[Config], model: Model, *, minimize: bool) -> dict[int, float]:
+    """The forecast final value (signed: lower is better) of each configuration that
+    reached the model's step, by number; twins share their best."""
+    sign = 1.0 if minimize else -1.0
+    best: dict[tuple[tuple[str, object], ...], float] = {}
+    for c in configs:
+        if c.last_step < model.step:
+            continue
+        predicted = model.predict(c.values)
+        if predicted is not None:
+            key = params_key(c)
+            best[key] = min(best.get(key, math.inf), sign * predicted.mean)
+    return {
+        c.number: best[params_key(c)]
+        for c in configs
+        if params_key(c) in best and c.last_step >= model.step
+    }
 
 
 def forecast_bounds(

@@ -81,14 +81,18 @@ class AdaptiveSchedulerSpec(Strict):
 
 
 class ForecastSchedulerSpec(Strict):
-    """The adaptive scheduler's trusted rungs, plus continuation by forecast final value.
+    """Pause where a learning-curve forecast can judge; continue what may beat the best.
 
-    Rungs, agreement and audits as ``adaptive``. A paused configuration also continues when
-    the optimistic bound of its forecast final value (a regression fitted on the study's
-    finished curves, ``hpo.core.forecast``) beats the best final value so far; once no new
-    configuration may start (budget spent, or every point of a finite space tried), paused
-    ones continue in order of that bound while it beats the best, so one an early score
-    ranked out is not lost.
+    Candidate rungs lie at ``min_steps * reduction_factor**k``. The first 4 configurations
+    run unpaused; a candidate rung is then a pausing rung once a forecast of the final value
+    exists there (a regression fitted on the study's finished curves that went past it,
+    ``hpo.core.forecast``), or once ``adaptive`` trusts it (ASHA ranks those). At a forecast
+    rung a paused configuration continues when its forecast ranks in the best
+    ``1/reduction_factor`` of those that reached the rung, or when the optimistic bound of
+    its forecast beats the best final value so far; once no new configuration may start
+    (budget spent, or every point of a finite space tried), those whose bound beats the best
+    continue, the others one at a time when nothing runs, so one an early score ranked out
+    is not lost.
     """
 
     type: Literal["forecast"] = "forecast"
@@ -96,7 +100,13 @@ class ForecastSchedulerSpec(Strict):
     reduction_factor: int = Field(default=3, ge=2, le=100)
     min_agreement: float = Field(default=0.5, gt=-1.0, lt=1.0)
     min_pairs: int = Field(default=8, ge=4, le=10_000)
-    audit_every: int = Field(default=4, ge=1, le=10_000)
+    audit_every: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Every audit_every-th configuration runs unpaused, a sample for the "
+        "rungs' agreement; None: only the first 4 (the forecast's first curves).",
+    )
     quantile: float = Field(
         default=0.1,
         gt=0.0,
