@@ -151,8 +151,8 @@ def goal_table(
 ) -> list[str]:
     """The goal table's markdown lines for the top of strategies.md."""
     lines = [
-        f"## Goal: the default within 0.1% at <= {GOAL}x the best peer's median cost, "
-        "reaching 0.1% in at least as large a share of runs",
+        f"## Goal: the recommended setting within 0.1% at <= {GOAL}x the best peer's median "
+        "cost, reaching 0.1% in at least as large a share of runs",
         "",
     ]
     if peers is None:
@@ -165,7 +165,7 @@ def goal_table(
         }
     )
     lines += [
-        f"Ours: `{default}` (the default), commit `{meta['commit']}`, seeds 0..{meta['seeds'] - 1}"
+        f'Ours: `{default}` (the recommended setting, README "Search defaults"), commit `{meta["commit"]}`, seeds 0..{meta["seeds"] - 1}'
         f" per task. Peers: bench/results/peers.json, commit `{peers['meta']['commit']}`, "
         f"{seeds_text(peers['meta'])} per task"
         + (
