@@ -165,7 +165,8 @@ def goal_table(
         }
     )
     lines += [
-        f'Ours: `{default}` (the recommended setting, README "Search defaults"), commit `{meta["commit"]}`, seeds 0..{meta["seeds"] - 1}'
+        f"Ours: `{default}` (the recommended setting, README 'Search defaults'), "
+        f"commit `{meta['commit']}`, seeds 0..{meta['seeds'] - 1}"
         f" per task. Peers: bench/results/peers.json, commit `{peers['meta']['commit']}`, "
         f"{seeds_text(peers['meta'])} per task"
         + (
