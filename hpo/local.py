@@ -295,6 +295,10 @@ def _watch(
                 )
                 if not alive:
                     break
+                if pool.stopping.is_set():
+                    # a worker still starting up when the first signal came can outlive it
+                    # (seen: one went on to run the whole budget), so repeat until all exit
+                    pool.stop(signal.SIGINT)
                 time.sleep(0.5)  # a signal runs its handler during the sleep
         console.print()
     finally:
