@@ -420,7 +420,8 @@ class Worker:
             cause = root_cause(exc)
             if not self._study_exists(candidate.study, candidate.record):
                 self._forget(candidate.record, trial=claim.number)
-                return False
+                # A trial that ran is work done: the idle timer restarts from its end.
+                return claim.trial_id is not None
             if not self._database_reachable():
                 raise StorageUnavailable(
                     f"database lost during a trial: {describe(cause)}"

@@ -177,7 +177,8 @@ def _gp_sampler(sampler: GPSamplerSpec, seed: int | None) -> optuna.samplers.Bas
     (hpo.core.gp_fallback)."""
     gp = optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
     tpe = optuna.samplers.TPESampler(
-        seed=seed,
+        # Both start with random draws: on one seed, TPE's first would repeat GP's first.
+        seed=None if seed is None else (seed + 1) % 2**32,
         n_startup_trials=sampler.n_startup_trials,
         multivariate=True,
         constant_liar=True,

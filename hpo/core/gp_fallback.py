@@ -6,6 +6,12 @@ a pruner stopped, a scheduler paused, or the record that a configuration ran out
 TPE reads it). Its fit also grows with the cube of the trials it has. ``GPOrTPE`` asks GP
 until the study has its first PRUNED trial or more than ``MAX_GP_TRIALS`` complete ones, and
 TPE (which reads them all) for every trial after that.
+
+Workers asking at the same moment see the same history, and GP's acquisition search starts
+from the best trial, so it converges to the same point in every one of them: the same
+configuration trained twice. GP conditions on running trials once their parameters are
+written, so a trial asked while another worker's new trial has none yet goes to TPE, whose
+constant liar and per-worker seed keep concurrent proposals apart.
 """
 
 from __future__ import annotations
@@ -24,15 +30,21 @@ from hpo.core.wrapped import WrappedSampler
 MAX_GP_TRIALS = 200
 
 
-def gp_sees_everything(trials: Sequence[FrozenTrial], *, max_gp_trials: int) -> bool:
-    """Whether GP would see all the study knows: no PRUNED trial and at most
-    ``max_gp_trials`` complete ones among ``trials``."""
-    complete = 0
+def gp_sees_everything(
+    trials: Sequence[FrozenTrial], *, max_gp_trials: int, number: int | None = None
+) -> bool:
+    """Whether GP would see all the study knows when trial ``number`` asks: no PRUNED
+    trial, at most ``max_gp_trials`` complete ones, and no other RUNNING trial still
+    without the parameters every complete trial has (being sampled right now)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    names = set().union(*(t.params for t in complete))
     for t in trials:
         if t.state == TrialState.PRUNED:
             return False
-        complete += t.state == TrialState.COMPLETE
-    return complete <= max_gp_trials
+        sampling = t.state == TrialState.RUNNING and t.number != number
+        if sampling and (not t.params or not names <= t.params.keys()):
+            return False
+    return len(complete) <= max_gp_trials
 
 
 class GPOrTPE(WrappedSampler):
@@ -54,9 +66,11 @@ class GPOrTPE(WrappedSampler):
     def _for(self, study: optuna.Study, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
         chosen = self._by_trial.get(trial.number)
         if chosen is None:
-            states = (TrialState.COMPLETE, TrialState.PRUNED)
+            states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
             trials = study.get_trials(deepcopy=False, states=states)
-            gp = gp_sees_everything(trials, max_gp_trials=self._max_gp_trials)
+            gp = gp_sees_everything(
+                trials, max_gp_trials=self._max_gp_trials, number=trial.number
+            )
             chosen = self._base if gp else self._tpe
             self._by_trial[trial.number] = chosen
         return chosen

@@ -213,9 +213,11 @@ def test_a_study_whose_optuna_half_is_gone_says_so(
 def test_deleting_a_study_mid_trial_does_not_kill_the_worker(
     pg_api: ApiServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
+    # 100 epochs: far longer than the test takes to delete it, however loaded the machine.
     doomed = small_study(
-        "doomed", pruner={"type": "none"}, training={"num_train_epochs": 30, "max_seq_length": 32}
+        "doomed", pruner={"type": "none"}, training={"num_train_epochs": 100, "max_seq_length": 32}
     )
+    later = small_study("later", budget={"max_trials": 2}, pruner={"type": "none"})
     with pg_api.client() as client:
         assert client.post("/studies", json=doomed).status_code == 201
         worker = spawn_worker(pg_api.settings, "w", "--idle-exit", "6")
@@ -224,9 +226,9 @@ def test_deleting_a_study_mid_trial_does_not_kill_the_worker(
             timeout=120,
             what="a trial reporting",
         )
-        assert client.delete("/studies/doomed").status_code == 204
-        later = small_study("later", budget={"max_trials": 2}, pruner={"type": "none"})
+        # Queued behind the doomed trial: the worker must go on with it, not leave as idle.
         assert client.post("/studies", json=later).status_code == 201
+        assert client.delete("/studies/doomed").status_code == 204
         assert worker.wait(timeout=300) == 0
         assert client.get("/studies/later").json()["trials"]["complete"] == 2
     events = [
@@ -234,9 +236,14 @@ def test_deleting_a_study_mid_trial_does_not_kill_the_worker(
         for line in (tmp_path / "w.log").read_text().splitlines()
         if " hpo.worker " in line
     ]
-    gone = [e for e in events if e["event"] == "study_gone"]
-    assert [e["study"] for e in gone] == ["doomed"]
-    assert gone[0]["abandoned_trial"] == 0
+    ended = [
+        (e["event"], e.get("abandoned_trial", e.get("trial")), e.get("state"))
+        for e in events
+        if e.get("study") == "doomed" and e["event"] in ("study_gone", "trial_end")
+    ]
+    # Abandoned; or failed, where one of its writes lost a race with the DELETE's cascade
+    # (PostgreSQL aborts one of two transactions that wait on each other).
+    assert ended in ([("study_gone", 0, None)], [("trial_end", 0, "fail")]), events
 
 
 def test_a_polled_study_deleted_by_hand_is_dropped(

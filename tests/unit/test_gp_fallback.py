@@ -61,3 +61,22 @@ def test_gp_only_while_it_sees_everything_and_the_study_is_small() -> None:
     assert gp_sees_everything(_trials(pruned=False), max_gp_trials=5)
     assert not gp_sees_everything(_trials(pruned=False), max_gp_trials=4)
     assert not gp_sees_everything(_trials(pruned=True), max_gp_trials=100)
+
+
+def _running(number: int, params: dict[str, Any]) -> FrozenTrial:
+    dists = {name: SPACE[name] for name in params}
+    trial = create_trial(state=TrialState.RUNNING, params=params, distributions=dists)
+    trial.number = number
+    return trial
+
+
+def test_a_trial_asked_while_another_is_being_sampled_goes_to_tpe() -> None:
+    """Two workers asking at once would get GP's same point: a running trial without its
+    parameters yet means another ask is under way."""
+    done = _trials(pruned=False)
+    sampled = _running(10, {"learning_rate": 2e-4, "lora_r": 16})
+    assert gp_sees_everything([*done, sampled], max_gp_trials=100, number=11)
+    for unsampled in ({}, {"learning_rate": 2e-4}):
+        trials = [*done, _running(10, unsampled), _running(11, {})]
+        assert not gp_sees_everything(trials, max_gp_trials=100, number=11)
+        assert gp_sees_everything(trials[:-2] + [trials[-1]], max_gp_trials=100, number=11)

@@ -158,3 +158,18 @@ def test_derived_studies_are_valid_specs() -> None:
         "repetition_penalty",
         "max_new_tokens",
     }
+
+
+def test_the_gp_samplers_tpe_fallback_does_not_replay_gps_random_start() -> None:
+    """GP hands a trial to TPE while another worker's trial is still being sampled; on one
+    seed TPE's first random draw was GP's first, a configuration trained twice."""
+    space = {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
+    search = SearchSpec.model_validate({"space": space, "sampler": {"type": "gp", "seed": 3}})
+    study = optuna.create_study(sampler=build_sampler(search))
+    first = study.ask()  # trial 0: the LoRA prior
+    study.tell(first, 0.0)
+    by_gp = study.ask()
+    unsampled = study.ask()  # RUNNING without parameters: the next ask goes to TPE
+    by_tpe = study.ask()
+    assert suggest_params(by_gp, search) != suggest_params(by_tpe, search)
+    assert not unsampled.params
