@@ -66,7 +66,8 @@ class ForecastScheduler(AdaptiveScheduler):
     ) -> int | None:
         """The first ``MIN_CURVES`` run unpaused, for the forecast to learn from; the others
         pause at the first pausing rung, or the first candidate rung while no forecast
-        exists yet (they wait there for one)."""
+        exists yet (one still paused there without a forecast when a worker decides
+        continues as from a dropped rung: ``next_work``)."""
         if self.audits(configs):
             return None
         rungs = (self.pausing(configs) if rungs is None else rungs) or self.candidates[:1]
