@@ -62,8 +62,8 @@ class ForecastScheduler(AdaptiveScheduler):
         return tuple(sorted({*self.rungs(configs), *self.judgeable(configs)}))
 
     def judgeable(self, configs: Sequence[Config]) -> tuple[int, ...]:
-        """The candidate rungs a forecast can judge from (a hook: warm-started studies learn
-        from earlier studies' curves too)."""
+        """The candidate rungs a forecast can judge from (a hook, with ``model_at``, for a
+        forecast that learns from more curves than the study's own)."""
         return forecast_rungs(configs, self.candidates)
 
     def model_at(self, configs: Sequence[Config], step: int) -> Model | None:
