@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo.core.forecast import MIN_CURVES, RIDGE, Curve, Model, features
+from hpo.core.forecast import MIN_CURVES, RIDGE, Curve, Model, features, value_at
 from hpo.core.schedulers.forecast import ForecastScheduler
 from hpo.core.schedulers.rungs import Config
 from hpo.core.spec import ForecastSchedulerSpec
@@ -84,16 +84,37 @@ def transfer_fit(
     return Model(step, horizon, mu, sd, np.concatenate([[level], coef]), low, high, len(y))
 
 
+def agree(sources: Sequence[Sequence[Curve]], step: int) -> bool:
+    """Whether every source's values at ``step`` rank its finals the same way round (the sign
+    of their Spearman correlation): a guard, as related tasks need not share a shape."""
+    signs = set()
+    for group in (_past(s, step) for s in sources):
+        if len(group) < MIN_PER_SOURCE:
+            continue
+        early = np.array([value_at(c, step) for c in group], dtype=float).argsort().argsort()
+        final = np.array([c[-1][1] for c in group], dtype=float).argsort().argsort()
+        rho = float(np.corrcoef(early, final)[0, 1]) if early.std() and final.std() else 0.0
+        signs.add(rho > 0)
+    return len(signs) == 1
+
+
 class WarmForecastScheduler(ForecastScheduler):
     """The ``forecast`` scheduler of a warm-started study: until the study has its own
     ``MIN_CURVES`` finished curves past a step, it judges from the earlier studies' curves
     (``transfer_fit``), so no configuration has to run unpaused for the forecast to learn."""
 
     def __init__(
-        self, spec: ForecastSchedulerSpec, sources: Sequence[Sequence[Curve]], **kwargs: Any
+        self,
+        spec: ForecastSchedulerSpec,
+        sources: Sequence[Sequence[Curve]],
+        *,
+        guard: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(spec, **kwargs)
         self.sources = [list(s[:MAX_SOURCE_CURVES]) for s in sources[:MAX_SOURCES]]
+        if guard and self.candidates and not agree(self.sources, self.candidates[0]):
+            self.sources = []  # they learnt different shapes: learn from its own, as cold
 
     def judgeable(self, configs: Sequence[Config]) -> tuple[int, ...]:
         learnt = [sum(len(g) for g in self._groups(r)) >= MIN_CURVES for r in self.candidates]
@@ -104,6 +125,8 @@ class WarmForecastScheduler(ForecastScheduler):
         return [g for s in self.sources if len(g := _past(s, step)) >= MIN_PER_SOURCE]
 
     def audits(self, configs: Sequence[Config]) -> bool:
+        if not self.sources:
+            return super().audits(configs)
         every = self.audit_every
         return every is not None and len(configs) % every == 0
 

@@ -80,8 +80,9 @@ class Variant:
     # the setting (a ``bench.strategies`` name) searched warm, and cold for its own ratio
     setting: str = DEFAULT
     # the scheduler also learns from the nearest ``curves`` sources' finished curves
-    # (bench.warm_curves; 0: none)
+    # (bench.warm_curves; 0: none), only if they agree on which way early ranks run (guard)
     curves: int = 0
+    guard: bool = False
 
 
 def _interleaved(sources: list[SourceStudy], task: Any) -> list[Ranked]:
@@ -169,6 +170,13 @@ VARIANTS = {
         setting=FORECAST,
         curves=MAX_SOURCES,
     ),
+    f"{SERVICE} + forecast, source curves, guard": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        ranking=True,
+        setting=FORECAST,
+        curves=MAX_SOURCES,
+        guard=True,
+    ),
     f"{SERVICE} + forecast, 3 nearest sources' curves": Variant(
         enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
         ranking=True,
@@ -244,6 +252,7 @@ def run_set(
                 scheduler = WarmForecastScheduler(
                     spec.scheduler,
                     [_source_curves(tasks[j], cold[DEFAULT][j]) for j in near[: variant.curves]],
+                    guard=variant.guard,
                     minimize=True,
                     size=grid_size(spec.space),
                 )
@@ -406,7 +415,9 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "training), learning from the study's own finished curves as today; `, source "
         "curves` also learns from the sources' finished curves (`bench.warm_curves`: a "
         "ridge fit within each source, placed on the study's own level; the nearest 8 "
-        "sources, or 3), so no configuration runs unpaused for it to learn. Their own cold "
+        "sources, or 3), so no configuration runs unpaused for it to learn; `, guard` only "
+        "where every source's early ranks run the same way round as its finals (else its "
+        "own curves, as cold). Their own cold "
         "start is `tpe + forecast` searched cold: `cold, same setting` and the ratios after "
         "it (median run ratio, runs <= 1/3, runs costing more, the per-task list below) are "
         "against it; `warm/cold medians` is against the default's cold start. A row's cold "

@@ -3,7 +3,7 @@ level, so its forecast scheduler judges from its first configuration on."""
 
 from __future__ import annotations
 
-from bench.warm_curves import MIN_PER_SOURCE, WarmForecastScheduler, transfer_fit
+from bench.warm_curves import MIN_PER_SOURCE, WarmForecastScheduler, agree, transfer_fit
 from hpo.core.forecast import MIN_CURVES, fit
 from hpo.core.schedulers import Start
 from hpo.core.schedulers.forecast import ForecastScheduler
@@ -60,3 +60,13 @@ def test_a_warm_forecast_pauses_its_first_configuration_where_a_cold_one_would_n
     # the one paused configuration: nothing finished beats its bound, so it goes on
     first = Config(0, {"lr": 0.0}, curve(0.9, 0.6, upto=1), "paused", 0, False, 1)
     assert warm.next_work([first], can_start=True) == Continue(0, 0, until=3)
+
+
+def test_the_guard_drops_sources_whose_early_ranks_run_different_ways() -> None:
+    ranked = [curve(e, 1.0 + e) for e in EARLY]  # early ranks hold to the end here
+    assert agree(SOURCES, 1) and not agree([*SOURCES, ranked], 1)
+    guarded = WarmForecastScheduler(SPEC, [*SOURCES, ranked], guard=True)
+    assert guarded.next_work([], can_start=True) == Start(None)  # as a cold study: unpaused
+    assert WarmForecastScheduler(SPEC, SOURCES, guard=True).next_work([], can_start=True) == Start(
+        1
+    )
