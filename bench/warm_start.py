@@ -10,8 +10,10 @@ task runs again per variant, warm-started from the finished trials of the *other
 runs of the same seed, nearest tasks first (NMTLC's order: same language pair, then family;
 the synthetic family: the nearest share of late blooming, whose best learning rate lies
 nearest). Warm runs stop once a configuration completes within 0.1% of the task's best final
-value (the measure is unchanged by the stop). ``synthetic-family`` is one task per share of
-late blooming 0, 0.25, .., 1 (seed 0): related tasks whose best configuration moves.
+value (the measure is unchanged by the stop). A variant searched with a scheduler (``setting``)
+is also set beside that setting's own cold start, run the same way. ``synthetic-family`` is
+one task per share of late blooming 0, 0.25, .., 1 (seed 0): related tasks whose best
+configuration moves.
 
 ``--report`` sets each variant beside the cold start and the best peer's cold start (the
 lowest median cost to 0.1% in ``bench/results/peers.json`` for the set and worker count,
@@ -34,8 +36,10 @@ import optuna
 
 from bench import RESULTS, commit, goal, machine, save
 from bench.strategies import DEFAULT, MAX_COST, STRATEGIES, _fmt, _search, target_stats
+from bench.warm_curves import MAX_SOURCES, WarmForecastScheduler
 from hpo.core.factory import build_sampler
-from hpo.core.spec import SearchSpec, WarmStartSpec
+from hpo.core.forecast import Curve
+from hpo.core.spec import ForecastSchedulerSpec, SearchSpec, WarmStartSpec, grid_size
 from hpo.core.transfer import TransferSampler
 from hpo.core.warm_start import (
     RANKING_LIMIT,
@@ -59,6 +63,7 @@ PEER_SET = {"nmtlc": "nmtlc", "synthetic-family": "synthetic-mixed"}
 TARGET = 0.001
 TOP_K = 3
 SERVICE = "top 3 + first batch, consensus"
+FORECAST = "tpe + forecast"  # the scheduler-run variants' setting (bench.strategies')
 Sampler = Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
 
 
@@ -72,6 +77,12 @@ class Variant:
     ranking: bool = False
     # a sampler wrapper that needs the run's seed (it builds its own seeded samplers)
     seeded_sampler: Callable[[list[SourceStudy], Any, int], Sampler] | None = None
+    # the setting (a ``bench.strategies`` name) searched warm, and cold for its own ratio
+    setting: str = DEFAULT
+    # the scheduler also learns from the nearest ``curves`` sources' finished curves
+    # (bench.warm_curves; 0: none), only if they agree on which way early ranks run (guard)
+    curves: int = 0
+    guard: bool = False
 
 
 def _interleaved(sources: list[SourceStudy], task: Any) -> list[Ranked]:
@@ -142,6 +153,36 @@ VARIANTS = {
     "prior TPE alone": Variant(
         seeded_sampler=lambda s, t, seed: _service_stack(s, t, seed, prior=True)
     ),
+    # more of the sources' best first
+    "top 6 + first batch, consensus": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=6), ranking=True
+    ),
+    # the service's warm start under the forecast scheduler: learning from its own curves,
+    # and from the sources' curves too
+    f"{SERVICE} + forecast": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        ranking=True,
+        setting=FORECAST,
+    ),
+    f"{SERVICE} + forecast, source curves": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        ranking=True,
+        setting=FORECAST,
+        curves=MAX_SOURCES,
+    ),
+    f"{SERVICE} + forecast, source curves, guard": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        ranking=True,
+        setting=FORECAST,
+        curves=MAX_SOURCES,
+        guard=True,
+    ),
+    f"{SERVICE} + forecast, 3 nearest sources' curves": Variant(
+        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        ranking=True,
+        setting=FORECAST,
+        curves=3,
+    ),
 }
 
 
@@ -161,6 +202,12 @@ def _source(name: str, sim: Simulation) -> SourceStudy:
     return SourceStudy(name, True, [(p, v) for p, v in done if v is not None])
 
 
+def _source_curves(task: Any, sim: Simulation) -> list[Curve]:
+    """A cold run's finished curves, as its study recorded them (one value per step)."""
+    done = [t.params for t in sim.trials if t.state == "complete"]
+    return [[(k + 1, v) for k, (_, v) in enumerate(task.curve(p))] for p in done]
+
+
 def _cost(task: Any, sim: Simulation) -> float:
     return sim.cost_to_reach(task.best_value * (1 + TARGET)) / task.full_grid_cost
 
@@ -169,31 +216,46 @@ def run_set(
     task_set: str, data: Path, *, workers: int, seed: int, variants: Sequence[str]
 ) -> list[dict[str, Any]]:
     tasks = load_set(task_set, data)
-    search = STRATEGIES[DEFAULT]
-    cold = [
-        simulate(
-            _search(task, search),
-            task,
-            workers=workers,
-            seed=seed,
-            max_cost=MAX_COST * task.full_grid_cost,
-        )
-        for task in tasks
-    ]
+    settings = list(dict.fromkeys([DEFAULT, *(VARIANTS[v].setting for v in variants)]))
+    cold = {
+        setting: [
+            simulate(
+                _search(task, STRATEGIES[setting]),
+                task,
+                workers=workers,
+                seed=seed,
+                max_cost=MAX_COST * task.full_grid_cost,
+            )
+            for task in tasks
+        ]
+        for setting in settings
+    }
     rows = []
     for i, task in enumerate(tasks):
-        sources = [_source(tasks[j].name, cold[j]) for j in nearest_first(i, len(tasks))]
+        near = nearest_first(i, len(tasks))
+        sources = [_source(tasks[j].name, cold[DEFAULT][j]) for j in near]
         row: dict[str, Any] = {
             "set": task_set,
             "workers": workers,
             "seed": seed,
             "task": task.name,
-            "cold": _cost(task, cold[i]),
+            "cold": _cost(task, cold[DEFAULT][i]),
+            "cold_with": {s: _cost(task, cold[s][i]) for s in settings if s != DEFAULT},
             "warm": {},
         }
         for name in variants:
             variant = VARIANTS[name]
-            spec = _search(task, search)
+            spec = _search(task, STRATEGIES[variant.setting])
+            scheduler = None
+            if variant.curves:
+                assert isinstance(spec.scheduler, ForecastSchedulerSpec)
+                scheduler = WarmForecastScheduler(
+                    spec.scheduler,
+                    [_source_curves(tasks[j], cold[DEFAULT][j]) for j in near[: variant.curves]],
+                    guard=variant.guard,
+                    minimize=True,
+                    size=grid_size(spec.space),
+                )
             ranking: list[Ranked] = []
             if variant.ranking:
                 names = [f"source-{i}" for i in range(len(sources))]
@@ -215,6 +277,7 @@ def run_set(
                     if variant.seeded_sampler
                     else None
                 ),
+                scheduler=scheduler,
             )
             row["warm"][name] = _cost(task, sim)
         rows.append(row)
@@ -246,22 +309,28 @@ def summarise(runs: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[d
         {(r["set"], r["workers"]) for r in runs}, key=lambda c: (SETS.index(c[0]), c[1])
     )
     for task_set, workers in cells:
-        mine = [r for r in runs if (r["set"], r["workers"]) == (task_set, workers)]
+        cell = [r for r in runs if (r["set"], r["workers"]) == (task_set, workers)]
         peer = best_peer(peers, task_set, workers)
-        cold = target_stats([r["cold"] for r in mine])
-        names = [v for v in VARIANTS if all(v in r["warm"] for r in mine)]
-        for name in names:
+        for name in [v for v in VARIANTS if any(v in r["warm"] for r in cell)]:
+            mine = [r for r in cell if name in r["warm"]]  # the seeds it ran
+            cold = target_stats([r["cold"] for r in mine])
+            setting = VARIANTS[name].setting
+
+            def cold_of(r: dict[str, Any], setting: str = setting) -> float:
+                return float(r.get("cold_with", {}).get(setting, r["cold"]))
+
             warm = target_stats([r["warm"][name] for r in mine])
+            same = target_stats([cold_of(r) for r in mine])
             ratios = [
-                r["warm"][name] / r["cold"]
+                r["warm"][name] / cold_of(r)
                 for r in mine
-                if math.isfinite(r["cold"]) and math.isfinite(r["warm"][name]) and r["cold"] > 0
+                if math.isfinite(cold_of(r)) and math.isfinite(r["warm"][name]) and cold_of(r) > 0
             ]
             hurt = []
             for task in dict.fromkeys(r["task"] for r in mine):
                 of = [r for r in mine if r["task"] == task]
-                c, w = median(r["cold"] for r in of), median(r["warm"][name] for r in of)
-                worse = [r["warm"][name] - r["cold"] for r in of if r["warm"][name] > r["cold"]]
+                c, w = median(cold_of(r) for r in of), median(r["warm"][name] for r in of)
+                worse = [r["warm"][name] - cold_of(r) for r in of if r["warm"][name] > cold_of(r)]
                 if w > c or worse:
                     hurt.append(
                         {
@@ -280,12 +349,15 @@ def summarise(runs: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[d
                     "variant": name,
                     "runs": len(mine),
                     "seeds": sorted({r["seed"] for r in mine}),
+                    "setting": setting,
                     "cold": cold,
+                    "cold_same": same,
                     "warm": warm,
                     "warm_over_cold_medians": warm["median"] / cold["median"],
+                    "warm_over_cold_same_medians": warm["median"] / same["median"],
                     "median_run_ratio": median(ratios) if ratios else None,
                     "runs_at_most_a_third": sum(x <= 1 / 3 for x in ratios),
-                    "runs_warm_cost_more": sum(r["warm"][name] > r["cold"] for r in mine),
+                    "runs_warm_cost_more": sum(r["warm"][name] > cold_of(r) for r in mine),
                     "warm_over_peer": (
                         warm["median"] / peer["median"] if peer and peer["median"] > 0 else None
                     ),
@@ -337,14 +409,25 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "same scale, until 10 own results (`hpo.core.prior_tpe`): "
         f"**`{SERVICE}` is the service's warm start now**. `, without prior TPE` is it with "
         "the plain TPE (the service's before the prior); `prior TPE alone` is the service's "
-        "without the enqueued top 3. Cold "
-        "runs go to 1.5x "
-        "the grid cost (the sources); warm runs stop at 0.1%.",
+        "without the enqueued top 3. `top 6` is the service's with 6 of the sources' best "
+        "enqueued. `+ forecast` rows run the service's warm start under the `forecast` "
+        "scheduler (`tpe + forecast` of `bench.strategies`, first rung at a ninth of "
+        "training), learning from the study's own finished curves as today; `, source "
+        "curves` also learns from the sources' finished curves (`bench.warm_curves`: a "
+        "ridge fit within each source, placed on the study's own level; the nearest 8 "
+        "sources, or 3), so no configuration runs unpaused for it to learn; `, guard` only "
+        "where every source's early ranks run the same way round as its finals (else its "
+        "own curves, as cold). Their own cold "
+        "start is `tpe + forecast` searched cold: `cold, same setting` and the ratios after "
+        "it (median run ratio, runs <= 1/3, runs costing more, the per-task list below) are "
+        "against it; `warm/cold medians` is against the default's cold start. A row's cold "
+        "columns are over the seeds it ran. Cold runs go to 1.5x the grid cost (the sources); "
+        "warm runs stop at 0.1%.",
         "",
-        "| set | W | variant | cold (reach) | warm (reach) | warm/cold medians | median "
-        "run ratio | runs warm <= 1/3 cold | runs warm cost more | best peer, cold (reach) "
-        "| warm/peer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| set | W | variant | cold (reach) | warm (reach) | warm/cold medians | cold, same "
+        "setting (reach) | warm/cold same setting | median run ratio | runs warm <= 1/3 cold "
+        "| runs warm cost more | best peer, cold (reach) | warm/peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         peer = row["peer"]
@@ -352,6 +435,7 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {row['set']} | {row['workers']} | {row['variant']} | {_cell(row['cold'])} | "
             f"{_cell(row['warm'])} | {_ratio(row['warm_over_cold_medians'])} | "
+            f"{_cell(row['cold_same'])} | {_ratio(row['warm_over_cold_same_medians'])} | "
             f"{_ratio(row['median_run_ratio'])} | {row['runs_at_most_a_third']}/{row['runs']} "
             f"| {row['runs_warm_cost_more']}/{row['runs']} | {peer_cell} | "
             f"{_ratio(row['warm_over_peer'])} |"

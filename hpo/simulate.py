@@ -133,6 +133,7 @@ def simulate(
     first: Sequence[dict[str, Any]] = (),
     sampler: Callable[[optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
     | None = None,
+    scheduler: Scheduler | None = None,
 ) -> Simulation:
     """Run ``search``'s sampler, pruner and scheduler against ``objective`` with ``workers``
     workers.
@@ -151,23 +152,28 @@ def simulate(
     stores it (a ``search.warm_start`` study's workers follow it until the first result);
     ``first``: an initial design, enqueued next;
     ``sampler(spec_sampler, worker)``: the sampler a worker uses in place of the spec's, for
-    benchmark candidates a spec cannot name yet.
+    benchmark candidates a spec cannot name yet; ``scheduler``: likewise, in place of the
+    spec's (which must be replayable too).
 
     Raises:
         SpecError: The scheduler changes hyperparameters mid-run (PBT), or scores with a
             cool-down branch: a recorded curve cannot say what would have happened.
         ValueError: ``first`` with a scheduler (continuations are enqueued trials too).
     """
-    scheduler = _replayable(search, with_initial_design=bool(first))
+    replayable = _replayable(search, with_initial_design=bool(first))
+    scheduler = scheduler or replayable
     search = search.model_copy(
         update={"sampler": search.sampler.model_copy(update={"seed": seed})}
     )
     studies = _worker_studies(search, workers, ranking, sampler)
-    for config in warm:
-        studies[0].enqueue_trial(config.params, user_attrs=records.warm_start_attrs(config.source))
-    for params in first:
-        studies[0].enqueue_trial(params)
     replay = _Replay(search, scheduler, objective, studies, seed=seed, max_cost=max_cost)
+    queued = [(c.params, records.warm_start_attrs(c.source)) for c in warm]
+    queued += [(params, {}) for params in first]
+    if scheduler.pauses:  # a worker claims a queued trial before any decision: see ask_for_work
+        replay.pending = queued
+    else:
+        for params, attrs in queued:
+            studies[0].enqueue_trial(params, user_attrs=attrs)
     return replay.play(target)
 
 
@@ -235,6 +241,9 @@ class _Replay:
         self.started = 0
         self.queue: list[_Event] = []
         self.best: float | None = None
+        # with a pausing scheduler: configurations queued first (warm start), each enqueued
+        # as it starts, so that a continuation's is the only trial waiting when it is asked
+        self.pending: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
     def play(self, target: float | None = None) -> Simulation:
         """Run until no work is left, or until a configuration completed at or better than
@@ -269,6 +278,9 @@ class _Replay:
         # With no scheduler the decision does not depend on the trials: skip reading them.
         study = self.studies[worker]
         trials = study.get_trials(deepcopy=False) if self.scheduler.pauses else []
+        if self.pending:  # a queued configuration is claimed before any decision, as a worker does
+            self.start_config(worker, now, records.until(self.scheduler.first_attrs(trials)))
+            return
         can_start = self.started < self.search.budget.max_trials
         decision = self.scheduler.decide(trials, can_start=can_start, seed=self.seed)
         if isinstance(decision, Start):
@@ -280,6 +292,9 @@ class _Replay:
 
     def start_config(self, worker: int, now: float, until: int | None) -> None:
         study = self.studies[worker]
+        if self.pending:
+            params, attrs = self.pending.pop(0)
+            study.enqueue_trial(params, user_attrs=attrs)
         for _ in range(MAX_UNRECORDED_IN_A_ROW):
             trial = study.ask()
             try:

@@ -340,3 +340,20 @@ def test_an_initial_design_is_tried_first() -> None:
     assert min(sim.trials, key=lambda t: t.number).params == point
     with pytest.raises(ValueError, match="initial design"):
         simulate(scheduled(ASHA), Bowl(), workers=1, seed=0, first=[point])
+
+
+def test_warm_configurations_start_before_any_continuation_and_keep_their_own_curves() -> None:
+    # A worker claims a queued trial before any decision: with a pausing scheduler the warm
+    # configurations all start first, and a continuation never picks up a queued one.
+    warm = [
+        WarmConfig({"learning_rate": lr, "per_device_train_batch_size": 8}, "earlier")
+        for lr in (1e-3, 1e-2, 1e-4, 3e-3, 3e-4)  # ASHA could continue one after the third
+    ]
+    sim = simulate(scheduled(ASHA, max_trials=8), Bowl(), workers=1, seed=0, warm=warm)
+    first = sorted(sim.trials, key=lambda t: t.number)[: len(warm)]
+    assert [t.params for t in first] == [w.params for w in warm]
+    assert {t.segments[0].last_step for t in first} == {ASHA["min_steps"]}  # each paused
+    assert any(len(t.segments) > 1 for t in sim.trials)
+    for trial in sim.trials:
+        if trial.state == "complete":
+            assert trial.value == Bowl().curve(trial.params)[-1][1]

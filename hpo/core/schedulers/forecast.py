@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from hpo.core.forecast import MIN_CURVES, Model, fit
@@ -59,7 +59,18 @@ class ForecastScheduler(AdaptiveScheduler):
     def pausing(self, configs: Sequence[Config]) -> tuple[int, ...]:
         """Where configurations pause now: the trusted rungs (ranked as ASHA does) and the
         candidate rungs with a forecast (judged by it: the stop rule)."""
-        return tuple(sorted({*self.rungs(configs), *forecast_rungs(configs, self.candidates)}))
+        return tuple(sorted({*self.rungs(configs), *self.judgeable(configs)}))
+
+    def judgeable(self, configs: Sequence[Config]) -> tuple[int, ...]:
+        """The candidate rungs a forecast can judge from (a hook, with ``model_at``, for a
+        forecast that learns from more curves than the study's own)."""
+        return forecast_rungs(configs, self.candidates)
+
+    def model_at(self, configs: Sequence[Config], step: int) -> Model | None:
+        """The forecast from ``step``, fitted on the study's finished curves (a hook, as
+        ``judgeable``)."""
+        finished = [c.values for c in configs if c.final is not None]
+        return fit(finished, step, quantile=self.quantile)
 
     def first_until(
         self, configs: Sequence[Config], rungs: tuple[int, ...] | None = None
@@ -111,7 +122,12 @@ class ForecastScheduler(AdaptiveScheduler):
         hopeful = self.hopeful(configs, pausing)
         if hopeful is not None or running:
             return hopeful or Idle(done=False)
-        ranked = forecast_bounds(configs, minimize=self.minimize, quantile=self.quantile)
+        ranked = forecast_bounds(
+            configs,
+            minimize=self.minimize,
+            quantile=self.quantile,
+            model_at=lambda step: self.model_at(configs, step),
+        )
         if ranked:
             return self._continue(ranked[0][1], pausing)
         return Idle(done=True)
@@ -122,12 +138,11 @@ class ForecastScheduler(AdaptiveScheduler):
         """ASHA's rule on the forecast final value instead of the rung's score: a paused
         configuration whose forecast ranks in the best ``1/reduction_factor`` of those that
         reached its rung continues (the most advanced first)."""
-        finished = [c.values for c in configs if c.final is not None]
         ready = []
         for rung in sorted(
             {c.paused_rung for c in configs if c.number in judged and c.paused_rung}
         ):
-            model = fit(finished, rung, quantile=self.quantile)
+            model = self.model_at(configs, rung)
             if model is None:
                 continue
             ranked = forecast_ranks(configs, model, minimize=self.minimize)
@@ -151,7 +166,10 @@ class ForecastScheduler(AdaptiveScheduler):
         ranked = [
             (bound, c)
             for bound, c in forecast_bounds(
-                configs, minimize=self.minimize, quantile=self.quantile
+                configs,
+                minimize=self.minimize,
+                quantile=self.quantile,
+                model_at=lambda step: self.model_at(configs, step),
             )
             if bound is not None
         ]
@@ -206,11 +224,16 @@ def forecast_ranks(configs: Sequence[Config], model: Model, *, minimize: bool) -
 
 
 def forecast_bounds(
-    configs: Sequence[Config], *, minimize: bool, quantile: float
+    configs: Sequence[Config],
+    *,
+    minimize: bool,
+    quantile: float,
+    model_at: Callable[[int], Model | None] | None = None,
 ) -> list[tuple[float | None, Config]]:
     """Paused configurations, each with its forecast's optimistic bound (signed: lower is
     better), best first; None for one without a forecast (too few finished curves went past
-    its step), which nothing rules out: those come first, the most advanced first."""
+    its step), which nothing rules out: those come first, the most advanced first.
+    ``model_at(step)``: the forecast from a step (default: fitted on the finished curves)."""
     sign = 1.0 if minimize else -1.0
     finished = [c.values for c in configs if c.final is not None]
     seen = {params_key(c) for c in configs if c.status in ("running", "complete")}
@@ -221,7 +244,7 @@ def forecast_bounds(
             continue
         step = c.last_step
         if step not in models:
-            models[step] = fit(finished, step, quantile=quantile)
+            models[step] = model_at(step) if model_at else fit(finished, step, quantile=quantile)
         model = models[step]
         predicted = None if model is None else model.predict(c.values)
         bound = None
