@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import venv
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,16 @@ def _fewer_seeds(r: dict[str, Any], meta: dict[str, Any]) -> str:
     return f"{seeds} of {planned} seeds"
 
 
+def caps_text(meta: dict[str, Any]) -> str:
+    """The real-time cap per run: '150 s', or '150 s (300 s for 77 runs)' where some runs
+    were started under another --cap (the cap a run ran under is recorded with it)."""
+    caps = {float(c): n for c, n in (meta.get("caps") or {}).items()}
+    other = ", ".join(
+        f"{c:.0f} s for {n} runs" for c, n in sorted(caps.items()) if c != meta["cap"]
+    )
+    return f"{meta['cap']:.0f} s" + (f" ({other})" if other else "")
+
+
 def _cell(c: dict[str, Any], runs: int) -> str:
     f = lambda x: "never" if math.isinf(x) else f"{x:.3f}"  # noqa: E731
     return f"{f(c['median'])} ({f(c['iqr'][0])}-{f(c['iqr'][1])}) | {c['reached_runs']}/{runs}"
@@ -326,8 +337,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['runner_seconds']:.0f} s of runs (their sum; {meta['jobs']} runner process(es)), "
         f"{meta['jobs_total'] - meta['missing_runs']} of the {meta['jobs_total']} runs of the "
         "full matrix (methods x tasks x seeds x W) ended "
-        f"({meta.get('unfinished_runs', 0)} of them stopped at the {meta.get('cap', 0):.0f} s "
-        "cap); "
+        f"({meta.get('unfinished_runs', 0)} of them stopped at their cap); "
         f"{', '.join(meta['versions'])}.",
         "",
         "Each peer runs through its own runtime on the exported curves (bench/peer_runner.py): "
@@ -349,7 +359,7 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "median cost (IQR) | runs reaching the target. "
         f"Our default's rows: bench/results/strategies.json (commit `{meta['ours_commit']}`, "
         f"seeds 0..{meta['ours_seeds'] - 1}; peers ran {goal.seeds_text(meta)}). "
-        f"A peer run still going after {meta['cap']:.0f} s of real time was stopped and is "
+        f"A peer run still going after {caps_text(meta)} of real time was stopped and is "
         "counted apart ('k did not finish in N s'), not as a run that never reached the target. "
         "A row marked with a commit was carried over from the peers.json of that commit (same "
         "runner, same exported tasks) because it did not run again here.",
@@ -493,6 +503,7 @@ def main() -> None:
         "missing_runs": len(jobs) - len(runs),
         "unfinished_runs": sum(bool(r.get("timed_out")) for r in runs),
         "cap": args.cap,
+        "caps": dict(Counter(f"{r['wall_cap']:.0f}" for r in runs)),
         "set_seeds": dict(args.set_seeds),
     }
     save("peers", {"meta": meta, "rows": rows}, _markdown(rows, meta))

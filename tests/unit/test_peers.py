@@ -7,7 +7,7 @@ import json
 import math
 from itertools import accumulate
 
-from bench.peers import ExportedTask, _fewer_seeds, best_curve, export_task
+from bench.peers import ExportedTask, _fewer_seeds, best_curve, caps_text, export_task
 from bench.strategies import DEFAULT, STRATEGIES, _search, cost_to_targets
 from hpo.simulate import simulate
 from hpo.synthetic import make_task
@@ -67,3 +67,10 @@ def test_a_peer_row_with_fewer_seeds_than_its_set_says_so() -> None:
     # ours, and rows carried over from before seeds were recorded, get no note
     assert _fewer_seeds({**row, "strategy": "ours: tpe (default)"}, meta) == ""
     assert _fewer_seeds({"set": "nmtlc", "strategy": "st gp bo"}, meta) == ""
+
+
+def test_runs_under_another_cap_are_named_beside_the_cap() -> None:
+    assert caps_text({"cap": 150.0, "caps": {"150": 500}}) == "150 s"
+    assert caps_text({"cap": 150.0}) == "150 s"  # a peers.json from before caps were recorded
+    mixed = caps_text({"cap": 150.0, "caps": {"150": 500, "300": 77}})
+    assert mixed == "150 s (300 s for 77 runs)"
