@@ -68,9 +68,7 @@ class GPOrTPE(WrappedSampler):
         if chosen is None:
             states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
             trials = study.get_trials(deepcopy=False, states=states)
-            gp = gp_sees_everything(
-                trials, max_gp_trials=self._max_gp_trials, number=trial.number
-            )
+            gp = gp_sees_everything(trials, max_gp_trials=self._max_gp_trials, number=trial.number)
             chosen = self._base if gp else self._tpe
             self._by_trial[trial.number] = chosen
         return chosen
