@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -85,6 +85,11 @@ class Variant:
     guard: bool = False
 
 
+def _top(k: int) -> Callable[[list[SourceStudy], Any], list[WarmConfig]]:
+    """Enqueue each source's best in turns, ``k`` in all (the service's order)."""
+    return lambda s, t: warm_start_configs(s, t.search_space, top_k=k)
+
+
 def _interleaved(sources: list[SourceStudy], task: Any) -> list[Ranked]:
     """Every configuration in warm start's order (each source's next best in turns)."""
     configs = warm_start_configs(sources, task.search_space, top_k=len(task.curves))
@@ -120,16 +125,17 @@ def _service_stack(sources: list[SourceStudy], task: Any, seed: int, *, prior: b
     )
 
 
+_SERVICE = Variant(enqueue=_top(TOP_K), ranking=True)
+_FORECAST = replace(_SERVICE, setting=FORECAST)
+
 VARIANTS = {
     # the service's warm start on main: each source's best in turns, top 3 enqueued
-    "top 3, interleaved": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K)
-    ),
+    "top 3, interleaved": Variant(enqueue=_top(TOP_K)),
     "top 3, consensus": Variant(
         enqueue=lambda s, t: consensus_configs(s, t.search_space, top_k=TOP_K)
     ),
     "top 3 + follow consensus, guard": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        enqueue=_top(TOP_K),
         sampler=_follow(guard=True),
     ),
     "follow consensus, guard": Variant(sampler=_follow(guard=True)),
@@ -137,16 +143,14 @@ VARIANTS = {
     "follow interleaved, guard": Variant(sampler=_follow(guard=True, order=_interleaved)),
     # W > 1: the trials that start before any result fill up from the ranking, not at random
     "top 3 + first batch, interleaved": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        enqueue=_top(TOP_K),
         sampler=_follow(guard=True, order=_interleaved, blind_only=True),
     ),
     # the service's warm start now (hpo.core.studies, hpo.core.factory.load_study)
-    SERVICE: Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K), ranking=True
-    ),
+    SERVICE: _SERVICE,
     # the service's before its TPE took the ranking as a prior (hpo.core.prior_tpe)
     f"{SERVICE}, without prior TPE": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
+        enqueue=_top(TOP_K),
         seeded_sampler=lambda s, t, seed: _service_stack(s, t, seed, prior=False),
     ),
     # the service's without the enqueued top 3
@@ -154,35 +158,15 @@ VARIANTS = {
         seeded_sampler=lambda s, t, seed: _service_stack(s, t, seed, prior=True)
     ),
     # more of the sources' best first
-    "top 6 + first batch, consensus": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=6), ranking=True
-    ),
+    "top 6 + first batch, consensus": Variant(enqueue=_top(6), ranking=True),
     # the service's warm start under the forecast scheduler: learning from its own curves,
     # and from the sources' curves too
-    f"{SERVICE} + forecast": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
-        ranking=True,
-        setting=FORECAST,
+    f"{SERVICE} + forecast": _FORECAST,
+    f"{SERVICE} + forecast, source curves": replace(_FORECAST, curves=MAX_SOURCES),
+    f"{SERVICE} + forecast, source curves, guard": replace(
+        _FORECAST, curves=MAX_SOURCES, guard=True
     ),
-    f"{SERVICE} + forecast, source curves": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
-        ranking=True,
-        setting=FORECAST,
-        curves=MAX_SOURCES,
-    ),
-    f"{SERVICE} + forecast, source curves, guard": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
-        ranking=True,
-        setting=FORECAST,
-        curves=MAX_SOURCES,
-        guard=True,
-    ),
-    f"{SERVICE} + forecast, 3 nearest sources' curves": Variant(
-        enqueue=lambda s, t: warm_start_configs(s, t.search_space, top_k=TOP_K),
-        ranking=True,
-        setting=FORECAST,
-        curves=3,
-    ),
+    f"{SERVICE} + forecast, 3 nearest sources' curves": replace(_FORECAST, curves=3),
 }
 
 
