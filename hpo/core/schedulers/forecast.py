@@ -72,6 +72,15 @@ class ForecastScheduler(AdaptiveScheduler):
         finished = [c.values for c in configs if c.final is not None]
         return fit(finished, step, quantile=self.quantile)
 
+    def bounds(self, configs: Sequence[Config]) -> list[tuple[float | None, Config]]:
+        """``forecast_bounds`` with this scheduler's forecasts (``model_at``)."""
+        return forecast_bounds(
+            configs,
+            minimize=self.minimize,
+            quantile=self.quantile,
+            model_at=lambda step: self.model_at(configs, step),
+        )
+
     def first_until(
         self, configs: Sequence[Config], rungs: tuple[int, ...] | None = None
     ) -> int | None:
@@ -122,12 +131,7 @@ class ForecastScheduler(AdaptiveScheduler):
         hopeful = self.hopeful(configs, pausing)
         if hopeful is not None or running:
             return hopeful or Idle(done=False)
-        ranked = forecast_bounds(
-            configs,
-            minimize=self.minimize,
-            quantile=self.quantile,
-            model_at=lambda step: self.model_at(configs, step),
-        )
+        ranked = self.bounds(configs)
         if ranked:
             return self._continue(ranked[0][1], pausing)
         return Idle(done=True)
@@ -163,16 +167,7 @@ class ForecastScheduler(AdaptiveScheduler):
     ) -> Continue | None:
         """While new configurations may start: the paused configuration with the best
         forecast bound, if that bound beats the best final value so far."""
-        ranked = [
-            (bound, c)
-            for bound, c in forecast_bounds(
-                configs,
-                minimize=self.minimize,
-                quantile=self.quantile,
-                model_at=lambda step: self.model_at(configs, step),
-            )
-            if bound is not None
-        ]
+        ranked = [(bound, c) for bound, c in self.bounds(configs) if bound is not None]
         if not ranked:
             return None
         bound, config = ranked[0]
