@@ -362,8 +362,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"A peer run still going after {caps_text(meta)} of real time was stopped and is "
         "counted apart ('k did not finish in N s'), not as a run that never reached the target. "
         "A row marked with a commit was carried over from the peers.json of that commit (same "
-        "runner, same exported tasks) because it did not run again here, under the caps that "
-        "peers.json states.",
+        "runner, same exported tasks) because it did not run again here; it ran under the caps "
+        "that peers.json states.",
     ]
     for task_set in SETS:
         for workers in sorted({r["workers"] for r in rows}):
