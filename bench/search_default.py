@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial
 
 from bench import RESULTS, commit, machine, save
 from bench.strategies import MAX_COST, SETS, Strategy, Task, _search, load_set, target_stats
-from hpo.core.factory import NumberedQMCSampler, optuna_distributions
+from hpo.core.factory import optuna_distributions
 from hpo.core.initial import first_value
 from hpo.core.untried import UntriedSampler
 from hpo.core.wrapped import WrappedSampler
@@ -116,15 +116,6 @@ def lora_prior_point(task: Task) -> dict[str, Any]:
 
 # (run seed, the spec's sampler, worker) -> the sampler the worker uses
 SamplerHook = Callable[[int, optuna.samplers.BaseSampler, int], optuna.samplers.BaseSampler]
-
-
-def _gp_qmc(seed: int, _: optuna.samplers.BaseSampler, worker: int) -> optuna.samplers.BaseSampler:
-    # QMC start shared by the workers (one Sobol sequence, indexed by trial number)
-    return optuna.samplers.GPSampler(
-        seed=seed + worker,
-        n_startup_trials=8,
-        independent_sampler=NumberedQMCSampler(seed=seed, warn_independent_sampling=False),
-    )
 
 
 def _gp_deterministic(
@@ -251,7 +242,6 @@ CANDIDATES = {
     "gp, 4 startup, LoRA prior first": Candidate(
         Strategy({"type": "gp", "n_startup_trials": 4}), prior_first=True
     ),
-    "gp, 8 Sobol startup": Candidate(Strategy({"type": "gp"}), sampler=_gp_qmc),
     "gp, 4 startup, deterministic, LoRA prior first": Candidate(
         Strategy({"type": "gp"}), prior_first=True, sampler=_gp_deterministic
     ),

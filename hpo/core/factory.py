@@ -99,10 +99,22 @@ class NumberedQMCSampler(optuna.samplers.QMCSampler):
 
     Optuna picks the next point with a study counter it reads and writes without a lock, so
     workers sampling at the same moment get the same point. A trial number is unique by
-    construction: gaps (enqueued or retried trials) skip points, nothing repeats one.
+    construction: gaps (enqueued or retried trials) skip points, nothing repeats one. The
+    space is the spec's, known up front: Optuna's QMC draws a study's first trials from a
+    random sampler under the shared seed until one has parameters, so workers starting
+    together drew the same first configuration.
     """
 
     _trial_number = 0
+
+    def __init__(self, space: dict[str, BaseDistribution], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._space = space
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._space
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -161,6 +173,7 @@ def build_sampler(
         with warnings.catch_warnings():  # experimental in Optuna; chosen on purpose
             warnings.simplefilter("ignore", ExperimentalWarning)
             return NumberedQMCSampler(
+                optuna_distributions(search),
                 seed=seed,
                 qmc_type=sampler.qmc_type,
                 scramble=sampler.scramble,

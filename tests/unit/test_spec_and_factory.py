@@ -100,6 +100,22 @@ def test_workers_sample_differently_but_grid_and_qmc_share_one_sequence() -> Non
     assert _proposals(qmc, 0) == _proposals(qmc, 1)
 
 
+def test_qmc_workers_starting_together_take_different_points() -> None:
+    """Two workers (one sampler each, one seed) whose trials both sample before either has a
+    parameter: Optuna's QMC gave both its random sampler's first draw (a CI run trained one
+    configuration twice)."""
+    qmc = SearchSpec.model_validate({"sampler": {"type": "qmc", "seed": 3}})
+    storage = optuna.storages.InMemoryStorage()
+    first = optuna.create_study(storage=storage, sampler=build_sampler(qmc))
+    name = first.study_name
+    second = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(qmc))
+    trials = [first.ask(), second.ask()]
+    for trial in trials:
+        assert trial.relative_params  # sampled now, while no trial has parameters
+    a, b = (suggest_params(trial, qmc) for trial in trials)
+    assert a != b
+
+
 @pytest.mark.parametrize(
     "kind", ["median", "percentile", "successive_halving", "hyperband", "none"]
 )

@@ -81,7 +81,8 @@ def test_fail_stale_trials_reaches_get_stale_trial_ids(storage: HeartbeatStorage
 def test_qmc_sampling_reaches_find_sample_id(storage: HeartbeatStorage) -> None:
     """``NumberedQMCSampler`` (hpo/core/factory.py) picks QMC points by trial number through
     Optuna's private ``QMCSampler._find_sample_id``."""
-    sampler = NumberedQMCSampler(seed=0, warn_independent_sampling=False)
+    space = {name: optuna.distributions.FloatDistribution(0, 1) for name in ("x", "y")}
+    sampler = NumberedQMCSampler(space, seed=0, warn_independent_sampling=False)
     study = optuna.create_study(storage=storage, study_name="qmc", sampler=sampler)
     study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=1)
     method, caller = "_find_sample_id", "QMCSampler.sample_relative()"
