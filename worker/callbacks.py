@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -18,6 +19,24 @@ from worker import liveness
 
 class WorkerShutdown(Exception):
     """The worker was asked to stop (SIGTERM/SIGINT); the trial is re-queued."""
+
+
+@dataclass(frozen=True)
+class Interruptions:
+    """What may end a segment before its pruner or its end does.
+
+    Attributes:
+        stop: The worker is shutting down (``WorkerShutdown`` at the next step).
+        deadline: ``time.monotonic()`` past which the trial stops, pruned, at its next step
+            (the study's ``max_trial_s`` within the operator's).
+        should_yield: Asked at each report: why the segment gives its worker up now (another
+            owner's fair share, its study paused or stopped), or None. It then pauses there,
+            its state kept, and a queued continuation carries it on.
+    """
+
+    stop: threading.Event
+    deadline: float | None = None
+    should_yield: Callable[[], str | None] | None = None
 
 
 class Diverged(optuna.TrialPruned):
@@ -40,7 +59,7 @@ class FidelityCallback(TrainerCallback):
         every_examples: int,
         examples_per_step: int,
         max_examples: int,
-        stop: threading.Event,
+        interruptions: Interruptions,
         divergence_factor: float | None = None,
         on_train_begin: Callable[[], None] | None = None,
         score: Callable[[dict[str, float]], float] | None = None,
@@ -70,13 +89,14 @@ class FidelityCallback(TrainerCallback):
         self.every = every_examples
         self.per_step = examples_per_step
         self.max_examples = max_examples
-        self.stop = stop
+        self.interruptions = interruptions
         self.pending: int | None = None
         self.reported: dict[int, float] = dict(resumed or {})
         self.loss_curve: dict[str, float] = {}
         self.last_value: float | None = None
         self.until = until
         self.paused_at: int | None = None
+        self.yielded: str | None = None  # why it paused before its ``until``
         self.start_examples = 0
 
     def on_train_begin(
@@ -95,8 +115,15 @@ class FidelityCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
     ) -> None:
-        if self.stop.is_set():
+        interruptions = self.interruptions
+        if interruptions.stop.is_set():
             raise WorkerShutdown("worker shutting down")
+        if interruptions.deadline is not None and time.monotonic() > interruptions.deadline:
+            reason = (
+                f"time: the trial's time limit ran out after {self.examples_seen(state)} examples"
+            )
+            records.set_prune_reason(self.trial, reason)
+            raise optuna.TrialPruned(reason)
         if not self.reports:
             return
         point = (self.examples_seen(state) // self.every) * self.every
@@ -169,9 +196,16 @@ class FidelityCallback(TrainerCallback):
             records.set_prune_reason(self.trial, reason)
             raise optuna.TrialPruned(reason)
         if self.until is not None and step >= self.until:
-            self.paused_at = step
-            control.should_save = True  # Trainer saves the full state right after this
-            control.should_training_stop = True
+            self._pause(step, control)
+        elif self.interruptions.should_yield is not None:
+            self.yielded = self.interruptions.should_yield()
+            if self.yielded is not None:
+                self._pause(step, control)
+
+    def _pause(self, step: int, control: TrainerControl) -> None:
+        self.paused_at = step
+        control.should_save = True  # Trainer saves the full state right after this
+        control.should_training_stop = True
 
     def _check_divergence(self, value: float, state: TrainerState, *, what: str) -> None:
         seen = self.examples_seen(state)

@@ -134,7 +134,7 @@ def run_segment(
                     trial, hparams=hparams, hooks=hooks, until=records.until(trial), resume=resume
                 )
         except Paused as paused:
-            if stable is not None:
+            if stable is not None and records.yielded(trial) is None:
                 cooled = cooled_score(
                     train,
                     direction=spec.search.objective.direction,
@@ -246,10 +246,20 @@ def pause(
     until: int | None,
 ) -> NoReturn:
     """Keep the state Trainer saved at the pause, then mark the trial paused (in that order:
-    a trial marked paused can always be continued)."""
+    a trial marked paused can always be continued). A segment that gave its worker up before
+    its ``until`` queues its own continuation first, up to the same ``until``: a queued trial
+    is claimed before any new one of its study."""
     assert hooks.keep_checkpoint is not None, "a segment that pauses needs keep_checkpoint"
-    assert until is not None, "only a segment with an until pauses"
     hooks.keep_checkpoint(out_dir / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    if fidelity.yielded is not None:
+        reason = f"{fidelity.yielded} at {fidelity.paused_at} examples"
+        attrs = records.segment_attrs(
+            continues=trial.number, until=until, slot=records.slot(trial)
+        )
+        trial.study.enqueue_trial(trial.params, user_attrs=attrs)
+        records.mark_yielded(trial, reason=reason)
+        raise Paused(reason, dict(fidelity.reported))
+    assert until is not None, "only a segment with an until pauses"
     reason = f"paused at {fidelity.paused_at} examples (rung {until})"
     records.mark_paused(trial, at=until, reason=reason)
     raise Paused(reason, dict(fidelity.reported))

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from types import FrameType
 
 from hpo.core.settings import Settings
+from worker.deadline import Overrun
 
 SETUP, RUN, IDLE = "setup", "run", "idle"
 STALLED = "stalled"
@@ -40,6 +41,11 @@ REPORT_EVERY_S = 1.0
 
 class TrialStalled(Exception):
     """The trial showed no progress within its phase's timeout."""
+
+
+class TrialOvertime(Overrun):
+    """The trial ran past its time limit where it could not stop at a step (a decode trial,
+    an evaluation): it fails with reason deadline."""
 
 
 def phase_timeouts(settings: Settings) -> dict[str, float]:
@@ -87,6 +93,7 @@ class Liveness:
         self.report_fd = report_fd
         self.clock = clock
         self.trial_id: int | None = None
+        self.ends: float | None = None  # the trial's time limit, on ``clock``
         self.phase = IDLE
         self.last = clock()
         self._reported_at = float("-inf")
@@ -101,12 +108,15 @@ class Liveness:
     # --- what the trial says ----------------------------------------------------------------
 
     @contextmanager
-    def trial(self, trial_id: int) -> Iterator[None]:
-        """The trial's scope: ``setup`` from here, idle (no deadline) once it has ended."""
+    def trial(self, trial_id: int, max_seconds: float | None = None) -> Iterator[None]:
+        """The trial's scope: ``setup`` from here, idle (no deadline) once it has ended; it is
+        interrupted ``max_seconds`` after it began, whatever its progress."""
+        self.ends = None if max_seconds is None else self.clock() + max_seconds
         self._enter(trial_id, SETUP)
         try:
             yield
         finally:
+            self.ends = None
             self._enter(None, IDLE)
 
     def progress(self, phase: str = RUN) -> None:
@@ -117,6 +127,8 @@ class Liveness:
 
     def overdue(self, now: float) -> float | None:
         """Seconds past the current phase's deadline, or None while it holds."""
+        if self.ends is not None and self.phase != IDLE and now > self.ends:
+            return now - self.ends
         timeout = self.timeouts.get(self.phase)
         if timeout is None or now - self.last <= timeout:
             return None
@@ -163,9 +175,12 @@ class Liveness:
             signal.signal(INTERRUPT, signal.SIG_DFL)
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
-        late = self.overdue(self.clock())  # progress may have come since the watchdog looked
+        now = self.clock()
+        late = self.overdue(now)  # progress may have come since the watchdog looked
         if late is None:
             return
+        if self.ends is not None and now > self.ends:
+            raise TrialOvertime("the trial ran past its time limit (max_trial_s)")
         timeout = self.timeouts[self.phase]
         raise TrialStalled(f"no progress in phase {self.phase!r} within {timeout:g} s")
 

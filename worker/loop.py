@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from optuna.trial import FrozenTrial
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import budget, fairshare, owners, records
+from hpo.core import budget, fairshare, fleet, owners, records
 from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope
 from hpo.core.errors import StorageUnavailable
 from hpo.core.factory import load_study
@@ -159,6 +160,7 @@ class Worker:
         self._optuna_studies: dict[tuple[int, str], optuna.Study] = {}
         self._specs: dict[tuple[int, str], StudySpec] = {}
         self._owners_at_quota: set[str] = set()
+        self._idle_row = False  # this worker said it is free (``hpo.core.fleet``)
         self._seed_offset = zlib.crc32(self.ctx.worker_id.encode())
         if cpu_threads is not None:
             torch.set_num_threads(cpu_threads)
@@ -192,6 +194,7 @@ class Worker:
                 idle_since = time.monotonic()
                 waiting = False
                 continue
+            self._seen_idle()
             if not waiting:  # once per idle spell: a silent worker looks stuck
                 waiting = True
                 self._event(
@@ -210,8 +213,25 @@ class Worker:
         return self.trials_run
 
     def close(self) -> None:
+        if self._idle_row:
+            with contextlib.suppress(*INFRA_ERRORS), self.engine.begin() as conn:
+                fleet.gone(conn, worker_id=self.ctx.worker_id)
         self.storage.remove_session()
         self.engine.dispose()
+
+    def _seen_idle(self) -> None:
+        """Say this worker is free, so that a full fleet is not preempted while it waits. A
+        worker pinned to some studies serves no one else: it never counts as free."""
+        if self.study_names is not None:
+            return
+        with contextlib.suppress(*INFRA_ERRORS), self.engine.begin() as conn:
+            fleet.seen_idle(
+                conn,
+                worker_id=self.ctx.worker_id,
+                hostname=self.ctx.hostname,
+                poll_s=self.poll_interval,
+            )
+            self._idle_row = True
 
     def _run_next(self) -> bool:
         self._owners_at_quota = set()
@@ -234,6 +254,11 @@ class Worker:
         and a second statement only when a dead worker left stale trials behind."""
         with self.engine.connect() as conn:
             loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
+            # This worker is free too: it is looking for work.
+            free = fleet.free_workers(conn, besides=self.ctx.worker_id) + 1
+            cap = self.settings.max_running_trials_per_owner or fleet.owner_cap(
+                loads, free=free, share=self.settings.max_fleet_share
+            )
         stale = [load for load in loads if load.stale]
         for load in stale:
             try:
@@ -246,11 +271,7 @@ class Worker:
         if stale:
             with self.engine.connect() as conn:
                 loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
-        return fairshare.fair_order(
-            loads,
-            max_running_per_owner=self.settings.max_running_trials_per_owner,
-            names=self.study_names,
-        )
+        return fairshare.fair_order(loads, max_running_per_owner=cap, names=self.study_names)
 
     def _record(self, load: StudyLoad) -> StudyRecord:
         with session_scope(self.sessions) as session:
@@ -447,6 +468,10 @@ class Worker:
 
         def on_start(trial: optuna.Trial) -> None:
             claim.started = time.perf_counter()
+            if self._idle_row:  # busy now: no longer a free worker
+                with self.engine.begin() as conn:
+                    fleet.gone(conn, worker_id=self.ctx.worker_id)
+                self._idle_row = False
             claim.trial_id, claim.number = trial_id(trial), trial.number
             self._event(
                 "trial_start",
@@ -462,7 +487,10 @@ class Worker:
 
         def timed(trial: optuna.Trial) -> float:
             try:
-                with self.liveness.trial(trial_id(trial)):
+                # The step check stops a training trial at its limit; this bounds what cannot
+                # stop at a step (a decode trial, a long evaluation), a grace period later.
+                limit = budget.trial_seconds(spec, self.settings) + self.settings.grace_period
+                with self.liveness.trial(trial_id(trial), max_seconds=limit):
                     return objective(trial)
             except TrialStalled:
                 records.record_failure(trial, reason=STALLED)

@@ -22,13 +22,13 @@ from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback
 
-from hpo.core import artifacts, records
+from hpo.core import artifacts, budget, records
 from hpo.core.db import StudyRecord, session_scope
 from hpo.core.errors import SpecError
 from hpo.core.factory import suggest_params
 from hpo.core.files import NotRegularFile
 from hpo.core.gguf import BadGGUF
-from hpo.core.optuna_tables import study_id
+from hpo.core.optuna_tables import study_id, trial_id
 from hpo.core.paths import check_spec_paths
 from hpo.core.progress import beats, best_trial
 from hpo.core.settings import Settings
@@ -44,6 +44,7 @@ from worker.locks import StudyLock
 from worker.models import AdapterCache, LoadedModel, ModelCache
 from worker.trainer import trial_hparams
 from worker.training import GENERATION_BATCH, TrainResult, TrialHooks, detach, train_trial
+from worker.yielding import YieldCheck
 
 MAX_ERROR_CHARS = 2000
 log = logging.getLogger("hpo.worker")
@@ -221,6 +222,10 @@ def _run(
         on_train_begin=lambda: records.set_setup_seconds(trial, time.perf_counter() - started),
         baseline_needed=records.continues(trial) is None
         and not records.has_baseline(trial.study.user_attrs),
+        should_yield=YieldCheck(
+            ctx.storage.engine, ctx.settings, record=record, trial_id=trial_id(trial)
+        ),
+        max_seconds=budget.trial_seconds(spec, ctx.settings),
     )
     train = functools.partial(
         train_trial,

@@ -26,7 +26,7 @@ from hpo.core import records
 from hpo.core.spec import StudySpec
 from worker import generation
 from worker.adalora import RankAllocation
-from worker.callbacks import FidelityCallback, ProgressCallback, scores
+from worker.callbacks import FidelityCallback, Interruptions, ProgressCallback, scores
 from worker.continuation import Resume, pause, record_resumed_value, retune
 from worker.data import DataCache, Splits
 from worker.models import LoadedModel
@@ -62,6 +62,9 @@ class TrialHooks:
     # the Trainer checkpoint folder of a segment that pauses; must raise if it cannot keep it
     keep_checkpoint: Callable[[Path], None] | None = None
     baseline_needed: bool = False
+    # asked at each report: why the segment gives its worker up now (``Interruptions``)
+    should_yield: Callable[[], str | None] | None = None
+    max_seconds: float | None = None  # the trial's time limit, from its segment's start
 
 
 class Scorer:
@@ -245,7 +248,11 @@ def _fidelity(
         max_examples=steps * per_step
         if hparams["max_steps"]
         else math.ceil(hparams["num_train_epochs"] * n_train),
-        stop=stop,
+        interruptions=Interruptions(
+            stop,
+            deadline=None if hooks.max_seconds is None else time.monotonic() + hooks.max_seconds,
+            should_yield=hooks.should_yield,
+        ),
         divergence_factor=objective.divergence_factor,
         on_train_begin=hooks.on_train_begin,
         score=(lambda metrics: scorer(limit=scorer.report_limit))

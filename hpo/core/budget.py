@@ -8,9 +8,11 @@ from optuna.storages import RDBStorage
 
 from hpo.core import records
 from hpo.core.db import StudyRecord, utcnow
+from hpo.core.errors import SpecError
 from hpo.core.progress import TrialCounts, user_attr_sum
 from hpo.core.schedulers import Decision, Idle, build_scheduler
 from hpo.core.schedulers.dispatch import decide, decision_seed
+from hpo.core.settings import Settings
 from hpo.core.spec import SearchSpec, StudySpec, grid_size
 
 
@@ -27,6 +29,24 @@ def trial_cap(search: SearchSpec) -> int | None:
     """The study's cap as the workers' scan reads it (``StudyRecord.trial_cap``): its number of
     trials, or None when a scheduler decides whether there is more work."""
     return None if build_scheduler(search).pauses else max_trials(search)
+
+
+def trial_seconds(spec: StudySpec, settings: Settings) -> float:
+    """How long one trial (segment) of the study may train: its own budget within the
+    operator's ``HPO_MAX_TRIAL_S``."""
+    asked = spec.search.budget.max_trial_s
+    return settings.max_trial_s if asked is None else min(asked, settings.max_trial_s)
+
+
+def check_trial_seconds(spec: StudySpec, settings: Settings) -> None:
+    """Raises SpecError where the spec asks for longer trials than the operator allows."""
+    asked = spec.search.budget.max_trial_s
+    if asked is not None and asked > settings.max_trial_s:
+        raise SpecError(
+            f"max_trial_s={asked:g} is more than the {settings.max_trial_s:g} s the operator "
+            "allows one trial (HPO_MAX_TRIAL_S)",
+            loc=("search", "budget", "max_trial_s"),
+        )
 
 
 def spent_reason(

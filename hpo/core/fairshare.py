@@ -23,7 +23,7 @@ from hpo.core.optuna_tables import studies as optuna_studies
 from hpo.core.optuna_tables import trial_heartbeats as beats
 from hpo.core.optuna_tables import trials
 from hpo.core.owners import DEFAULT_WEIGHT
-from hpo.core.progress import is_a_record
+from hpo.core.progress import is_a_record, is_yielded
 
 _NEVER = dt.datetime.min
 
@@ -103,7 +103,7 @@ def _per_study_counts() -> Subquery:
             trials.c.study_id,
             func.count().filter(is_running).label("running"),
             func.count()
-            .filter(trials.c.state.in_(("COMPLETE", "PRUNED")), ~is_a_record())
+            .filter(trials.c.state.in_(("COMPLETE", "PRUNED")), ~is_a_record(), ~is_yielded())
             .label("finished"),
             func.count().filter(trials.c.state == "WAITING").label("waiting"),
             func.count().filter(is_running, beats.c.heartbeat.is_(None)).label("unbeaten"),

@@ -53,3 +53,6 @@ trial_params = table(
     column("param_value"),
     column("distribution_json"),
 )
+trial_intermediate_values = table(
+    "trial_intermediate_values", column("trial_id"), column("step"), column("intermediate_value")
+)

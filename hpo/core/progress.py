@@ -35,11 +35,14 @@ class TrialCounts:
 
     ``paused`` are PRUNED trials that paused at a scheduler's rung with their state kept
     (``records.segment_status``), so ``pruned`` counts only those stopped for good.
+    ``yielded`` are PRUNED segments that gave their worker up before their rung (a queued
+    continuation carries the configuration on): no result, so not ``finished``.
     """
 
     complete: int = 0
     pruned: int = 0
     paused: int = 0
+    yielded: int = 0
     fail: int = 0
     running: int = 0
     waiting: int = 0
@@ -65,6 +68,11 @@ def is_paused() -> ColumnElement[bool]:
     return and_(trials.c.state == TrialState.PRUNED.name, has_user_attr(records.PAUSED_AT_ATTR))
 
 
+def is_yielded() -> ColumnElement[bool]:
+    """SQL: the segment gave its worker up before its rung (``records.mark_yielded``)."""
+    return and_(trials.c.state == TrialState.PRUNED.name, has_user_attr(records.YIELDED_ATTR))
+
+
 def trial_counts(source: RDBStorage | Connection, study_id: int) -> TrialCounts:
     """Trials by state, infeasible records left out: one aggregate query, any study size.
 
@@ -72,7 +80,13 @@ def trial_counts(source: RDBStorage | Connection, study_id: int) -> TrialCounts:
     """
     each = (
         # Optuna's state is an enum on PostgreSQL: compared as text with our own "PAUSED"
-        select(case((is_paused(), "PAUSED"), else_=cast(trials.c.state, String)).label("status"))
+        select(
+            case(
+                (is_paused(), "PAUSED"),
+                (is_yielded(), "YIELDED"),
+                else_=cast(trials.c.state, String),
+            ).label("status")
+        )
         .where(trials.c.study_id == study_id, ~is_a_record())
         .subquery()
     )

@@ -28,6 +28,12 @@ class TrialCountsPublic(BaseModel):
         "continue them (each continuation is a trial of its own). Optuna records them as "
         "pruned, and `state=pruned` lists them with the others; `state=paused` lists them alone."
     )
+    yielded: int = Field(
+        default=0,
+        description="Gave their worker up before their rung (preempted for another owner's "
+        "fair share, or their study paused or stopped), their state kept: a queued trial "
+        "continues each. Optuna records them as pruned; no budget counts them.",
+    )
     fail: int
     running: int
     waiting: int

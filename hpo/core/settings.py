@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     # max_running_trials_per_owner running.
     max_active_studies_per_owner: int | None = Field(default=100, ge=1)
     max_running_trials_per_owner: int | None = Field(default=None, ge=1)
+    # Without max_running_trials_per_owner an owner may hold this share of the live fleet
+    # (running trials and free workers, rounded up, at least one).
+    max_fleet_share: float = Field(default=0.9, gt=0, le=1)
+    # Preemption (README, "Availability: fair share and quotas"): a trial yields its worker to
+    # a waiting owner below their share only after running min_slice_s in its segment, so two
+    # owners do not trade a worker back and forth; a trial may run at most max_trial_s (a
+    # spec's budget.max_trial_s may ask for less), which bounds one that cannot pause.
+    min_slice_s: float = Field(default=120.0, ge=0)
+    max_trial_s: float = Field(default=86400.0, gt=0)
     # Bounds on the work a tenant's inputs cause (README, "Availability: bounded work").
     # Entries walked in a dataset or model folder, each checked against the roots.
     max_folder_entries: int = Field(default=100_000, ge=1)

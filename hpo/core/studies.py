@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hpo.core import artifacts, records
-from hpo.core.budget import decision_now, spent_reason, trial_cap
+from hpo.core.budget import check_trial_seconds, decision_now, spent_reason, trial_cap
 from hpo.core.db import StudyRecord, StudyStatus, utcnow
 from hpo.core.errors import SpecError, StudyBroken, StudyConflict, StudyNotFound
 from hpo.core.factory import build_pruner, build_sampler
@@ -71,6 +71,7 @@ def check_spec(spec: StudySpec, settings: Settings) -> None:
     """
     check_spec_paths(spec, settings)
     check_inputs(spec, settings)
+    check_trial_seconds(spec, settings)
     build_sampler(spec.search)
     build_pruner(spec.search.pruner)
 

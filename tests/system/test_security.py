@@ -33,7 +33,7 @@ from hpo.core.tokens import create_token
 from tests.conftest import ApiServer, SpecFactory
 from tests.specs import minimal_spec
 from tests.workers import small_study, trials, wait_until
-from worker.callbacks import Diverged, FidelityCallback
+from worker.callbacks import Diverged, FidelityCallback, Interruptions
 from worker.loop import Worker
 
 Spawn = Callable[..., subprocess.Popen[bytes]]
@@ -513,7 +513,7 @@ def test_a_loss_far_above_its_start_prunes_the_trial(
         every_examples=8,
         examples_per_step=8,
         max_examples=64,
-        stop=threading.Event(),
+        interruptions=Interruptions(threading.Event()),
         divergence_factor=3.0,
     )
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)

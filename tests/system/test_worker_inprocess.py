@@ -18,7 +18,7 @@ from hpo.core.storage import make_storage
 from hpo.core.studies import create_study
 from tests.conftest import ApiServer
 from tests.workers import small_study
-from worker.callbacks import Diverged, FidelityCallback
+from worker.callbacks import Diverged, FidelityCallback, Interruptions
 from worker.loop import Worker
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def test_non_finite_eval_loss_prunes_with_a_reason(pg_settings: Settings) -> Non
         every_examples=8,
         examples_per_step=8,
         max_examples=64,
-        stop=threading.Event(),
+        interruptions=Interruptions(threading.Event()),
     )
     state = TrainerState()
     state.global_step = 1

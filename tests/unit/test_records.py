@@ -245,6 +245,7 @@ NOT_KEYS = {
     "hpo_tokens": "db.py: our table",
     "hpo_owners": "db.py: our table",
     "hpo_artifacts": "db.py: our table",
+    "hpo_workers": "db.py: our table",
     "hpo_alembic_version": "migrate.VERSION_TABLE: our migrations' version table",
 }
 # Optuna's user-attribute writers, and the position of the key among their arguments.

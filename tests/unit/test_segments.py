@@ -34,7 +34,7 @@ from hpo.core.schedulers.pbt import ContinueMember, Lineage, Perturbation
 from hpo.core.schedulers.rungs import Continue
 from hpo.core.spec import SearchSpec, StudySpec
 from tests.specs import minimal_spec
-from worker.callbacks import FidelityCallback
+from worker.callbacks import FidelityCallback, Interruptions
 
 SPACE = {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
 
@@ -162,7 +162,7 @@ def _callback(trial: optuna.Trial, *, until: int | None) -> FidelityCallback:
         every_examples=8,
         examples_per_step=8,
         max_examples=32,
-        stop=threading.Event(),
+        interruptions=Interruptions(threading.Event()),
         until=until,
     )
 

@@ -103,6 +103,7 @@ from hpo.core.records.keys import (
     WARM_START_SCORES_ATTR,
     WARM_START_SOURCES_ATTR,
     WORKER_ATTR,
+    YIELDED_ATTR,
 )
 from hpo.core.records.lineages import (
     initial_train_loss,
@@ -156,6 +157,7 @@ from hpo.core.records.segment import (
     continues,
     cooled_score,
     mark_paused,
+    mark_yielded,
     parent,
     paused_at,
     segment_attrs,
@@ -164,6 +166,7 @@ from hpo.core.records.segment import (
     set_until,
     starts_configuration,
     until,
+    yielded,
 )
 from hpo.core.records.study import (
     baseline,
@@ -227,6 +230,7 @@ __all__ = [
     "WARM_START_SCORES_ATTR",
     "WARM_START_SOURCES_ATTR",
     "WORKER_ATTR",
+    "YIELDED_ATTR",
     "Attrs",
     "HasState",
     "HasUserAttrs",
@@ -261,6 +265,7 @@ __all__ = [
     "is_infeasible_record",
     "lineage",
     "mark_paused",
+    "mark_yielded",
     "parent",
     "paused_at",
     "peak_memory_mb",
@@ -309,4 +314,5 @@ __all__ = [
     "warm_start_attrs",
     "warm_start_source",
     "worker",
+    "yielded",
 ]

@@ -8,6 +8,9 @@ from __future__ import annotations
 UNTIL_ATTR = "hpo_until"
 CONTINUES_ATTR = "hpo_continues"
 PAUSED_AT_ATTR = "hpo_paused_at"
+# A segment that gave its worker up before its rung (preempted, its study paused or stopped):
+# its state kept, a continuation queued; not a result, so no budget counts it.
+YIELDED_ATTR = "hpo_yielded"
 COOLED_ATTR = "hpo_cooled_score"
 # outcome
 FAIL_REASON_ATTR = "fail_reason"
@@ -69,13 +72,21 @@ FIDELITY = "step = training examples seen"
 BASELINE_PREFIX = "baseline_"  # + a metric: the untuned model's score
 
 # What a trial says about its own end; a retry starts without them.
-OUTCOME_ATTRS = (FAIL_REASON_ATTR, ERROR_ATTR, PRUNE_REASON_ATTR, PAUSED_AT_ATTR, COOLED_ATTR)
+OUTCOME_ATTRS = (
+    FAIL_REASON_ATTR,
+    ERROR_ATTR,
+    PRUNE_REASON_ATTR,
+    PAUSED_AT_ATTR,
+    YIELDED_ATTR,
+    COOLED_ATTR,
+)
 # Every fixed key above (scores are keyed by metric name, artifact errors by kind).
 KEYS = frozenset(
     {
         UNTIL_ATTR,
         CONTINUES_ATTR,
         PAUSED_AT_ATTR,
+        YIELDED_ATTR,
         COOLED_ATTR,
         FAIL_REASON_ATTR,
         PRUNE_REASON_ATTR,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from optuna.trial import TrialState
 
-from hpo.core.records.base import Attrs, HasState, Writable, _float, _int
+from hpo.core.records.base import Attrs, HasState, Writable, _attrs, _float, _int
 from hpo.core.records.keys import (
     CONTINUES_ATTR,
     COOLED_ATTR,
@@ -17,6 +17,7 @@ from hpo.core.records.keys import (
     PRUNE_REASON_ATTR,
     SLOT_ATTR,
     UNTIL_ATTR,
+    YIELDED_ATTR,
 )
 from hpo.core.records.outcome import retried_from
 
@@ -111,6 +112,19 @@ def mark_paused(trial: Writable, *, at: int, reason: str | None = None) -> None:
     trial.set_user_attr(PAUSED_AT_ATTR, at)
     if reason is not None:
         trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+
+
+def mark_yielded(trial: Writable, *, reason: str) -> None:
+    """Record that a segment gave its worker up before its rung (its state kept, its
+    continuation queued); the trial is then told PRUNED."""
+    trial.set_user_attr(YIELDED_ATTR, reason)
+    trial.set_user_attr(PRUNE_REASON_ATTR, reason)
+
+
+def yielded(record: Attrs) -> str | None:
+    """Why a segment gave its worker up before its rung (None: it did not)."""
+    value = _attrs(record).get(YIELDED_ATTR)
+    return None if value is None else str(value)
 
 
 def set_cooled_score(trial: Writable, score: float) -> None:

@@ -180,6 +180,13 @@ class BudgetSpec(Strict):
     timeout_s: float | None = Field(default=None, gt=0, le=90 * 86400)
     max_gpu_hours: float | None = Field(default=None, gt=0, le=1e6)
     max_failures_in_a_row: int = Field(default=5, ge=1, le=1000)
+    max_trial_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one trial (one segment of a paused configuration) may train; "
+        "past it the trial stops as pruned at its next step. The operator's HPO_MAX_TRIAL_S "
+        "bounds it, and bounds every trial when unset.",
+    )
 
 
 MAX_WARM_START_STUDIES = 16

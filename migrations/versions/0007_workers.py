@@ -1,0 +1,32 @@
+"""Idle workers, so a full fleet can be told from one with a free worker (preemption).
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-08
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "hpo_workers",
+        sa.Column("worker_id", sa.String(128), primary_key=True),
+        sa.Column("hostname", sa.String(255), nullable=False),
+        sa.Column("poll_s", sa.Float(), nullable=False),
+        sa.Column("idle_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_hpo_workers_idle_at", "hpo_workers", ["idle_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_hpo_workers_idle_at", table_name="hpo_workers")
+    op.drop_table("hpo_workers")

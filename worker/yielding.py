@@ -1,0 +1,52 @@
+"""Whether a running segment gives its worker up at a report (``hpo.core.fleet``).
+
+Asked at each report of a segment that can pause: a study paused or stopped lets its trials
+go at once; a trial past its minimum slice yields when the fleet is full (no free worker),
+another owner below their weighted share waits, and it is the chosen trial of the owner most
+over theirs. One query on its study's row per report; the fleet's only once the slice is run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Engine, select
+
+from hpo.core import fairshare, fleet
+from hpo.core.db import StudyRecord, StudyStatus
+from hpo.core.settings import Settings
+
+PREEMPTED = "preempted: the fleet is full and another owner below their fair share waits"
+
+
+class YieldCheck:
+    """``check()`` is the reason the segment yields now, or None."""
+
+    def __init__(
+        self, engine: Engine, settings: Settings, *, record: StudyRecord, trial_id: int
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.record_id, self.owner = record.id, record.owner
+        self.trial_id = trial_id
+        self.started = time.monotonic()
+
+    def __call__(self) -> str | None:
+        with self.engine.connect() as conn:
+            status = conn.scalar(
+                select(StudyRecord.status).where(StudyRecord.id == self.record_id)
+            )
+            if status in (StudyStatus.PAUSED, StudyStatus.STOPPED):
+                return f"its study was {status}"
+            if time.monotonic() - self.started < self.settings.min_slice_s:
+                return None
+            if fleet.free_workers(conn) > 0:
+                return None  # a free worker serves whoever waits
+            loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
+            cap = self.settings.max_running_trials_per_owner or fleet.owner_cap(
+                loads, free=0, share=self.settings.max_fleet_share
+            )
+            if fleet.yielding_owner(loads, max_running_per_owner=cap) != self.owner:
+                return None
+            chosen = fleet.victim(conn, owner=self.owner, min_slice_s=self.settings.min_slice_s)
+        return PREEMPTED if chosen == self.trial_id else None
