@@ -126,6 +126,7 @@ MALFORMED: list[tuple[dict[str, object], str, str]] = [
         "eval_accuracy needs task sequence-classification",
     ),
     (minimal_spec(objective={"metric": "eval_bleu"}), "metric", "eval_loss"),
+    (minimal_spec(budget={"max_trial_s": 10**6}), "max_trial_s", "HPO_MAX_TRIAL_S"),
 ]
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.liveness import IDLE, RUN, SETUP, Liveness, Report, TrialStalled
+from worker.deadline import Overrun
+from worker.liveness import IDLE, RUN, SETUP, Liveness, Report, TrialOvertime, TrialStalled
 from worker.supervisor import Child, Supervisor, plan
 
 TIMEOUTS = {SETUP: 60.0, RUN: 5.0}
@@ -73,6 +74,25 @@ def test_the_watchdog_interrupts_a_python_level_stall() -> None:
             threading.Event().wait(60)
         with live.trial(2):  # the next trial goes on undisturbed while it makes progress
             for _ in range(10):
+                live.progress()
+                threading.Event().wait(0.1)
+    finally:
+        live.close()
+
+
+def test_a_trial_that_makes_progress_still_ends_at_its_time_limit() -> None:
+    """A decode trial keeps generating batches (progress) past its time: it is interrupted
+    as overtime, which fails it as a deadline, not as a stall to retry."""
+    live = Liveness({SETUP: 60.0, RUN: 60.0})
+    live.watch()
+    try:
+        with pytest.raises(TrialOvertime) as overtime, live.trial(1, max_seconds=0.3):
+            for _ in range(600):
+                live.progress()
+                threading.Event().wait(0.1)
+        assert isinstance(overtime.value, Overrun)
+        with live.trial(2, max_seconds=60):
+            for _ in range(5):
                 live.progress()
                 threading.Event().wait(0.1)
     finally:
