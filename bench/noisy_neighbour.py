@@ -2,6 +2,7 @@
 
     python -m bench.noisy_neighbour [--rows 1 2 3 4 5 9] [--crowd 1000] [--trials 4]
                                     [--workers 2] [--timeout 600]
+    python -m bench.noisy_neighbour --saturated [--workers 2]
 
 Each phase starts its own PostgreSQL cluster, `hpo serve` and W `hpo worker` CPU processes
 (loopback only), then stops them all. Alone: owner `normal` registers a study of N trials on
@@ -12,12 +13,16 @@ arrow data after registration; 5: a GGUF header rewritten after registration to 
 strings in a sparse 2 GiB file; 9: `--crowd` ordinary studies), then `normal` registers the
 same study and the workers start. A phase that does not finish in `--timeout` seconds is
 reported as such; every request has a timeout and every process is killed at the end.
-Writes bench/results/noisy-neighbour.{md,json}.
+Writes bench/results/noisy-neighbour.{md,json}. ``--saturated``: owner `holder` keeps every
+worker busy with endless trials and owner `later` registers a 1-trial study; how soon its
+trial starts (in the holder's report intervals) and what each preemption cost the holder
+(bench/results/noisy-neighbour-saturated.{md,json}).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -29,15 +34,20 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, select
 
 from bench import commit, machine, save
 from bench.fair_share_scan import time_study_choice
+from hpo.core import records
 from hpo.core.db import Database, StudyRecord
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import studies as optuna_studies
@@ -218,17 +228,15 @@ def _trials_by_owner(url: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def run_phase(
-    *, rows: set[int], crowd: int, trials: int, workers: int, timeout: float, workdir: Path
-) -> dict[str, Any]:
-    """One phase; ``rows`` empty: the normal study alone."""
-    workdir.mkdir(parents=True)
+@contextmanager
+def _stack(workdir: Path, **extra_env: str) -> Iterator[tuple[str, str, dict[str, str], list]]:
+    """PostgreSQL, `hpo serve` on a free port: (database URL, API URL, the environment, the
+    processes to stop, where to add workers); everything is stopped at the end."""
     data, models, cache = workdir / "data", workdir / "models", workdir / "cache"
-    data.mkdir()
+    data.mkdir(parents=True)
     models.mkdir()
     cluster = PostgresCluster()
     procs: list[subprocess.Popen[bytes]] = []
-    result: dict[str, Any] = {"rows": sorted(rows), "crowd": crowd if 9 in rows else 0}
     try:
         url = cluster.url()
         upgrade(url)
@@ -241,8 +249,8 @@ def run_phase(
             HPO_MODEL_ROOTS=json.dumps([str(models)]),
             HPO_HEARTBEAT_INTERVAL="2",
             HPO_GRACE_PERIOD="20",
-            HPO_MAX_ACTIVE_STUDIES_PER_OWNER=str(crowd + 10),
             PYTHONUNBUFFERED="1",
+            **extra_env,
         )
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
@@ -254,6 +262,26 @@ def run_phase(
             )
         )
         wait_healthy(base)
+        yield url, base, env, procs
+    finally:
+        _stop(procs)
+        cluster.stop()
+
+
+def _start_workers(n: int, env: dict[str, str], procs: list, workdir: Path) -> None:
+    worker = [sys.executable, "-m", "hpo", "worker", "--device", "cpu", "--cpu-threads", "1"]
+    for i in range(n):
+        procs.append(_spawn(worker, env, workdir / f"worker{i}.log"))
+
+
+def run_phase(
+    *, rows: set[int], crowd: int, trials: int, workers: int, timeout: float, workdir: Path
+) -> dict[str, Any]:
+    """One phase; ``rows`` empty: the normal study alone."""
+    result: dict[str, Any] = {"rows": sorted(rows), "crowd": crowd if 9 in rows else 0}
+    limit = {"HPO_MAX_ACTIVE_STUDIES_PER_OWNER": str(crowd + 10)}
+    with _stack(workdir, **limit) as (url, base, env, procs):
+        data, models, cache = workdir / "data", workdir / "models", workdir / "cache"
         hostile, normal = _token(env, "hostile"), _token(env, "normal")
         registered: dict[str, str] = {}
         for row, (spec, after) in hostile_rows(rows, data, models, cache):
@@ -275,25 +303,119 @@ def run_phase(
         if result["normal_registration"] == "201":
             result["scan"] = _scan_figures(url, grace_period=20)
         started = time.monotonic()
-        worker = [sys.executable, "-m", "hpo", "worker", "--device", "cpu", "--cpu-threads", "1"]
-        for i in range(workers):
-            procs.append(_spawn(worker, env, workdir / f"worker{i}.log"))
+        _start_workers(workers, env, procs, workdir)
         result["normal_wall_s"] = None
-        headers = {"Authorization": f"Bearer {normal}"}
         while result["normal_registration"] == "201" and time.monotonic() - started < timeout:
-            try:
-                study = httpx.get(f"{base}/studies/normal", headers=headers, timeout=10).json()
-            except (httpx.HTTPError, ValueError):
-                study = {}
-            if study.get("trials", {}).get("finished", 0) >= trials:
+            if _study(base, normal, "normal").get("trials", {}).get("finished", 0) >= trials:
                 result["normal_wall_s"] = time.monotonic() - started
                 break
             time.sleep(1)
         result["trials_by_owner"] = _trials_by_owner(url)
-    finally:
-        _stop(procs)
-        cluster.stop()
     return result
+
+
+def _study(base: str, token: str, name: str) -> dict[str, Any]:
+    try:
+        response = httpx.get(
+            f"{base}/studies/{name}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        return dict(response.json())
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+# --- the saturated fleet ----------------------------------------------------------------------
+
+
+def run_saturated(*, workers: int, timeout: float, workdir: Path) -> dict[str, Any]:
+    """Owner `holder` fills every worker with endless trials; owner `later` then registers a
+    1-trial study. Its first trial's start after its registration, in the holder's report
+    intervals, and what each preemption cost the holder (examples trained again)."""
+    result: dict[str, Any] = {"min_slice_s": SATURATED_SLICE_S}
+    with _stack(workdir, HPO_MIN_SLICE_S=str(SATURATED_SLICE_S)) as (url, base, env, procs):
+        holder, later = _token(env, "holder"), _token(env, "later")
+        hold = small_study(
+            "hold",
+            dataset=LEAN,
+            training={"max_steps": 100_000, "max_seq_length": 32},
+            pruner={"type": "none"},
+            budget={"max_trials": workers, "max_trial_s": timeout},
+            evaluation={"every_examples": SATURATED_EVERY},
+        )
+        result["holder_registration"] = _post(base, holder, hold)
+        _start_workers(workers, env, procs, workdir)
+        _poll(lambda: _reporting(url, "hold", reports=2) >= workers, timeout)
+        registered = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # Optuna's naive UTC
+        result["later_registration"] = _post(base, later, normal_study("quick", 1))
+        _poll(lambda: _study(base, later, "quick").get("status") == "completed", timeout)
+        _poll(lambda: _continued(url), timeout)
+        result |= _preemption_figures(url, registered)
+    return result
+
+
+SATURATED_SLICE_S = 5
+SATURATED_EVERY = 64
+
+
+def _poll(done: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not reached in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _trials(url: str, name: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def _reporting(url: str, name: str, *, reports: int) -> int:
+    return sum(
+        1
+        for t in _trials(url, name)
+        if t.state == TrialState.RUNNING and len(t.intermediate_values) >= reports
+    )
+
+
+def _continued(url: str) -> bool:
+    """Every yielded segment's continuation has reported past it."""
+    held = _trials(url, "hold")
+    yielded = [t for t in held if records.yielded(t) is not None]
+    return bool(yielded) and all(
+        any(
+            records.continues(c) == y.number
+            and max(c.intermediate_values, default=0) > max(y.intermediate_values)
+            for c in held
+        )
+        for y in yielded
+    )
+
+
+def _preemption_figures(url: str, registered: dt.datetime) -> dict[str, Any]:
+    held = _trials(url, "hold")
+    (quick,) = _trials(url, "quick")
+    yielded = [t for t in held if records.yielded(t) is not None]
+    intervals, lost = [], []
+    for segment in yielded:
+        assert segment.datetime_start is not None and segment.datetime_complete is not None
+        training = (segment.datetime_complete - segment.datetime_start).total_seconds() - (
+            records.setup_seconds(segment) or 0.0
+        )
+        intervals.append(training / len(segment.intermediate_values))
+        # The continuation resumes at the last report, where the checkpoint was saved.
+        lost.append((records.examples_seen(segment) or 0) - max(segment.intermediate_values))
+    assert quick.datetime_start is not None
+    wait = (quick.datetime_start - registered).total_seconds()
+    interval = statistics.median(intervals)
+    return {
+        "yielded_segments": len(yielded),
+        "failed": sum(t.state == TrialState.FAIL for t in held),
+        "later_first_trial_after_s": wait,
+        "report_interval_s": interval,
+        "later_wait_in_report_intervals": wait / interval,
+        "lost_examples_per_preemption": lost,
+        "lost_report_intervals_per_preemption": [n / SATURATED_EVERY for n in lost],
+    }
 
 
 def _wall(phase: dict[str, Any], timeout: float) -> str:
@@ -308,7 +430,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--saturated", action="store_true", help="Only the saturated-fleet scenario."
+    )
     args = parser.parse_args()
+    if args.saturated:
+        saturated(args.workers, args.timeout)
+        return
     common = {
         "crowd": args.crowd,
         "trials": args.trials,
@@ -360,6 +488,36 @@ def main() -> None:
         f"study at place {scan.get('normal_place')} of {scan.get('studies_in_order')}.",
     ]
     save("noisy-neighbour", result, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def saturated(workers: int, timeout: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        found = run_saturated(workers=workers, timeout=timeout, workdir=Path(tmp))
+    result = {"commit": commit(), "machine": machine("loopback", f"{workers} CPU workers")}
+    result |= found
+    lost = found["lost_report_intervals_per_preemption"]
+    lines = [
+        "# Noisy neighbour: a saturated fleet",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']}. Owner `holder` fills all "
+        f"{workers} workers with trials of 100,000 steps (reports every {SATURATED_EVERY} "
+        f"examples); once each has reported twice, owner `later` registers a 1-trial study. "
+        f"HPO_MIN_SLICE_S={SATURATED_SLICE_S}.",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+        f"| later's first trial started after its registration | "
+        f"{found['later_first_trial_after_s']:.1f} s | |",
+        f"| the holder's report interval (median) | {found['report_interval_s']:.2f} s | |",
+        f"| later's wait in report intervals | {found['later_wait_in_report_intervals']:.1f} "
+        "| <= 2 |",
+        f"| holder's segments that yielded | {found['yielded_segments']} | |",
+        f"| holder's failed trials | {found['failed']} | 0 |",
+        f"| examples trained again per preemption | {found['lost_examples_per_preemption']} "
+        f"({', '.join(f'{n:g}' for n in lost)} report intervals) | <= 1 interval |",
+    ]
+    save("noisy-neighbour-saturated", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
