@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -89,7 +90,9 @@ class ModelCache:
 
     def get(self, spec: ModelSpec, *, label_names: list[Any] | None = None) -> LoadedModel:
         key = (spec.model_dump_json(), tuple(label_names or ()))
-        if self._key == key and self._loaded is not None:
+        # A base that still carries adapter layers (a trial that died between attaching its
+        # adapter and taking it off) would hand them to the next trial: load it again.
+        if self._key == key and self._loaded is not None and not _has_adapter(self._loaded):
             return self._loaded
         self.clear()
         gc.unfreeze()  # let the previous model's objects be collected
@@ -134,6 +137,10 @@ class ModelCache:
 
     def clear(self) -> None:
         self._key = self._loaded = None
+
+
+def _has_adapter(loaded: LoadedModel) -> bool:
+    return any(isinstance(module, BaseTunerLayer) for module in loaded.model.modules())
 
 
 def target_modules(model: torch.nn.Module, choice: str) -> list[str] | str:

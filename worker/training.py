@@ -10,7 +10,8 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,31 +137,44 @@ def train_trial(
     """
     hooks = hooks or TrialHooks()
     set_seed(hparams["seed"])
-    parts = _parts(trial, spec, hparams, loaded, raw, cache, stop, hooks, until, resume)
+    steps = total_steps(hparams, len(raw.train))
+    config = lora_config(hparams, loaded, spec.train.model.task, steps)
     trainer: Trainer | None = None
-    started = time.perf_counter()
+    with _attached(loaded, config, device) as model:
+        parts = _parts(trial, spec, hparams, model, loaded, raw, cache, stop, hooks, until, resume)
+        started = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"hpo-trial{trial.number}-") as tmp:
+                out_dir = Path(tmp)
+                callbacks = _callbacks(parts, spec, hparams, out_dir)
+                trainer, prepared = build_trainer(
+                    spec,
+                    hparams,
+                    loaded=loaded,
+                    model=parts.model,
+                    raw=raw,
+                    cache=cache,
+                    out_dir=out_dir,
+                    device=device,
+                    callbacks=callbacks,
+                )
+                return _train(parts, trainer, prepared, raw, out_dir, started)
+        except optuna.TrialPruned:
+            _record_stopped(trial, trainer, parts.fidelity, started)
+            raise
+        finally:
+            del trainer
+
+
+@contextmanager
+def _attached(loaded: LoadedModel, config: Any, device: torch.device) -> Iterator[PeftModel]:
+    """The trial's adapter on the cached base model, for this block only: whatever fails
+    after ``get_peft_model`` injected its layers, the base is left as it was."""
+    model = get_peft_model(loaded.model, config)
     try:
-        with tempfile.TemporaryDirectory(prefix=f"hpo-trial{trial.number}-") as tmp:
-            out_dir = Path(tmp)
-            callbacks = _callbacks(parts, spec, hparams, out_dir)
-            trainer, prepared = build_trainer(
-                spec,
-                hparams,
-                loaded=loaded,
-                model=parts.model,
-                raw=raw,
-                cache=cache,
-                out_dir=out_dir,
-                device=device,
-                callbacks=callbacks,
-            )
-            return _train(parts, trainer, prepared, raw, out_dir, started)
-    except optuna.TrialPruned:
-        _record_stopped(trial, trainer, parts.fidelity, started)
-        raise
+        yield model
     finally:
-        del trainer
-        _release(parts.model, device)
+        _release(model, device)
 
 
 @dataclass(frozen=True)
@@ -181,6 +195,7 @@ def _parts(
     trial: optuna.Trial,
     spec: StudySpec,
     hparams: dict[str, Any],
+    model: PeftModel,
     loaded: LoadedModel,
     raw: Splits,
     cache: DataCache,
@@ -189,12 +204,9 @@ def _parts(
     until: int | None,
     resume: Resume | None,
 ) -> _Parts:
-    """The trial's adapter on the base model (its resolved targets recorded), AdaLoRA's
-    allocator, the generation scorer and the fidelity callback."""
+    """The trial's adapter (its resolved targets recorded), AdaLoRA's allocator, the
+    generation scorer and the fidelity callback."""
     steps = total_steps(hparams, len(raw.train))
-    model = get_peft_model(
-        loaded.model, lora_config(hparams, loaded, spec.train.model.task, steps)
-    )
     resolved: Any = model.peft_config["default"]
     records.set_resolved_targets(trial, resolved.target_modules)
     allocation: list[TrainerCallback] = (

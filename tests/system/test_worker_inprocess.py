@@ -9,9 +9,14 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+from peft import LoraConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from hpo.core.db import Database
+from hpo.core.optuna_tables import trial_id
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import make_storage
@@ -20,6 +25,8 @@ from tests.conftest import ApiServer
 from tests.workers import small_study
 from worker.callbacks import Diverged, FidelityCallback, Interruptions
 from worker.loop import Worker
+from worker.trainer import trial_hparams
+from worker.training import train_trial
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +151,47 @@ def test_time_budgets_complete_the_study(
     assert ran == (1 if "max_gpu_hours" in budget else 0)
     assert study["status"] == "completed"
     assert study["status_reason"].startswith(reason)
+
+
+def _adapter_layers(model: torch.nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def test_a_write_failing_right_after_the_adapter_is_attached_leaves_the_base_clean(
+    pg_settings: Settings,
+) -> None:
+    """The first write after ``get_peft_model`` (the resolved LoRA targets) fails: the trial
+    fails, and the next trial's cached base model carries none of its adapter's layers."""
+    worker = Worker(pg_settings, cpu_threads=1)
+    spec = StudySpec.model_validate(small_study("clean"))
+    raw = worker.ctx.data.raw(spec.train.dataset, spec.train.model)
+    loaded = worker.ctx.models.get(spec.train.model, label_names=raw.label_names)
+    trial = optuna.create_study(storage=worker.storage).ask()
+    # A finished trial refuses every write: the first one, right after the attach, fails.
+    worker.storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
+    params = {"learning_rate": 1e-3, "per_device_train_batch_size": 8, "lora_r": 4}
+    with pytest.raises(UpdateFinishedTrialError):
+        train_trial(
+            trial,
+            spec=spec,
+            hparams=trial_hparams(spec, params),
+            loaded=loaded,
+            raw=raw,
+            cache=worker.ctx.data,
+            device=worker.ctx.device,
+            stop=threading.Event(),
+        )
+    assert _adapter_layers(loaded.model) == []
+    assert worker.ctx.models.get(spec.train.model, label_names=raw.label_names) is loaded
+    worker.close()
+
+
+def test_a_base_left_with_adapter_layers_is_loaded_again(pg_settings: Settings) -> None:
+    worker = Worker(pg_settings, cpu_threads=1)
+    spec = StudySpec.model_validate(small_study("dirty"))
+    loaded = worker.ctx.models.get(spec.train.model)
+    get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear"))  # never taken off
+    again = worker.ctx.models.get(spec.train.model)
+    assert again is not loaded and worker.ctx.models.load_count == 2
+    assert _adapter_layers(again.model) == []
+    worker.close()
