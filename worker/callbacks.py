@@ -18,7 +18,11 @@ from worker import liveness
 
 
 class WorkerShutdown(Exception):
-    """The worker was asked to stop (SIGTERM/SIGINT); the trial is re-queued."""
+    """The worker was asked to stop (SIGTERM/SIGINT) before its trial could pause; the trial
+    is re-queued."""
+
+
+INTERRUPTED = "interrupted: its worker was stopped"
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,8 @@ class Interruptions:
     """What may end a segment before its pruner or its end does.
 
     Attributes:
-        stop: The worker is shutting down (``WorkerShutdown`` at the next step).
+        stop: The worker is shutting down: a segment that can yield pauses at the next step
+            (its state kept), any other raises ``WorkerShutdown`` there.
         deadline: ``time.monotonic()`` past which the trial stops, pruned, at its next step
             (the study's ``max_trial_s`` within the operator's).
         should_yield: Asked at each report: why the segment gives its worker up now (another
@@ -117,7 +122,13 @@ class FidelityCallback(TrainerCallback):
     ) -> None:
         interruptions = self.interruptions
         if interruptions.stop.is_set():
-            raise WorkerShutdown("worker shutting down")
+            if interruptions.should_yield is None or self.paused_at is not None:
+                raise WorkerShutdown("worker shutting down")
+            # A segment that can pause keeps this step's state, so the configuration
+            # continues from here on the next worker: nothing trained is lost.
+            self.yielded = INTERRUPTED
+            self._pause(self.examples_seen(state), control)
+            return
         if interruptions.deadline is not None and time.monotonic() > interruptions.deadline:
             reason = (
                 f"time: the trial's time limit ran out after {self.examples_seen(state)} examples"

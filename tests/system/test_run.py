@@ -21,8 +21,9 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from hpo.cli import app
+from hpo.core import records
 from hpo.core.db import Database
-from hpo.core.records import GREEDY_ATTR, RETRIED_FROM_ATTR
+from hpo.core.records import GREEDY_ATTR
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import make_storage
@@ -80,7 +81,11 @@ def _trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def _finished(trials: list[optuna.trial.FrozenTrial]) -> int:
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    """Configurations ended: a segment that yielded its worker is carried on by another."""
+    return sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) and records.yielded(t) is None
+        for t in trials
+    )
 
 
 @pytest.mark.slow
@@ -134,12 +139,12 @@ def test_run_prints_best_exports_it_and_resumes_after_sigint(
     stopped = _trials(tmp_path, "second")
     assert not [t for t in stopped if t.state == TrialState.RUNNING]
     assert _finished(stopped) < 3
-    for t in stopped:  # an interrupted trial is failed as a shutdown and queued again
-        if t.state == TrialState.FAIL:
-            assert t.user_attrs.get("fail_reason") == "shutdown"
-            queued = [w for w in stopped if w.user_attrs.get(RETRIED_FROM_ATTR) == t.number]
-            assert [w.state for w in queued] == [TrialState.WAITING]
-            assert queued[0].system_attrs["fixed_params"] == t.params
+    assert not [t for t in stopped if t.state == TrialState.FAIL]
+    interrupted = [t for t in stopped if records.yielded(t) is not None]
+    for t in interrupted:  # paused where it was, its state kept: a queued trial continues it
+        queued = [w for w in stopped if records.continues(w) == t.number]
+        assert [w.state for w in queued] == [TrialState.WAITING]
+        assert queued[0].system_attrs["fixed_params"] == t.params
 
     proc = _hpo_run(tmp_path, second, model_cache_dir)
     out = _finish(proc)
@@ -148,6 +153,10 @@ def test_run_prints_best_exports_it_and_resumes_after_sigint(
     resumed = _trials(tmp_path, "second")
     assert _finished(resumed) == 3
     assert not [t for t in resumed if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for t in interrupted:  # continued from its checkpoint, to its end
+        (continued,) = [w for w in resumed if records.continues(w) == t.number]
+        assert continued.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert records.resumed_value(continued) is not None
 
 
 def _trials_or_none(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:

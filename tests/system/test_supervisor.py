@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from hpo.core import records
 from tests.conftest import ApiServer
 from tests.workers import alive, log_events, small_study, trials, wait_until, worker_env
+from worker.callbacks import INTERRUPTED
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +80,11 @@ def test_children_restart_and_stop_with_the_supervisor(pg_api: ApiServer, tmp_pa
     everything = trials(settings, "supervised")
     # Only the SIGKILLed child's trial is left RUNNING (a later worker's sweep fails it).
     assert [t.number for t in everything if t.state == TrialState.RUNNING] == killed
-    stopped = [t for t in everything if t.user_attrs.get("fail_reason") == "shutdown"]
+    stopped = [t for t in everything if records.yielded(t) is not None]
     assert stopped, "no child was training when the supervisor stopped"
-    for trial in stopped:
-        assert trial.state == TrialState.FAIL
-        requeued = [t for t in everything if t.user_attrs.get("retried_from") == trial.number]
+    for trial in stopped:  # paused where it was, its state kept: a queued trial continues it
+        assert trial.state == TrialState.PRUNED
+        assert (records.yielded(trial) or "").startswith(INTERRUPTED)
+        requeued = [t for t in everything if records.continues(t) == trial.number]
         assert [t.state for t in requeued] == [TrialState.WAITING]
         assert requeued[0].system_attrs["fixed_params"] == trial.params

@@ -15,9 +15,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo.core import records
 from hpo.core.records import INFEASIBLE_RECORD_ATTR
 from tests.conftest import ApiServer
 from tests.workers import small_study, trials, wait_until
+from worker.callbacks import INTERRUPTED
 
 pytestmark = pytest.mark.slow
 Spawn = Callable[..., subprocess.Popen[bytes]]
@@ -122,7 +124,7 @@ def test_kill_9_mid_trial_is_retried_and_budget_holds(
     assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def test_sigterm_exits_quickly_and_requeues(
+def test_sigterm_exits_quickly_and_the_trial_continues_later(
     pg_api: ApiServer, spawn_worker: Spawn, tmp_path: Path
 ) -> None:
     spec = small_study(
@@ -139,10 +141,11 @@ def test_sigterm_exits_quickly_and_requeues(
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
     after = trials(pg_api.settings, "term")
-    assert after[running.number].state == TrialState.FAIL
-    assert after[running.number].user_attrs["fail_reason"] == "shutdown"
+    # It paused at the step it had reached, its state kept: a queued trial continues it.
+    assert after[running.number].state == TrialState.PRUNED
+    assert (records.yielded(after[running.number]) or "").startswith(INTERRUPTED)
     queued = [t for t in after if t.state == TrialState.WAITING]
-    assert [t.user_attrs["retried_from"] for t in queued] == [running.number]
+    assert [records.continues(t) for t in queued] == [running.number]
     assert queued[0].system_attrs["fixed_params"] == running.params
 
 
