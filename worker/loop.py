@@ -20,7 +20,7 @@ import torch
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.core import budget, fairshare, fleet, owners, records
@@ -254,11 +254,7 @@ class Worker:
         and a second statement only when a dead worker left stale trials behind."""
         with self.engine.connect() as conn:
             loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
-            # This worker is free too: it is looking for work.
-            free = fleet.free_workers(conn, besides=self.ctx.worker_id) + 1
-            cap = self.settings.max_running_trials_per_owner or fleet.owner_cap(
-                loads, free=free, share=self.settings.max_fleet_share
-            )
+            cap = self.settings.max_running_trials_per_owner or self._fleet_cap(conn)
         stale = [load for load in loads if load.stale]
         for load in stale:
             try:
@@ -272,6 +268,12 @@ class Worker:
             with self.engine.connect() as conn:
                 loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
         return fairshare.fair_order(loads, max_running_per_owner=cap, names=self.study_names)
+
+    def _fleet_cap(self, conn: Connection) -> int:
+        """An owner's share of the live fleet, this worker (free: it is looking) included."""
+        live = fleet.live(conn, besides=self.ctx.worker_id)
+        workers = live.running + live.free + 1
+        return fleet.owner_cap(workers, share=self.settings.max_fleet_share)
 
     def _record(self, load: StudyLoad) -> StudyRecord:
         with session_scope(self.sessions) as session:

@@ -9,11 +9,13 @@ over theirs. One query on its study's row per report; the fleet's only once the 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from hpo.core import fairshare, fleet
 from hpo.core.db import StudyRecord, StudyStatus
+from hpo.core.fairshare import StudyLoad
 from hpo.core.settings import Settings
 
 PREEMPTED = "preempted: the fleet is full and another owner below their fair share waits"
@@ -40,13 +42,28 @@ class YieldCheck:
                 return f"its study was {status}"
             if time.monotonic() - self.started < self.settings.min_slice_s:
                 return None
-            if fleet.free_workers(conn) > 0:
+            if fleet.live(conn).free > 0:
                 return None  # a free worker serves whoever waits
-            loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
-            cap = self.settings.max_running_trials_per_owner or fleet.owner_cap(
-                loads, free=0, share=self.settings.max_fleet_share
-            )
-            if fleet.yielding_owner(loads, max_running_per_owner=cap) != self.owner:
+            waiting, running = _demand(conn, self.settings)
+            if fleet.yielding_owner(waiting, running) != self.owner:
                 return None
             chosen = fleet.victim(conn, owner=self.owner, min_slice_s=self.settings.min_slice_s)
         return PREEMPTED if chosen == self.trial_id else None
+
+
+def _demand(
+    conn: Connection, settings: Settings
+) -> tuple[StudyLoad | None, dict[str, tuple[int, float]]]:
+    """The study a free worker would serve next, and every owner's running trials and weight."""
+    loads = fairshare.scan(conn, grace_period=settings.grace_period)
+    running: defaultdict[str, int] = defaultdict(int)
+    weight: dict[str, float] = {}
+    for load in loads:
+        running[load.owner] += load.running
+        weight[load.owner] = load.weight
+    cap = settings.max_running_trials_per_owner or fleet.owner_cap(
+        sum(running.values()), share=settings.max_fleet_share
+    )
+    order = fairshare.fair_order(loads, max_running_per_owner=cap)
+    waiting = next((load for load in order if fleet.has_work(load)), None)
+    return waiting, {owner: (n, weight[owner]) for owner, n in running.items()}

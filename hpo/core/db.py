@@ -105,16 +105,15 @@ class OwnerRecord(Base):
 class WorkerRecord(Base):
     """A worker that is idle: it polls for work and found none (``hpo.core.fleet``).
 
-    Busy workers are their running trials; a row whose ``idle_at`` is older than a few of its
-    polls is a worker that found work, or left.
+    Busy workers are their running trials; an idle one is free until ``free_until``, a few of
+    its polls ahead, unless it polls again (a worker that took a trial or left drops out).
     """
 
     __tablename__ = "hpo_workers"
 
     worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255))
-    poll_s: Mapped[float] = mapped_column(Float)
-    idle_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    free_until: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class ArtifactRecord(Base):

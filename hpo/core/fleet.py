@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, exists, select
+from sqlalchemy import Connection, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hpo.core.db import StudyRecord, WorkerRecord, utcnow
-from hpo.core.fairshare import StudyLoad, fair_order
+from hpo.core.db import StudyRecord, StudyStatus, WorkerRecord, utcnow
+from hpo.core.fairshare import StudyLoad
 from hpo.core.optuna_tables import studies as optuna_studies
 from hpo.core.optuna_tables import trial_intermediate_values as reports
 from hpo.core.optuna_tables import trials
@@ -32,86 +32,85 @@ SKEW_S = 1.0
 
 
 def seen_idle(conn: Connection, *, worker_id: str, hostname: str, poll_s: float) -> None:
-    """Note that the worker polled and found no work (one upsert)."""
+    """Note that the worker polled and found no work (one upsert): it counts as free until
+    it has missed ``FREE_POLLS`` polls."""
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(
         WorkerRecord
     )
-    now = utcnow()
+    free_until = utcnow() + dt.timedelta(seconds=FREE_POLLS * poll_s + SKEW_S)
     conn.execute(
         insert.values(
-            worker_id=worker_id, hostname=hostname, poll_s=poll_s, idle_at=now
+            worker_id=worker_id, hostname=hostname, free_until=free_until
         ).on_conflict_do_update(
-            index_elements=[WorkerRecord.worker_id], set_={"idle_at": now, "poll_s": poll_s}
+            index_elements=[WorkerRecord.worker_id], set_={"free_until": free_until}
         )
     )
 
 
 def gone(conn: Connection, *, worker_id: str) -> None:
-    """The worker left: it is no longer a free worker."""
+    """The worker took a trial, or left: it is no longer a free worker."""
     conn.execute(delete(WorkerRecord).where(WorkerRecord.worker_id == worker_id))
 
 
-def free_workers(conn: Connection, *, besides: str | None = None) -> int:
-    """Workers whose last idle poll is recent: they will serve a waiting owner by themselves.
-    ``besides``: a worker not to count (the one asking)."""
-    now = utcnow()
-    # poll_s is per worker; the index narrows to the last minute's polls before that test.
-    recent = now - dt.timedelta(minutes=1)
-    query = select(WorkerRecord.idle_at, WorkerRecord.poll_s).where(WorkerRecord.idle_at >= recent)
-    if besides is not None:
-        query = query.where(WorkerRecord.worker_id != besides)
-    rows = conn.execute(query).all()
-    return sum(
-        1
-        for idle_at, poll_s in rows
-        if (now - _aware(idle_at)).total_seconds() <= FREE_POLLS * poll_s + SKEW_S
+@dataclass(frozen=True)
+class Fleet:
+    """The live fleet as one statement sees it: running trials (busy workers) and free
+    workers."""
+
+    running: int
+    free: int
+
+
+def live(conn: Connection, *, besides: str | None = None) -> Fleet:
+    """The fleet now; ``besides``: a worker not to count as free (the one asking)."""
+    free = (
+        select(func.count()).select_from(WorkerRecord).where(WorkerRecord.free_until >= utcnow())
     )
+    if besides is not None:
+        free = free.where(WorkerRecord.worker_id != besides)
+    running = select(func.count()).select_from(trials).where(trials.c.state == "RUNNING")
+    row = conn.execute(select(running.scalar_subquery(), free.scalar_subquery())).one()
+    return Fleet(running=int(row[0]), free=int(row[1]))
 
 
-def _aware(when: dt.datetime) -> dt.datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+def owner_cap(workers: int, *, share: float) -> int:
+    """The running trials one owner may hold: ``share`` of ``workers``, rounded up, at least
+    one."""
+    return max(1, math.ceil(share * workers))
 
 
-def owner_cap(loads: Sequence[StudyLoad], *, free: int, share: float) -> int:
-    """The running trials one owner may hold: ``share`` of the live fleet (running trials and
-    free workers), at least one."""
-    fleet = sum(load.running for load in loads) + free
-    return max(1, math.ceil(share * fleet))
-
-
-def _waiting(load: StudyLoad) -> bool:
-    """Has a trial to start now (a spent study with nothing running is not waiting)."""
-    if not load.may_have_work:
+def has_work(load: StudyLoad) -> bool:
+    """A trial to start now (a spent study with nothing running is worth a worker's look, to
+    settle it, but not a preemption)."""
+    if load.status != StudyStatus.RUNNING:
         return False
     return load.max_trials is None or load.finished + load.running < load.max_trials
 
 
-def yielding_owner(loads: Sequence[StudyLoad], *, max_running_per_owner: int | None) -> str | None:
+def yielding_owner(
+    waiting: StudyLoad | None, running: Mapping[str, tuple[int, float]]
+) -> str | None:
     """The owner who should give a worker up, or None.
 
-    The waiting owner is the one a free worker would serve next; the giver is the owner with
-    the most running trials per unit of weight. A worker moves only while the move leaves the
-    waiting owner no better off than the giver (``(r_w + 1) / w_w <= (r_g - 1) / w_g``), so
-    two owners never trade a worker back and forth.
+    Args:
+        waiting: The study a free worker would serve next (the head of the fair order with a
+            trial to start), if any.
+        running: Owners with running trials: (running trials, weight).
+
+    The giver is the owner with the most running trials per unit of weight. A worker moves
+    only while the move leaves the waiting owner no better off than the giver
+    (``(r_w + 1) / w_w <= (r_g - 1) / w_g``), so two owners never trade a worker back and
+    forth.
     """
-    order = fair_order(
-        [load for load in loads if _waiting(load) or load.running > 0],
-        max_running_per_owner=max_running_per_owner,
-    )
-    waiting = next((load.owner for load in order if _waiting(load)), None)
     if waiting is None:
         return None
-    running: defaultdict[str, int] = defaultdict(int)
-    weight: dict[str, float] = {}
-    for load in loads:
-        running[load.owner] += load.running
-        weight[load.owner] = load.weight
-    givers = [owner for owner, n in running.items() if n > 0 and owner != waiting]
+    givers = {o: load for o, load in running.items() if load[0] > 0 and o != waiting.owner}
     if not givers:
         return None
-    giver = max(givers, key=lambda owner: (running[owner] / weight[owner], owner))
-    moved_to = (running[waiting] + 1) / weight[waiting]
-    return giver if moved_to <= (running[giver] - 1) / weight[giver] else None
+    giver = max(givers, key=lambda o: (givers[o][0] / givers[o][1], o))
+    given, giver_weight = givers[giver]
+    taken = running.get(waiting.owner, (0, waiting.weight))[0]
+    return giver if (taken + 1) / waiting.weight <= (given - 1) / giver_weight else None
 
 
 def victim(conn: Connection, *, owner: str, min_slice_s: float) -> int | None:

@@ -21,12 +21,11 @@ def upgrade() -> None:
         "hpo_workers",
         sa.Column("worker_id", sa.String(128), primary_key=True),
         sa.Column("hostname", sa.String(255), nullable=False),
-        sa.Column("poll_s", sa.Float(), nullable=False),
-        sa.Column("idle_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("free_until", sa.DateTime(timezone=True), nullable=False),
     )
-    op.create_index("ix_hpo_workers_idle_at", "hpo_workers", ["idle_at"])
+    op.create_index("ix_hpo_workers_free_until", "hpo_workers", ["free_until"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_hpo_workers_idle_at", table_name="hpo_workers")
+    op.drop_index("ix_hpo_workers_free_until", table_name="hpo_workers")
     op.drop_table("hpo_workers")
