@@ -127,6 +127,8 @@ def run(tricklers: list[int], reads: int, workdir: Path) -> list[dict[str, Any]]
         owner, other = token("alice").strip(), token("mallory").strip()
         headers = {"Authorization": f"Bearer {owner}"}
         httpx.post(f"{base}/studies", json=minimal_spec(STUDY), headers=headers).raise_for_status()
+        for _ in range(10):  # warm the process and its pools before timing
+            httpx.get(f"{base}/studies/{STUDY}", headers=headers).raise_for_status()
         results = []
         for count in tricklers:
             for trickler_token in (None, other) if count else (None,):
