@@ -82,9 +82,10 @@ def get_owner(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    # The request's session: the route's queries run on the connection the token check took,
-    # so a read costs one checkout (and one ping). A route that does slow work before its
-    # first query (registration's file checks) commits first, giving the connection back.
+    # The request's session: the token was checked at admission (``service.admission``), so
+    # the route's first query takes its connection: a read costs one checkout there (and one
+    # ping). A route that does slow work before its first query (registration's file checks)
+    # commits first, giving the connection back.
     return authenticate(request, session, credentials.credentials if credentials else None)
 
 
