@@ -16,14 +16,17 @@ from starlette.types import Scope
 from hpo.core.db import Database, make_engine
 from hpo.core.settings import Settings, get_settings
 from hpo.core.storage import make_storage
+from hpo.core.tokens import owner_of
 from service import dashboard
+from service.admission import Admission
 from service.errors import install_error_handlers
 from service.file_checks import FileChecks
-from service.limits import ConcurrencyLimit, ContentLengthLimit, FailedAuthLimiter
+from service.limits import ContentLengthLimit, FailedAuthLimiter, Turns
 from service.routes import health, studies
 
 MAX_BODY_BYTES = 1_000_000
 POOL_HEADROOM = 5  # connections for health checks and registrations, which take no turn
+TOKEN_CHECKS = 4  # token checks at once, before a request takes a turn (service.admission)
 # Swagger UI and ReDoc from the fastapi-offline wheel: FastAPI's defaults load them from a CDN,
 # which leaves /docs and /redoc blank on a machine without internet.
 DOCS_ASSETS_URL = "/docs-assets"
@@ -56,14 +59,43 @@ def _serve_docs(app: FastAPI) -> None:
         )
 
 
-def _takes_no_turn(scope: Scope) -> bool:
-    """Requests the concurrency limit lets through: health checks and static files, so a load
-    balancer still sees a live process while the API sheds load, and registrations, whose file
-    checks are bounded on their own (``FileChecks``) and must not hold a turn while they run;
-    their few queries wait for a pooled connection, and a pool timeout answers 503."""
+def _exempt(scope: Scope) -> bool:
+    """Requests admission lets through untouched: health checks and static files, so a load
+    balancer still sees a live process while the API sheds load."""
     path = scope["path"]
-    registration = scope["method"] == "POST" and path == "/studies"
-    return registration or path == "/healthz" or path.startswith(DOCS_ASSETS_URL)
+    return path == "/healthz" or path.startswith(DOCS_ASSETS_URL)
+
+
+def _takes_no_turn(scope: Scope) -> bool:
+    """Registrations, whose file checks are bounded on their own (``FileChecks``) and must not
+    hold a turn while they run; their few queries wait for a pooled connection, and a pool
+    timeout answers 503."""
+    return scope["method"] == "POST" and scope["path"] == "/studies"
+
+
+def _admission(app: FastAPI, settings: Settings) -> None:
+    """Owners' requests take a turn once their token is checked and their body is in; the
+    others run apart (``service.admission``); oversized bodies are refused before either."""
+
+    def check_token(token: str) -> str | None:
+        with app.state.sessions() as session:
+            return owner_of(session, token)
+
+    app.add_middleware(
+        Admission,
+        check_token=check_token if settings.auth == "enabled" else None,
+        cookie=dashboard.COOKIE,
+        turns=Turns(
+            settings.api_concurrency, queue=settings.api_queue, wait_s=settings.api_queue_timeout_s
+        ),
+        anonymous=Turns(settings.api_anonymous),
+        checks=Turns(TOKEN_CHECKS, queue=settings.api_queue, wait_s=settings.api_queue_timeout_s),
+        body_timeout_s=settings.api_body_timeout_s,
+        anonymous_timeout_s=settings.api_anonymous_timeout_s,
+        exempt=_exempt,
+        takes_no_turn=_takes_no_turn,
+    )
+    app.add_middleware(ContentLengthLimit, max_bytes=MAX_BODY_BYTES)  # outermost
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,11 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Each pool holds as many connections as requests may run at once (ConcurrencyLimit),
-        # plus a few for those that take no turn: a request waits for its turn at the door,
-        # where waiting is bounded and answers 503, not for a connection.
+        # Each pool holds as many connections as requests may run at once (their turns), plus
+        # a few for those that take no turn and (ours) for token checks: a request waits for
+        # its turn at the door, where waiting is bounded and answers 503, not for a connection.
         pool = {"pool_size": settings.api_concurrency, "max_overflow": POOL_HEADROOM}
-        db = Database(make_engine(settings.database_url, **pool))
+        ours = pool | {"max_overflow": POOL_HEADROOM + TOKEN_CHECKS}
+        db = Database(make_engine(settings.database_url, **ours))
         app.state.settings = settings
         app.state.engine = db.engine
         app.state.sessions = db.sessions
@@ -106,17 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     _serve_docs(app)
-    app.add_middleware(
-        ContentLengthLimit, max_bytes=MAX_BODY_BYTES, body_timeout_s=settings.api_body_timeout_s
-    )
-    # Outermost: a shed request costs nothing past this.
-    app.add_middleware(
-        ConcurrencyLimit,
-        limit=settings.api_concurrency,
-        queue=settings.api_queue,
-        wait_s=settings.api_queue_timeout_s,
-        exempt=_takes_no_turn,
-    )
+    _admission(app, settings)
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(dashboard.router)  # optuna-dashboard's paths and /login, /logout

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from hpo.core.db import session_scope
 from hpo.core.settings import Settings
 from hpo.core.tokens import owner_of
+from service.admission import checked_owner
 from service.file_checks import FileChecks
 
 LOCAL_OWNER = "local"
@@ -61,7 +62,7 @@ def authenticate(request: Request, session: Session, token: str | None) -> str:
             "missing bearer token (Authorization: Bearer ...; the CLI reads HPO_TOKEN)",
             challenge,
         )
-    owner = owner_of(session, token)
+    owner = checked_owner(request.scope, token, lambda: owner_of(session, token))
     if owner is not None:
         return owner
     # uvicorn sets the client from X-Forwarded-For only for the proxies FORWARDED_ALLOW_IPS names.
@@ -81,9 +82,10 @@ def get_owner(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    # The request's session: the route's queries run on the connection the token check took,
-    # so a read costs one checkout (and one ping). A route that does slow work before its
-    # first query (registration's file checks) commits first, giving the connection back.
+    # The request's session: the token was checked at admission (``service.admission``), so
+    # the route's first query takes its connection: a read costs one checkout there (and one
+    # ping). A route that does slow work before its first query (registration's file checks)
+    # commits first, giving the connection back.
     return authenticate(request, session, credentials.credentials if credentials else None)
 
 

@@ -2,9 +2,9 @@
 
 ``ContentLengthLimit`` rejects oversized requests with a JSON error before the body is read
 (FastAPI's own ``max_body_size`` answers in plain text; our API answers JSON everywhere): bodies
-must declare their length, chunked uploads get 411, declared lengths over the limit 413, and a
-body that does not arrive within ``body_timeout_s`` 408. ``ConcurrencyLimit`` admits a bounded
-number of requests at once and a bounded queue; the rest get 503 with ``Retry-After``.
+must declare their length, chunked uploads get 411, declared lengths over the limit 413.
+``Turns`` is a bounded pool with a bounded queue, whose refusals are 503 with ``Retry-After``:
+``service.admission`` gives owners' requests one turn each, and keeps others apart.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 async def send_json(send: Send, status: int, detail: str, headers: dict[str, str]) -> None:
@@ -38,10 +37,13 @@ async def send_json(send: Send, status: int, detail: str, headers: dict[str, str
 
 
 class ContentLengthLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, body_timeout_s: float) -> None:
+    """Refuses, before anything reads it, a body without a declared length (411), with an
+    invalid one (400) or over ``max_bytes`` (413). The body is not read, so the connection
+    closes after the answer. How long a body may take to arrive is ``service.admission``'s."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,96 +58,59 @@ class ContentLengthLimit:
         elif int(declared) > self.max_bytes:
             status, detail = 413, f"request body larger than {self.max_bytes} bytes"
         else:
-            await self._bounded(scope, receive, send, has_body=int(declared) > 0)
-            return
-        await send_json(send, status, detail, {})
-
-    async def _bounded(
-        self, scope: Scope, receive: Receive, send: Send, *, has_body: bool
-    ) -> None:
-        """Run the app with a deadline on reading the body: a slow sender holds no task forever.
-
-        The deadline covers the whole body, not each chunk, so trickling bytes does not reset it.
-        Past it the app is told the client left, and whatever it answers becomes a 408.
-        """
-        if not has_body:
             await self.app(scope, receive, send)
             return
-        deadline = time.monotonic() + self.body_timeout_s
-        timed_out = answered = False
-        detail = f"request body not received within {self.body_timeout_s:g} s"
-
-        async def timed_receive() -> Message:
-            nonlocal timed_out
-            try:
-                return await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
-            except TimeoutError:
-                timed_out = True
-                return {"type": "http.disconnect"}
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal answered
-            if not timed_out:
-                await send(message)
-            elif message["type"] == "http.response.start" and not answered:
-                answered = True
-                await send_json(send, 408, detail, {"Connection": "close"})
-
-        await self.app(scope, timed_receive, guarded_send)
-        if timed_out and not answered:
-            await send_json(send, 408, detail, {"Connection": "close"})
+        await send_json(send, status, detail, {"Connection": "close"})
 
 
-class ConcurrencyLimit:
-    """At most ``limit`` requests run at once; ``queue`` more wait up to ``wait_s`` for a turn.
+def declared_length(scope: Scope) -> int:
+    """The request's declared body length (``ContentLengthLimit`` has checked it is one)."""
+    value = dict(scope["headers"]).get(b"content-length", b"0")
+    return int(value) if value.isdigit() else 0
 
-    Sized to the database pool, this keeps requests from queueing on pooled connections (where
-    a pool timeout would be a 500) and keeps the process's memory bounded under a flood: a
-    request past the queue, or one that waits too long, answers 503 with ``Retry-After``.
-    Requests ``exempt`` says yes to never wait.
+
+class Turns:
+    """At most ``limit`` holders at once; ``queue`` more wait up to ``wait_s`` for a turn.
+
+    Sized to the database pool, the owners' turns keep requests from queueing on pooled
+    connections (where a pool timeout would be a 503 after a long wait) and keep the process's
+    memory bounded under a flood: a request past the queue, or one that waits too long, is
+    answered 503 with ``Retry-After`` (``busy``).
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        limit: int,
-        queue: int,
-        wait_s: float,
-        exempt: Callable[[Scope], bool] = lambda _: False,
-    ) -> None:
-        self.app = app
+    def __init__(self, limit: int, *, queue: int = 0, wait_s: float = 1.0) -> None:
         self.queue = queue
         self.wait_s = wait_s
-        self.exempt = exempt
         self._slots = asyncio.Semaphore(limit)
         self._waiting = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.exempt(scope):
-            await self.app(scope, receive, send)
-            return
-        if self._slots.locked() and self._waiting >= self.queue:
-            await self._busy(send)
-            return
+    async def take(self) -> bool:
+        """Wait for a turn; False when the queue is full or the wait ran out."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: taken without waiting
+            return True
+        if self._waiting >= self.queue:
+            return False
         self._waiting += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), self.wait_s)
         except TimeoutError:
-            await self._busy(send)
-            return
+            return False
         finally:
             self._waiting -= 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self._slots.release()
+        return True
 
-    async def _busy(self, send: Send) -> None:
-        retry = str(max(1, math.ceil(self.wait_s)))
-        await send_json(
-            send, 503, "the service is busy; try again shortly", {"Retry-After": retry}
-        )
+    def give_back(self) -> None:
+        self._slots.release()
+
+    @property
+    def retry_after(self) -> str:
+        return str(max(1, math.ceil(self.wait_s)))
+
+    async def busy(self, send: Send, detail: str, *, close: bool) -> None:
+        """The 503 for a request that got no turn (``close``: its body was not read)."""
+        headers = {"Retry-After": self.retry_after}
+        await send_json(send, 503, detail, headers | ({"Connection": "close"} if close else {}))
 
 
 class FailedAuthLimiter:

@@ -8,7 +8,7 @@ limit); ``hpo serve`` trusts no proxy unless the variable names it.
 uvicorn bounds the idle time between requests (``timeout_keep_alive``) but not the time a
 client takes to send a request's headers: a connection trickling a header forever stays open.
 ``HeaderTimeoutH11`` closes a connection whose request headers are not complete within the
-header timeout; the body's own deadline is the app's (``service.limits.ContentLengthLimit``).
+header timeout; the body's own deadline is the app's (``service.admission``).
 """
 
 from __future__ import annotations

@@ -15,13 +15,15 @@ from sqlalchemy.orm import Session
 from hpo.core.db import OwnerRecord, StudyRecord, StudyStatus
 from hpo.core.errors import QuotaExceeded
 from hpo.core.optuna_tables import studies as optuna_studies
-from hpo.core.optuna_tables import trials
+from hpo.core.optuna_tables import trial_user_attributes, trials
+from hpo.core.records import ENQUEUED_BY_ATTR
 from hpo.core.settings import Settings
 
 DEFAULT_WEIGHT = 1.0
 ACTIVE = (StudyStatus.RUNNING, StudyStatus.PAUSED)
-# Advisory-lock namespace of registrations (PostgreSQL); the workers' locks use others.
+# Advisory-lock namespaces of registrations and enqueues (PostgreSQL); the workers' use others.
 _REGISTRATION_LOCK = zlib.crc32(b"finetune-hpo owner registrations") & 0x7FFFFFFF
+_ENQUEUE_LOCK = zlib.crc32(b"finetune-hpo owner enqueues") & 0x7FFFFFFF
 
 
 def owner_key(owner: str) -> int:
@@ -90,3 +92,51 @@ def running_trials(connection: Connection, *, owner: str) -> int:
         .where(StudyRecord.owner == owner, trials.c.state == "RUNNING")
     )
     return connection.execute(query).scalar_one()
+
+
+def queued_trials(connection: Connection, *, owner: str, study: str) -> tuple[int, int]:
+    """Trials clients enqueued that wait to start: in ``study``, and over all of ``owner``'s."""
+    query = (
+        select(func.count(), func.count().filter(optuna_studies.c.study_name == study))
+        .select_from(trials)
+        .join(trial_user_attributes, trial_user_attributes.c.trial_id == trials.c.trial_id)
+        .join(optuna_studies, optuna_studies.c.study_id == trials.c.study_id)
+        .join(StudyRecord, StudyRecord.name == optuna_studies.c.study_name)
+        .where(
+            StudyRecord.owner == owner,
+            trials.c.state == "WAITING",
+            trial_user_attributes.c.key == ENQUEUED_BY_ATTR,
+        )
+    )
+    in_all, in_study = connection.execute(query).one()
+    return in_study, in_all
+
+
+def check_queue_quota(session: Session, *, owner: str, study: str, settings: Settings) -> None:
+    """Refuse one more enqueued trial past ``max_queued_trials_per_study`` / ``_per_owner``.
+
+    On PostgreSQL the check holds a transaction lock on the owner until the caller commits;
+    the caller enqueues (Optuna commits on its own connection) before that, so concurrent
+    enqueues of one owner cannot all pass it.
+
+    Raises:
+        QuotaExceeded: The study or the owner has that many enqueued trials waiting.
+    """
+    per_study = settings.max_queued_trials_per_study
+    per_owner = settings.max_queued_trials_per_owner
+    if per_study is None and per_owner is None:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_ENQUEUE_LOCK, owner_key(owner))))
+    in_study, in_all = queued_trials(session.connection(), owner=owner, study=study)
+    for count, limit, quota, where in (
+        (in_study, per_study, "max_queued_trials_per_study", f"study {study!r} has"),
+        (in_all, per_owner, "max_queued_trials_per_owner", f"owner {owner!r} has"),
+    ):
+        if limit is not None and count >= limit:
+            raise QuotaExceeded(
+                f"{where} {count} enqueued trials waiting to start, the most "
+                f"HPO_{quota.upper()} allows ({limit}); wait for some to start",
+                quota=quota,
+                limit=limit,
+            )

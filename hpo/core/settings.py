@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # and its body within api_body_timeout_s (else 408): slow senders hold nothing for long.
     api_header_timeout_s: float = Field(default=10.0, gt=0)
     api_body_timeout_s: float = Field(default=30.0, gt=0)
+    # Requests without a valid token (none, a wrong one, the public pages, sign-in) never take
+    # an owner's turn: at most api_anonymous run at once (then 503 at once), and each body must
+    # arrive within api_anonymous_timeout_s (else 408).
+    api_anonymous: int = Field(default=10, ge=1)
+    api_anonymous_timeout_s: float = Field(default=5.0, gt=0)
     # Registration's file checks: their deadline (then 422), and how many may run at once per
     # owner and in all (then 429 / 503): a check stuck on a file cannot be cancelled, only
     # abandoned, so these bound the threads one owner can leave blocked.
@@ -85,6 +90,11 @@ class Settings(BaseSettings):
     # spec's budget.max_trial_s may ask for less), which bounds one that cannot pause.
     min_slice_s: float = Field(default=120.0, ge=0)
     max_trial_s: float = Field(default=86400.0, gt=0)
+    # Trials clients enqueued (POST /studies/{name}/trials) still waiting to start, per study
+    # and per owner over all their studies: one more answers 429. A retry of one counts as it
+    # did; trials the service queues itself (warm starts, continuations) count for nothing.
+    max_queued_trials_per_study: int | None = Field(default=100, ge=1)
+    max_queued_trials_per_owner: int | None = Field(default=1000, ge=1)
     # Bounds on the work a tenant's inputs cause (README, "Availability: bounded work").
     # Entries walked in a dataset or model folder, each checked against the roots.
     max_folder_entries: int = Field(default=100_000, ge=1)

@@ -12,7 +12,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.orm import Session
 
-from hpo.core import artifacts, records, studies
+from hpo.core import artifacts, owners, records, studies
 from hpo.core.db import StudyRecord, StudyStatus
 from hpo.core.errors import StudyConflict, StudyNotFound
 from hpo.core.export import best_configuration
@@ -231,6 +231,7 @@ def enqueue_trial(
     owner: CurrentOwner,
     session: SessionDep,
     storage: StorageDep,
+    settings: SettingsDep,
 ) -> EnqueuePublic:
     record = studies.get_study(session, name=name, owner=owner)
     if record.status not in (StudyStatus.RUNNING, StudyStatus.PAUSED):
@@ -240,6 +241,9 @@ def enqueue_trial(
     if refusal is not None:
         raise StudyConflict(f"study {name!r} {refusal}; it takes no enqueued trials")
     params = check_params(spec.search, body.params)
+    # Under the owner's lock until the route returns and its session commits, after Optuna
+    # has committed the trial: the next enqueue of this owner counts it.
+    owners.check_queue_quota(session, owner=owner, study=name, settings=settings)
     studies.enqueue_trial(
         storage, record=record, params=params, user_attrs=records.enqueued_attrs(owner)
     )

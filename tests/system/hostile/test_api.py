@@ -12,12 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,29 +22,12 @@ import pytest
 from sqlalchemy import select, update
 
 from hpo.core.db import Database, StudyRecord
-from hpo.core.tokens import create_token
 from tests.conftest import TEMPLATE, new_pg_database
-from tests.pg import _free_port
 from tests.specs import minimal_spec
-from tests.workers import wait_healthy
+from tests.system.hostile.serving import Serve, serving
 
 CONCURRENCY = 3  # requests served at once, and each pool's connections
 FAILURES = 5  # failed token checks per address per minute
-
-
-@dataclass
-class Serve:
-    base_url: str
-    database_url: str
-    data: Path
-
-    def token(self, owner: str) -> str:
-        with Database(self.database_url) as db, db.session() as session:
-            return create_token(session, name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner)
-
-    def client(self, owner: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token(owner)}"} if owner else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +36,9 @@ def serve(
 ) -> Iterator[Serve]:
     """One `hpo serve` process for the module, started as an operator would."""
     url = new_pg_database(pg_admin_url, template=TEMPLATE)
-    work = tmp_path_factory.mktemp("hostile-api")
-    data = work / "data"
-    data.mkdir()
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "FORWARDED_ALLOW_IPS"}
-    env.update(
-        HPO_DATABASE_URL=url,
-        HPO_DATA_ROOTS=f'["{data}"]',
-        HPO_ARTIFACT_DIR=str(work / "artifacts"),
+    with serving(
+        url,
+        tmp_path_factory.mktemp("hostile-api"),
         HPO_AUTH_FAILURES_PER_MINUTE=str(FAILURES),
         HPO_API_CONCURRENCY=str(CONCURRENCY),
         HPO_API_QUEUE="10",
@@ -73,21 +46,9 @@ def serve(
         HPO_PREFLIGHT_TIMEOUT_S="2",
         HPO_API_HEADER_TIMEOUT_S="2",
         HPO_API_BODY_TIMEOUT_S="1",
-    )
-    with (work / "api.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hpo", "serve", "--port", str(port), "--no-migrate"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_healthy(base)
-        yield Serve(base_url=base, database_url=url, data=data)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+        HPO_API_ANONYMOUS_TIMEOUT_S="1",
+    ) as server:
+        yield server
 
 
 def _is_json_error(response: httpx.Response) -> bool:
@@ -230,9 +191,25 @@ def _stalled_header(base_url: str) -> socket.socket:
     return sock
 
 
+def _answer_to_slow_body(serve: Serve, authorization: bytes) -> bytes:
+    """What the API answers a POST whose body never arrives in full."""
+    with socket.create_connection(serve.address, timeout=60) as sock:
+        sock.sendall(
+            b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + authorization
+            + b"Content-Length: 1000\r\n\r\n"
+            + b'{"name": "slow'
+        )
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
 def test_stalled_headers_and_bodies_are_cut_off(serve: Serve) -> None:
     """Row 15: connections that never finish their headers are closed by the server; a body
-    that never arrives is answered 408. The proxy's own limits are README's."""
+    that never arrives is answered 408, an owner's and one without a token alike (each under
+    its own deadline). The proxy's own limits are README's."""
     sockets = [_stalled_header(serve.base_url) for _ in range(50)]
     try:
         # recv returns b"" once the server closes; a socket timeout (60 s) would raise instead.
@@ -240,19 +217,11 @@ def test_stalled_headers_and_bodies_are_cut_off(serve: Serve) -> None:
     finally:
         for s in sockets:
             s.close()
-    host, port = serve.base_url.removeprefix("http://").split(":")
-    token = serve.token("alice")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(
-            b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n".encode()
-            + b'{"name": "slow'
-        )
-        answer = b""
-        while chunk := sock.recv(4096):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b'"detail"' in answer
+    owners = f"Authorization: Bearer {serve.token('alice')}\r\n".encode()
+    for authorization in (owners, b""):
+        answer = _answer_to_slow_body(serve, authorization)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b'"detail"' in answer
     assert httpx.get(f"{serve.base_url}/healthz", timeout=60).status_code == 200
 
 
