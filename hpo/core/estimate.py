@@ -326,9 +326,17 @@ def _generation_caps(spec: StudySpec, worst: Worst, limits: Limits) -> list[Prob
 
 
 def _memory(spec: StudySpec, shape: ModelShape, worst: Worst, limits: Limits) -> list[Problem]:
-    estimate = memory(spec, shape, worst)
-    if estimate.peak <= limits.memory_bytes:
-        return []
+    estimate, limit = memory(spec, shape, worst), limits.memory_bytes
+    if estimate.weights > limit:  # whatever the rest of the spec says
+        return [
+            Problem(
+                (MODEL, MODEL_DTYPE),
+                "the model's weights",
+                estimate.weights / GB,
+                limit / GB,
+                "HPO_WORKER_MEMORY_GB",
+            )
+        ]
     loc, seq = worst.locs, worst.locs["max_seq_length"]
     phases = {
         "training": (
@@ -338,26 +346,15 @@ def _memory(spec: StudySpec, shape: ModelShape, worst: Worst, limits: Limits) ->
         "evaluation": (estimate.evaluation, (EVAL_BATCH, seq)),
         "generation": (estimate.generation, (loc["max_new_tokens"], loc["num_beams"], seq)),
     }
-    found = [
+    return [
         Problem(
             fields,
             f"a trial's estimated peak memory in {phase} ({estimate.weights / GB:.3g} GB of "
             f"weights + {part / GB:.4g} GB)",
             (estimate.weights + part) / GB,
-            limits.memory_bytes / GB,
+            limit / GB,
             "HPO_WORKER_MEMORY_GB",
         )
         for phase, (part, fields) in phases.items()
-        if estimate.weights + part > limits.memory_bytes and part
+        if estimate.weights + part > limit
     ]
-    if not found:  # the weights alone
-        found.append(
-            Problem(
-                (MODEL, MODEL_DTYPE),
-                "the model's weights",
-                estimate.weights / GB,
-                limits.memory_bytes / GB,
-                "HPO_WORKER_MEMORY_GB",
-            )
-        )
-    return found

@@ -71,8 +71,8 @@ def check_spec(spec: StudySpec, settings: Settings) -> None:
             operator's limits (PastLimits).
     """
     check_spec_paths(spec, settings)
+    check_allocation(spec, settings)  # before the files: it reads only the model's config
     check_inputs(spec, settings)
-    check_allocation(spec, settings)
     build_sampler(spec.search)
     build_pruner(spec.search.pruner)
 
