@@ -140,6 +140,12 @@ def test_rows_within_the_bound_pass_in_any_chunking(size: int) -> None:
     with pytest.raises(RowTooLong, match="row 2 is longer than 12 bytes"):
         check_rows(_chunks(csv, size), 12, quoted=True)
     check_rows(_chunks(csv, size), 10)  # as lines, not rows, none is longer than 10
+    inches = b'text,label\n5" screen,1\n' + b"ok,0\n" * 20  # a quote mid-field is a quote
+    check_rows(_chunks(inches, size), 12, quoted=True)
+    quoted = b'a,"b\n,""\n"",c\n"\n' + b"x,1\n"  # row 1 ends at the last quote: 15 bytes
+    check_rows(_chunks(quoted, size), 15, quoted=True)
+    with pytest.raises(RowTooLong, match="row 1 "):
+        check_rows(_chunks(quoted, size), 14, quoted=True)
 
 
 def test_a_long_row_is_refused_as_soon_as_it_passes_the_bound() -> None:
