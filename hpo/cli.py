@@ -122,7 +122,9 @@ def worker(
         _supervise(settings, gpus, processes, device, cpu_threads, study, max_trials, idle_exit)
         return
     from worker.loop import Worker  # torch: only once the database is known to be usable
+    from worker.memory import limit_memory
 
+    limit_memory(settings, device or "cpu")  # a trial past it fails, the worker goes on
     Worker(
         settings,
         device=device or "cpu",

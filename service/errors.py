@@ -39,8 +39,12 @@ async def _request_validation(_: Request, exc: RequestValidationError) -> JSONRe
 
 
 async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
-    error = {"loc": ["body", *exc.loc], "msg": exc.message, "type": "spec_error"}
-    return JSONResponse(_validation_body([error]), status_code=422)
+    errors = [
+        {"loc": ["body", *e.loc], "msg": e.message, "type": e.kind}
+        | ({"ctx": e.ctx} if e.ctx else {})
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 async def _not_found(_: Request, exc: StudyNotFound) -> JSONResponse:

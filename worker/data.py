@@ -15,6 +15,8 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from hpo.core.errors import SpecError
+from hpo.core.files import RowTooLong, check_file_rows
 from hpo.core.spec import DATA_SHAPES, DatasetSpec, ModelSpec, Task, dataset_format, dataset_shape
 from worker import builtin
 from worker.deadline import deadline
@@ -45,7 +47,9 @@ class Splits:
         return None if self.label_names is None else len(self.label_names)
 
 
-def _read(path: str, declared: str, cache_dir: Path) -> datasets.Dataset | datasets.DatasetDict:
+def _read(
+    path: str, declared: str, cache_dir: Path, max_row_bytes: int | None
+) -> datasets.Dataset | datasets.DatasetDict:
     # The resolved path, exactly what the root check saw: never a pattern the library expands.
     real = Path(
         builtin.resolve(path, cache_dir) if builtin.is_builtin(path) else os.path.realpath(path)
@@ -55,6 +59,13 @@ def _read(path: str, declared: str, cache_dir: Path) -> datasets.Dataset | datas
         raise ValueError(f"cannot tell the format of {real.name}; set dataset.format")
     if fmt == "disk":
         return datasets.load_from_disk(str(real))
+    if max_row_bytes is not None:  # streamed first: the loaders would hold a long row whole
+        try:
+            check_file_rows(real, max_row_bytes, quoted=fmt == "csv")
+        except RowTooLong as exc:
+            raise SpecError(
+                f"{real.name}: {exc} (HPO_MAX_ROW_BYTES)", loc=("train", "dataset")
+            ) from None
     builder = "json" if fmt == "jsonl" else "csv"
     return datasets.load_dataset(builder, data_files=str(real), split="train")
 
@@ -99,17 +110,20 @@ def _label_ids(splits: Splits) -> Splits:
     return Splits(ids[0], ids[1], ids[2], splits.shape, label_names)
 
 
-def load_splits(spec: DatasetSpec, *, task: Task, cache_dir: Path) -> Splits:
+def load_splits(
+    spec: DatasetSpec, *, task: Task, cache_dir: Path, max_row_bytes: int | None = None
+) -> Splits:
     """Raw splits as the spec describes them: the validation split, file or fraction; the
-    test split or file; each limited to its maximum."""
-    loaded = _read(spec.path, spec.format, cache_dir)
+    test split or file; each limited to its maximum. A JSONL or CSV row of more than
+    ``max_row_bytes`` is a SpecError, found while streaming the file."""
+    loaded = _read(spec.path, spec.format, cache_dir, max_row_bytes)
     train = _first(loaded)
     evaluation = _split(loaded, spec.validation_split)
     test = _split(loaded, spec.test_split)
     if spec.validation_path is not None:
-        evaluation = _first(_read(spec.validation_path, spec.format, cache_dir))
+        evaluation = _first(_read(spec.validation_path, spec.format, cache_dir, max_row_bytes))
     if spec.test_path is not None:
-        test = _first(_read(spec.test_path, spec.format, cache_dir))
+        test = _first(_read(spec.test_path, spec.format, cache_dir, max_row_bytes))
     if evaluation is None:
         parts = train.train_test_split(test_size=spec.validation_fraction, seed=spec.seed)
         train, evaluation = parts["train"], parts["test"]
@@ -153,9 +167,16 @@ class DataCache:
     """Raw splits per dataset, and prepared (tokenized) splits per (dataset, tokenizer, how),
     reused by every trial of the process."""
 
-    def __init__(self, cache_dir: Path, *, prepare_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        prepare_timeout: float | None = None,
+        max_row_bytes: int | None = None,
+    ) -> None:
         self.cache_dir = cache_dir
         self.prepare_timeout = prepare_timeout
+        self.max_row_bytes = max_row_bytes
         self._raw: dict[str, Splits] = {}
         self._prepared: dict[tuple[Any, ...], Splits] = {}
 
@@ -163,7 +184,12 @@ class DataCache:
         key = spec.model_dump_json() + model.task
         if key not in self._raw:
             with self.bounded("reading the dataset"):
-                self._raw[key] = load_splits(spec, task=model.task, cache_dir=self.cache_dir)
+                self._raw[key] = load_splits(
+                    spec,
+                    task=model.task,
+                    cache_dir=self.cache_dir,
+                    max_row_bytes=self.max_row_bytes,
+                )
         return self._raw[key]
 
     @contextmanager

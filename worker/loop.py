@@ -149,7 +149,11 @@ class Worker:
                 trust_remote_code=settings.allow_trust_remote_code,
                 gguf_max_items=settings.gguf_max_items,
             ),
-            data=DataCache(settings.cache_dir, prepare_timeout=settings.prepare_timeout),
+            data=DataCache(
+                settings.cache_dir,
+                prepare_timeout=settings.prepare_timeout,
+                max_row_bytes=settings.max_row_bytes,
+            ),
             adapters=AdapterCache(settings),
             storage=self.storage,
             sessions=self.sessions,

@@ -41,6 +41,7 @@ from worker.data import DataCache, Splits
 from worker.deadline import Overrun
 from worker.liveness import STALLED, TrialStalled
 from worker.locks import StudyLock
+from worker.memory import RESOURCES, out_of_memory
 from worker.models import AdapterCache, LoadedModel, ModelCache
 from worker.trainer import trial_hparams
 from worker.training import GENERATION_BATCH, TrainResult, TrialHooks, detach, train_trial
@@ -81,6 +82,8 @@ def fail_reason(exc: BaseException) -> str:
         return "deadline"
     if isinstance(exc, NotRegularFile | BadGGUF | SpecError):
         return "input"  # the tenant's files: another try would meet them again
+    if out_of_memory(exc):
+        return RESOURCES  # past the trial process's memory limit (worker.memory)
     return "error"
 
 

@@ -15,11 +15,13 @@ from hpo.core.factory import optuna_distributions
 from hpo.core.optuna_tables import study_id
 from hpo.core.spec import StudySpec
 from worker.liveness import STALLED
+from worker.memory import RESOURCES
 from worker.objective import WorkerContext
 
 # Failures that would repeat on every try: the same error, or the tenant's own inputs (a file
-# refused, work past its deadline, no progress). A streak of them fails the study.
-STREAK_REASONS = ("error", "input", "deadline", STALLED)
+# refused, work past its deadline, no progress, memory past the worker's limit). A streak of
+# them fails the study.
+STREAK_REASONS = ("error", "input", "deadline", STALLED, RESOURCES)
 
 
 def trial_ended(
@@ -50,8 +52,8 @@ def trial_ended(
         study.enqueue_trial(trial.params, user_attrs=records.retry_attrs(trial.number))
     elif reason == STALLED:
         ctx.storage.retry(study, trial)
-    elif reason == "oom":
-        _record_infeasible(spec, study, trial)
+    elif reason in ("oom", RESOURCES):
+        _record_infeasible(spec, study, trial, reason)
     _check_failure_streak(ctx, record, spec, study)
 
 
@@ -69,7 +71,9 @@ def finish_if_spent(ctx: WorkerContext, record: StudyRecord, study: optuna.Study
         ctx.event("study_completed", study=record.name, reason=reason)
 
 
-def _record_infeasible(spec: StudySpec, study: optuna.Study, trial: FrozenTrial) -> None:
+def _record_infeasible(
+    spec: StudySpec, study: optuna.Study, trial: FrozenTrial, reason: str
+) -> None:
     """Tell samplers the config does not fit in memory: samplers skip FAILED trials, so
     add a PRUNED copy with a violated constraint (excluded from budget counts)."""
     distributions = optuna_distributions(spec.search)
@@ -77,7 +81,7 @@ def _record_infeasible(spec: StudySpec, study: optuna.Study, trial: FrozenTrial)
         state=TrialState.PRUNED,
         params=trial.params,
         distributions={k: distributions[k] for k in trial.params},
-        user_attrs=records.infeasible_record_attrs(trial.number, reason="oom"),
+        user_attrs=records.infeasible_record_attrs(trial.number, reason=reason),
     )
     infeasible.set_constraint("oom", 1.0)
     study.add_trial(infeasible)

@@ -15,6 +15,10 @@ A child still there ``shutdown_grace_s`` after a forwarded SIGTERM is SIGKILLed 
 way, so a SIGTERM always ends the worker. Children die with the supervisor (PDEATHSIG), so
 a SIGKILL of the supervisor leaves no worker behind.
 
+Each child puts itself under its memory limit before its first trial (``worker.memory``:
+RLIMIT_AS on CPU), so a trial past it fails with reason ``resources`` inside the child, which
+goes on to its next trial.
+
 Compose, SLURM and Kubernetes start this one command per node, container or task; none of
 them can hand each replica of one service its own GPU on a single host (docker/compose#11863).
 """

@@ -24,6 +24,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, set_seed
 from transformers.integrations import TensorBoardCallback
 
 from hpo.core import records
+from hpo.core.estimate import GENERATION_BATCH
 from hpo.core.spec import StudySpec
 from worker import generation
 from worker.adalora import RankAllocation
@@ -32,8 +33,6 @@ from worker.continuation import Resume, pause, record_resumed_value, retune
 from worker.data import DataCache, Splits
 from worker.models import LoadedModel
 from worker.trainer import build_trainer, examples_per_step, lora_config, total_steps
-
-GENERATION_BATCH = 16
 
 
 @dataclass

@@ -5,6 +5,8 @@ The API maps each to a status code in one place (``service/errors.py``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class HPOError(Exception):
     """Root of every error finetune-hpo raises on purpose."""
@@ -18,10 +20,40 @@ class SpecError(HPOError):
         loc: Where, as a path into the request body (e.g. ``("search_space", "lora_r")``).
     """
 
-    def __init__(self, message: str, *, loc: tuple[str | int, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        loc: tuple[str | int, ...] = (),
+        kind: str = "spec_error",
+        ctx: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.loc = loc
+        self.kind = kind  # the 422's ``type``
+        self.ctx = ctx  # numbers behind the message, e.g. an estimate and its limit
+
+    def errors(self) -> list[SpecError]:
+        """One error per place in the spec."""
+        return [self]
+
+
+class PastLimits(SpecError):
+    """A spec asks more than the operator's per-worker limits allow (``hpo.core.estimate``).
+
+    Args:
+        errors: One per field that drives a value past its limit, each with the estimate and
+            the limit in its ``ctx``.
+    """
+
+    def __init__(self, errors: list[SpecError]) -> None:
+        messages = dict.fromkeys(e.message for e in errors)
+        super().__init__(" ".join(messages), loc=errors[0].loc, kind=errors[0].kind)
+        self._errors = errors
+
+    def errors(self) -> list[SpecError]:
+        return list(self._errors)
 
 
 class StudyNotFound(HPOError):

@@ -4,8 +4,10 @@ found by a worker, it would cost failed trials first.
 
 Reads only a file's head (bounded by HPO_PREFLIGHT_READ_BYTES), so registration stays fast on
 large datasets, and only regular files, opened non-blocking (``hpo.core.files``): a FIFO or a
-2 GB line is a 422, never a blocked or exhausted API. Hub model ids are not checked here (that
-needs the network or the workers' cache).
+2 GB line is a 422, never a blocked or exhausted API; so is a row in the head longer than
+HPO_MAX_ROW_BYTES. Hub model ids are not checked here (that needs the network or the workers'
+cache). ``check_allocation`` refuses what a trial would allocate past the operator's limits,
+estimated from the model's config where it can be read.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hpo.core.errors import SpecError
-from hpo.core.files import NotRegularFile, read_head, read_whole
+from hpo.core.errors import PastLimits, SpecError
+from hpo.core.estimate import BUILTIN_SHAPES, Limits, ModelShape, problems
+from hpo.core.files import NotRegularFile, RowTooLong, check_rows, read_head, read_whole
 from hpo.core.gguf import BadGGUF, check_gguf
 from hpo.core.settings import Settings
 from hpo.core.spec import (
@@ -40,19 +43,25 @@ JSON_ERRORS = (ValueError, RecursionError)
 Columns = tuple[set[str], dict[str, Any] | None]  # the fields, and a first row where cheap
 
 
-def _head(path: Path, limit: int, loc: tuple[str, ...]) -> bytes:
+def _head(path: Path, limit: int, loc: tuple[str, ...], rows: int, *, quoted: bool) -> bytes:
+    """The file's first ``limit`` bytes, whose rows (the one the bound cuts included) hold at
+    most ``rows`` bytes each."""
     try:
-        return read_head(path, limit)
+        head = read_head(path, limit)
+        check_rows([head], rows, quoted=quoted)
     except NotRegularFile as exc:
         raise SpecError(f"dataset {exc}", loc=loc) from None
+    except RowTooLong as exc:
+        raise SpecError(f"{path.name}: {exc} (HPO_MAX_ROW_BYTES).", loc=loc) from None
     except OSError as exc:
         raise SpecError(f"dataset {path.name} cannot be read: {exc.strerror}.", loc=loc) from None
+    return head
 
 
-def _jsonl_columns(path: Path, loc: tuple[str, ...], limit: int) -> Columns:
+def _jsonl_columns(path: Path, loc: tuple[str, ...], limit: int, rows: int) -> Columns:
     columns: set[str] = set()
     first: dict[str, Any] | None = None
-    head = _head(path, limit, loc)
+    head = _head(path, limit, loc, rows, quoted=False)
     lines = [line for line in head.splitlines()[:HEAD_ROWS] if line.strip()]
     if not lines:
         raise SpecError(f"dataset {path.name} is empty.", loc=loc)
@@ -77,8 +86,8 @@ def _jsonl_columns(path: Path, loc: tuple[str, ...], limit: int) -> Columns:
     return columns, first
 
 
-def _csv_columns(path: Path, loc: tuple[str, ...], limit: int) -> Columns:
-    head = _head(path, limit, loc)
+def _csv_columns(path: Path, loc: tuple[str, ...], limit: int, rows: int) -> Columns:
+    head = _head(path, limit, loc, rows, quoted=True)
     if len(head) == limit and b"\n" not in head and b"\r" not in head:
         raise SpecError(
             f"{path.name}'s header line is longer than {limit} bytes (HPO_PREFLIGHT_READ_BYTES).",
@@ -141,9 +150,9 @@ def _disk_columns(path: Path, split: str | None, loc: tuple[str, ...], limit: in
     return features(path / train)
 
 
-def _columns(data: DatasetSpec, attribute: str, limit: int) -> Columns:
+def _columns(data: DatasetSpec, attribute: str, limit: int, rows: int) -> Columns:
     """The fields of the file or folder the dataset's ``attribute`` (path, validation_path,
-    test_path) names."""
+    test_path) names; a file's rows in its head hold at most ``rows`` bytes."""
     loc = ("train", "dataset", attribute)
     name = getattr(data, attribute)
     path = Path(name)
@@ -164,13 +173,13 @@ def _columns(data: DatasetSpec, attribute: str, limit: int) -> Columns:
     if path.is_dir():
         raise SpecError(f"dataset.format {fmt} needs a file, got a folder.", loc=loc)
     columns = _jsonl_columns if fmt == "jsonl" else _csv_columns
-    return columns(path, loc, limit)
+    return columns(path, loc, limit, rows)
 
 
-def _check_dataset(spec: StudySpec, limit: int) -> None:
+def _check_dataset(spec: StudySpec, limit: int, rows: int) -> None:
     data = spec.train.dataset
     for attribute in data.paths():
-        columns, first = _columns(data, attribute, limit)
+        columns, first = _columns(data, attribute, limit, rows)
         try:
             shape = dataset_shape(data, columns, task=spec.train.model.task)
         except MissingField as exc:
@@ -237,6 +246,45 @@ def check_inputs(spec: StudySpec, settings: Settings) -> None:
     """Raise SpecError when the spec's local data or model cannot be read as it says."""
     if not settings.verify_inputs:
         return
-    _check_dataset(spec, settings.preflight_read_bytes)
+    _check_dataset(spec, settings.preflight_read_bytes, settings.max_row_bytes)
     if not spec.train.model.name_or_path.startswith(BUILTIN_PREFIX):
         _check_model(spec, settings)
+
+
+def _model_shape(spec: StudySpec, settings: Settings) -> ModelShape | None:
+    """The model's sizes: a built-in's, or a local folder's ``config.json``; None for a hub id,
+    a GGUF file, or where the API may not read the workers' files."""
+    model = spec.train.model.name_or_path
+    if model in BUILTIN_SHAPES:
+        return BUILTIN_SHAPES[model]
+    if not settings.verify_inputs or is_gguf(model) or not os.path.isdir(model):
+        return None
+    try:
+        config = _json_file(Path(model) / "config.json", settings.preflight_read_bytes)
+    except (OSError, ValueError):
+        return None  # check_inputs says what is wrong with it
+    return ModelShape.from_config(config) if isinstance(config, dict) else None
+
+
+def check_allocation(spec: StudySpec, settings: Settings) -> None:
+    """Raise PastLimits, one error per field, where a trial of ``spec`` would allocate past
+    the operator's per-worker limits (``hpo.core.estimate``)."""
+    found = problems(spec, _model_shape(spec, settings), Limits.from_settings(settings))
+    if found:
+        raise PastLimits(
+            [
+                SpecError(
+                    problem.message,
+                    loc=loc,
+                    kind="resource_limit",
+                    ctx={
+                        "estimate": problem.estimate,
+                        "limit": problem.limit,
+                        "unit": problem.unit,
+                        "setting": problem.setting,
+                    },
+                )
+                for problem in found
+                for loc in problem.fields
+            ]
+        )

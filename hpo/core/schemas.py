@@ -129,6 +129,11 @@ class ValidationIssue(BaseModel):
     loc: list[str | int] = Field(description="Where: a path into the request, e.g. body.name.")
     msg: str
     type: str | None
+    ctx: dict[str, Any] | None = Field(
+        default=None,
+        description="The numbers behind it where it has some: a resource_limit's estimate, "
+        "limit, unit and the setting that holds the limit.",
+    )
 
 
 class ValidationErrorPublic(BaseModel):

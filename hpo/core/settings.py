@@ -103,6 +103,25 @@ class Settings(BaseSettings):
     # Items a GGUF file's metadata may hold in all (arrays' items, tensors): a large vocabulary
     # is ~260k tokens and as many merges; each is walked before anything allocates.
     gguf_max_items: int = Field(default=4 * 2**20, ge=1)
+    # Bytes one data row may hold (a JSONL line, a CSV row): checked while a worker streams the
+    # file and in registration's head, before any parser holds the row.
+    max_row_bytes: int = Field(default=2 * 2**20, ge=1024)
+    # What a spec may allocate (hpo.core.estimate). worker_memory_gb: a trial's estimated peak
+    # memory (weights, adapter and optimiser, activations, logits, generation's cache) at the
+    # worst point of the search space; checked where registration can read the model's config.
+    # The rest hold for every model: tokens in one forward pass (batch x max_seq_length, in
+    # training and evaluation), tokens per optimiser step (x gradient accumulation), tokens one
+    # evaluation generates (answers x max_new_tokens x num_beams) and per example trained.
+    worker_memory_gb: float = Field(default=24.0, gt=0)
+    max_batch_tokens: int = Field(default=2**20, ge=1)
+    max_step_tokens: int = Field(default=2**24, ge=1)
+    max_generated_tokens: int = Field(default=2**18, ge=1)
+    max_generated_tokens_per_example: int = Field(default=4096, ge=1)
+    # The memory a worker's trial process may use (worker.memory): its address space on CPU
+    # (default worker_memory_gb + 4 GB for the runtime's libraries, stacks and arenas), the
+    # share of the GPU's memory on CUDA (default: the whole GPU). Past it the trial fails with
+    # reason `resources`, and the worker goes on.
+    trial_memory_gb: float | None = Field(default=None, gt=0)
     # Seconds a worker may spend reading and preparing a dataset (tokenizing, rendering chat
     # templates) or rendering evaluation prompts, before the trial fails with reason deadline.
     prepare_timeout: float = Field(default=900.0, gt=0)

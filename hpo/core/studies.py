@@ -30,7 +30,7 @@ from hpo.core.optuna_tables import trial_id
 from hpo.core.optuna_tables import trials as optuna_trials
 from hpo.core.owners import check_study_quota
 from hpo.core.paths import check_spec_paths
-from hpo.core.preflight import check_inputs
+from hpo.core.preflight import check_allocation, check_inputs
 from hpo.core.progress import best_trial, trial_counts
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
@@ -67,9 +67,11 @@ def check_spec(spec: StudySpec, settings: Settings) -> None:
 
     Raises:
         SpecError: The spec points outside the allowed roots, or at data or a model that
-            cannot be read as the spec says.
+            cannot be read as the spec says, or its trials would allocate past the
+            operator's limits (PastLimits).
     """
     check_spec_paths(spec, settings)
+    check_allocation(spec, settings)  # before the files: it reads only the model's config
     check_inputs(spec, settings)
     check_trial_seconds(spec, settings)
     build_sampler(spec.search)

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hpo.core.files import NotRegularFile, read_head, read_whole
+from hpo.core.files import (
+    NotRegularFile,
+    RowTooLong,
+    check_file_rows,
+    check_rows,
+    read_head,
+    read_whole,
+)
 from hpo.core.gguf import MAX_NESTING, BadGGUF, check_gguf
 from hpo.core.patterns import MAX_MATCHED_CHARS, bounded, compile_pattern
 from worker.deadline import Overrun, deadline
@@ -115,3 +123,51 @@ def test_the_deadline_stops_a_python_loop() -> None:
             pass
     with deadline(60, "quick"):
         assert sum(range(10)) == 45  # the timer is off again once the block ends
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1 << 20])
+def test_rows_within_the_bound_pass_in_any_chunking(size: int) -> None:
+    jsonl = b'{"text": "ab"}\n' * 5 + b'{"text": "end"}'  # 14 bytes a row, then 15
+    check_rows(_chunks(jsonl, size), 15)
+    with pytest.raises(RowTooLong, match="row 6 is longer than 14 bytes"):
+        check_rows(_chunks(jsonl, size), 14)
+    csv = b'text,label\n"a\nb ""q""",1\nplain,0\n'  # row 2: 13 bytes with its quoted newline
+    check_rows(_chunks(csv, size), 13, quoted=True)
+    with pytest.raises(RowTooLong, match="row 2 is longer than 12 bytes"):
+        check_rows(_chunks(csv, size), 12, quoted=True)
+    check_rows(_chunks(csv, size), 10)  # as lines, not rows, none is longer than 10
+    inches = b'text,label\n5" screen,1\n' + b"ok,0\n" * 20  # a quote mid-field is a quote
+    check_rows(_chunks(inches, size), 12, quoted=True)
+    quoted = b'a,"b\n,""\n"",c\n"\n' + b"x,1\n"  # row 1 ends at the last quote: 15 bytes
+    check_rows(_chunks(quoted, size), 15, quoted=True)
+    with pytest.raises(RowTooLong, match="row 1 "):
+        check_rows(_chunks(quoted, size), 14, quoted=True)
+
+
+def test_a_long_row_is_refused_as_soon_as_it_passes_the_bound() -> None:
+    """Checked while reading: a row that never ends is refused after the bound, not read
+    to its end (an endless stream of chunks would never end the check otherwise)."""
+
+    def endless(first: bytes) -> Iterator[bytes]:
+        yield first
+        while True:
+            yield b"a" * 1000
+
+    with pytest.raises(RowTooLong) as refused:
+        check_rows(endless(b'{"text": "a"}\n' * 3 + b'{"text": "'), 4096)
+    assert refused.value.row == 4
+    with pytest.raises(RowTooLong, match="row 2 "):
+        check_rows(endless(b'text\n"'), 4096, quoted=True)
+
+
+def test_a_file_with_a_long_row_is_refused_after_reading_its_bound(tmp_path: Path) -> None:
+    path = tmp_path / "wide.jsonl"
+    path.write_bytes(b'{"text": "a"}\n{"text": "')
+    os.truncate(path, 64 * 2**20)  # sparse: 64 MB on the second line
+    with pytest.raises(RowTooLong, match="row 2 is longer than 2097152 bytes"):
+        check_file_rows(path, 2 * 2**20)
+    check_file_rows(path, 64 * 2**20)  # under a higher bound it passes, read to its end

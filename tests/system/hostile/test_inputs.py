@@ -23,7 +23,7 @@ import httpx
 import pytest
 from optuna.trial import TrialState
 
-from hpo.core.records import FAIL_REASON_ATTR
+from hpo.core.records import FAIL_REASON_ATTR, is_infeasible_record
 from hpo.core.settings import Settings
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec, study_spec
@@ -284,3 +284,148 @@ def test_hostile_trials_fail_with_a_reason_and_the_worker_goes_on(
     _registered(rooted, small_study("normal", dataset=lean, budget={"max_trials": 1}))
     (normal,) = wait_until(lambda: finished("normal"), timeout=300, what="the normal trial")
     assert normal.state == TrialState.COMPLETE, normal.user_attrs.get("error")
+
+
+# --- issue 33: what a spec may allocate --------------------------------------------------------
+
+BATCH = ("body", "search", "space", "per_device_train_batch_size")
+SEQ = ("body", "train", "training", "max_seq_length")
+
+
+def _words(count: int) -> str:
+    return " ".join(["ada has two cups ."] * (count // 5))
+
+
+def _past_limits(api: ApiServer, spec: dict[str, Any]) -> dict[tuple[str, ...], list[Any]]:
+    """A registration that must be a 422 of resource limits: each field's errors."""
+    with api.client() as client:
+        response = client.post("/studies", json=spec)
+    assert response.status_code == 422, response.text
+    named: dict[tuple[str, ...], list[Any]] = {}
+    for error in response.json()["detail"]:
+        assert error["type"] == "resource_limit", error
+        assert error["ctx"]["estimate"] > error["ctx"]["limit"], error
+        assert error["ctx"]["setting"] in error["msg"], error
+        named.setdefault(tuple(error["loc"]), []).append(error)
+    return named
+
+
+def test_the_memory_bomb_and_absurd_allocations_are_422_naming_their_fields(
+    rooted: ApiServer, tmp_path: Path
+) -> None:
+    """Batch 512 x 131072 tokens on 512 long rows: a 422 naming the batch and the sequence
+    length with the estimate and the limit, on the built-in model (its shape is known), a local
+    model folder (config.json read) and a hub id (the caps alone); and the issue's other
+    registrations: accumulation 1024, 4096 tokens x 16 beams, 10,000 prompts a report every
+    example."""
+    data, models = tmp_path / "data", tmp_path / "models"
+    rows = _jsonl(data / "long.jsonl", [{"text": _words(2000)}] * 512)
+    local = models / "llama"
+    shutil.copytree(builtin.resolve("builtin:tiny-llama", rooted.settings.cache_dir), local)
+    bomb = {
+        "dataset": {"path": rows},
+        "space": {"per_device_train_batch_size": {"type": "categorical", "choices": [512]}},
+        "training": {"max_seq_length": 131072},
+    }
+    for model in ("builtin:tiny-llama", str(local), "org/hub-model"):
+        named = _past_limits(rooted, minimal_spec("bomb", model={"name_or_path": model}, **bomb))
+        assert BATCH in named and SEQ in named, named
+        memory = [e for e in named[BATCH] if e["ctx"]["setting"] == "HPO_WORKER_MEMORY_GB"]
+        assert len(memory) == (model != "org/hub-model"), named[BATCH]  # shape known or not
+        for error in memory:
+            assert error["ctx"]["limit"] == rooted.settings.worker_memory_gb, error
+            assert error["ctx"]["unit"] == "GB" and error["ctx"]["estimate"] > 100, error
+        caps = [e for e in named[BATCH] if e["ctx"]["setting"] == "HPO_MAX_BATCH_TOKENS"]
+        assert caps and caps[0]["ctx"]["estimate"] == 512 * 131072, named[BATCH]
+    generating = {"metric": "exact_match"}
+    absurd = [
+        ({"training": {"gradient_accumulation_steps": 1024, "max_seq_length": 4096}},
+         ("body", "train", "training", "gradient_accumulation_steps")),
+        ({"training": {"max_new_tokens": 4096, "num_beams": 16}, "objective": generating},
+         ("body", "train", "training", "num_beams")),
+        ({"evaluation": {"every_examples": 1, "generation": {"max_examples": 10000,
+                                                             "report_examples": 10000}},
+          "objective": generating},
+         ("body", "train", "evaluation", "generation", "report_examples")),
+    ]  # fmt: skip
+    for parts, loc in absurd:
+        assert loc in _past_limits(rooted, minimal_spec("absurd", **parts))
+
+
+def test_a_long_row_in_the_head_is_422(rooted: ApiServer, tmp_path: Path) -> None:
+    """A CSV whose 12th row, a JSONL whose 2nd line, is 200 MB (sparse): a 422 naming the row
+    (they registered: the head's bound only cut them)."""
+    data = tmp_path / "data"
+    cases = (
+        ("tall.csv", b"text,label\n" + b"ada has two cups .,1\n" * 10 + b'"', "row 12"),
+        ("tall.jsonl", b'{"text": "ada has two cups ."}\n{"text": "', "row 2"),
+    )
+    for name, head, row in cases:
+        path = data / name
+        path.write_bytes(head)
+        os.truncate(path, 200 * 2**20)
+        spec = minimal_spec("tall", dataset={"path": str(path), "text_field": "text"})
+        error = _refused(rooted, spec)
+        assert error["loc"] == ["body", "train", "dataset", "path"], error
+        assert row in error["msg"] and "HPO_MAX_ROW_BYTES" in error["msg"], error
+
+
+def test_a_trial_past_its_memory_or_a_long_line_fails_and_the_worker_goes_on(
+    rooted: ApiServer, tmp_path: Path, spawn_worker: Spawn
+) -> None:
+    """One worker child under HPO_TRIAL_MEMORY_GB=5: a study that registers (batch 4096 x 256
+    tokens on the tiny model: ~10 GB by the estimate, under the API's 24) allocates past the
+    child's 5 GB and fails as `resources`, its peak RSS under the limit; a JSONL rewritten
+    after registration with a 200 MB second line fails as `input`; then a normal study
+    completes, all three trials on the same child process."""
+    data, settings = tmp_path / "data", rooted.settings
+    once = {"budget": {"max_trials": 1, "max_failures_in_a_row": 1}, "pruner": {"type": "none"}}
+    rows = _jsonl(data / "rows.jsonl", [{"text": _words(300)}] * 4200)
+    _registered(
+        rooted,
+        small_study(
+            "bomb",
+            dataset={"path": rows, "max_eval_examples": 4, "validation_fraction": 0.01},
+            space={"per_device_train_batch_size": {"type": "categorical", "choices": [4096]}},
+            training={"max_seq_length": 256, "max_steps": 1},
+            **once,
+        ),
+    )
+    tall = data / "tall.jsonl"
+    _registered(
+        rooted, small_study("tall", dataset={"path": _jsonl(tall, [{"text": "a b"}])}, **once)
+    )
+    megabyte = ("ada has two cups . " * 2**16)[: 2**20]
+    with tall.open("w") as f:  # a real 200 MB line of words, not a sparse one
+        f.write('{"text": "ada has two cups ."}\n{"text": "')
+        for _ in range(200):
+            f.write(megabyte)
+        f.write('"}\n')
+    spawn_worker(
+        settings,
+        "w",
+        "--idle-exit",
+        "120",
+        HPO_TRIAL_MEMORY_GB="5",
+        HPO_DATA_ROOTS=json.dumps([str(data)]),
+    )
+
+    def finished(name: str) -> Any:
+        found = trials(settings, name)
+        return found if found and all(t.state.is_finished() for t in found) else None
+
+    ran = wait_until(lambda: finished("bomb"), timeout=300, what="the bomb's trial")
+    (bomb,) = [t for t in ran if not is_infeasible_record(t)]  # samplers are told it failed
+    assert bomb.state == TrialState.FAIL
+    assert bomb.user_attrs[FAIL_REASON_ATTR] == "resources", bomb.user_attrs
+    assert bomb.user_attrs["peak_memory_mb"] < 5 * 1024, bomb.user_attrs
+    (tall_trial,) = wait_until(lambda: finished("tall"), timeout=300, what="the tall trial")
+    assert tall_trial.user_attrs[FAIL_REASON_ATTR] == "input", tall_trial.user_attrs
+    assert "row 2 is longer than" in tall_trial.user_attrs["error"], tall_trial.user_attrs
+    lean = {"path": "builtin:demo-text", "max_train_examples": 32, "max_eval_examples": 16}
+    _registered(rooted, small_study("normal", dataset=lean, budget={"max_trials": 1}))
+    (normal,) = wait_until(lambda: finished("normal"), timeout=300, what="the normal trial")
+    assert normal.state == TrialState.COMPLETE, normal.user_attrs.get("error")
+    assert (
+        bomb.user_attrs["worker"] == tall_trial.user_attrs["worker"] == normal.user_attrs["worker"]
+    )
