@@ -246,6 +246,7 @@ NOT_KEYS = {
     "hpo_owners": "db.py: our table",
     "hpo_artifacts": "db.py: our table",
     "hpo_workers": "db.py: our table",
+    "hpo_token_check": "admission.TOKEN_CHECK: where a request's token check is kept in its scope",
     "hpo_alembic_version": "migrate.VERSION_TABLE: our migrations' version table",
 }
 # Optuna's user-attribute writers, and the position of the key among their arguments.
