@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -275,6 +276,7 @@ def _run_and_report(
         console.print(f"  {key} = {value}")
     plain(f"best adapter: {result.adapter or 'not saved'}")
     plain(f"best configuration: {result.config_file}")
+    _local_reads(result.study, result.database_url, workdir, plain)
     console.print("to browse it in the dashboard, run (local only: no login)")
     plain(
         f"HPO_AUTH=disabled HPO_DATABASE_URL={result.database_url} "
@@ -283,6 +285,25 @@ def _run_and_report(
     console.print("and open http://127.0.0.1:8000/dashboard")
     if result.interrupted:
         raise typer.Exit(130)
+
+
+def _local_reads(
+    study: str, database_url: str, workdir: Path, plain: Callable[[str], None]
+) -> None:
+    """Which ``hpo study`` commands read the result here, with no server: those that run in
+    the folder of the embedded database."""
+    from hpo.local import hpo_command
+    from hpo.local_reads import DATABASE_FILE
+
+    folder = workdir.resolve()
+    if database_url != f"sqlite:///{folder / DATABASE_FILE}":
+        return  # HPO_DATABASE_URL: a server on that database serves the reads
+    hpo = hpo_command()
+    where = "" if folder == Path.cwd().resolve() else f"cd {folder} && "
+    plain("to read it again, no server needed (best and export work the same way):")
+    for command in ("show", "trials", "download"):
+        out = " --out best.zip" if command == "download" else ""
+        plain(f"  {where}{hpo} study {command} {study}{out}")
 
 
 @app.command()

@@ -19,12 +19,15 @@ from rich.table import Table
 from hpo.client import ApiError, Client
 from hpo.core import records
 from hpo.core.schemas import TrialPublic
+from hpo.local_reads import local_client, local_database
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 study_app = typer.Typer(
     no_args_is_help=True,
     help=(
         "Studies over the REST API.\n\n"
+        "In a folder holding hpo.db (where hpo run ran) they read it directly: no server, no "
+        "token. Elsewhere, or with HPO_API_URL set, they ask the service.\n\n"
         f"Environment: HPO_API_URL, the service's address (default {DEFAULT_API_URL}); "
         "HPO_TOKEN, a bearer token (hpo token create NAME prints one; not needed when the "
         "service runs with HPO_AUTH=disabled)."
@@ -40,7 +43,12 @@ NO_TOKEN_HINT = "set HPO_TOKEN (hpo token create NAME prints one)"
 def _client() -> Iterator[Client]:
     url = os.environ.get("HPO_API_URL", DEFAULT_API_URL)
     token = os.environ.get("HPO_TOKEN") or None
+    local = local_database(Path.cwd())
     try:
+        if local is not None:  # what `hpo run` left here: read it with no server
+            with local_client(local.parent) as client:
+                yield client
+            return
         with Client(url, token) as client:
             yield client
     except ApiError as exc:

@@ -8,6 +8,7 @@ again continues its study. Ctrl-C stops the workers, which re-queue their runnin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -63,15 +64,22 @@ class RunResult:
 
 def local_settings(workdir: Path, database_url: str | None) -> Settings:
     """The environment's settings, with the database and adapters in ``workdir`` unless
-    ``database_url`` / ``HPO_DATABASE_URL`` / ``HPO_ARTIFACT_DIR`` say otherwise."""
+    ``database_url`` / ``HPO_DATABASE_URL`` / ``HPO_ARTIFACT_DIR`` say otherwise.
+
+    A spec may point anywhere on this machine (relative paths from the working folder):
+    the roots are an operator's bound on a shared service's tenants, and one machine's user
+    has no operator. ``HPO_DATA_ROOTS`` / ``HPO_MODEL_ROOTS``, when set, still apply."""
     base = Settings()
     url = database_url or os.environ.get("HPO_DATABASE_URL") or f"sqlite:///{workdir / 'hpo.db'}"
     artifacts = base.artifact_dir if "HPO_ARTIFACT_DIR" in os.environ else workdir / "artifacts"
+    anywhere = [Path("/")]
     return base.model_copy(
         update={
             "database_url": Settings(database_url=url).database_url,
             "artifact_dir": artifacts.resolve(),
             "auth": "disabled",
+            "data_roots": base.data_roots if "HPO_DATA_ROOTS" in os.environ else anywhere,
+            "model_roots": base.model_roots if "HPO_MODEL_ROOTS" in os.environ else anywhere,
         }
     )
 
@@ -167,6 +175,9 @@ class _Workers:
             HPO_DATABASE_URL=settings.database_url,  # not on the command line: `ps` shows it
             HPO_ARTIFACT_DIR=str(settings.artifact_dir),
             HPO_CACHE_DIR=str(settings.cache_dir),
+            # a worker checks the spec's paths again, against the same roots
+            HPO_DATA_ROOTS=json.dumps([str(root) for root in settings.data_roots]),
+            HPO_MODEL_ROOTS=json.dumps([str(root) for root in settings.model_roots]),
         )
         threads = max(1, (os.cpu_count() or 1) // n) if device == "cpu" else 1
         self.stopping = threading.Event()
