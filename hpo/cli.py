@@ -255,11 +255,7 @@ def _run_and_report(
             console=console,
             database_url=database_url,
         )
-    counts = result.counts
-    console.print(
-        f"finished {counts.finished}/{result.budget} trials ({counts.complete} complete, "
-        f"{counts.pruned} pruned, {counts.paused} paused, {counts.fail} failed)"
-    )
+    console.print(f"finished {result.tally.budget_line()}: {result.tally.detail_line()}")
     if result.interrupted:
         console.print(
             "stopped; the running trials are queued again: run the same command to continue"

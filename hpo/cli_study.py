@@ -18,7 +18,10 @@ from rich.table import Table
 
 from hpo.client import ApiError, Client
 from hpo.core import records
+from hpo.core.budget import max_trials
+from hpo.core.schedulers.dispatch import scheduled
 from hpo.core.schemas import TrialPublic
+from hpo.core.tally import interrupted_numbers, tally
 from hpo.local_reads import local_client, local_database
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -131,16 +134,14 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
     """Status, trial counts and the best trial of a study."""
     with _client() as client:
         study = client.get_study(name)
-        running = [] if as_json else client.trials(name, state="running", limit=20).data
+        found = [] if as_json else client.all_trials(name)
+    running = [t for t in found if t.state == "running"]
 
     def human() -> None:
-        t = study.trials
+        search = study.spec.search
+        counted = tally(found, budget=max_trials(search), scheduled=scheduled(search))
         console.print(f"[bold]{study.name}[/] {study.status} {study.status_reason or ''}")
-        console.print(
-            f"trials: {t.finished}/{study.spec.search.budget.max_trials} finished "
-            f"({t.complete} complete, {t.pruned} pruned, {t.paused} paused), {t.fail} failed, "
-            f"{t.running} running"
-        )
+        console.print(f"{counted.budget_line()}: {counted.detail_line()}")
         metric = study.spec.search.objective.metric
         decode = study.spec.train.mode == "decode"
         if decode and study.best_params == {}:
@@ -202,6 +203,7 @@ def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> 
     """One row per trial: state, value, one column per searched hyperparameter, duration, why
     it failed or was pruned (or paused), and where an AdaLoRA trial's rank budget went."""
     adalora = any(records.rank_pattern(t) is not None for t in found)
+    requeued = interrupted_numbers(found)
     headers = ["#", "state", metric, *searched, "duration (s)", "reason"]
     table = Table()
     for header in [*headers, "ranks"] if adalora else headers:
@@ -210,7 +212,7 @@ def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> 
         duration = "" if t.duration_s is None else f"{t.duration_s:.1f}"
         table.add_row(
             str(t.number),
-            t.state,
+            "interrupted" if t.number in requeued else t.state,
             _cell(t.value),
             *(_cell(t.params.get(key)) for key in searched),
             duration,

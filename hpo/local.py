@@ -23,10 +23,8 @@ from typing import Any
 
 import optuna
 import yaml
-from rich import box
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from hpo.core.artifacts import recorded
 from hpo.core.budget import max_trials
@@ -35,11 +33,14 @@ from hpo.core.errors import StudyConflict, StudyNotFound
 from hpo.core.export import best_configuration
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import trial_id
-from hpo.core.progress import TrialCounts, best_trial, trial_counts
+from hpo.core.progress import best_trial
+from hpo.core.schedulers import dispatch
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import make_storage
 from hpo.core.studies import create_study, get_study
+from hpo.core.tally import Tally, tally
+from hpo.live import ProgressPipes, progress_view
 
 # A worker with nothing left to run exits after this long; the run ends when all have.
 IDLE_EXIT_S = 5.0
@@ -52,8 +53,7 @@ class RunResult:
     metric: str
     database_url: str
     artifact_dir: Path
-    counts: TrialCounts
-    budget: int
+    tally: Tally
     interrupted: bool
     best_number: int | None = None
     best_value: float | None = None
@@ -94,58 +94,6 @@ def hpo_command() -> str:
     return str(here) if here.exists() else f"{sys.executable} -m hpo"
 
 
-def progress_table(
-    name: str,
-    metric: str,
-    counts: TrialCounts,
-    best: float | None,
-    elapsed: float,
-    total: int,
-    *,
-    alive: int,
-    workers: int,
-) -> Table:
-    # Until a worker has imported torch and built the model and data, nothing runs: say so.
-    starting = alive and not counts.running and not counts.finished
-    table = Table(
-        title=f"study {name}",
-        box=box.SIMPLE_HEAD,
-        # with the box above, no edge and no padding at the edges: 9 columns in 80
-        collapse_padding=True,
-        show_edge=False,
-        pad_edge=False,
-        caption="workers starting: importing torch, building the model and the data"
-        if starting
-        else None,
-    )
-    best_label = "best loss" if metric == "eval_loss" else f"best {metric}"
-    columns = (
-        "finished",
-        "complete",
-        "pruned",
-        "paused",
-        "failed",
-        "running",
-        "workers",
-        best_label,
-        "elapsed",
-    )
-    for col in columns:
-        table.add_column(col, justify="right")
-    table.add_row(
-        f"{counts.finished}/{total}",
-        str(counts.complete),
-        str(counts.pruned),
-        str(counts.paused),
-        str(counts.fail),
-        str(counts.running),
-        f"{alive}/{workers}",
-        "-" if best is None else f"{best:.4f}",
-        f"{elapsed:.0f}s",
-    )
-    return table
-
-
 def _register(
     db: Database, storage: Any, spec: StudySpec, settings: Settings
 ) -> tuple[StudyRecord, bool]:
@@ -181,17 +129,25 @@ class _Workers:
         )
         threads = max(1, (os.cpu_count() or 1) // n) if device == "cpu" else 1
         self.stopping = threading.Event()
+        self.pipes = ProgressPipes()
         self.procs = []
         for i in range(n):
+            read, write = os.pipe()  # the worker's progress reports (worker.liveness)
+            argv = [sys.executable, "-m", "hpo.local", name, device, str(threads), str(write)]
             with (workdir / f"worker-{i}.log").open("ab") as log:
-                self.procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "hpo.local", name, device, str(threads)],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
+                try:
+                    self.procs.append(
+                        subprocess.Popen(
+                            argv,
+                            env=env,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            pass_fds=(write,),
+                        )
                     )
-                )
+                finally:
+                    os.close(write)  # the worker's end: the reader sees EOF when it exits
+            self.pipes.follow(read)
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.procs)
@@ -234,11 +190,11 @@ def run_study(
         study_id = storage.get_study_id_from_name(spec.name)
         total = max_trials(spec.search)
         metric = spec.search.objective.metric
-        before = trial_counts(storage, study_id)
+        before = study_tally(storage, study_id, spec)
         # soft_wrap: a path broken over two lines cannot be copied
         verb = "continuing" if existed else "study"
         console.print(
-            f"{verb} {spec.name} · {before.finished}/{total} trials done · {workdir}",
+            f"{verb} {spec.name} · {before.budget_line()} done · {workdir}",
             soft_wrap=True,
             markup=False,
         )
@@ -248,6 +204,7 @@ def run_study(
                 spec.name,
                 metric,
                 total,
+                dispatch.scheduled(spec.search),
                 storage,
                 study_id,
                 settings,
@@ -268,6 +225,7 @@ def _watch(
     name: str,
     metric: str,
     total: int,
+    scheduled: bool,
     storage: Any,
     study_id: int,
     settings: Settings,
@@ -289,19 +247,20 @@ def _watch(
     try:
         with Live(console=console, refresh_per_second=4) as live:
             while True:
-                counts = trial_counts(storage, study_id)
+                trials = storage.get_all_trials(study_id, deepcopy=False)
                 best = best_trial(storage, study_id)
                 alive = pool.alive()
                 live.update(
-                    progress_table(
+                    progress_view(
                         name,
                         metric,
-                        counts,
+                        tally(trials, budget=total, scheduled=scheduled),
+                        trials,
                         best.value if best else None,
-                        time.monotonic() - started,
-                        total,
+                        elapsed=time.monotonic() - started,
                         alive=alive,
                         workers=workers,
+                        pipes=pool.pipes,
                     )
                 )
                 if not alive:
@@ -321,6 +280,12 @@ def _watch(
     return pool.stopping.is_set()
 
 
+def study_tally(storage: Any, study_id: int, spec: StudySpec) -> Tally:
+    """The study's trials counted against its budget (``hpo.core.tally``)."""
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    return tally(trials, budget=max_trials(spec.search), scheduled=dispatch.scheduled(spec.search))
+
+
 def _result(
     spec: StudySpec,
     settings: Settings,
@@ -336,8 +301,7 @@ def _result(
         metric=spec.search.objective.metric,
         database_url=settings.database_url,
         artifact_dir=settings.artifact_dir,
-        counts=trial_counts(storage, study_id),
-        budget=max_trials(spec.search),
+        tally=study_tally(storage, study_id, spec),
         interrupted=interrupted,
     )
     best = best_trial(storage, study_id)
@@ -354,7 +318,7 @@ def _result(
     return result
 
 
-def _worker_main(name: str, device: str, threads: str) -> None:
+def _worker_main(name: str, device: str, threads: str, report_fd: str) -> None:
     """A local worker of ``hpo run``: settings from the environment, this one study only."""
     from hpo.cli import log_to_stderr
     from hpo.core.migrate import check_database
@@ -365,7 +329,12 @@ def _worker_main(name: str, device: str, threads: str) -> None:
     from worker.loop import Worker  # torch: only in the worker processes
 
     Worker(
-        settings, device=device, studies=[name], idle_exit=IDLE_EXIT_S, cpu_threads=int(threads)
+        settings,
+        device=device,
+        studies=[name],
+        idle_exit=IDLE_EXIT_S,
+        cpu_threads=int(threads),
+        report_fd=int(report_fd),
     ).run()
 
 
