@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from pydantic import BaseModel
+from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
@@ -189,23 +190,41 @@ def print_whole(table: Table) -> None:
     ).print(table)
 
 
-def _ranks(ranks: dict[str, int] | None) -> list[str]:
-    """An AdaLoRA trial's final ranks, per kind of module in layer order (q_proj 6,3 ...)."""
+REASON_CHARS = 40  # a reason in the table, without --wide (an error may run to lines)
+
+
+def _ranks(ranks: dict[str, int] | None, *, wide: bool) -> list[str]:
+    """An AdaLoRA trial's final ranks: their mean and how many modules were cut to 0 (``mean
+    8, 25/120 off``), or with ``wide`` each, per kind of module in layer order (q_proj 6,3)."""
     if not ranks:
         return [""]
+    if not wide:
+        off = sum(rank == 0 for rank in ranks.values())
+        return [f"mean {sum(ranks.values()) / len(ranks):.3g}, {off}/{len(ranks)} off"]
     kinds: dict[str, list[str]] = {}
     for module, rank in ranks.items():
         kinds.setdefault(module.rsplit(".", 1)[-1], []).append(str(rank))
     return [" ".join(f"{kind} {','.join(r)}" for kind, r in kinds.items())]
 
 
-def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> Table:
+def _reason(trial: TrialPublic, *, wide: bool) -> str:
+    reason = _cell(records.reason(trial))
+    if wide or len(reason) <= REASON_CHARS:
+        return reason
+    return reason[: REASON_CHARS - 1] + "…"
+
+
+def trials_table(
+    metric: str, searched: list[str], found: list[TrialPublic], *, wide: bool = False
+) -> Table:
     """One row per trial: state, value, one column per searched hyperparameter, duration, why
-    it failed or was pruned (or paused), and where an AdaLoRA trial's rank budget went."""
+    it failed or was pruned (or paused), and where an AdaLoRA trial's rank budget went (in
+    short; ``wide``: every rank and whole reasons)."""
     adalora = any(records.rank_pattern(t) is not None for t in found)
     requeued = interrupted_numbers(found)
     headers = ["#", "state", metric, *searched, "duration (s)", "reason"]
-    table = Table()
+    # a rule under the header and no edges: three characters fewer per column than a grid
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False, pad_edge=False)
     for header in [*headers, "ranks"] if adalora else headers:
         table.add_column(header, no_wrap=True)
     for t in found:
@@ -216,8 +235,8 @@ def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> 
             _cell(t.value),
             *(_cell(t.params.get(key)) for key in searched),
             duration,
-            _cell(records.reason(t)),
-            *(_ranks(records.rank_pattern(t)) if adalora else []),
+            _reason(t, wide=wide),
+            *(_ranks(records.rank_pattern(t), wide=wide) if adalora else []),
         )
     return table
 
@@ -233,8 +252,12 @@ def trials(
             "(paused trials are pruned to Optuna: 'pruned' lists them too)."
         ),
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Every AdaLoRA rank and whole reasons.")
+    ] = False,
 ) -> None:
-    """All trials of a study: state, value, parameters, duration and fail or prune reason."""
+    """All trials of a study: state, value, parameters, duration and fail or prune reason
+    (AdaLoRA's ranks in short: their mean and the modules cut to 0)."""
     with _client() as client:
         study = client.get_study(name)
         found = (
@@ -247,7 +270,9 @@ def trials(
         found,
         as_json,
         lambda: print_whole(
-            trials_table(search.objective.metric, list(search.space.distributions()), found)
+            trials_table(
+                search.objective.metric, list(search.space.distributions()), found, wide=wide
+            )
         ),
     )
 
