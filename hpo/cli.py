@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpo.cli_admin import DatabaseUrl, db_app, one_line_errors, owner_app, settings_for, token_app
-from hpo.cli_study import study_app
+from hpo.cli_study import report, study_app
 
 if TYPE_CHECKING:
     from hpo.core.settings import Settings
@@ -26,6 +26,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(owner_app, name="owner")
 app.add_typer(study_app, name="study")
 app.add_typer(token_app, name="token")
+app.command("report")(report)
 
 
 @model_app.command("from-gguf")
@@ -272,6 +273,7 @@ def _run_and_report(
         console.print(f"  {key} = {value}")
     plain(f"best adapter: {result.adapter or 'not saved'}")
     plain(f"best configuration: {result.config_file}")
+    plain(f"report (open it in a browser): {result.report}")
     _local_reads(result.study, result.database_url, workdir, plain)
     console.print("to browse it in the dashboard, run (local only: no login)")
     plain(
@@ -297,9 +299,9 @@ def _local_reads(
     hpo = hpo_command()
     where = "" if folder == Path.cwd().resolve() else f"cd {folder} && "
     plain("to read it again, no server needed (best and export work the same way):")
-    for command in ("show", "trials", "download"):
-        out = " --out best.zip" if command == "download" else ""
-        plain(f"  {where}{hpo} study {command} {study}{out}")
+    for command in ("study show", "study trials", "study download", "report"):
+        out = {"study download": " --out best.zip", "report": " --out report.html"}
+        plain(f"  {where}{hpo} {command} {study}{out.get(command, '')}")
 
 
 @app.command()

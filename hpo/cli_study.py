@@ -355,6 +355,26 @@ def plot(
     console.print(f"wrote {out}")
 
 
+def report(
+    name: StudyName,
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="The HTML page to write.")
+    ] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page of a study, readable offline: every trial's curve, the
+    objective over trials, parameter importances (Optuna's plots) and the best configuration."""
+    from hpo.report import write_report
+
+    with _client() as client:
+        study = client.get_study(name)
+        found = client.all_trials(name)
+    numbers = {t.number: t for t in found}
+    best = None if study.best_trial is None else numbers.get(study.best_trial)
+    baseline = study.baseline.get(study.spec.search.objective.metric)
+    write_report(study.spec, found, out, best=best, baseline=baseline)
+    console.print(f"wrote {out}", soft_wrap=True, markup=False)
+
+
 @study_app.command("export")
 def export(
     name: StudyName,

@@ -26,6 +26,7 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 
+from hpo.core import records
 from hpo.core.artifacts import recorded
 from hpo.core.budget import max_trials
 from hpo.core.db import Database, StudyRecord, StudyStatus
@@ -35,12 +36,14 @@ from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import trial_id
 from hpo.core.progress import best_trial
 from hpo.core.schedulers import dispatch
+from hpo.core.schemas import TrialPublic
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import make_storage
 from hpo.core.studies import create_study, get_study
 from hpo.core.tally import Tally, tally
 from hpo.live import ProgressPipes, progress_view
+from hpo.report import write_report
 
 # A worker with nothing left to run exits after this long; the run ends when all have.
 IDLE_EXIT_S = 5.0
@@ -60,6 +63,7 @@ class RunResult:
     best_params: dict[str, Any] | None = None
     adapter: Path | None = None
     config_file: Path | None = None
+    report: Path | None = None
 
 
 def local_settings(workdir: Path, database_url: str | None) -> Settings:
@@ -315,6 +319,15 @@ def _result(
     result.config_file = workdir / f"{spec.name}-best.yaml"
     config = best_configuration(spec, best)
     result.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    trials = [TrialPublic.of(t) for t in storage.get_all_trials(study_id, deepcopy=False)]
+    baseline = records.baseline(storage.get_study_user_attrs(study_id)).get(result.metric)
+    result.report = write_report(
+        spec,
+        trials,
+        workdir / f"{spec.name}-report.html",
+        best=TrialPublic.of(best),
+        baseline=baseline,
+    )
     return result
 
 

@@ -290,6 +290,8 @@ def test_run_reads_data_anywhere_shows_steps_and_is_read_back_without_a_server(
     assert {m["total"] for m in rows} == {"60"}
     assert all(0 < int(m["step"]) <= 60 for m in rows)
     assert "finished trials 1/1: 1 complete, 0 pruned, 0 failed" in lines
+    report = Path(re.search(r"report \(open it in a browser\): (\S+)", out)[1])  # type: ignore[index]
+    assert report.read_text().count("plotly.js v") == 1  # one page, plotly.js inlined once
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
     env["COLUMNS"] = "200"
