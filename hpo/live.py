@@ -153,12 +153,16 @@ def progress_view(
     """The budget line, the counts, and the running trials' table."""
     best_label = "best loss" if metric == "eval_loss" else f"best {metric}"
     best_text = "-" if best is None else f"{best:.4f}"
-    head = Text(
-        f"study {name} · {tally.budget_line()} · {best_label} {best_text} · "
-        f"workers {alive}/{workers} · {_seconds(elapsed)}",
-        style="bold",
+    # the study's name alone on its line: a long one cannot push the figures off theirs
+    budget = (
+        f"{tally.budget_line()} · {best_label} {best_text} · "
+        f"workers {alive}/{workers} · {_seconds(elapsed)}"
     )
-    lines: list[RenderableType] = [head, Text(tally.detail_line())]
+    lines: list[RenderableType] = [
+        Text(f"study {name}", style="bold"),
+        Text(budget, style="bold"),
+        Text(tally.detail_line()),
+    ]
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if running:
         lines.append(running_table(running, metric, pipes))
