@@ -15,6 +15,7 @@ from hpo.core.records.keys import FAIL_REASON_ATTR, INFEASIBLE_RECORD_ATTR
 from hpo.core.schemas import TrialPublic
 from hpo.core.tally import Tally, tally
 from hpo.live import ProgressPipes, Steps, progress_view, short_configuration
+from service.dashboard_storage import SEGMENT_LABEL, labelled
 
 
 def _trial(number: int, state: TrialState, **attrs: Any) -> FrozenTrial:
@@ -117,3 +118,20 @@ def test_the_live_view_fits_80_columns_with_every_header_whole() -> None:
     header = next(line for line in text.splitlines() if "configuration" in line)
     assert header.split() == ["#", "configuration", "step", "exact_match", "elapsed", "ETA"]
     assert "best exact_match 0.5000" in text and "1m15s" in text
+
+
+def test_the_dashboard_labels_segments_that_optunas_state_misnames() -> None:
+    """optuna-dashboard shows Optuna's state: a paused segment reads "Pruned", a trial its
+    stopped worker left "Fail". Each gets a `segment` label; the list keeps its order."""
+    study = _scheduled_study()
+    shown = labelled(study)
+    assert [t.number for t in shown] == [t.number for t in study]
+    labels = {t.number: t.user_attrs.get(SEGMENT_LABEL) for t in shown}
+    assert labels[0] == "paused at 64 examples; continued as trial 3"
+    assert labels[6] == "interrupted; queued again as trial 7"
+    assert {n for n, label in labels.items() if label is None} == {3, 4, 5, 7, 8}
+    assert all(SEGMENT_LABEL not in t.user_attrs for t in study)  # the storage's own untouched
+    waiting = _trial(9, TrialState.PRUNED, **{PAUSED_AT_ATTR: 128})
+    assert labelled([waiting])[0].user_attrs[SEGMENT_LABEL] == (
+        "paused at 128 examples; continues later"
+    )
