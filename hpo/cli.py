@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hpo.cli_admin import DatabaseUrl, db_app, one_line_errors, owner_app, settings_for, token_app
-from hpo.cli_study import study_app
+from hpo.cli_study import report, study_app
 
 if TYPE_CHECKING:
     from hpo.core.settings import Settings
@@ -25,6 +26,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(owner_app, name="owner")
 app.add_typer(study_app, name="study")
 app.add_typer(token_app, name="token")
+app.command("report")(report)
 
 
 @model_app.command("from-gguf")
@@ -256,11 +258,7 @@ def _run_and_report(
             console=console,
             database_url=database_url,
         )
-    counts = result.counts
-    console.print(
-        f"finished {counts.finished}/{result.budget} trials ({counts.complete} complete, "
-        f"{counts.pruned} pruned, {counts.paused} paused, {counts.fail} failed)"
-    )
+    console.print(f"finished {result.tally.budget_line()}: {result.tally.detail_line()}")
     if result.interrupted:
         console.print(
             "stopped; the running trials are queued again: run the same command to continue"
@@ -277,6 +275,8 @@ def _run_and_report(
         console.print(f"  {key} = {value}")
     plain(f"best adapter: {result.adapter or 'not saved'}")
     plain(f"best configuration: {result.config_file}")
+    plain(f"report (open it in a browser): {result.report}")
+    _local_reads(result.study, result.database_url, workdir, plain)
     console.print("to browse it in the dashboard, run (local only: no login)")
     plain(
         f"HPO_AUTH=disabled HPO_DATABASE_URL={result.database_url} "
@@ -285,6 +285,25 @@ def _run_and_report(
     console.print("and open http://127.0.0.1:8000/dashboard")
     if result.interrupted:
         raise typer.Exit(130)
+
+
+def _local_reads(
+    study: str, database_url: str, workdir: Path, plain: Callable[[str], None]
+) -> None:
+    """Which ``hpo study`` commands read the result here, with no server: those that run in
+    the folder of the embedded database."""
+    from hpo.local import hpo_command
+    from hpo.local_reads import DATABASE_FILE
+
+    folder = workdir.resolve()
+    if database_url != f"sqlite:///{folder / DATABASE_FILE}":
+        return  # HPO_DATABASE_URL: a server on that database serves the reads
+    hpo = hpo_command()
+    where = "" if folder == Path.cwd().resolve() else f"cd {folder} && "
+    plain("to read it again, no server needed (best and export work the same way):")
+    for command in ("study show", "study trials", "study download", "report"):
+        out = {"study download": " --out best.zip", "report": " --out report.html"}
+        plain(f"  {where}{hpo} {command} {study}{out.get(command, '')}")
 
 
 @app.command()

@@ -12,19 +12,26 @@ from typing import Annotated, Any
 import typer
 import yaml
 from pydantic import BaseModel
+from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
 from hpo.client import ApiError, Client
 from hpo.core import records
+from hpo.core.budget import max_trials
+from hpo.core.schedulers.dispatch import scheduled
 from hpo.core.schemas import TrialPublic
+from hpo.core.tally import interrupted_numbers, tally
+from hpo.local_reads import local_client, local_database
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 study_app = typer.Typer(
     no_args_is_help=True,
     help=(
         "Studies over the REST API.\n\n"
+        "In a folder holding hpo.db (where hpo run ran) they read it directly: no server, no "
+        "token. Elsewhere, or with HPO_API_URL set, they ask the service.\n\n"
         f"Environment: HPO_API_URL, the service's address (default {DEFAULT_API_URL}); "
         "HPO_TOKEN, a bearer token (hpo token create NAME prints one; not needed when the "
         "service runs with HPO_AUTH=disabled)."
@@ -40,7 +47,12 @@ NO_TOKEN_HINT = "set HPO_TOKEN (hpo token create NAME prints one)"
 def _client() -> Iterator[Client]:
     url = os.environ.get("HPO_API_URL", DEFAULT_API_URL)
     token = os.environ.get("HPO_TOKEN") or None
+    local = local_database(Path.cwd())
     try:
+        if local is not None:  # what `hpo run` left here: read it with no server
+            with local_client(local.parent) as client:
+                yield client
+            return
         with Client(url, token) as client:
             yield client
     except ApiError as exc:
@@ -123,16 +135,14 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
     """Status, trial counts and the best trial of a study."""
     with _client() as client:
         study = client.get_study(name)
-        running = [] if as_json else client.trials(name, state="running", limit=20).data
+        found = [] if as_json else client.all_trials(name)
+    running = [t for t in found if t.state == "running"]
 
     def human() -> None:
-        t = study.trials
+        search = study.spec.search
+        counted = tally(found, budget=max_trials(search), scheduled=scheduled(search))
         console.print(f"[bold]{study.name}[/] {study.status} {study.status_reason or ''}")
-        console.print(
-            f"trials: {t.finished}/{study.spec.search.budget.max_trials} finished "
-            f"({t.complete} complete, {t.pruned} pruned, {t.paused} paused), {t.fail} failed, "
-            f"{t.running} running"
-        )
+        console.print(f"{counted.budget_line()}: {counted.detail_line()}")
         metric = study.spec.search.objective.metric
         decode = study.spec.train.mode == "decode"
         if decode and study.best_params == {}:
@@ -180,34 +190,53 @@ def print_whole(table: Table) -> None:
     ).print(table)
 
 
-def _ranks(ranks: dict[str, int] | None) -> list[str]:
-    """An AdaLoRA trial's final ranks, per kind of module in layer order (q_proj 6,3 ...)."""
+REASON_CHARS = 40  # a reason in the table, without --wide (an error may run to lines)
+
+
+def _ranks(ranks: dict[str, int] | None, *, wide: bool) -> list[str]:
+    """An AdaLoRA trial's final ranks: their mean and how many modules were cut to 0 (``mean
+    8, 25/120 off``), or with ``wide`` each, per kind of module in layer order (q_proj 6,3)."""
     if not ranks:
         return [""]
+    if not wide:
+        off = sum(rank == 0 for rank in ranks.values())
+        return [f"mean {sum(ranks.values()) / len(ranks):.3g}, {off}/{len(ranks)} off"]
     kinds: dict[str, list[str]] = {}
     for module, rank in ranks.items():
         kinds.setdefault(module.rsplit(".", 1)[-1], []).append(str(rank))
     return [" ".join(f"{kind} {','.join(r)}" for kind, r in kinds.items())]
 
 
-def trials_table(metric: str, searched: list[str], found: list[TrialPublic]) -> Table:
+def _reason(trial: TrialPublic, *, wide: bool) -> str:
+    reason = _cell(records.reason(trial))
+    if wide or len(reason) <= REASON_CHARS:
+        return reason
+    return reason[: REASON_CHARS - 1] + "…"
+
+
+def trials_table(
+    metric: str, searched: list[str], found: list[TrialPublic], *, wide: bool = False
+) -> Table:
     """One row per trial: state, value, one column per searched hyperparameter, duration, why
-    it failed or was pruned (or paused), and where an AdaLoRA trial's rank budget went."""
+    it failed or was pruned (or paused), and where an AdaLoRA trial's rank budget went (in
+    short; ``wide``: every rank and whole reasons)."""
     adalora = any(records.rank_pattern(t) is not None for t in found)
+    requeued = interrupted_numbers(found)
     headers = ["#", "state", metric, *searched, "duration (s)", "reason"]
-    table = Table()
+    # a rule under the header and no edges: three characters fewer per column than a grid
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False, pad_edge=False)
     for header in [*headers, "ranks"] if adalora else headers:
         table.add_column(header, no_wrap=True)
     for t in found:
         duration = "" if t.duration_s is None else f"{t.duration_s:.1f}"
         table.add_row(
             str(t.number),
-            t.state,
+            "interrupted" if t.number in requeued else t.state,
             _cell(t.value),
             *(_cell(t.params.get(key)) for key in searched),
             duration,
-            _cell(records.reason(t)),
-            *(_ranks(records.rank_pattern(t)) if adalora else []),
+            _reason(t, wide=wide),
+            *(_ranks(records.rank_pattern(t), wide=wide) if adalora else []),
         )
     return table
 
@@ -223,8 +252,12 @@ def trials(
             "(paused trials are pruned to Optuna: 'pruned' lists them too)."
         ),
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Every AdaLoRA rank and whole reasons.")
+    ] = False,
 ) -> None:
-    """All trials of a study: state, value, parameters, duration and fail or prune reason."""
+    """All trials of a study: state, value, parameters, duration and fail or prune reason
+    (AdaLoRA's ranks in short: their mean and the modules cut to 0)."""
     with _client() as client:
         study = client.get_study(name)
         found = (
@@ -237,7 +270,9 @@ def trials(
         found,
         as_json,
         lambda: print_whole(
-            trials_table(search.objective.metric, list(search.space.distributions()), found)
+            trials_table(
+                search.objective.metric, list(search.space.distributions()), found, wide=wide
+            )
         ),
     )
 
@@ -318,6 +353,26 @@ def plot(
     baseline = study.baseline.get(study.spec.search.objective.metric)
     plot_study(study.spec, found, out, baseline=baseline)
     console.print(f"wrote {out}")
+
+
+def report(
+    name: StudyName,
+    out: Annotated[
+        Path, typer.Option("--out", metavar="FILE", help="The HTML page to write.")
+    ] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page of a study, readable offline: every trial's curve, the
+    objective over trials, parameter importances (Optuna's plots) and the best configuration."""
+    from hpo.report import write_report
+
+    with _client() as client:
+        study = client.get_study(name)
+        found = client.all_trials(name)
+    numbers = {t.number: t for t in found}
+    best = None if study.best_trial is None else numbers.get(study.best_trial)
+    baseline = study.baseline.get(study.spec.search.objective.metric)
+    write_report(study.spec, found, out, best=best, baseline=baseline)
+    console.print(f"wrote {out}", soft_wrap=True, markup=False)
 
 
 @study_app.command("export")

@@ -49,11 +49,21 @@ class Client:
     Args:
         url: Base URL of the service, e.g. ``http://127.0.0.1:8000``.
         token: A bearer token from ``hpo token create``; None when auth is disabled.
+        http: Send the requests through this client instead (e.g. to an app in process).
     """
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self._http = http or httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout
+        )
 
     def __enter__(self) -> Client:
         return self

@@ -8,6 +8,7 @@ again continues its study. Ctrl-C stops the workers, which re-queue their runnin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,11 +23,10 @@ from typing import Any
 
 import optuna
 import yaml
-from rich import box
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
+from hpo.core import records
 from hpo.core.artifacts import recorded
 from hpo.core.budget import max_trials
 from hpo.core.db import Database, StudyRecord, StudyStatus
@@ -34,11 +34,16 @@ from hpo.core.errors import StudyConflict, StudyNotFound
 from hpo.core.export import best_configuration
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import trial_id
-from hpo.core.progress import TrialCounts, best_trial, trial_counts
+from hpo.core.progress import best_trial
+from hpo.core.schedulers import dispatch
+from hpo.core.schemas import TrialPublic
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from hpo.core.storage import make_storage
 from hpo.core.studies import create_study, get_study
+from hpo.core.tally import Tally, tally
+from hpo.live import ProgressPipes, progress_view
+from hpo.report import write_report
 
 # A worker with nothing left to run exits after this long; the run ends when all have.
 IDLE_EXIT_S = 5.0
@@ -51,27 +56,34 @@ class RunResult:
     metric: str
     database_url: str
     artifact_dir: Path
-    counts: TrialCounts
-    budget: int
+    tally: Tally
     interrupted: bool
     best_number: int | None = None
     best_value: float | None = None
     best_params: dict[str, Any] | None = None
     adapter: Path | None = None
     config_file: Path | None = None
+    report: Path | None = None
 
 
 def local_settings(workdir: Path, database_url: str | None) -> Settings:
     """The environment's settings, with the database and adapters in ``workdir`` unless
-    ``database_url`` / ``HPO_DATABASE_URL`` / ``HPO_ARTIFACT_DIR`` say otherwise."""
+    ``database_url`` / ``HPO_DATABASE_URL`` / ``HPO_ARTIFACT_DIR`` say otherwise.
+
+    A spec may point anywhere on this machine (relative paths from the working folder):
+    the roots are an operator's bound on a shared service's tenants, and one machine's user
+    has no operator. ``HPO_DATA_ROOTS`` / ``HPO_MODEL_ROOTS``, when set, still apply."""
     base = Settings()
     url = database_url or os.environ.get("HPO_DATABASE_URL") or f"sqlite:///{workdir / 'hpo.db'}"
     artifacts = base.artifact_dir if "HPO_ARTIFACT_DIR" in os.environ else workdir / "artifacts"
+    anywhere = [Path("/")]
     return base.model_copy(
         update={
             "database_url": Settings(database_url=url).database_url,
             "artifact_dir": artifacts.resolve(),
             "auth": "disabled",
+            "data_roots": base.data_roots if "HPO_DATA_ROOTS" in os.environ else anywhere,
+            "model_roots": base.model_roots if "HPO_MODEL_ROOTS" in os.environ else anywhere,
         }
     )
 
@@ -84,58 +96,6 @@ def hpo_command() -> str:
     if on_path is not None and (not here.exists() or Path(on_path).resolve() == here.resolve()):
         return "hpo"
     return str(here) if here.exists() else f"{sys.executable} -m hpo"
-
-
-def progress_table(
-    name: str,
-    metric: str,
-    counts: TrialCounts,
-    best: float | None,
-    elapsed: float,
-    total: int,
-    *,
-    alive: int,
-    workers: int,
-) -> Table:
-    # Until a worker has imported torch and built the model and data, nothing runs: say so.
-    starting = alive and not counts.running and not counts.finished
-    table = Table(
-        title=f"study {name}",
-        box=box.SIMPLE_HEAD,
-        # with the box above, no edge and no padding at the edges: 9 columns in 80
-        collapse_padding=True,
-        show_edge=False,
-        pad_edge=False,
-        caption="workers starting: importing torch, building the model and the data"
-        if starting
-        else None,
-    )
-    best_label = "best loss" if metric == "eval_loss" else f"best {metric}"
-    columns = (
-        "finished",
-        "complete",
-        "pruned",
-        "paused",
-        "failed",
-        "running",
-        "workers",
-        best_label,
-        "elapsed",
-    )
-    for col in columns:
-        table.add_column(col, justify="right")
-    table.add_row(
-        f"{counts.finished}/{total}",
-        str(counts.complete),
-        str(counts.pruned),
-        str(counts.paused),
-        str(counts.fail),
-        str(counts.running),
-        f"{alive}/{workers}",
-        "-" if best is None else f"{best:.4f}",
-        f"{elapsed:.0f}s",
-    )
-    return table
 
 
 def _register(
@@ -167,20 +127,31 @@ class _Workers:
             HPO_DATABASE_URL=settings.database_url,  # not on the command line: `ps` shows it
             HPO_ARTIFACT_DIR=str(settings.artifact_dir),
             HPO_CACHE_DIR=str(settings.cache_dir),
+            # a worker checks the spec's paths again, against the same roots
+            HPO_DATA_ROOTS=json.dumps([str(root) for root in settings.data_roots]),
+            HPO_MODEL_ROOTS=json.dumps([str(root) for root in settings.model_roots]),
         )
         threads = max(1, (os.cpu_count() or 1) // n) if device == "cpu" else 1
         self.stopping = threading.Event()
+        self.pipes = ProgressPipes()
         self.procs = []
         for i in range(n):
+            read, write = os.pipe()  # the worker's progress reports (worker.liveness)
+            argv = [sys.executable, "-m", "hpo.local", name, device, str(threads), str(write)]
             with (workdir / f"worker-{i}.log").open("ab") as log:
-                self.procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "hpo.local", name, device, str(threads)],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
+                try:
+                    self.procs.append(
+                        subprocess.Popen(
+                            argv,
+                            env=env,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            pass_fds=(write,),
+                        )
                     )
-                )
+                finally:
+                    os.close(write)  # the worker's end: the reader sees EOF when it exits
+            self.pipes.follow(read)
 
     def alive(self) -> int:
         return sum(p.poll() is None for p in self.procs)
@@ -223,11 +194,11 @@ def run_study(
         study_id = storage.get_study_id_from_name(spec.name)
         total = max_trials(spec.search)
         metric = spec.search.objective.metric
-        before = trial_counts(storage, study_id)
+        before = study_tally(storage, study_id, spec)
         # soft_wrap: a path broken over two lines cannot be copied
         verb = "continuing" if existed else "study"
         console.print(
-            f"{verb} {spec.name} · {before.finished}/{total} trials done · {workdir}",
+            f"{verb} {spec.name} · {before.budget_line()} done · {workdir}",
             soft_wrap=True,
             markup=False,
         )
@@ -237,6 +208,7 @@ def run_study(
                 spec.name,
                 metric,
                 total,
+                dispatch.scheduled(spec.search),
                 storage,
                 study_id,
                 settings,
@@ -257,6 +229,7 @@ def _watch(
     name: str,
     metric: str,
     total: int,
+    scheduled: bool,
     storage: Any,
     study_id: int,
     settings: Settings,
@@ -278,19 +251,20 @@ def _watch(
     try:
         with Live(console=console, refresh_per_second=4) as live:
             while True:
-                counts = trial_counts(storage, study_id)
+                trials = storage.get_all_trials(study_id, deepcopy=False)
                 best = best_trial(storage, study_id)
                 alive = pool.alive()
                 live.update(
-                    progress_table(
+                    progress_view(
                         name,
                         metric,
-                        counts,
+                        tally(trials, budget=total, scheduled=scheduled),
+                        trials,
                         best.value if best else None,
-                        time.monotonic() - started,
-                        total,
+                        elapsed=time.monotonic() - started,
                         alive=alive,
                         workers=workers,
+                        pipes=pool.pipes,
                     )
                 )
                 if not alive:
@@ -310,6 +284,12 @@ def _watch(
     return pool.stopping.is_set()
 
 
+def study_tally(storage: Any, study_id: int, spec: StudySpec) -> Tally:
+    """The study's trials counted against its budget (``hpo.core.tally``)."""
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    return tally(trials, budget=max_trials(spec.search), scheduled=dispatch.scheduled(spec.search))
+
+
 def _result(
     spec: StudySpec,
     settings: Settings,
@@ -325,8 +305,7 @@ def _result(
         metric=spec.search.objective.metric,
         database_url=settings.database_url,
         artifact_dir=settings.artifact_dir,
-        counts=trial_counts(storage, study_id),
-        budget=max_trials(spec.search),
+        tally=study_tally(storage, study_id, spec),
         interrupted=interrupted,
     )
     best = best_trial(storage, study_id)
@@ -340,10 +319,19 @@ def _result(
     result.config_file = workdir / f"{spec.name}-best.yaml"
     config = best_configuration(spec, best)
     result.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    trials = [TrialPublic.of(t) for t in storage.get_all_trials(study_id, deepcopy=False)]
+    baseline = records.baseline(storage.get_study_user_attrs(study_id)).get(result.metric)
+    result.report = write_report(
+        spec,
+        trials,
+        workdir / f"{spec.name}-report.html",
+        best=TrialPublic.of(best),
+        baseline=baseline,
+    )
     return result
 
 
-def _worker_main(name: str, device: str, threads: str) -> None:
+def _worker_main(name: str, device: str, threads: str, report_fd: str) -> None:
     """A local worker of ``hpo run``: settings from the environment, this one study only."""
     from hpo.cli import log_to_stderr
     from hpo.core.migrate import check_database
@@ -354,7 +342,12 @@ def _worker_main(name: str, device: str, threads: str) -> None:
     from worker.loop import Worker  # torch: only in the worker processes
 
     Worker(
-        settings, device=device, studies=[name], idle_exit=IDLE_EXIT_S, cpu_threads=int(threads)
+        settings,
+        device=device,
+        studies=[name],
+        idle_exit=IDLE_EXIT_S,
+        cpu_threads=int(threads),
+        report_fd=int(report_fd),
     ).run()
 
 

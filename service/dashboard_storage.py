@@ -11,6 +11,7 @@ thread that runs the dashboard; outside a scope nothing is visible (fail closed)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -22,7 +23,7 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
-from hpo.core import optuna_tables
+from hpo.core import optuna_tables, records
 from hpo.core.db import StudyRecord
 from hpo.core.optuna_tables import studies, trials
 
@@ -108,7 +109,8 @@ class OwnerScopedStorage(BaseStorage):
         deepcopy: bool = True,
         states: Container[TrialState] | None = None,
     ) -> list[FrozenTrial]:
-        return self._storage.get_all_trials(self._study(study_id), deepcopy, states)
+        found = self._storage.get_all_trials(self._study(study_id), deepcopy, states)
+        return labelled(found)
 
     # Writes: none, whoever asks. Changes go through the REST API, which checks them.
 
@@ -118,3 +120,42 @@ class OwnerScopedStorage(BaseStorage):
     create_new_study = delete_study = set_study_user_attr = set_study_system_attr = _refuse
     create_new_trial = set_trial_param = set_trial_state_values = _refuse
     set_trial_intermediate_value = set_trial_user_attr = set_trial_system_attr = _refuse
+
+
+SEGMENT_LABEL = "segment"
+
+
+def labelled(found: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials, with ``segment`` (a user attribute: the dashboard shows it as a column) on
+    those Optuna's state misnames: a paused segment, or one that gave its worker up, is PRUNED
+    to Optuna and a trial whose worker was lost is FAIL, though their configuration goes on in
+    a later trial.
+
+    Copies: what the storage returned is left as it was. The list keeps every trial in its
+    place (optuna-dashboard fetches a study's trials by position, ``after=N``).
+    """
+    continued = {records.continues(t): t.number for t in found}
+    retried = {records.retried_from(t): t.number for t in found}
+    labels: dict[int, str] = {}
+    for trial in found:
+        paused = records.paused_at(trial)
+        gave_up = records.yielded(trial)
+        if gave_up is not None and trial.state == TrialState.PRUNED:
+            after = continued.get(trial.number)
+            labels[trial.number] = f"{gave_up}; " + (
+                "continues later" if after is None else f"continued as trial {after}"
+            )
+        elif paused is not None and trial.state == TrialState.PRUNED:
+            after = continued.get(trial.number)
+            labels[trial.number] = f"paused at {paused} examples; " + (
+                "continues later" if after is None else f"continued as trial {after}"
+            )
+        elif trial.state == TrialState.FAIL and trial.number in retried:
+            labels[trial.number] = f"interrupted; queued again as trial {retried[trial.number]}"
+    return [_with_label(t, labels[t.number]) if t.number in labels else t for t in found]
+
+
+def _with_label(trial: FrozenTrial, label: str) -> FrozenTrial:
+    shown = copy.copy(trial)
+    shown.user_attrs = {**trial.user_attrs, SEGMENT_LABEL: label}
+    return shown

@@ -244,7 +244,12 @@ class ProgressCallback(TrainerCallback):
     def on_train_begin(self, *_: Any, **__: Any) -> None:
         liveness.progress()
 
-    on_step_end = on_substep_end = on_prediction_step = on_save = on_train_begin
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, *_: Any, **__: Any
+    ) -> None:
+        liveness.progress(step=state.global_step, total=state.max_steps)
+
+    on_substep_end = on_prediction_step = on_save = on_train_begin
 
 
 def scores(metrics: dict[str, Any]) -> dict[str, float]:

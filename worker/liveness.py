@@ -55,11 +55,14 @@ def phase_timeouts(settings: Settings) -> dict[str, float]:
 @dataclass(frozen=True)
 class Report:
     """What a supervised worker tells its supervisor: its trial (Optuna's trial id), the phase
-    and how long it may go without progress (None: no trial, no deadline)."""
+    and how long it may go without progress (None: no trial, no deadline); in training, the
+    optimizer step it reached of how many (``hpo run``'s live table shows them)."""
 
     trial: int | None
     phase: str
     timeout: float | None
+    step: int | None = None
+    total: int | None = None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self)).encode() + b"\n"
@@ -69,10 +72,17 @@ class Report:
         """None for anything but a well-formed report (the line came from a child process)."""
         try:
             fields = json.loads(line)
-            report = cls(fields["trial"], str(fields["phase"]), fields["timeout"])
-        except (ValueError, KeyError, TypeError):
+            report = cls(
+                fields["trial"],
+                str(fields["phase"]),
+                fields["timeout"],
+                fields.get("step"),
+                fields.get("total"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        if not isinstance(report.trial, int | None) or not isinstance(
+        counts = (report.trial, report.step, report.total)
+        if not all(isinstance(n, int | None) for n in counts) or not isinstance(
             report.timeout, int | float | None
         ):
             return None
@@ -95,6 +105,8 @@ class Liveness:
         self.trial_id: int | None = None
         self.ends: float | None = None  # the trial's time limit, on ``clock``
         self.phase = IDLE
+        self.step: int | None = None
+        self.total: int | None = None
         self.last = clock()
         self._reported_at = float("-inf")
         self._fired = False
@@ -119,10 +131,15 @@ class Liveness:
             self.ends = None
             self._enter(None, IDLE)
 
-    def progress(self, phase: str = RUN) -> None:
-        """Progress in ``phase`` (ignored between trials)."""
+    def progress(
+        self, phase: str = RUN, *, step: int | None = None, total: int | None = None
+    ) -> None:
+        """Progress in ``phase`` (ignored between trials); ``step`` of ``total``: how far
+        training got, when the caller knows."""
         if self.phase == IDLE:
             return
+        if step is not None:
+            self.step, self.total = step, total
         self._enter(self.trial_id, phase)
 
     def overdue(self, now: float) -> float | None:
@@ -138,10 +155,12 @@ class Liveness:
         now = self.clock()
         with self._lock:
             changed = (trial_id, phase) != (self.trial_id, self.phase)
+            if trial_id != self.trial_id:
+                self.step = self.total = None
             self.trial_id, self.phase, self.last, self._fired = trial_id, phase, now, False
         if self.report_fd is not None and (changed or now - self._reported_at >= REPORT_EVERY_S):
             self._reported_at = now
-            report = Report(trial_id, phase, self.timeouts.get(phase))
+            report = Report(trial_id, phase, self.timeouts.get(phase), self.step, self.total)
             # One write under PIPE_BUF: all of the line or nothing. OSError: the pipe is full
             # (the supervisor lags) or closed (it is gone).
             with contextlib.suppress(OSError):
@@ -194,8 +213,8 @@ def use(liveness: Liveness | None) -> None:
     _current = liveness
 
 
-def progress(phase: str = RUN) -> None:
+def progress(phase: str = RUN, *, step: int | None = None, total: int | None = None) -> None:
     """Progress of this process's trial, if one runs: training, evaluation and generation
-    loops call it at every step or batch."""
+    loops call it at every step or batch (training with its ``step`` of ``total``)."""
     if _current is not None:
-        _current.progress(phase)
+        _current.progress(phase, step=step, total=total)

@@ -157,6 +157,13 @@ def train_trial(
                     device=device,
                     callbacks=callbacks,
                 )
+                # what an export must say to train the same way (the device's defaults resolved)
+                records.record_precision(
+                    trial,
+                    bf16=bool(trainer.args.bf16),
+                    fp16=bool(trainer.args.fp16),
+                    use_cpu=bool(trainer.args.use_cpu),
+                )
                 return _train(parts, trainer, prepared, raw, out_dir, started)
         except optuna.TrialPruned:
             _record_stopped(trial, trainer, parts.fidelity, started)

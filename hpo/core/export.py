@@ -27,6 +27,7 @@ def best_configuration(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
         lora["target_modules"] = resolved
     if kwargs := scheduler_kwargs(settings, steps):
         training["lr_scheduler_kwargs"] = kwargs
+    training |= device_fields(trial)
     return {
         "study": spec.name,
         "trial": trial.number,
@@ -41,4 +42,18 @@ def best_configuration(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
         "peft_config_class": config_class,
         "lora_config": lora,
         "generation_config": arguments(settings, "generation"),
+        "trained_on": records.device(trial),
     }
+
+
+def device_fields(trial: FrozenTrial) -> dict[str, bool]:
+    """bf16, fp16 and use_cpu as the trial ran: left out, transformers and TRL pick their own
+    (TRL's SFTConfig turns bf16 on, which a CPU refuses). A trial from before they were
+    recorded: a CPU's, from its device; a GPU's are its spec's, as they were."""
+    used = records.precision(trial)
+    if used is not None:
+        return used
+    device = records.device(trial)
+    if device == "cpu":
+        return {"bf16": False, "fp16": False, "use_cpu": True}
+    return {}

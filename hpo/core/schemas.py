@@ -106,6 +106,11 @@ class BestConfigPublic(BaseModel):
     peft_config_class: str = Field(description="LoraConfig or AdaLoraConfig (peft)")
     lora_config: dict[str, Any] = Field(description="peft.LoraConfig / peft.AdaLoraConfig")
     generation_config: dict[str, Any] = Field(description="transformers.GenerationConfig")
+    trained_on: str | None = Field(
+        default=None,
+        description="The device the trial ran on (cpu, cuda:0, ...): training_arguments' "
+        "bf16, fp16 and use_cpu are as it used them; set them anew for another device.",
+    )
 
 
 class EnqueueRequest(BaseModel):

@@ -14,9 +14,19 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import httpx
+import optuna
 import pytest
+from typer.testing import CliRunner
 
+from hpo.cli import app
+from hpo.core.db import Database
+from hpo.core.migrate import upgrade
+from hpo.core.spec import StudySpec
+from hpo.core.storage import make_storage
+from hpo.core.studies import create_study
+from hpo.local import local_settings
 from tests.conftest import ApiServer
+from tests.specs import minimal_spec
 from tests.worker_process import oom_when
 from tests.workers import small_study
 from worker.loop import Worker
@@ -110,7 +120,12 @@ def sign_in_page(pg_api: ApiServer) -> Iterator[str]:
 
 def _render(url: str, profile: Path) -> str:
     """The page's text after its scripts ran, as Chromium renders it."""
-    dom = subprocess.run(
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", _dom(url, profile)))
+
+
+def _dom(url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran, as Chromium renders it."""
+    return subprocess.run(
         [
             CHROMIUM,
             "--headless",
@@ -131,7 +146,6 @@ def _render(url: str, profile: Path) -> str:
         timeout=120,
         check=True,
     ).stdout
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
 def test_dashboard_shows_a_finished_study(
@@ -168,3 +182,47 @@ def test_dashboard_shows_a_finished_study(
     assert "Fail" in page
     assert "fail_reason oom" in page
     assert "device_seconds" in page
+
+
+def test_the_report_opens_offline_with_its_plots_drawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hpo report` in the folder `hpo run` left (no server): one HTML file that a browser
+    with no network draws, every figure by plotly.js from the page itself."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    settings = local_settings(tmp_path, url)
+    upgrade(url)
+    storage = make_storage(settings)
+    space = {
+        "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+        "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+    }
+    spec = StudySpec.model_validate(minimal_spec("reported", space=space))
+    with Database(url) as db, db.session() as session:
+        create_study(session, storage, spec=spec, owner="local", settings=settings)
+    storage.engine.dispose()
+    storage = optuna.storages.RDBStorage(url)  # a plain one: no heartbeat outside optimize()
+    study = optuna.load_study(study_name="reported", storage=storage)
+    for i in range(4):  # what workers write: a curve on the fidelity axis, then the value
+        trial = study.ask()
+        lr = trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True)
+        trial.suggest_categorical("lora_r", [4, 8, 16])
+        for step in (64, 128, 192):
+            trial.report(2.0 - i * 0.1 - step / 256 + lr, step)
+        study.tell(trial, 1.0 - i * 0.1 + lr)
+    storage.engine.dispose()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_API_URL", raising=False)
+    written = CliRunner().invoke(app, ["report", "reported", "--out", "report.html"])
+    assert written.exit_code == 0, written.output
+
+    dom = _dom((tmp_path / "report.html").as_uri(), tmp_path / "profile-report")
+    assert dom.count('class="main-svg"') >= 3  # plotly.js drew every figure
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    for title in (
+        "Intermediate Values Plot",
+        "Optimization History Plot",
+        "Hyperparameter Importances",
+    ):
+        assert title in text
+    assert "best configuration" in text and "lora_r" in text

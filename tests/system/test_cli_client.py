@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,10 +71,12 @@ def test_study_commands(pg_api: ApiServer, tmp_path: Path) -> None:
     trials = json.loads(hpo(pg_api, token, "study", "trials", name, "--json").stdout)
     assert trials[0]["params"]["lora_r"] == 8
     table = hpo(pg_api, token, "study", "trials", name, COLUMNS="300").stdout.splitlines()
-    header = [cell.strip() for cell in table[1].split("┃")[1:-1]]
+    header = re.split(r"\s{2,}", table[0].strip())  # columns two spaces apart, left-aligned
     searched = sorted(yaml.safe_load(CAUSAL_LM.read_text())["search"]["space"], key=ORDER.index)
     assert header == ["#", "state", "eval_loss", *searched, "duration (s)", "reason"]
-    first = dict(zip(header, (cell.strip() for cell in table[3].split("│")[1:-1]), strict=True))
+    starts = [table[0].index(name) for name in header]
+    spans = zip(starts, [*starts[1:], None], strict=True)
+    first = dict(zip(header, (table[2][a:b].strip() for a, b in spans), strict=True))
     assert (first["#"], first["state"], first["lora_r"]) == ("0", trials[0]["state"], "8")
     assert float(first["duration (s)"]) == pytest.approx(trials[0]["duration_s"], abs=0.05)
     best = json.loads(hpo(pg_api, token, "study", "best", name, "--json").stdout)

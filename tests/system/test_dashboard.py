@@ -232,6 +232,24 @@ def test_other_owners_ids_are_404(world: World) -> None:
         assert alice.get(f"/api/studies/{bob.study_id}/plot/slice").status_code == 404
 
 
+PLOTS = ("contour", "slice", "parallel_coordinate", "rank", "edf", "timeline")
+
+
+def test_plot_routes_draw_for_the_owner_only(world: World) -> None:
+    """optuna-dashboard's plot routes need plotly (a dependency): without it each answered 500
+    with a traceback. An owner gets each figure; another owner's study stays 404."""
+    bob = world.bob
+    with (
+        _signed_in(world.api, world.api.token("alice")) as alice,
+        world.api.client("bob") as owner,
+    ):
+        for plot in PLOTS:
+            drawn = owner.get(f"/api/studies/{bob.study_id}/plot/{plot}")
+            assert drawn.status_code == 200, (plot, drawn.text)
+            assert "data" in drawn.json(), plot  # a plotly figure
+            assert alice.get(f"/api/studies/{bob.study_id}/plot/{plot}").status_code == 404
+
+
 def test_artifacts_are_served_only_through_their_own_study(world: World) -> None:
     """optuna-dashboard finds a trial's artifact by trial id alone; the study must match, and
     the artifact must be one a worker recorded for that trial."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from hpo.core.storage import make_storage
 from hpo.core.studies import create_study
 from tests.conftest import ApiServer
 from tests.specs import minimal_spec
+from worker.builtin import resolve as resolve_builtin
 from worker.loop import Worker
 
 DEADLINE_S = 600  # worker start-up (torch, the tiny model) on a loaded 2-core box
@@ -230,3 +232,94 @@ def test_an_idle_worker_says_it_is_waiting(
     Worker(pg_settings, idle_exit=0.5, poll_interval=0.1).run(handle_signals=False)
     waiting = [r.getMessage() for r in caplog.records if '"event": "waiting"' in r.getMessage()]
     assert len(waiting) == 1  # once per idle spell, not once per poll
+
+
+ROW = re.compile(  # a running trial's row: number, configuration, step/total, last value, ...
+    r"^\s*(?P<number>\d+)\s+lr \S+\s+(?P<step>\d+)/(?P<total>\d+)\s+(?P<value>\d+\.\d+)\s+"
+    r"\S+\s+\S+\s*$"
+)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _hpo_run_in_a_terminal(folder: Path, spec: Path, cache: Path) -> tuple[int, str]:
+    """``hpo run`` as a person runs it, in a terminal (rich redraws its live view there
+    only): its exit status and all it printed, escapes left out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
+    env.update(COLUMNS="80", LINES="40", TERM="xterm", HPO_CACHE_DIR=str(cache))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "run", str(spec), "--workers", "1"],
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    proc.wait(timeout=DEADLINE_S)
+    return proc.returncode, ANSI.sub("", b"".join(chunks).decode(errors="replace"))
+
+
+@pytest.mark.slow
+def test_run_reads_data_anywhere_shows_steps_and_is_read_back_without_a_server(
+    tmp_path: Path, model_cache_dir: Path
+) -> None:
+    """A user's own data file in another folder, given by its absolute path, with no HPO_*
+    roots set: the run completes, its live view shows each running trial's step of how many
+    and its last report, and `hpo study show/trials/download` then read hpo.db in the same
+    folder with no server and no token."""
+    data = tmp_path / "elsewhere" / "rows.jsonl"
+    data.parent.mkdir()
+    data.write_bytes(resolve_builtin("builtin:demo-text", model_cache_dir).read_bytes())
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = _spec("anywhere", trials=1)
+    spec["train"]["dataset"]["path"] = str(data)  # type: ignore[index]
+    # a report every other step: the live view has a value from the first progress report on
+    spec["train"]["training"] = {"max_seq_length": 32, "max_steps": 60}  # type: ignore[index]
+    spec["train"]["evaluation"] = {"every_examples": 16}  # type: ignore[index]
+    spec_file = work / "anywhere.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+
+    status, out = _hpo_run_in_a_terminal(work, spec_file, model_cache_dir)
+    assert status == 0, out
+    lines = out.replace("\r", "\n").splitlines()
+    rows = [m for m in map(ROW.match, lines) if m is not None]
+    assert rows, out[-4000:]
+    assert {m["total"] for m in rows} == {"60"}
+    assert all(0 < int(m["step"]) <= 60 for m in rows)
+    assert "finished trials 1/1: 1 complete, 0 pruned, 0 failed" in lines
+    report = Path(re.search(r"report \(open it in a browser\): (\S+)", out)[1])  # type: ignore[index]
+    assert report.read_text().count("plotly.js v") == 1  # one page, plotly.js inlined once
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
+    env["COLUMNS"] = "200"
+
+    def hpo_study(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "hpo", "study", *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE_S,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "trials 1/1: 1 complete, 0 pruned, 0 failed" in hpo_study("show", "anywhere")
+    listed = json.loads(hpo_study("trials", "anywhere", "--json"))
+    assert [t["state"] for t in listed] == ["complete"]
+    hpo_study("download", "anywhere", "--out", "best.zip")
+    adapter = Path(re.search(r"best adapter: (\S+)", out)[1])  # type: ignore[index]
+    assert (work / "best.zip").read_bytes() == adapter.read_bytes()

@@ -159,9 +159,12 @@ def test_trials_show_where_the_adalora_budget_went() -> None:
         )
         for n, attrs in ((0, {RANK_PATTERN_ATTR: ranks}), (1, {}))
     ]
-    table = trials_table("eval_loss", [], found)
+    table = trials_table("eval_loss", [], found, wide=True)
     column = next(c for c in table.columns if c.header == "ranks")
     assert list(column.cells) == ["q_proj 6,3 v_proj 2,5", ""]
+    table = trials_table("eval_loss", [], found)  # in short, without --wide
+    column = next(c for c in table.columns if c.header == "ranks")
+    assert list(column.cells) == ["mean 4, 0/4 off", ""]
 
 
 def test_the_simulator_searches_adapter_methods() -> None:

@@ -9,7 +9,6 @@ import sys
 import click
 import pytest
 import typer
-from rich.console import Console
 from typer.testing import CliRunner
 
 from hpo.cli import app
@@ -82,13 +81,18 @@ def test_trials_table_has_a_column_per_hyperparameter() -> None:
         ),
         _trial(2, "fail", params={"learning_rate": 0.01}, user_attrs={"fail_reason": "oom"}),
     ]
-    console = Console(width=200, record=True)
-    console.print(trials_table("eval_loss", ["learning_rate", "lora_r"], found))
-    rows = [
-        [cell.strip() for cell in line.split("│")[1:-1]]
-        for line in console.export_text().splitlines()
-        if line.startswith("│")
+    table = trials_table("eval_loss", ["learning_rate", "lora_r"], found)
+    headers = [column.header for column in table.columns]
+    assert headers == [
+        "#",
+        "state",
+        "eval_loss",
+        "learning_rate",
+        "lora_r",
+        "duration (s)",
+        "reason",
     ]
+    rows = [list(row) for row in zip(*(column.cells for column in table.columns), strict=True)]
     assert rows == [
         ["0", "complete", "0.5", "0.001235", "8", "12.3", ""],
         ["1", "pruned", "0.9", "0.1", "4", "3.0", "diverged"],

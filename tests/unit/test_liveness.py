@@ -137,6 +137,30 @@ def test_changes_are_reported_at_once_and_steady_progress_once_a_second(
     ]
 
 
+def test_training_reports_carry_the_step_and_a_new_trial_starts_without_one(
+    pipe: tuple[int, int],
+) -> None:
+    """``hpo run``'s live view shows step/total from these reports."""
+    read, write = pipe
+    clock = Clock()
+    live = Liveness(TIMEOUTS, report_fd=write, clock=clock)
+    with live.trial(4):
+        live.progress(step=1, total=30)
+        clock.now += 1
+        live.progress()  # an evaluation batch: the step stays where training left it
+    with live.trial(5):
+        pass
+    assert _reports(read) == [
+        Report(4, SETUP, TIMEOUTS[SETUP]),
+        Report(4, RUN, TIMEOUTS[RUN], step=1, total=30),
+        Report(4, RUN, TIMEOUTS[RUN], step=1, total=30),
+        Report(None, IDLE, None),
+        Report(5, SETUP, TIMEOUTS[SETUP]),
+        Report(None, IDLE, None),
+    ]
+    assert Report.decode(b'{"trial": 4, "phase": "run", "timeout": 1, "step": "1"}') is None
+
+
 def test_a_full_pipe_costs_reports_never_a_blocked_trial(pipe: tuple[int, int]) -> None:
     read, write = pipe
     clock = Clock()

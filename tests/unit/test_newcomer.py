@@ -66,6 +66,41 @@ def test_the_trials_table_cuts_no_name_in_80_columns(monkeypatch: pytest.MonkeyP
         assert name in text
 
 
+def test_adalora_ranks_in_short_fit_80_columns_and_wide_shows_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The finding: 120 modules' ranks made a column ~500 characters wide and the header
+    read `exact_ma...`; in short they read as their mean and the modules cut to 0."""
+    # the issue's: mean rank 8 (its budget kept), 25 of 120 modules cut to 0
+    ranks = {f"model.layers.{i // 4}.self_attn.{'qkvo'[i % 4]}_proj": 0 for i in range(25)}
+    ranks |= {f"model.layers.{i // 4}.mlp.{i}_proj": 12 for i in range(25, 90)}
+    ranks |= {f"model.layers.{i // 4}.mlp.{i}_up": 6 for i in range(90, 120)}
+    trial = TrialPublic.model_validate(
+        {
+            "number": 3,
+            "state": "complete",
+            "params": {"lora_method": "adalora"},
+            "value": 0.75,
+            "intermediate_values": {},
+            "datetime_start": None,
+            "datetime_complete": None,
+            "duration_s": 812.4,
+            "user_attrs": {"adalora_rank_pattern": ranks},
+        }
+    )
+    searched = ["lora_method"]
+    out = io.StringIO()
+    monkeypatch.setattr(cli_study, "console", Console(file=out, width=80))
+    cli_study.print_whole(cli_study.trials_table("exact_match", searched, [trial]))
+    text = out.getvalue()
+    assert max(map(len, text.splitlines())) <= 80
+    assert "…" not in text
+    assert "exact_match" in text and "mean 8, 25/120 off" in text
+    out.truncate(0)
+    cli_study.print_whole(cli_study.trials_table("exact_match", searched, [trial], wide=True))
+    assert "o_proj 0,0,0,0,0,0" in out.getvalue()  # every rank, the table as wide as it needs
+
+
 def test_the_printed_hpo_command_runs_in_a_shell() -> None:
     command = hpo_command()
     if command == "hpo":

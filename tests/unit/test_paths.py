@@ -12,6 +12,7 @@ from hpo.core.errors import SpecError
 from hpo.core.paths import check_spec_paths
 from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
+from hpo.local import local_settings
 from tests.specs import minimal_spec
 
 
@@ -140,3 +141,22 @@ def test_validation_and_test_files_are_checked_too(roots: tuple[Path, Path, Sett
     with pytest.raises(SpecError, match="outside the roots") as refused:
         check_spec_paths(spec, settings)
     assert refused.value.loc == ("train", "dataset", "test_path")
+
+
+def test_hpo_run_allows_any_path_unless_the_operator_set_roots(
+    roots: tuple[Path, Path, Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One machine's user has no operator: ``hpo run`` takes a spec's absolute paths as they
+    are; HPO_DATA_ROOTS / HPO_MODEL_ROOTS, when set, still bound it (and always bound
+    ``hpo serve`` / ``hpo worker``, whose default is the working folder)."""
+    data, outside, _ = roots
+    secret = str(outside / "secret.csv")
+    for name in ("HPO_DATA_ROOTS", "HPO_MODEL_ROOTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(data)
+    with pytest.raises(SpecError, match="HPO_DATA_ROOTS"):
+        _check(Settings(), data=secret)
+    _check(local_settings(data, None), data=secret, model=str(outside))
+    monkeypatch.setenv("HPO_DATA_ROOTS", f'["{data}"]')
+    with pytest.raises(SpecError, match="HPO_DATA_ROOTS"):
+        _check(local_settings(data, None), data=secret)

@@ -42,6 +42,8 @@ INITIAL_LOSS_ATTR = "initial_train_loss"
 WORKER_ATTR = "worker"
 HOSTNAME_ATTR = "hostname"
 DEVICE_ATTR = "device"
+# bf16, fp16 and use_cpu as the trial's Trainer ran (its device's defaults resolved)
+PRECISION_ATTR = "precision"
 FINAL_LOSS_ATTR = "final_train_loss"
 EVAL_LOSS_CURVE_ATTR = "eval_loss_curve"
 SAMPLE_ANSWER_ATTR = "sample_answer"
@@ -110,6 +112,7 @@ KEYS = frozenset(
         WORKER_ATTR,
         HOSTNAME_ATTR,
         DEVICE_ATTR,
+        PRECISION_ATTR,
         FINAL_LOSS_ATTR,
         EVAL_LOSS_CURVE_ATTR,
         SAMPLE_ANSWER_ATTR,

@@ -15,6 +15,7 @@ from hpo.core.records.keys import (
     GREEDY_ATTR,
     HOSTNAME_ATTR,
     MAX_SAMPLE_CHARS,
+    PRECISION_ATTR,
     RANK_PATTERN_ATTR,
     RESOLVED_TARGETS_ATTR,
     SAMPLE_ANSWER_ATTR,
@@ -42,6 +43,16 @@ def record_worker(trial: Writable, *, worker: str, hostname: str, device: str) -
     trial.set_user_attr(WORKER_ATTR, worker)
     trial.set_user_attr(HOSTNAME_ATTR, hostname)
     trial.set_user_attr(DEVICE_ATTR, device)
+
+
+def precision(record: Attrs) -> dict[str, bool] | None:
+    """``{"bf16", "fp16", "use_cpu"}`` as the trial's Trainer ran (None: not recorded)."""
+    value = _attrs(record).get(PRECISION_ATTR)
+    return None if value is None else {k: bool(v) for k, v in dict(value).items()}
+
+
+def record_precision(trial: Writable, *, bf16: bool, fp16: bool, use_cpu: bool) -> None:
+    trial.set_user_attr(PRECISION_ATTR, {"bf16": bf16, "fp16": fp16, "use_cpu": use_cpu})
 
 
 def score(record: Attrs, metric: str) -> float | None:
