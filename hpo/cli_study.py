@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hpo.client import ApiError, Client
 from hpo.core import records
+from hpo.core.progress import saturation_note
 from hpo.core.schemas import TrialPublic
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
@@ -139,6 +140,11 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
             console.print(f"best {metric}: {study.best_value} greedy decoding (nothing beat it)")
         else:
             console.print(f"best {metric}: {study.best_value} {study.best_params or ''}")
+        objective = study.spec.search.objective
+        if study.best_value is not None and (
+            note := saturation_note(metric, study.best_value, study.best_ties, objective.tie_break)
+        ):
+            console.print(note)
         if metric in study.baseline:
             label = "greedy decoding (baseline)" if decode else "untuned model"
             console.print(f"{label}: {metric} {study.baseline[metric]:.4g}")

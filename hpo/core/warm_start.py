@@ -43,6 +43,9 @@ class SourceStudy:
     # Values the source fixed for every trial (its ``train.training``): they fill the new
     # space's params the source did not search.
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    # Each trial's tie-break score (``records.tie_break``, lower better; None: none), in the
+    # order of ``trials``: among equal values the lower ranks first.
+    ties: Sequence[float | None] = ()
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,15 @@ def warm_start_configs(
 
 
 def _ranked(source: SourceStudy, dists: Mapping[str, Distribution]) -> list[dict[str, Any]]:
-    finished = [(p, v) for p, v in source.trials if math.isfinite(v)]
-    finished.sort(key=lambda pv: pv[1] if source.minimize else -pv[1])  # stable: earliest first
+    ties = [*source.ties, *[None] * (len(source.trials) - len(source.ties))]
+    finished = [
+        (p, v if source.minimize else -v, math.inf if t is None else t)
+        for (p, v), t in zip(source.trials, ties, strict=False)
+        if math.isfinite(v)
+    ]
+    finished.sort(key=lambda pvt: pvt[1:])  # stable: earliest first among full ties
     out = []
-    for params, _ in finished:
+    for params, _, _ in finished:
         mapped = map_params({**source.fixed, **params}, dists)
         if mapped:
             out.append(mapped)

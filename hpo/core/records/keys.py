@@ -42,6 +42,9 @@ DEVICE_ATTR = "device"
 FINAL_LOSS_ATTR = "final_train_loss"
 EVAL_LOSS_CURVE_ATTR = "eval_loss_curve"
 SAMPLE_ANSWER_ATTR = "sample_answer"
+# The final score of the study's tie-break (``objective.tie_break``, lower better): among
+# trials of equal value the lowest wins.
+TIE_BREAK_ATTR = "tie_break_score"
 # LoRA targets resolved on the model ("attention" -> module names).
 RESOLVED_TARGETS_ATTR = "lora_target_modules_resolved"
 # An AdaLoRA trial's rank per module where it ended.
@@ -101,6 +104,7 @@ KEYS = frozenset(
         DEVICE_ATTR,
         FINAL_LOSS_ATTR,
         EVAL_LOSS_CURVE_ATTR,
+        TIE_BREAK_ATTR,
         SAMPLE_ANSWER_ATTR,
         RESOLVED_TARGETS_ATTR,
         RANK_PATTERN_ATTR,

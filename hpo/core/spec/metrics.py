@@ -45,6 +45,8 @@ METRICS: dict[str, Metric] = {
     "regex": Metric("maximize", task="causal-lm", generates=True, pattern=True),
     "contains": Metric("maximize", task="causal-lm", generates=True),
 }
+# Scores a study can break ties on, lower better: the validation loss every trial measures.
+TieBreak = Literal["eval_loss"]
 GENERATION_METRICS = tuple(name for name, metric in METRICS.items() if metric.generates)
 PATTERN_METRICS = tuple(name for name, metric in METRICS.items() if metric.pattern)
 
