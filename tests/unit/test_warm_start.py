@@ -45,9 +45,7 @@ def test_a_saturated_source_ranks_its_ties_by_their_tie_break() -> None:
     """Every trial scored 1.0: the lowest eval_loss ranks first, not the earliest trial; one
     without a tie-break last among the tied."""
     accuracy = _source("sat", [1.0, 1.0, 1.0, 0.5], minimize=False)
-    tied = SourceStudy(
-        accuracy.name, False, accuracy.trials, ties=[None, 0.0124, 0.000148, 0.0]
-    )
+    tied = SourceStudy(accuracy.name, False, accuracy.trials, ties=[None, 0.0124, 0.000148, 0.0])
     picked = [c.params["learning_rate"] for c in warm_start_configs([tied], SPACE, top_k=4)]
     assert picked == pytest.approx([3e-4, 2e-4, 1e-4, 4e-4])
     ranked = [r.params["learning_rate"] for r in consensus_ranking([tied], SPACE)]
