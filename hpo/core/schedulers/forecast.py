@@ -6,7 +6,15 @@ also continues when the optimistic bound of its forecast final value (``hpo.core
 fitted on the study's finished curves) beats the best final value so far. Once nothing new
 may start (the budget is spent, or every point of a finite space was tried), every paused
 configuration continues, in order of that bound: one whose early score ranked it out is
-never lost, and the forecast decides how soon it is reached.
+never lost, and the forecast decides how soon it is reached. Under a time or GPU-hour budget
+the same happens earlier: once the device seconds left would not cover finishing the paused
+configurations that may still beat the best (bound better than the best, or no forecast),
+those continue to their end, best bound first, before anything new starts.
+
+Ties: equal forecasts rank on the tie-break curve (``Config.tie_at``); once the best final
+sits at the metric's ceiling (a saturated generation metric: 1.0), nothing paused can beat
+it, and only those already ahead on the tie-break (lower validation loss now than the
+best's final) continue.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from hpo.core.schedulers.rungs import (
     share_promotable,
 )
 from hpo.core.spec import (
+    METRICS,
     AdaptiveSchedulerSpec,
     ForecastSchedulerSpec,
     SearchSpec,
@@ -36,7 +45,12 @@ from hpo.core.spec import (
 
 class ForecastScheduler(AdaptiveScheduler):
     def __init__(
-        self, spec: ForecastSchedulerSpec, *, minimize: bool = True, size: int | None = None
+        self,
+        spec: ForecastSchedulerSpec,
+        *,
+        minimize: bool = True,
+        size: int | None = None,
+        ceiling: float | None = None,
     ) -> None:
         rungs = AdaptiveSchedulerSpec(
             min_steps=spec.min_steps,
@@ -50,6 +64,7 @@ class ForecastScheduler(AdaptiveScheduler):
         self.audit_every = spec.audit_every
         self.candidates = geometric_rungs(spec.min_steps, spec.reduction_factor)
         self.size = size  # configurations in a finite space (None: unbounded)
+        self.ceiling = ceiling  # the metric's best possible value (None: unbounded)
 
     def exhausted(self, configs: Sequence[Config]) -> bool:
         """Every configuration of a finite space started: a new one would be a repeat."""
@@ -99,9 +114,26 @@ class ForecastScheduler(AdaptiveScheduler):
         every = self.audit_every
         return unpaused < MIN_CURVES or (every is not None and len(configs) % every == 0)
 
-    def next_work(self, configs: Sequence[Config], *, can_start: bool) -> Decision:
+    def next_work(
+        self, configs: Sequence[Config], *, can_start: bool, left: float | None = None
+    ) -> Decision:
+        decision = self._next_work(configs, can_start=can_start, left=left)
+        if (
+            left is not None
+            and isinstance(decision, Start | Continue)
+            and self.last_stretch(configs, left)
+        ):
+            return replace(decision, until=None)  # paused now, it could never continue
+        return decision
+
+    def _next_work(
+        self, configs: Sequence[Config], *, can_start: bool, left: float | None
+    ) -> Decision:
         pausing = self.pausing(configs)
         if can_start and not self.exhausted(configs):
+            urgent = None if left is None else self.urgent(configs, left)
+            if urgent is not None:
+                return urgent
             # ASHA ranks those paused at a trusted rung, the forecast those at a rung it
             # judges from; one paused where neither is (yet) continues, as from a dropped rung.
             trusted = set(self.rungs(configs))
@@ -132,7 +164,7 @@ class ForecastScheduler(AdaptiveScheduler):
         if hopeful is not None or running:
             return hopeful or Idle(done=False)
         ranked = self.bounds(configs)
-        if ranked:
+        if ranked and not self.saturated(configs):
             return self._continue(ranked[0][1], pausing)
         return Idle(done=True)
 
@@ -150,14 +182,18 @@ class ForecastScheduler(AdaptiveScheduler):
             if model is None:
                 continue
             ranked = forecast_ranks(configs, model, minimize=self.minimize)
-            scores = sorted(ranked.values())
+            # equal forecasts (a saturated metric) rank on the tie-break at the rung
+            key = {
+                c.number: (ranked[c.number], c.tie_at(rung)) for c in configs if c.number in ranked
+            }
+            scores = sorted(key.values())
             for c in configs:
-                if c.number in judged and c.paused_rung == rung and c.number in ranked:
-                    rank = bisect.bisect_left(scores, ranked[c.number])
+                if c.number in judged and c.paused_rung == rung and c.number in key:
+                    rank = bisect.bisect_left(scores, key[c.number])
                     if share_promotable(
                         rank, len(scores), self.spec.reduction_factor, can_start=True
                     ):
-                        ready.append((-rung, ranked[c.number], c.number, c))
+                        ready.append((-rung, key[c.number], c.number, c))
         if not ready:
             return None
         return self._continue(min(ready)[3], pausing)
@@ -167,15 +203,68 @@ class ForecastScheduler(AdaptiveScheduler):
     ) -> Continue | None:
         """While new configurations may start: the paused configuration with the best
         forecast bound, if that bound beats the best final value so far."""
+        pausing = self.pausing(configs) if pausing is None else pausing
+        if self.saturated(configs):
+            ahead = self.ahead_on_tie_break(configs)
+            return self._continue(ahead[0], pausing) if ahead else None
         ranked = [(bound, c) for bound, c in self.bounds(configs) if bound is not None]
         if not ranked:
             return None
         bound, config = ranked[0]
+        best = self.best(configs)
+        if best is not None and bound >= best:
+            return None
+        return self._continue(config, pausing)
+
+    def best(self, configs: Sequence[Config]) -> float | None:
+        """The best final value so far, signed (lower is better); None before any."""
         sign = 1.0 if self.minimize else -1.0
         finals = [sign * c.final for c in configs if c.final is not None]
-        if finals and bound >= min(finals):
+        return min(finals) if finals else None
+
+    def saturated(self, configs: Sequence[Config]) -> bool:
+        """The best final value is the metric's ceiling: nothing can beat it, only tie."""
+        best = self.best(configs)
+        sign = 1.0 if self.minimize else -1.0
+        return self.ceiling is not None and best is not None and best == sign * self.ceiling
+
+    def ahead_on_tie_break(self, configs: Sequence[Config]) -> list[Config]:
+        """Once saturated: the paused configurations whose tie-break now is already below
+        the best tie-break of those at the ceiling, lowest first."""
+        best = self.best(configs)
+        sign = 1.0 if self.minimize else -1.0
+        ties = [c.tie for c in configs if c.final is not None and sign * c.final == best]
+        bar = min((t for t in ties if t is not None), default=-math.inf)
+        paused = [c for _, c in self.bounds(configs) if c.tie_at(c.last_step) < bar]
+        return sorted(paused, key=lambda c: c.tie_at(c.last_step))
+
+    def urgent(self, configs: Sequence[Config], left: float) -> Continue | None:
+        """Under a time or GPU-hour budget: once ``left`` device seconds would not cover
+        finishing the paused configurations that may still beat the best, the one with the
+        best bound continues to its end (None: not yet, or none may beat it)."""
+        contenders = self.contenders(configs)
+        need = sum(remaining_seconds(configs, c) for c in contenders)
+        if not contenders or need < left:
             return None
-        return self._continue(config, self.pausing(configs) if pausing is None else pausing)
+        config = contenders[0]
+        return Continue(config.number, config.last_trial, None)
+
+    def contenders(self, configs: Sequence[Config]) -> list[Config]:
+        """Paused configurations that may still beat the best final (bound better, or no
+        forecast), best bound first; none before a final or once the metric saturated."""
+        best = self.best(configs)
+        if best is None or self.saturated(configs):
+            return []
+        return [c for bound, c in self.bounds(configs) if bound is None or bound < best]
+
+    def last_stretch(self, configs: Sequence[Config], left: float) -> bool:
+        """``left`` device seconds would not cover the contenders and one whole configuration
+        more: a segment that paused now would never be continued."""
+        if self.best(configs) is None:
+            return False
+        fresh = Config(-1, {}, (), "running", -1, False)  # no step yet: the finished' rate
+        need = sum(remaining_seconds(configs, c) for c in self.contenders(configs))
+        return need + remaining_seconds(configs, fresh) >= left
 
     def _continue(self, config: Config, pausing: tuple[int, ...]) -> Continue:
         """Continue ``config`` up to its next pausing rung (None: to its end)."""
@@ -190,6 +279,18 @@ class ForecastScheduler(AdaptiveScheduler):
 
 def _after(rungs: Sequence[int], step: int) -> int | None:
     return next((r for r in rungs if r > step), None)
+
+
+def remaining_seconds(configs: Sequence[Config], config: Config) -> float:
+    """Device seconds to finish ``config``: its steps to the longest finished curve's end, at
+    its own seconds per step so far (else the finished configurations')."""
+    done = [c for c in configs if c.final is not None]
+    end = max(c.last_step for c in done)
+    if config.seconds > 0 and config.last_step > 0:
+        rate = config.seconds / config.last_step
+    else:
+        rate = sum(c.seconds for c in done) / max(sum(c.last_step for c in done), 1)
+    return max(end - config.last_step, 0) * rate
 
 
 def forecast_rungs(configs: Sequence[Config], candidates: Sequence[int]) -> tuple[int, ...]:
@@ -256,4 +357,5 @@ def build(search: SearchSpec) -> ForecastScheduler:
         search.scheduler,
         minimize=search.objective.direction == "minimize",
         size=grid_size(search.space),
+        ceiling=METRICS[search.objective.metric].ceiling,
     )
