@@ -96,6 +96,33 @@ def test_params_are_mapped_into_the_new_space() -> None:
     assert warm_start_configs([unrelated], SPACE, top_k=3) == []
 
 
+def test_the_ranking_a_prior_is_fitted_to_drops_values_outside_the_range() -> None:
+    """Enqueued warm configurations clip into the space (a trial must run); the consensus
+    ranking, which ``PriorTPE`` is fitted to, leaves such a value out instead (clipped, 5e-2
+    and 64 would stand for the best at the range's edge: 1e-3 and rank 16); a configuration
+    with nothing left drops out."""
+    source = SourceStudy(
+        "old",
+        True,
+        [
+            ({"learning_rate": 5e-2, "lora_r": 8}, 1.0),
+            ({"learning_rate": 2e-4, "lora_r": 64}, 2.0),
+            ({"learning_rate": 5e-2, "lora_r": 64}, 3.0),
+            ({"learning_rate": 2e-4, "lora_r": 4}, 4.0),
+        ],
+    )
+    assert warm_start_configs([source], SPACE, top_k=1)[0].params == {
+        "learning_rate": 1e-3,
+        "lora_r": 8,
+    }
+    ranked = [r.params for r in consensus_ranking([source], SPACE)]
+    assert ranked == [
+        {"lora_r": 8},
+        {"learning_rate": 2e-4},
+        {"learning_rate": 2e-4, "lora_r": 4},
+    ]
+
+
 def test_snap_follows_each_distribution() -> None:
     assert snap(0.26, FloatDistribution(low=0.0, high=1.0, step=0.1)) == pytest.approx(0.3)
     assert snap(7, IntDistribution(low=0, high=10, step=5)) == 5
