@@ -25,23 +25,28 @@ from tests.unit.test_forecast_scheduler import CROSSING, SPEC, STEPS, Crossing, 
 PAID = [replace(c, seconds=float(STEPS)) for c in CROSSING]
 
 
-def test_a_budget_that_would_not_cover_the_contenders_continues_them_to_their_end() -> None:
+def test_a_budget_that_would_not_cover_what_paused_continues_it_before_new_starts() -> None:
     slow = replace(paused(21, 1.4, 1.6), seconds=1.0)  # its bound beats the best final (1.9)
-    configs = [*PAID, slow]
+    fast = replace(paused(20, 0.25, 2.75), seconds=1.0)  # its bound does not
+    configs = [*PAID, fast, slow]
     assert remaining_seconds(configs, slow) == STEPS - 1
     scheduler = ForecastScheduler(SPEC)  # a continuous space: size None, never exhausted
     # plenty left: the usual hopeful continuation, up to the next rung
     assert scheduler.next_work(configs, can_start=True, left=1e6) == Continue(21, 21, until=3)
     assert scheduler.next_work(configs, can_start=True) == Continue(21, 21, until=3)
-    # what is left would not finish it: it continues to its end before anything new starts
-    urgent = scheduler.next_work(configs, can_start=True, left=STEPS - 2)
-    assert urgent == Continue(21, 21, until=None)
-    # nothing paused may beat the best: new configurations start as usual
+    # what is left would not finish both and one new configuration: the best bound goes on
+    # to its end before anything new starts ...
+    short = 2 * (STEPS - 1) + STEPS - 1
+    assert scheduler.next_work(configs, can_start=True, left=short) == Continue(21, 21, None)
+    # ... then the one the forecast rules out (its bound may be wrong: never left paused)
     ended = Config(21, {"lr": 21.0}, curve(1.4, 1.6), "complete", 22, False, seconds=9.0)
-    assert scheduler.urgent([*PAID, ended], left=0.5) is None
+    alone = [*PAID, fast, ended]
+    assert scheduler.next_work(alone, can_start=True, left=2 * (STEPS - 1)) == Continue(
+        20, 20, None
+    )
+    # nothing paused: new configurations start, pausing while the budget could continue them
     assert scheduler.next_work([*PAID, ended], can_start=True, left=1e6) == Start(until=1)
-    # ... but one started when the rest of the budget could not continue it runs to its end
-    assert scheduler.next_work([*PAID, ended], can_start=True, left=0.5) == Start(until=None)
+    assert scheduler.next_work([*PAID, ended], can_start=True, left=STEPS - 1) == Start(until=None)
 
 
 def test_equal_scores_at_a_rung_rank_on_the_tie_break_curve() -> None:

@@ -7,9 +7,11 @@ fitted on the study's finished curves) beats the best final value so far. Once n
 may start (the budget is spent, or every point of a finite space was tried), every paused
 configuration continues, in order of that bound: one whose early score ranked it out is
 never lost, and the forecast decides how soon it is reached. Under a time or GPU-hour budget
-the same happens earlier: once the device seconds left would not cover finishing the paused
-configurations that may still beat the best (bound better than the best, or no forecast),
-those continue to their end, best bound first, before anything new starts.
+(continuous spaces included) the same happens before it runs out: once the device seconds
+left would not cover what runs, finishing every paused configuration and one whole new one,
+the paused ones continue to their end, best bound first, before anything new starts (a bound
+can be wrong: any of them may be the best), and no new segment pauses where no budget would
+be left to continue it.
 
 Ties: equal forecasts rank on the tie-break curve (``Config.tie_at``); once the best final
 sits at the metric's ceiling (a saturated generation metric: 1.0), nothing paused can beat
@@ -118,12 +120,19 @@ class ForecastScheduler(AdaptiveScheduler):
         self, configs: Sequence[Config], *, can_start: bool, left: float | None = None
     ) -> Decision:
         decision = self._next_work(configs, can_start=can_start, left=left)
-        if (
-            left is not None
-            and isinstance(decision, Start | Continue)
-            and self.last_stretch(configs, left)
-        ):
-            return replace(decision, until=None)  # paused now, it could never continue
+        if left is None or not isinstance(decision, Start | Continue) or decision.until is None:
+            return decision
+        # A segment that would pause where no budget is left to continue it runs to its end:
+        # in the last stretch, or when reaching its rung takes more than its worker's share
+        # of what is left (a timeout's wall-clock seconds).
+        config = None
+        if isinstance(decision, Continue):
+            config = next(c for c in configs if c.number == decision.config)
+        at = 0 if config is None else config.last_step
+        to_rung = (decision.until - at) * seconds_per_step(configs, config)
+        share = left / (1 + sum(c.status == "running" for c in configs))
+        if self.last_stretch(configs, left) or to_rung >= share:
+            return replace(decision, until=None)
         return decision
 
     def _next_work(
@@ -131,9 +140,11 @@ class ForecastScheduler(AdaptiveScheduler):
     ) -> Decision:
         pausing = self.pausing(configs)
         if can_start and not self.exhausted(configs):
-            urgent = None if left is None else self.urgent(configs, left)
-            if urgent is not None:
-                return urgent
+            held = (
+                self.held(configs) if left is not None and self.last_stretch(configs, left) else []
+            )
+            if held:  # before anything new, what paused goes on to its end, best bound first
+                return Continue(held[0].number, held[0].last_trial, None)
             # ASHA ranks those paused at a trusted rung, the forecast those at a rung it
             # judges from; one paused where neither is (yet) continues, as from a dropped rung.
             trusted = set(self.rungs(configs))
@@ -238,32 +249,24 @@ class ForecastScheduler(AdaptiveScheduler):
         paused = [c for _, c in self.bounds(configs) if c.tie_at(c.last_step) < bar]
         return sorted(paused, key=lambda c: c.tie_at(c.last_step))
 
-    def urgent(self, configs: Sequence[Config], left: float) -> Continue | None:
-        """Under a time or GPU-hour budget: once ``left`` device seconds would not cover
-        finishing the paused configurations that may still beat the best, the one with the
-        best bound continues to its end (None: not yet, or none may beat it)."""
-        contenders = self.contenders(configs)
-        need = sum(remaining_seconds(configs, c) for c in contenders)
-        if not contenders or need < left:
-            return None
-        config = contenders[0]
-        return Continue(config.number, config.last_trial, None)
-
-    def contenders(self, configs: Sequence[Config]) -> list[Config]:
-        """Paused configurations that may still beat the best final (bound better, or no
-        forecast), best bound first; none before a final or once the metric saturated."""
-        best = self.best(configs)
-        if best is None or self.saturated(configs):
-            return []
-        return [c for bound, c in self.bounds(configs) if bound is None or bound < best]
+    def held(self, configs: Sequence[Config]) -> list[Config]:
+        """The paused configurations a time or GPU-hour budget must leave room to finish
+        (any may be the best: a forecast's bound can be wrong), best bound first; once the
+        metric saturated, only those ahead on the tie-break."""
+        if self.saturated(configs):
+            return self.ahead_on_tie_break(configs)
+        return [c for _, c in self.bounds(configs)]
 
     def last_stretch(self, configs: Sequence[Config], left: float) -> bool:
-        """``left`` device seconds would not cover the contenders and one whole configuration
-        more: a segment that paused now would never be continued."""
+        """``left`` device seconds would not cover what runs (to its end), finishing what
+        paused and one whole configuration more: what paused goes on first, and a segment
+        that paused now could never be continued (False before any configuration finished:
+        no cost to go by)."""
         if self.best(configs) is None:
             return False
         fresh = Config(-1, {}, (), "running", -1, False)  # no step yet: the finished' rate
-        need = sum(remaining_seconds(configs, c) for c in self.contenders(configs))
+        running = [c for c in configs if c.status == "running"]
+        need = sum(remaining_seconds(configs, c) for c in [*running, *self.held(configs)])
         return need + remaining_seconds(configs, fresh) >= left
 
     def _continue(self, config: Config, pausing: tuple[int, ...]) -> Continue:
@@ -283,14 +286,18 @@ def _after(rungs: Sequence[int], step: int) -> int | None:
 
 def remaining_seconds(configs: Sequence[Config], config: Config) -> float:
     """Device seconds to finish ``config``: its steps to the longest finished curve's end, at
-    its own seconds per step so far (else the finished configurations')."""
+    ``seconds_per_step``."""
+    end = max((c.last_step for c in configs if c.final is not None), default=0)
+    return max(end - config.last_step, 0) * seconds_per_step(configs, config)
+
+
+def seconds_per_step(configs: Sequence[Config], config: Config | None) -> float:
+    """``config``'s device seconds per step so far, else (none yet, or None: a new one) the
+    finished configurations' (0 before any finished)."""
+    if config is not None and config.seconds > 0 and config.last_step > 0:
+        return config.seconds / config.last_step
     done = [c for c in configs if c.final is not None]
-    end = max(c.last_step for c in done)
-    if config.seconds > 0 and config.last_step > 0:
-        rate = config.seconds / config.last_step
-    else:
-        rate = sum(c.seconds for c in done) / max(sum(c.last_step for c in done), 1)
-    return max(end - config.last_step, 0) * rate
+    return sum(c.seconds for c in done) / max(sum(c.last_step for c in done), 1)
 
 
 def forecast_rungs(configs: Sequence[Config], candidates: Sequence[int]) -> tuple[int, ...]:
