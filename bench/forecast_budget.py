@@ -7,8 +7,8 @@ Each run is ``tpe + forecast`` (``bench.strategies``' setting) on one task under
 ``budget.timeout_s`` = fraction x the task's full-grid cost / workers (simulated wall clock):
 the study ends mid-search. A run *keeps the best* when no configuration it left paused has a
 recorded final value better than the best it completed (what it paused would have won).
-``previous``: the rule before issue 35 (no endgame before the budget is spent: the urgent
-continuation and the last stretch's unpaused segments off). Runs per set: tasks x seeds up to
+``previous``: the rule before issue 35 (blind to what the budget leaves: no endgame before
+it is spent). Runs per set: tasks x seeds up to
 ``--runs`` (NMTLC 10 tasks x 4 seeds, the synthetic sets 5 x 8, SmolLM2 1 x 40). Writes
 bench/results/forecast-budget.{md,json}.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import optuna
 
 from bench import commit, machine, save
 from bench.strategies import SETS, Task, first_rung, load_set
+from hpo.core.schedulers import Decision
 from hpo.core.schedulers.forecast import ForecastScheduler
+from hpo.core.schedulers.rungs import Config
 from hpo.core.spec import ForecastSchedulerSpec, SearchSpec, grid_size
 from hpo.simulate import NotRecorded, simulate
 
@@ -32,11 +35,10 @@ from hpo.simulate import NotRecorded, simulate
 class PreviousForecast(ForecastScheduler):
     """The forecast scheduler as before issue 35: blind to what the budget leaves."""
 
-    def urgent(self, configs: Any, left: float) -> None:
-        return None
-
-    def last_stretch(self, configs: Any, left: float) -> bool:
-        return False
+    def next_work(
+        self, configs: Sequence[Config], *, can_start: bool, left: float | None = None
+    ) -> Decision:
+        return super().next_work(configs, can_start=can_start)
 
 
 RULES = {"budget-endgame": ForecastScheduler, "previous": PreviousForecast}
