@@ -8,10 +8,10 @@ may start (the budget is spent, or every point of a finite space was tried), eve
 configuration continues, in order of that bound: one whose early score ranked it out is
 never lost, and the forecast decides how soon it is reached. Under a time or GPU-hour budget
 (continuous spaces included) the same happens before it runs out: once the device seconds
-left would not cover what runs, finishing every paused configuration and one whole new one,
-the paused ones continue to their end, best bound first, before anything new starts (a bound
-can be wrong: any of them may be the best), and no new segment pauses where no budget would
-be left to continue it.
+left would not cover what runs, finishing every paused configuration and one whole new one
+per worker, the paused ones continue to their end, best bound first, before anything new
+starts (a bound can be wrong: any of them may be the best), and no new segment pauses where
+no budget would be left to continue it.
 
 Ties: equal forecasts rank on the tie-break curve (``Config.tie_at``); once the best final
 sits at the metric's ceiling (a saturated generation metric: 1.0), nothing paused can beat
@@ -259,15 +259,16 @@ class ForecastScheduler(AdaptiveScheduler):
 
     def last_stretch(self, configs: Sequence[Config], left: float) -> bool:
         """``left`` device seconds would not cover what runs (to its end), finishing what
-        paused and one whole configuration more: what paused goes on first, and a segment
-        that paused now could never be continued (False before any configuration finished:
-        no cost to go by)."""
+        paused and one whole configuration more per worker (those running and the asking
+        one: a paused one waits for a worker to free up): what paused goes on first, and a
+        segment that paused now could never be continued (False before any configuration
+        finished: no cost to go by)."""
         if self.best(configs) is None:
             return False
         fresh = Config(-1, {}, (), "running", -1, False)  # no step yet: the finished' rate
         running = [c for c in configs if c.status == "running"]
         need = sum(remaining_seconds(configs, c) for c in [*running, *self.held(configs)])
-        return need + remaining_seconds(configs, fresh) >= left
+        return need + (len(running) + 1) * remaining_seconds(configs, fresh) >= left
 
     def _continue(self, config: Config, pausing: tuple[int, ...]) -> Continue:
         """Continue ``config`` up to its next pausing rung (None: to its end)."""
