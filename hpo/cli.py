@@ -273,6 +273,8 @@ def _run_and_report(
     )
     for key, value in result.best_params.items():
         console.print(f"  {key} = {value}")
+    if result.saturated:
+        console.print(result.saturated)
     plain(f"best adapter: {result.adapter or 'not saved'}")
     plain(f"best configuration: {result.config_file}")
     plain(f"report (open it in a browser): {result.report}")

@@ -20,6 +20,7 @@ from rich.table import Table
 from hpo.client import ApiError, Client
 from hpo.core import records
 from hpo.core.budget import max_trials
+from hpo.core.progress import saturation_note
 from hpo.core.schedulers.dispatch import scheduled
 from hpo.core.schemas import TrialPublic
 from hpo.core.tally import interrupted_numbers, tally
@@ -149,6 +150,11 @@ def show(name: StudyName, as_json: AsJson = False) -> None:
             console.print(f"best {metric}: {study.best_value} greedy decoding (nothing beat it)")
         else:
             console.print(f"best {metric}: {study.best_value} {study.best_params or ''}")
+        objective = study.spec.search.objective
+        if study.best_value is not None and (
+            note := saturation_note(metric, study.best_value, study.best_ties, objective.tie_break)
+        ):
+            console.print(note)
         if metric in study.baseline:
             label = "greedy decoding (baseline)" if decode else "untuned model"
             console.print(f"{label}: {metric} {study.baseline[metric]:.4g}")

@@ -34,7 +34,7 @@ from hpo.core.errors import StudyConflict, StudyNotFound
 from hpo.core.export import best_configuration
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import trial_id
-from hpo.core.progress import best_trial
+from hpo.core.progress import best_ties, best_trial, saturation_note
 from hpo.core.schedulers import dispatch
 from hpo.core.schemas import TrialPublic
 from hpo.core.settings import Settings
@@ -61,6 +61,8 @@ class RunResult:
     best_number: int | None = None
     best_value: float | None = None
     best_params: dict[str, Any] | None = None
+    # what to say when the best value is shared (the metric saturated), else None
+    saturated: str | None = None
     adapter: Path | None = None
     config_file: Path | None = None
     report: Path | None = None
@@ -313,6 +315,10 @@ def _result(
         return result
     result.best_number, result.best_value = best.number, best.value
     result.best_params = best.params
+    if best.value is not None:  # a COMPLETE trial's: always
+        ties = best_ties(storage, study_id)
+        tie_break = spec.search.objective.tie_break
+        result.saturated = saturation_note(result.metric, best.value, ties, tie_break)
     with db.session() as session:
         stored = recorded(session, study_id=record_id, trial_id=trial_id(best))
         result.adapter = settings.artifact_dir / stored.artifact_id if stored else None

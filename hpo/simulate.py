@@ -144,8 +144,9 @@ def simulate(
     configuration continues in a new segment (a trial that re-reports its earlier values for
     free) from the point where it stopped. Stops once ``search.budget.max_trials``
     configurations (not segments) started and none can continue, once ``max_cost``
-    device-seconds were spent, or once a configuration completed at or better than ``target``,
-    whichever comes first.
+    device-seconds were spent, once the study's own ``timeout_s`` (simulated wall clock) or
+    ``max_gpu_hours`` (device seconds) is spent (the scheduler is told what they leave), or
+    once a configuration completed at or better than ``target``, whichever comes first.
 
     ``warm``: configurations from earlier studies (``hpo.core.warm_start``), enqueued first as
     registration enqueues them; ``ranking``: their consensus ranking, stored as registration
@@ -272,8 +273,21 @@ class _Replay:
     def spent(self, now: float) -> float:
         return self.sim.total_cost + sum(now - start for start, _ in self.in_flight.values())
 
+    def left(self, now: float) -> float | None:
+        """Device seconds the study's own time or GPU-hour budget has left (a timeout's
+        wall-clock seconds on every worker), None without one."""
+        budget, lefts = self.search.budget, []
+        if budget.max_gpu_hours is not None:
+            lefts.append(budget.max_gpu_hours * 3600 - self.spent(now))
+        if budget.timeout_s is not None:
+            lefts.append((budget.timeout_s - now) * len(self.studies))
+        return min(lefts) if lefts else None
+
     def ask_for_work(self, worker: int, now: float) -> None:
         if self.max_cost is not None and self.spent(now) >= self.max_cost:
+            return
+        left = self.left(now)
+        if left is not None and left <= 0:  # the study's budget is spent: nothing new starts
             return
         # With no scheduler the decision does not depend on the trials: skip reading them.
         study = self.studies[worker]
@@ -282,7 +296,7 @@ class _Replay:
             self.start_config(worker, now, records.until(self.scheduler.first_attrs(trials)))
             return
         can_start = self.started < self.search.budget.max_trials
-        decision = self.scheduler.decide(trials, can_start=can_start, seed=self.seed)
+        decision = self.scheduler.decide(trials, can_start=can_start, seed=self.seed, left=left)
         if isinstance(decision, Start):
             self.start_config(worker, now, decision.until)
         elif isinstance(decision, Idle):
@@ -377,6 +391,7 @@ class _Replay:
         if state == "paused":
             assert event.until is not None, "a segment pauses at its until"
             records.mark_paused(event.trial, at=event.until)
+        records.record_device_time(event.trial, record.segments[-1].cost, gpu=False)
         told = TrialState.COMPLETE if state == "complete" else TrialState.PRUNED
         self.studies[event.worker].tell(event.trial, value, state=told)
         if (

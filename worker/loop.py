@@ -346,7 +346,13 @@ class Worker:
         """The scheduler's say on a scheduled study's next work: once per claim."""
         search = candidate.spec.search
         seed = dispatch.decision_seed(search, candidate.record.id)
-        return dispatch.decide(trials, search, max_trials=budget.max_trials(search), seed=seed)
+        return dispatch.decide(
+            trials,
+            search,
+            max_trials=budget.max_trials(search),
+            seed=seed,
+            created_at=candidate.record.created_at,
+        )
 
     def _study_exists(self, study: optuna.Study, record: StudyRecord) -> bool:
         try:

@@ -241,6 +241,7 @@ def _run(
     )
     result = run_segment(ctx, record, trial, spec, hparams=hparams, hooks=hooks, train=train)
     _record_result(trial, result)
+    records.record_tie_break(trial, spec.search.objective.tie_break, result.metrics)
     return result.value
 
 

@@ -94,4 +94,5 @@ def decision_now(storage: RDBStorage, record: StudyRecord, spec: StudySpec) -> D
         spec.search,
         max_trials=max_trials(spec.search),
         seed=decision_seed(spec.search, record.id),
+        created_at=record.created_at,
     )

@@ -1,15 +1,17 @@
 """The first configuration of a study: a known-good LoRA point, else the middle of the space.
 
 A LoRA fine-tune trains well near a learning rate of 1e-4 (about 10x a full fine-tune's) and
-rank 16 with alpha = 2 x rank; any other parameter starts at the middle of its range (the
-geometric middle on a log scale), as Syne Tune's first configuration does. Each value is
-snapped into its distribution.
+rank 16 with alpha = 2 x rank, as plain LoRA; any other parameter starts at the middle of its
+range (the geometric middle on a log scale), as Syne Tune's first configuration does. Each
+value is snapped into its distribution. A prior value outside the searched range is dropped,
+not clipped, and the middle taken instead: clipped, it put trial 0 on the range's edge (on
+NMTLC the lowest learning rate of every task, 0.6-1.3% off the best).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 from optuna.distributions import (
     BaseDistribution,
@@ -18,10 +20,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-LORA_PRIOR = {"learning_rate": 1e-4, "lora_r": 16}
+LORA_PRIOR: dict[str, Any] = {"learning_rate": 1e-4, "lora_r": 16, "lora_method": "lora"}
 
 
-def _wanted(name: str, chosen: dict[str, Any]) -> float | None:
+def _wanted(name: str, chosen: dict[str, Any]) -> Any:
     if name == "lora_alpha":
         rank = chosen.get("lora_r", LORA_PRIOR["lora_r"])
         return 2 * rank if isinstance(rank, int | float) else None
@@ -38,21 +40,24 @@ def first_value(name: str, dist: BaseDistribution, chosen: dict[str, Any]) -> An
     (``lora_alpha`` follows ``lora_r``)."""
     wanted = _wanted(name, chosen)
     if isinstance(dist, CategoricalDistribution):
-        numbers = [
-            c for c in dist.choices if isinstance(c, int | float) and not isinstance(c, bool)
-        ]
-        if len(numbers) < len(dist.choices):  # words: the middle one as listed
-            return dist.choices[(len(dist.choices) - 1) // 2]
+        numbers = [c for c in dist.choices if _number(c)]
+        if len(numbers) < len(dist.choices):  # words: the prior's, else the middle as listed
+            listed = [c for c in dist.choices if type(c) is type(wanted) and c == wanted]
+            return listed[0] if listed else dist.choices[(len(dist.choices) - 1) // 2]
         ordered = sorted(numbers)
-        if wanted is None:
+        if not _number(wanted) or not ordered[0] <= wanted <= ordered[-1]:
             return ordered[(len(ordered) - 1) // 2]
         target = wanted
         return min(ordered, key=lambda c: _distance(c, target))
     assert isinstance(dist, FloatDistribution | IntDistribution)
     low, high = dist.low, dist.high
-    if wanted is None:
+    if not _number(wanted) or not low <= wanted <= high:  # dropped: the middle instead
         wanted = math.sqrt(low * high) if dist.log else (low + high) / 2
     value = min(max(wanted, low), high)
     if dist.step is not None:
         value = low + round((value - low) / dist.step) * dist.step
     return int(value) if isinstance(dist, IntDistribution) else float(value)
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)

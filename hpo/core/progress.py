@@ -13,6 +13,7 @@ from sqlalchemy import (
     Connection,
     Exists,
     Float,
+    ScalarSelect,
     Select,
     String,
     and_,
@@ -139,9 +140,10 @@ def trial_page(
 def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
     """The best COMPLETE trial, or None when no trial has completed with a finite value.
 
-    Among equal values the trial with a stored adapter wins, then the earliest: ``/best`` and
-    ``/best/adapter`` always name the same trial, and a worker keeps an adapter whenever its
-    trial ties the best so far.
+    Among equal values the lowest tie-break score wins (``records.tie_break``: a saturated
+    generation metric falls back on eval_loss), then the trial with a stored adapter, then the
+    earliest: ``/best`` and ``/best/adapter`` always name the same trial, and a worker keeps an
+    adapter whenever its trial ties the best so far.
     """
     query = best_query(study_id, storage.get_study_directions(study_id)[0])
     with storage.engine.connect() as conn:
@@ -149,26 +151,61 @@ def best_trial(storage: RDBStorage, study_id: int) -> FrozenTrial | None:
     return None if row is None else storage.get_trial(row.trial_id)
 
 
-def best_query(study_id: int, direction: StudyDirection) -> Select[tuple[int, int, float]]:
-    """The best COMPLETE trial's id, number and value, in ``best_trial``'s order."""
+def best_ties(storage: RDBStorage, study_id: int) -> int:
+    """How many COMPLETE trials share the best value (0: none completed; over 1: the metric
+    saturated and the tie-break chose)."""
+    query = best_query(study_id, storage.get_study_directions(study_id)[0])
+    with storage.engine.connect() as conn:
+        row = conn.execute(query).first()
+    return 0 if row is None else int(row.ties)
+
+
+def best_query(study_id: int, direction: StudyDirection) -> Select[tuple[int, int, float, int]]:
+    """The best COMPLETE trial's id, number and value, in ``best_trial``'s order, and ``ties``:
+    how many COMPLETE trials have its value (over 1: the metric saturated, the tie-break
+    chose)."""
     value = trial_values.c.value
     has_adapter = exists().where(ArtifactRecord.trial_id == trials.c.trial_id)
+    ties = func.count().over(partition_by=value).label("ties")
     return (
-        select(trials.c.trial_id, trials.c.number, value)
+        select(trials.c.trial_id, trials.c.number, value, ties)
         .join(trial_values, trial_values.c.trial_id == trials.c.trial_id)
-        .where(
-            trials.c.study_id == study_id,
-            trials.c.state == TrialState.COMPLETE.name,
-            trial_values.c.objective == 0,
-            trial_values.c.value_type == "FINITE",
-        )
+        .where(_complete_and_finite(study_id))
         .order_by(
             value.asc() if direction == StudyDirection.MINIMIZE else value.desc(),
+            _tie_break().asc().nulls_last(),
             case((has_adapter, 0), else_=1),
             trials.c.number,
         )
         .limit(1)
     )
+
+
+def _complete_and_finite(study_id: int) -> ColumnElement[bool]:
+    return and_(
+        trials.c.study_id == study_id,
+        trials.c.state == TrialState.COMPLETE.name,
+        trial_values.c.objective == 0,
+        trial_values.c.value_type == "FINITE",
+    )
+
+
+def _tie_break() -> ScalarSelect[float]:
+    """SQL: the enclosing query's trial's tie-break score (NULL without one)."""
+    return (
+        select(cast(attrs.c.value_json, Float))
+        .where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == records.TIE_BREAK_ATTR)
+        .scalar_subquery()
+    )
+
+
+def saturation_note(metric: str, value: float, ties: int, tie_break: str | None) -> str | None:
+    """What ``hpo study show`` and ``hpo run`` say when the best value is shared (the metric
+    saturated), or None when one trial holds it."""
+    if ties < 2:
+        return None
+    chose = f"the lowest {tie_break} among them" if tie_break else "the earliest of them"
+    return f"{metric} saturated: {ties} complete trials score {value:.4g}; best is {chose}"
 
 
 def beats(value: float, than: float | None, *, minimize: bool) -> bool:

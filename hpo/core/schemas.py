@@ -55,6 +55,11 @@ class StudyPublic(StudySummary):
     best_value: float | None
     best_params: dict[str, Any] | None
     best_trial: int | None
+    best_ties: int = Field(
+        default=0,
+        description="COMPLETE trials whose value equals the best: over 1, the metric saturated "
+        "and search.objective.tie_break chose the best.",
+    )
     baseline: dict[str, float] = Field(
         default_factory=dict,
         description="The untuned model's scores on the evaluation data (eval_loss, the "

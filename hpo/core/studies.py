@@ -172,6 +172,7 @@ def _warm_start(
                 minimize=source.search.objective.direction == "minimize",
                 trials=[(t.params, t.value) for t in done if t.value is not None],
                 fixed=source.train.training.values(),
+                ties=[records.tie_break(t) for t in done if t.value is not None],
             )
         )
     top_k = min(warm.top_k, spec.search.budget.max_trials)  # never queue past the budget

@@ -3,9 +3,10 @@ hottest read.
 
 Optuna's storage API opens a session (and a pooled connection, pinged first) per call and
 loads whole trials; the summary needs its study id, direction, counts, best trial's number,
-value and parameters, the baseline scores and the warm start's sources. Four small queries on
-the connection that already checked the token and read the study's record serve it: every
-extra checkout costs a ping, and on a busy host a round trip costs more than the query.
+value and parameters (and how many trials tie it), the baseline scores and the warm start's
+sources. Four small queries on the connection that already checked the token and read the
+study's record serve it: every extra checkout costs a ping, and on a busy host a round trip
+costs more than the query.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Best:
     number: int
     value: float
     params: dict[str, Any]
+    # COMPLETE trials of the best's value: over 1, the metric saturated (tie-break chose)
+    ties: int = 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def study_summary(conn: Connection, name: str) -> Summary:
         select(
             best_trial.c.number,
             best_trial.c.value,
+            best_trial.c.ties,
             trial_params.c.param_name,
             trial_params.c.param_value,
             trial_params.c.distribution_json,
@@ -74,6 +78,7 @@ def study_summary(conn: Connection, name: str) -> Summary:
         best = Best(
             number=rows[0].number,
             value=rows[0].value,
+            ties=rows[0].ties,
             params={
                 r.param_name: json_to_distribution(r.distribution_json).to_external_repr(
                     r.param_value

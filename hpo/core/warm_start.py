@@ -43,6 +43,9 @@ class SourceStudy:
     # Values the source fixed for every trial (its ``train.training``): they fill the new
     # space's params the source did not search.
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    # Each trial's tie-break score (``records.tie_break``, lower better; None: none), in the
+    # order of ``trials``: among equal values the lower ranks first.
+    ties: Sequence[float | None] = ()
 
 
 @dataclass(frozen=True)
@@ -81,23 +84,33 @@ def warm_start_configs(
     return picked
 
 
-def _ranked(source: SourceStudy, dists: Mapping[str, Distribution]) -> list[dict[str, Any]]:
-    finished = [(p, v) for p, v in source.trials if math.isfinite(v)]
-    finished.sort(key=lambda pv: pv[1] if source.minimize else -pv[1])  # stable: earliest first
+def _ranked(
+    source: SourceStudy, dists: Mapping[str, Distribution], *, clip: bool = True
+) -> list[dict[str, Any]]:
+    ties = [*source.ties, *[None] * (len(source.trials) - len(source.ties))]
+    finished = [
+        (p, v if source.minimize else -v, math.inf if t is None else t)
+        for (p, v), t in zip(source.trials, ties, strict=False)
+        if math.isfinite(v)
+    ]
+    finished.sort(key=lambda pvt: pvt[1:])  # stable: earliest first among full ties
     out = []
-    for params, _ in finished:
-        mapped = map_params({**source.fixed, **params}, dists)
+    for params, _, _ in finished:
+        mapped = map_params({**source.fixed, **params}, dists, clip=clip)
         if mapped:
             out.append(mapped)
     return out
 
 
-def map_params(params: Mapping[str, Any], dists: Mapping[str, Distribution]) -> dict[str, Any]:
+def map_params(
+    params: Mapping[str, Any], dists: Mapping[str, Distribution], *, clip: bool = True
+) -> dict[str, Any]:
     """``params`` restricted to ``dists`` and snapped into them; a value that fits nowhere
-    (a string absent from the choices, a non-number for a numeric range) is left out."""
+    (a string absent from the choices, a non-number for a numeric range) is left out, and
+    without ``clip`` so is a number outside the range (or beyond the numeric choices)."""
     mapped = {}
     for name, dist in dists.items():
-        if name in params:
+        if name in params and (clip or _inside(params[name], dist)):
             value = snap(params[name], dist)
             if value is not None:
                 mapped[name] = value
@@ -126,6 +139,17 @@ def snap(value: Any, dist: Distribution) -> Any:
         steps = round((clipped - dist.low) / dist.step)
         return min(dist.low + steps * dist.step, dist.high)
     return clipped
+
+
+def _inside(value: Any, dist: Distribution) -> bool:
+    """Whether a number lies within ``dist``'s range (its numeric choices' span); anything
+    else is for ``snap`` to judge."""
+    if not _number(value):
+        return True
+    if isinstance(dist, CategoricalDistribution):
+        numbers = [c for c in dist.choices if _number(c)]
+        return not numbers or min(numbers) <= value <= max(numbers)
+    return dist.low <= value <= dist.high
 
 
 def _number(value: Any) -> bool:
@@ -161,7 +185,8 @@ class Ranked:
 
 
 def consensus_ranking(sources: Sequence[SourceStudy], space: SearchSpace) -> list[Ranked]:
-    """Every configuration the sources tried, best consensus first (ties: first seen first).
+    """Every configuration the sources tried, best consensus first (ties: first seen first),
+    a value outside the new space's range left out (the configuration then partial).
 
     Each source's normalised ranks count with weight ``1 / (i + 1)`` for the i-th source as
     listed (nearest first): a configuration good on all the related tasks ranks above one
@@ -171,7 +196,9 @@ def consensus_ranking(sources: Sequence[SourceStudy], space: SearchSpace) -> lis
     sums: dict[tuple[tuple[str, str], ...], list[float]] = {}  # key -> [weighted, weights]
     params_of: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
     for i, source in enumerate(sources):
-        ranked = _ranked(source, dists)
+        # a source's value outside the new range is dropped, not clipped: clipped, a prior
+        # fitted to the ranking (``hpo.core.prior_tpe``) would favour the range's edge
+        ranked = _ranked(source, dists, clip=False)
         ranks: dict[tuple[tuple[str, str], ...], float] = {}
         for position, params in enumerate(ranked):
             # a configuration the source tried twice counts at its better rank

@@ -71,6 +71,7 @@ def _public(record: StudyRecord, session: Session) -> StudyPublic:
         best_value=best.value if best else None,
         best_params=best.params if best else None,
         best_trial=best.number if best else None,
+        best_ties=best.ties if best else 0,
         baseline=summary.baseline,
         warm_start_from=summary.warm_start_from,
     )

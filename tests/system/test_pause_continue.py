@@ -233,9 +233,16 @@ def test_each_claim_takes_one_scheduler_decision(
     decisions: list[bool] = []
 
     class Counted(TopKScheduler):
-        def decide(self, trials: Sequence[FrozenTrial], *, can_start: bool, seed: int) -> Decision:
+        def decide(
+            self,
+            trials: Sequence[FrozenTrial],
+            *,
+            can_start: bool,
+            seed: int,
+            left: float | None = None,
+        ) -> Decision:
             decisions.append(can_start)
-            return super().decide(trials, can_start=can_start, seed=seed)
+            return super().decide(trials, can_start=can_start, seed=seed, left=left)
 
     def counted(search: SearchSpec) -> Counted:
         assert isinstance(search.scheduler, TopKSchedulerSpec)

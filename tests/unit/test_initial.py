@@ -17,7 +17,24 @@ def test_known_lora_settings_snap_to_the_nearest_choice_on_a_log_scale() -> None
     assert first_value("learning_rate", lrs, {}) == 2e-4  # 2x above 1e-4 beats 5x below
     assert first_value("lora_r", CategoricalDistribution([64, 4, 8]), {}) == 8
     assert first_value("learning_rate", FloatDistribution(1e-6, 1e-2, log=True), {}) == 1e-4
-    assert first_value("learning_rate", FloatDistribution(3e-4, 1e-2, log=True), {}) == 3e-4
+
+
+def test_a_prior_value_outside_the_range_is_dropped_not_clipped() -> None:
+    """Clipped, 1e-4 became the range's lowest rate (NMTLC: trial 0 the worst rate of every
+    task); dropped, the parameter starts in the middle like any other."""
+    above = FloatDistribution(3e-4, 1e-2, log=True)
+    assert first_value("learning_rate", above, {}) == pytest.approx((3e-4 * 1e-2) ** 0.5)
+    assert first_value("learning_rate", CategoricalDistribution([3e-4, 1e-3, 3e-3]), {}) == 1e-3
+    assert first_value("lora_r", CategoricalDistribution([32, 64, 128]), {}) == 64
+    assert first_value("lora_r", IntDistribution(1, 9), {}) == 5
+    # alpha follows the rank chosen: 2 x 16 = 32 lies outside 1..9, so the middle
+    assert first_value("lora_alpha", IntDistribution(1, 9), {"lora_r": 16}) == 5
+
+
+def test_a_searched_adapter_method_starts_as_plain_lora() -> None:
+    methods = CategoricalDistribution(["dora", "adalora", "lora", "rslora"])
+    assert first_value("lora_method", methods, {}) == "lora"
+    assert first_value("lora_method", CategoricalDistribution(["dora", "rslora"]), {}) == "dora"
 
 
 def test_alpha_is_twice_the_rank_chosen() -> None:

@@ -15,7 +15,9 @@ from hpo.core.db import ArtifactRecord, Database, StudyRecord
 from hpo.core.migrate import upgrade
 from hpo.core.optuna_tables import study_id, trial_id
 from hpo.core.progress import (
+    best_ties,
     best_trial,
+    saturation_note,
     trial_counts,
     trial_page,
     user_attr_sum,
@@ -99,7 +101,40 @@ def test_the_best_trial_prefers_a_stored_adapter_then_the_earliest(
     assert best_trial(storage, study_id(study)).number == 3  # the one with an adapter
 
 
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_among_equal_values_the_lowest_tie_break_wins_before_an_adapter(
+    storage: HeartbeatStorage, direction: str
+) -> None:
+    """A saturated metric (every trial 1.0): the trial of lowest eval_loss is the best, ahead
+    of the earliest and of one with an adapter; a trial without a tie-break comes last."""
+    study = _study(storage, "sat", direction)
+    ids = []
+    for tie in (None, 0.5, 0.0124, 0.000148, 0.3):
+        trial = study.ask()
+        if tie is not None:
+            trial.set_user_attr(records.TIE_BREAK_ATTR, tie)
+        study.tell(trial, 1.0)
+        ids.append(trial_id(trial))
+    worse = study.ask()
+    worse.set_user_attr(records.TIE_BREAK_ATTR, 0.0)
+    study.tell(worse, 0.5 if direction == "maximize" else 2.0)
+    with Database(storage.engine).session() as session:
+        session.add(StudyRecord(name="sat", owner="o", spec={}, status="running"))
+        session.flush()
+        session.add(
+            ArtifactRecord(
+                artifact_id="a" * 36, study_id=1, trial_id=ids[1], trial_number=1, kind="adapter"
+            )
+        )
+    assert best_trial(storage, study_id(study)).number == 3
+    assert best_ties(storage, study_id(study)) == 5
+    note = saturation_note("exact_match", 1.0, 5, "eval_loss")
+    assert note is not None and "5 complete trials" in note and "eval_loss" in note
+    assert saturation_note("exact_match", 1.0, 1, "eval_loss") is None
+
+
 def test_no_finite_complete_trial_means_no_best(storage: HeartbeatStorage) -> None:
     study = _study(storage, "none")
     study.tell(study.ask(), state=TrialState.PRUNED)
     assert best_trial(storage, study_id(study)) is None
+    assert best_ties(storage, study_id(study)) == 0

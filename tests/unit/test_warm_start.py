@@ -14,7 +14,7 @@ from hpo.core.spec import (
     SearchSpace,
     SearchSpec,
 )
-from hpo.core.warm_start import SourceStudy, snap, warm_start_configs
+from hpo.core.warm_start import SourceStudy, consensus_ranking, snap, warm_start_configs
 
 SPACE = SearchSpace.model_validate(
     {
@@ -39,6 +39,17 @@ def test_the_best_come_first_by_each_sources_direction() -> None:
     ]
     picked = warm_start_configs([accuracy], SPACE, top_k=3)
     assert [c.params["learning_rate"] for c in picked] == pytest.approx([2e-4, 3e-4, 1e-4])
+
+
+def test_a_saturated_source_ranks_its_ties_by_their_tie_break() -> None:
+    """Every trial scored 1.0: the lowest eval_loss ranks first, not the earliest trial; one
+    without a tie-break last among the tied."""
+    accuracy = _source("sat", [1.0, 1.0, 1.0, 0.5], minimize=False)
+    tied = SourceStudy(accuracy.name, False, accuracy.trials, ties=[None, 0.0124, 0.000148, 0.0])
+    picked = [c.params["learning_rate"] for c in warm_start_configs([tied], SPACE, top_k=4)]
+    assert picked == pytest.approx([3e-4, 2e-4, 1e-4, 4e-4])
+    ranked = [r.params["learning_rate"] for r in consensus_ranking([tied], SPACE)]
+    assert ranked == pytest.approx([3e-4, 2e-4, 1e-4, 4e-4])
 
 
 def test_sources_take_turns_and_duplicates_count_once() -> None:
@@ -83,6 +94,33 @@ def test_params_are_mapped_into_the_new_space() -> None:
     }
     unrelated = SourceStudy("decode", True, [({"temperature": 0.7}, 1.0)])
     assert warm_start_configs([unrelated], SPACE, top_k=3) == []
+
+
+def test_the_ranking_a_prior_is_fitted_to_drops_values_outside_the_range() -> None:
+    """Enqueued warm configurations clip into the space (a trial must run); the consensus
+    ranking, which ``PriorTPE`` is fitted to, leaves such a value out instead (clipped, 5e-2
+    and 64 would stand for the best at the range's edge: 1e-3 and rank 16); a configuration
+    with nothing left drops out."""
+    source = SourceStudy(
+        "old",
+        True,
+        [
+            ({"learning_rate": 5e-2, "lora_r": 8}, 1.0),
+            ({"learning_rate": 2e-4, "lora_r": 64}, 2.0),
+            ({"learning_rate": 5e-2, "lora_r": 64}, 3.0),
+            ({"learning_rate": 2e-4, "lora_r": 4}, 4.0),
+        ],
+    )
+    assert warm_start_configs([source], SPACE, top_k=1)[0].params == {
+        "learning_rate": 1e-3,
+        "lora_r": 8,
+    }
+    ranked = [r.params for r in consensus_ranking([source], SPACE)]
+    assert ranked == [
+        {"lora_r": 8},
+        {"learning_rate": 2e-4},
+        {"learning_rate": 2e-4, "lora_r": 4},
+    ]
 
 
 def test_snap_follows_each_distribution() -> None:

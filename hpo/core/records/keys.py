@@ -47,6 +47,9 @@ PRECISION_ATTR = "precision"
 FINAL_LOSS_ATTR = "final_train_loss"
 EVAL_LOSS_CURVE_ATTR = "eval_loss_curve"
 SAMPLE_ANSWER_ATTR = "sample_answer"
+# The final score of the study's tie-break (``objective.tie_break``, lower better): among
+# trials of equal value the lowest wins.
+TIE_BREAK_ATTR = "tie_break_score"
 # LoRA targets resolved on the model ("attention" -> module names).
 RESOLVED_TARGETS_ATTR = "lora_target_modules_resolved"
 # An AdaLoRA trial's rank per module where it ended.
@@ -115,6 +118,7 @@ KEYS = frozenset(
         PRECISION_ATTR,
         FINAL_LOSS_ATTR,
         EVAL_LOSS_CURVE_ATTR,
+        TIE_BREAK_ATTR,
         SAMPLE_ANSWER_ATTR,
         RESOLVED_TARGETS_ATTR,
         RANK_PATTERN_ATTR,

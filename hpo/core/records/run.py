@@ -20,6 +20,7 @@ from hpo.core.records.keys import (
     RESOLVED_TARGETS_ATTR,
     SAMPLE_ANSWER_ATTR,
     SCORE_DIGITS,
+    TIE_BREAK_ATTR,
     WARM_START_ATTR,
     WORKER_ATTR,
 )
@@ -64,6 +65,17 @@ def record_scores(trial: Writable, scores: Mapping[str, float]) -> None:
     """Every score the trial measured, keyed by its metric's name."""
     for metric, value in scores.items():
         trial.set_user_attr(metric, round(value, SCORE_DIGITS))
+
+
+def tie_break(record: Attrs) -> float | None:
+    """The trial's final tie-break score (lower better), if its study has one."""
+    return _float(record, TIE_BREAK_ATTR)
+
+
+def record_tie_break(trial: Writable, name: str | None, scores: Mapping[str, float]) -> None:
+    """The tie-break score ``name`` (``objective.tie_break``) among the trial's ``scores``."""
+    if name is not None and name in scores:
+        trial.set_user_attr(TIE_BREAK_ATTR, round(scores[name], SCORE_DIGITS))
 
 
 def final_train_loss(record: Attrs) -> float | None:

@@ -94,9 +94,17 @@ class Scheduler(Protocol):
         """Configurations started, which ``budget.max_trials`` counts."""
         ...
 
-    def decide(self, trials: Sequence[FrozenTrial], *, can_start: bool, seed: int) -> Decision:
+    def decide(
+        self,
+        trials: Sequence[FrozenTrial],
+        *,
+        can_start: bool,
+        seed: int,
+        left: float | None = None,
+    ) -> Decision:
         """What a worker asking for work does (``can_start``: the budget allows another
-        configuration; ``seed``: the study's, for randomised decisions)."""
+        configuration; ``seed``: the study's, for randomised decisions; ``left``: device
+        seconds a time or GPU-hour budget has left, None without one)."""
         ...
 
     def first_attrs(

@@ -7,6 +7,7 @@ study's lock, and claims what it says in the same critical section (``worker.loo
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,18 +32,44 @@ def started(trials: Sequence[FrozenTrial], search: SearchSpec) -> int:
 
 
 def decide(
-    trials: Sequence[FrozenTrial], search: SearchSpec, *, max_trials: int, seed: int
+    trials: Sequence[FrozenTrial],
+    search: SearchSpec,
+    *,
+    max_trials: int,
+    seed: int,
+    created_at: dt.datetime | None = None,
 ) -> Decision:
     """The next segment of a scheduled study, from all its trials.
 
     Args:
         max_trials: Configurations the budget allows (``hpo.core.budget.max_trials``).
         seed: PBT's decisions draw from a stream seeded by it (the study's seed).
+        created_at: When the study was registered, from which ``timeout_s`` counts (None:
+            only a GPU-hour budget tells the scheduler what is left).
     """
     trials = [t for t in trials if not is_record(t)]
     scheduler = build_scheduler(search)
     can_start = scheduler.started(trials) < max_trials
-    return scheduler.decide(trials, can_start=can_start, seed=seed)
+    left = budget_left(trials, search, created_at)
+    return scheduler.decide(trials, can_start=can_start, seed=seed, left=left)
+
+
+def budget_left(
+    trials: Sequence[FrozenTrial], search: SearchSpec, created_at: dt.datetime | None
+) -> float | None:
+    """Device seconds a time or GPU-hour budget has left (None without one): the GPU hours
+    not yet spent, and the wall-clock seconds to the timeout on each running trial's worker
+    and the asking one's."""
+    budget, lefts = search.budget, []
+    if budget.max_gpu_hours is not None:
+        spent = sum(records.device_seconds(t) for t in trials)
+        lefts.append(budget.max_gpu_hours * 3600 - spent)
+    if budget.timeout_s is not None and created_at is not None:
+        created = created_at.replace(tzinfo=created_at.tzinfo or dt.UTC)
+        elapsed = (dt.datetime.now(dt.UTC) - created).total_seconds()
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        lefts.append((budget.timeout_s - elapsed) * (running + 1))
+    return min(lefts) if lefts else None
 
 
 def waiting(trials: Sequence[FrozenTrial]) -> bool:

@@ -6,7 +6,17 @@ also continues when the optimistic bound of its forecast final value (``hpo.core
 fitted on the study's finished curves) beats the best final value so far. Once nothing new
 may start (the budget is spent, or every point of a finite space was tried), every paused
 configuration continues, in order of that bound: one whose early score ranked it out is
-never lost, and the forecast decides how soon it is reached.
+never lost, and the forecast decides how soon it is reached. Under a time or GPU-hour budget
+(continuous spaces included) the same happens before it runs out: once the device seconds
+left would not cover what runs, finishing every paused configuration and one whole new one
+per worker, the paused ones continue to their end, best bound first, before anything new
+starts (a bound can be wrong: any of them may be the best), and no new segment pauses where
+no budget would be left to continue it.
+
+Ties: equal forecasts rank on the tie-break curve (``Config.tie_at``); once the best final
+sits at the metric's ceiling (a saturated generation metric: 1.0), nothing paused can beat
+it, and only those already ahead on the tie-break (lower validation loss now than the
+best's final) continue.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from hpo.core.schedulers.rungs import (
     share_promotable,
 )
 from hpo.core.spec import (
+    METRICS,
     AdaptiveSchedulerSpec,
     ForecastSchedulerSpec,
     SearchSpec,
@@ -36,7 +47,12 @@ from hpo.core.spec import (
 
 class ForecastScheduler(AdaptiveScheduler):
     def __init__(
-        self, spec: ForecastSchedulerSpec, *, minimize: bool = True, size: int | None = None
+        self,
+        spec: ForecastSchedulerSpec,
+        *,
+        minimize: bool = True,
+        size: int | None = None,
+        ceiling: float | None = None,
     ) -> None:
         rungs = AdaptiveSchedulerSpec(
             min_steps=spec.min_steps,
@@ -50,6 +66,7 @@ class ForecastScheduler(AdaptiveScheduler):
         self.audit_every = spec.audit_every
         self.candidates = geometric_rungs(spec.min_steps, spec.reduction_factor)
         self.size = size  # configurations in a finite space (None: unbounded)
+        self.ceiling = ceiling  # the metric's best possible value (None: unbounded)
 
     def exhausted(self, configs: Sequence[Config]) -> bool:
         """Every configuration of a finite space started: a new one would be a repeat."""
@@ -99,9 +116,35 @@ class ForecastScheduler(AdaptiveScheduler):
         every = self.audit_every
         return unpaused < MIN_CURVES or (every is not None and len(configs) % every == 0)
 
-    def next_work(self, configs: Sequence[Config], *, can_start: bool) -> Decision:
+    def next_work(
+        self, configs: Sequence[Config], *, can_start: bool, left: float | None = None
+    ) -> Decision:
+        decision = self._next_work(configs, can_start=can_start, left=left)
+        if left is None or not isinstance(decision, Start | Continue) or decision.until is None:
+            return decision
+        # A segment that would pause where no budget is left to continue it runs to its end:
+        # in the last stretch, or when reaching its rung takes more than its worker's share
+        # of what is left (a timeout's wall-clock seconds).
+        config = None
+        if isinstance(decision, Continue):
+            config = next(c for c in configs if c.number == decision.config)
+        at = 0 if config is None else config.last_step
+        to_rung = (decision.until - at) * seconds_per_step(configs, config)
+        share = left / (1 + sum(c.status == "running" for c in configs))
+        if self.last_stretch(configs, left) or to_rung >= share:
+            return replace(decision, until=None)
+        return decision
+
+    def _next_work(
+        self, configs: Sequence[Config], *, can_start: bool, left: float | None
+    ) -> Decision:
         pausing = self.pausing(configs)
         if can_start and not self.exhausted(configs):
+            held = (
+                self.held(configs) if left is not None and self.last_stretch(configs, left) else []
+            )
+            if held:  # before anything new, what paused goes on to its end, best bound first
+                return Continue(held[0].number, held[0].last_trial, None)
             # ASHA ranks those paused at a trusted rung, the forecast those at a rung it
             # judges from; one paused where neither is (yet) continues, as from a dropped rung.
             trusted = set(self.rungs(configs))
@@ -132,7 +175,7 @@ class ForecastScheduler(AdaptiveScheduler):
         if hopeful is not None or running:
             return hopeful or Idle(done=False)
         ranked = self.bounds(configs)
-        if ranked:
+        if ranked and not self.saturated(configs):
             return self._continue(ranked[0][1], pausing)
         return Idle(done=True)
 
@@ -150,14 +193,18 @@ class ForecastScheduler(AdaptiveScheduler):
             if model is None:
                 continue
             ranked = forecast_ranks(configs, model, minimize=self.minimize)
-            scores = sorted(ranked.values())
+            # equal forecasts (a saturated metric) rank on the tie-break at the rung
+            key = {
+                c.number: (ranked[c.number], c.tie_at(rung)) for c in configs if c.number in ranked
+            }
+            scores = sorted(key.values())
             for c in configs:
-                if c.number in judged and c.paused_rung == rung and c.number in ranked:
-                    rank = bisect.bisect_left(scores, ranked[c.number])
+                if c.number in judged and c.paused_rung == rung and c.number in key:
+                    rank = bisect.bisect_left(scores, key[c.number])
                     if share_promotable(
                         rank, len(scores), self.spec.reduction_factor, can_start=True
                     ):
-                        ready.append((-rung, ranked[c.number], c.number, c))
+                        ready.append((-rung, key[c.number], c.number, c))
         if not ready:
             return None
         return self._continue(min(ready)[3], pausing)
@@ -167,15 +214,61 @@ class ForecastScheduler(AdaptiveScheduler):
     ) -> Continue | None:
         """While new configurations may start: the paused configuration with the best
         forecast bound, if that bound beats the best final value so far."""
+        pausing = self.pausing(configs) if pausing is None else pausing
+        if self.saturated(configs):
+            ahead = self.ahead_on_tie_break(configs)
+            return self._continue(ahead[0], pausing) if ahead else None
         ranked = [(bound, c) for bound, c in self.bounds(configs) if bound is not None]
         if not ranked:
             return None
         bound, config = ranked[0]
+        best = self.best(configs)
+        if best is not None and bound >= best:
+            return None
+        return self._continue(config, pausing)
+
+    def best(self, configs: Sequence[Config]) -> float | None:
+        """The best final value so far, signed (lower is better); None before any."""
         sign = 1.0 if self.minimize else -1.0
         finals = [sign * c.final for c in configs if c.final is not None]
-        if finals and bound >= min(finals):
-            return None
-        return self._continue(config, self.pausing(configs) if pausing is None else pausing)
+        return min(finals) if finals else None
+
+    def saturated(self, configs: Sequence[Config]) -> bool:
+        """The best final value is the metric's ceiling: nothing can beat it, only tie."""
+        best = self.best(configs)
+        sign = 1.0 if self.minimize else -1.0
+        return self.ceiling is not None and best is not None and best == sign * self.ceiling
+
+    def ahead_on_tie_break(self, configs: Sequence[Config]) -> list[Config]:
+        """Once saturated: the paused configurations whose tie-break now is already below
+        the best tie-break of those at the ceiling, lowest first."""
+        best = self.best(configs)
+        sign = 1.0 if self.minimize else -1.0
+        ties = [c.tie for c in configs if c.final is not None and sign * c.final == best]
+        bar = min((t for t in ties if t is not None), default=-math.inf)
+        paused = [c for _, c in self.bounds(configs) if c.tie_at(c.last_step) < bar]
+        return sorted(paused, key=lambda c: c.tie_at(c.last_step))
+
+    def held(self, configs: Sequence[Config]) -> list[Config]:
+        """The paused configurations a time or GPU-hour budget must leave room to finish
+        (any may be the best: a forecast's bound can be wrong), best bound first; once the
+        metric saturated, only those ahead on the tie-break."""
+        if self.saturated(configs):
+            return self.ahead_on_tie_break(configs)
+        return [c for _, c in self.bounds(configs)]
+
+    def last_stretch(self, configs: Sequence[Config], left: float) -> bool:
+        """``left`` device seconds would not cover what runs (to its end), finishing what
+        paused and one whole configuration more per worker (those running and the asking
+        one: a paused one waits for a worker to free up): what paused goes on first, and a
+        segment that paused now could never be continued (False before any configuration
+        finished: no cost to go by)."""
+        if self.best(configs) is None:
+            return False
+        fresh = Config(-1, {}, (), "running", -1, False)  # no step yet: the finished' rate
+        running = [c for c in configs if c.status == "running"]
+        need = sum(remaining_seconds(configs, c) for c in [*running, *self.held(configs)])
+        return need + (len(running) + 1) * remaining_seconds(configs, fresh) >= left
 
     def _continue(self, config: Config, pausing: tuple[int, ...]) -> Continue:
         """Continue ``config`` up to its next pausing rung (None: to its end)."""
@@ -190,6 +283,22 @@ class ForecastScheduler(AdaptiveScheduler):
 
 def _after(rungs: Sequence[int], step: int) -> int | None:
     return next((r for r in rungs if r > step), None)
+
+
+def remaining_seconds(configs: Sequence[Config], config: Config) -> float:
+    """Device seconds to finish ``config``: its steps to the longest finished curve's end, at
+    ``seconds_per_step``."""
+    end = max((c.last_step for c in configs if c.final is not None), default=0)
+    return max(end - config.last_step, 0) * seconds_per_step(configs, config)
+
+
+def seconds_per_step(configs: Sequence[Config], config: Config | None) -> float:
+    """``config``'s device seconds per step so far, else (none yet, or None: a new one) the
+    finished configurations' (0 before any finished)."""
+    if config is not None and config.seconds > 0 and config.last_step > 0:
+        return config.seconds / config.last_step
+    done = [c for c in configs if c.final is not None]
+    return sum(c.seconds for c in done) / max(sum(c.last_step for c in done), 1)
 
 
 def forecast_rungs(configs: Sequence[Config], candidates: Sequence[int]) -> tuple[int, ...]:
@@ -256,4 +365,5 @@ def build(search: SearchSpec) -> ForecastScheduler:
         search.scheduler,
         minimize=search.objective.direction == "minimize",
         size=grid_size(search.space),
+        ceiling=METRICS[search.objective.metric].ceiling,
     )

@@ -147,7 +147,14 @@ class PBTScheduler:
     def started(self, trials: Sequence[FrozenTrial]) -> int:
         return len(members(trials))
 
-    def decide(self, trials: Sequence[FrozenTrial], *, can_start: bool, seed: int) -> Decision:
+    def decide(
+        self,
+        trials: Sequence[FrozenTrial],
+        *,
+        can_start: bool,
+        seed: int,
+        left: float | None = None,
+    ) -> Decision:
         decision = pbt_next(
             members(trials), self.spec, self.space, seed=seed, minimize=self.minimize
         )

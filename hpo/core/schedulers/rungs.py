@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.core import records
 from hpo.core.records import SegmentStatus
@@ -37,6 +37,10 @@ class Config:
             scores relate to final ones.
         paused_rung: While paused, the rung it paused at (its segment's ``until``).
         cooled: ``(rung, score)`` after a cool-down branch, for rungs it paused at with one.
+        ties: ``(step, eval_loss)`` recorded beside a generation objective's reports
+            (``records.eval_loss_curve``): what ranks equal scores at a rung, lower first.
+        tie: Once complete, its final tie-break score (``records.tie_break``).
+        seconds: Device seconds over all its segments that ended (``records.device_seconds``).
     """
 
     number: int
@@ -47,6 +51,9 @@ class Config:
     unpaused: bool
     paused_rung: int | None = None
     cooled: tuple[tuple[int, float], ...] = ()
+    ties: tuple[tuple[int, float], ...] = ()
+    tie: float | None = None
+    seconds: float = 0.0
 
     @property
     def last_step(self) -> int:
@@ -65,6 +72,12 @@ class Config:
     def score_at(self, rung: int) -> float | None:
         """What ranks it at a rung: the cooled score where it has one, else ``value_at``."""
         return dict(self.cooled).get(rung, self.value_at(rung))
+
+    def tie_at(self, step: int) -> float:
+        """What ranks it among equal scores at a rung: the tie-break curve's first point at or
+        after ``step`` (infinite without one: last among equals)."""
+        i = bisect.bisect_left(self.ties, step, key=lambda point: point[0])
+        return self.ties[i][1] if i < len(self.ties) else math.inf
 
 
 def configurations(trials: Iterable[FrozenTrial]) -> list[Config]:
@@ -100,6 +113,9 @@ def _config(number: int, segments: list[FrozenTrial]) -> Config:
         and not any(records.paused_at(s) is not None for s in segments),
         paused_rung=records.paused_at(latest),
         cooled=tuple(sorted(cooled)),
+        ties=tuple(sorted((records.eval_loss_curve(carrier) or {}).items())),
+        tie=records.tie_break(latest) if latest.state == TrialState.COMPLETE else None,
+        seconds=sum(records.device_seconds(s) for s in segments),
     )
 
 
@@ -124,24 +140,34 @@ class _Standing:
     its twins must not crowd others out of the promotions, nor train the same thing twice.
 
     Attributes:
-        scores: The best signed score of each distinct configuration that reached the rung,
+        scores: The best ``rank_key`` of each distinct configuration that reached the rung,
             ascending (lower is better).
         advanced: Params of configurations of which a twin went on past the rung.
     """
 
-    scores: list[float]
+    scores: list[RankKey]
     advanced: frozenset[tuple[tuple[str, Any], ...]]
 
 
+RankKey = tuple[float, float]  # (signed score, tie-break): lower is better
+
+
+def rank_key(config: Config, rung: int, sign: float) -> RankKey | None:
+    """How ``config`` ranks at ``rung``: its signed score, then its tie-break there (a
+    saturated generation metric ranks on the validation loss behind it)."""
+    value = config.score_at(rung)
+    return None if value is None else (sign * value, config.tie_at(rung))
+
+
 def _standing(configs: Sequence[Config], rung: int, sign: float) -> _Standing:
-    best: dict[tuple[tuple[str, Any], ...], float] = {}
+    best: dict[tuple[tuple[str, Any], ...], RankKey] = {}
     advanced = set()
     for c in configs:
-        value = c.score_at(rung)
-        if value is None:
+        ranked = rank_key(c, rung, sign)
+        if ranked is None:
             continue
         key = params_key(c)
-        best[key] = min(best.get(key, math.inf), sign * value)
+        best[key] = min(best.get(key, (math.inf, math.inf)), ranked)
         waiting_here = c.status == "paused" and c.paused_rung == rung
         if c.status != "stopped" and not waiting_here:
             advanced.add(key)
@@ -167,10 +193,10 @@ def _next_rung(rungs: tuple[int, ...], step: int) -> int | None:
     return next((r for r in rungs if r > step), None)
 
 
-def _score(config: Config, rung: int) -> float:
-    value = config.score_at(rung)
-    assert value is not None, "a configuration paused at a rung has a score there"
-    return value
+def _score(config: Config, rung: int, sign: float) -> RankKey:
+    ranked = rank_key(config, rung, sign)
+    assert ranked is not None, "a configuration paused at a rung has a score there"
+    return ranked
 
 
 class RungScheduler:
@@ -202,11 +228,21 @@ class RungScheduler:
         trial does not count without a scheduler."""
         return sum(not (c.status == "stopped" and not c.values) for c in configurations(trials))
 
-    def decide(self, trials: Sequence[FrozenTrial], *, can_start: bool, seed: int) -> Decision:
-        return self.next_work(configurations(trials), can_start=can_start)
+    def decide(
+        self,
+        trials: Sequence[FrozenTrial],
+        *,
+        can_start: bool,
+        seed: int,
+        left: float | None = None,
+    ) -> Decision:
+        return self.next_work(configurations(trials), can_start=can_start, left=left)
 
-    def next_work(self, configs: Sequence[Config], *, can_start: bool) -> Decision:
-        """``decide`` on the study's configurations (``configurations(trials)``)."""
+    def next_work(
+        self, configs: Sequence[Config], *, can_start: bool, left: float | None = None
+    ) -> Decision:
+        """``decide`` on the study's configurations (``configurations(trials)``); ``left``
+        only the forecast reads."""
         rungs = self.rungs(configs)
         sign = 1.0 if self.minimize else -1.0
         ready = []
@@ -221,9 +257,9 @@ class RungScheduler:
             if params_key(config) in standing.advanced:  # a twin already went on
                 continue
             if rung not in rungs:  # its rung was dropped (adaptive): nothing ranks it there
-                ready.append((-config.last_step, 0.0, config.number, config))
+                ready.append((-config.last_step, (0.0, 0.0), config.number, config))
                 continue
-            score = sign * _score(config, rung)
+            score = _score(config, rung, sign)
             rank = bisect.bisect_left(standing.scores, score)
             if self.promotable(rank, len(standing.scores), can_start=can_start):
                 ready.append((-rung, score, config.number, config))

@@ -28,23 +28,28 @@ class Metric:
             reference answers (``DataShape.references``); else the trainer's evaluation
             reports it.
         pattern: Takes the objective's ``pattern``, which no other metric does.
+        ceiling: The best value it can take (a share of answers: 1.0), None for a loss:
+            there, it saturates and only the tie-break tells trials apart.
     """
 
     direction: Direction
     task: Task | None = None
     generates: bool = False
     pattern: bool = False
+    ceiling: float | None = None
 
 
 METRICS: dict[str, Metric] = {
     "eval_loss": Metric("minimize"),
-    "eval_accuracy": Metric("maximize", task="sequence-classification"),
-    "exact_match": Metric("maximize", task="causal-lm", generates=True),
-    "token_f1": Metric("maximize", task="causal-lm", generates=True),
-    "rouge_l": Metric("maximize", task="causal-lm", generates=True),
-    "regex": Metric("maximize", task="causal-lm", generates=True, pattern=True),
-    "contains": Metric("maximize", task="causal-lm", generates=True),
+    "eval_accuracy": Metric("maximize", task="sequence-classification", ceiling=1.0),
+    "exact_match": Metric("maximize", task="causal-lm", generates=True, ceiling=1.0),
+    "token_f1": Metric("maximize", task="causal-lm", generates=True, ceiling=1.0),
+    "rouge_l": Metric("maximize", task="causal-lm", generates=True, ceiling=1.0),
+    "regex": Metric("maximize", task="causal-lm", generates=True, pattern=True, ceiling=1.0),
+    "contains": Metric("maximize", task="causal-lm", generates=True, ceiling=1.0),
 }
+# Scores a study can break ties on, lower better: the validation loss every trial measures.
+TieBreak = Literal["eval_loss"]
 GENERATION_METRICS = tuple(name for name, metric in METRICS.items() if metric.generates)
 PATTERN_METRICS = tuple(name for name, metric in METRICS.items() if metric.pattern)
 

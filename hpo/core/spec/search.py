@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hpo.core.patterns import MAX_PATTERN_CHARS, compile_pattern
 from hpo.core.spec.base import MAX_GRID_SIZE, MAX_STEP, MAX_TRIALS, NAME_PATTERN, Strict
-from hpo.core.spec.metrics import METRICS, PATTERN_METRICS, Direction, MetricName
+from hpo.core.spec.metrics import METRICS, PATTERN_METRICS, Direction, MetricName, TieBreak
 from hpo.core.spec.schedulers import (
     PBT_MUTABLE,
     NoSchedulerSpec,
@@ -42,6 +42,12 @@ class ObjectiveSpec(Strict):
         description="A loss above this many times the first batch's loss marks the trial "
         "diverged: pruned with a reason, never a result. null turns the check off.",
     )
+    tie_break: TieBreak | None = Field(
+        default=None,
+        description="Among trials of equal value the lower of this score wins (best trial, "
+        "schedulers' rankings, warm-start rankings). Default: eval_loss behind any metric but "
+        "eval_loss itself (a generation metric saturates: every trial 1.0); null for none.",
+    )
 
     @field_validator("pattern")
     @classmethod
@@ -57,6 +63,9 @@ class ObjectiveSpec(Strict):
             metric = data.get("metric", "eval_loss")
             known = METRICS.get(metric) if isinstance(metric, str) else None
             data = {**data, "direction": known.direction if known else "maximize"}
+        if isinstance(data, dict) and "tie_break" not in data:
+            tied = data.get("metric", "eval_loss") != "eval_loss"
+            data = {**data, "tie_break": "eval_loss" if tied else None}
         return data
 
     @model_validator(mode="after")
