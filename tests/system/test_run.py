@@ -126,23 +126,31 @@ def test_run_prints_best_exports_it_and_resumes_after_sigint(
     assert zipped.read_bytes() == adapter.read_bytes()
 
     second = tmp_path / "second.yaml"
-    second.write_text(yaml.safe_dump(_spec("second", trials=3)))
+    longer = _spec("second", trials=3)
+    longer["train"]["training"] = {"max_seq_length": 32, "max_steps": 60}  # type: ignore[index]
+    longer["train"]["evaluation"] = {"every_examples": 64}  # type: ignore[index]
+    second.write_text(yaml.safe_dump(longer))
     proc = _hpo_run(tmp_path, second, model_cache_dir)
     deadline = time.monotonic() + DEADLINE_S
-    while not any(t.state == TrialState.RUNNING for t in _trials_or_none(tmp_path, "second")):
+    while not any(
+        t.state == TrialState.RUNNING and t.intermediate_values
+        for t in _trials_or_none(tmp_path, "second")
+    ):
         assert proc.poll() is None, _finish(proc)
-        assert time.monotonic() < deadline, "no trial started"
-        time.sleep(0.5)
+        assert time.monotonic() < deadline, "no trial reported"
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out = _finish(proc)
     assert proc.returncode == 130, out
     assert "Traceback" not in out
     assert "run the same command to continue" in out
+    assert "interrupted" in out and "0 failed" in out
     stopped = _trials(tmp_path, "second")
     assert not [t for t in stopped if t.state == TrialState.RUNNING]
     assert _finished(stopped) < 3
     assert not [t for t in stopped if t.state == TrialState.FAIL]
     interrupted = [t for t in stopped if records.yielded(t) is not None]
+    assert interrupted, "the trial training at Ctrl-C did not pause"
     for t in interrupted:  # paused where it was, its state kept: a queued trial continues it
         queued = [w for w in stopped if records.continues(w) == t.number]
         assert [w.state for w in queued] == [TrialState.WAITING]
@@ -159,6 +167,9 @@ def test_run_prints_best_exports_it_and_resumes_after_sigint(
         (continued,) = [w for w in resumed if records.continues(w) == t.number]
         assert continued.state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert records.resumed_value(continued) is not None
+        # its curve goes on from the step the interrupted trial reached, not from 0
+        assert max(continued.intermediate_values) > max(t.intermediate_values, default=0)
+        assert records.examples_seen(continued) == 60 * 8
 
 
 def _trials_or_none(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
