@@ -79,7 +79,6 @@ class Candidate:
     record: StudyRecord
     spec: StudySpec
     study: optuna.Study
-    counts: TrialCounts
 
 
 @dataclass
@@ -214,27 +213,36 @@ class Worker:
         self.engine.dispose()
 
     def _run_next(self) -> bool:
+        """Try the studies in fair order, reading further down it only when the first ones
+        have no work for this worker (each read returns the order's head, 8 times longer)."""
         self._owners_at_quota = set()
-        for load in self._scan():
-            if load.owner in self._owners_at_quota:
-                continue
-            try:
-                candidate = self._candidate(load)
-            except StudyGone:
-                self._forget_load(load)
-                continue
-            if candidate is not None and self._run_one(candidate):
-                return True
-        return False
+        tried: set[int] = set()
+        limit = fairshare.FIRST_PAGE
+        while True:
+            order = self._scan(limit)
+            for load in order:
+                if load.record_id in tried or load.owner in self._owners_at_quota:
+                    continue
+                tried.add(load.record_id)
+                try:
+                    candidate = self._candidate(load)
+                except StudyGone:
+                    self._forget_load(load)
+                    continue
+                if candidate is not None and self._run_one(candidate):
+                    return True
+            if len(order) < limit:
+                return False
+            limit *= 8
 
     # --- choosing a study -------------------------------------------------------------------
 
-    def _scan(self) -> list[StudyLoad]:
-        """Running studies in fair order (``hpo.core.fairshare``): one statement, plus a sweep
-        and a second statement only when a dead worker left stale trials behind."""
-        with self.engine.connect() as conn:
-            loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
-        stale = [load for load in loads if load.stale]
+    def _scan(self, limit: int = fairshare.FIRST_PAGE) -> list[StudyLoad]:
+        """The first ``limit`` running studies in fair order (``hpo.core.fairshare``): one
+        statement, plus a sweep and a second statement only when the first flagged studies
+        whose trials lost their heartbeat (a dead worker's)."""
+        found = self._fair_share(limit)
+        stale = found.swept()
         for load in stale:
             try:
                 _, study = self._study(load, self._record(load))
@@ -243,14 +251,17 @@ class Worker:
             with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 fail_stale_trials(study)  # trials of dead workers free their budget slot
-        if stale:
-            with self.engine.connect() as conn:
-                loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
-        return fairshare.fair_order(
-            loads,
-            max_running_per_owner=self.settings.max_running_trials_per_owner,
-            names=self.study_names,
-        )
+        return self._fair_share(limit).order if stale else found.order
+
+    def _fair_share(self, limit: int) -> fairshare.Scan:
+        with self.engine.connect() as conn:
+            return fairshare.scan(
+                conn,
+                grace_period=self.settings.grace_period,
+                limit=limit,
+                max_running_per_owner=self.settings.max_running_trials_per_owner,
+                names=self.study_names,
+            )
 
     def _record(self, load: StudyLoad) -> StudyRecord:
         with session_scope(self.sessions) as session:
@@ -282,14 +293,16 @@ class Worker:
         if record.status != StudyStatus.RUNNING:
             return None
         spec, study = self._study(load, record)
-        counts = trial_counts(self.storage, study_id(study))
+        # The scan's counts: the claim counts again under the study's lock (_budget_gate).
+        # It counts complete, pruned and paused trials as one number, all a budget reads.
+        counts = TrialCounts(complete=load.finished, running=load.running, waiting=load.waiting)
         # A scheduled study's one decision per claim is taken under its lock (_claim_gate).
         if budget.spent_reason(self.storage, record, spec, counts, None) is not None:
             outcomes.finish_if_spent(self.ctx, record, study)
             return None
         limit = budget.max_trials(spec.search)
         has_work = scheduled(spec.search) or counts.finished + counts.running < limit
-        return Candidate(record, spec, study, counts) if has_work else None
+        return Candidate(record, spec, study) if has_work else None
 
     def _forget_load(self, load: StudyLoad) -> None:
         self._specs.pop((load.record_id, load.name), None)
@@ -314,6 +327,12 @@ class Worker:
                 self._owners_at_quota.add(owner)
                 raise OwnerAtQuota(owner)
             yield
+
+    def _served(self, candidate: Candidate, lock: StudyLock) -> None:
+        """Note, as a trial is claimed, that the study and its owner were served now."""
+        with nullcontext(lock.connection) if lock.connection else self.engine.connect() as conn:
+            fairshare.served(conn, candidate.record.id)
+            conn.commit()
 
     def _decide(self, candidate: Candidate, trials: list[FrozenTrial]) -> Decision:
         """The scheduler's say on a scheduled study's next work: once per claim."""
@@ -377,6 +396,7 @@ class Worker:
             counts = trial_counts(lock.connection or self.storage, study_id(candidate.study))
             if counts.finished + counts.running >= budget.max_trials(candidate.spec.search):
                 raise BudgetSpent(candidate.spec.name)
+            self._served(candidate, lock)
             yield {}
 
     @contextmanager
@@ -390,6 +410,7 @@ class Worker:
         search = candidate.spec.search
         try:
             with self._owner_quota(candidate, lock):
+                self._served(candidate, lock)
                 if queued is not None and not dispatch.starts_configuration(
                     self.storage.get_trial(queued)
                 ):
@@ -409,7 +430,8 @@ class Worker:
         claim = _Claim()
         objective = self._objective(candidate, claim)
         try:
-            with self._claim_gate(candidate) as gate, self.storage.claiming(gate):
+            # The scan just swept the studies it found stale: no sweep of Optuna's per trial.
+            with self._claim_gate(candidate) as gate, self.storage.claiming(gate, swept=True):
                 candidate.study.optimize(objective, n_trials=1, catch=(Exception,))
         except BudgetSpent:
             return False
