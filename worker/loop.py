@@ -22,13 +22,13 @@ from optuna.trial import FrozenTrial
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import budget, fairshare, owners, records
-from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope
+from hpo.core import budget, fairshare, records
+from hpo.core.db import Database, StudyRecord, StudyStatus
 from hpo.core.errors import StorageUnavailable
 from hpo.core.factory import load_study
 from hpo.core.fairshare import StudyLoad
 from hpo.core.optuna_tables import study_id, trial_id
-from hpo.core.progress import TrialCounts, trial_counts
+from hpo.core.progress import TrialCounts
 from hpo.core.schedulers import Decision, Idle, Start, dispatch
 from hpo.core.schedulers.dispatch import scheduled
 from hpo.core.settings import Settings
@@ -245,7 +245,7 @@ class Worker:
         stale = found.swept()
         for load in stale:
             try:
-                _, study = self._study(load, self._record(load))
+                _, study = self._study(load, load.record)
             except StudyGone:
                 continue
             with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
@@ -262,13 +262,6 @@ class Worker:
                 max_running_per_owner=self.settings.max_running_trials_per_owner,
                 names=self.study_names,
             )
-
-    def _record(self, load: StudyLoad) -> StudyRecord:
-        with session_scope(self.sessions) as session:
-            record = session.get(StudyRecord, load.record_id)
-        if record is None or record.name != load.name:
-            raise StudyGone(load.name)
-        return record
 
     def _study(self, load: StudyLoad, record: StudyRecord) -> tuple[StudySpec, optuna.Study]:
         """The spec and the worker's Study of a scanned study, both kept for its life."""
@@ -289,7 +282,7 @@ class Worker:
     def _candidate(self, load: StudyLoad) -> Candidate | None:
         """A closer look at a scanned study: its budget (a scheduled study's next work is
         decided once, as a worker claims: ``_claim_gate``)."""
-        record = self._record(load)
+        record = load.record  # as the scan read it just now
         if record.status != StudyStatus.RUNNING:
             return None
         spec, study = self._study(load, record)
@@ -310,29 +303,40 @@ class Worker:
         self._event("study_gone", study=load.name, abandoned_trial=None, reason=GONE_REASON)
 
     @contextmanager
-    def _owner_quota(self, candidate: Candidate, lock: StudyLock) -> Iterator[None]:
-        """Inside the study's lock: refuse the claim if the owner is at
-        ``max_running_trials_per_owner``, counted under the owner's lock held until claimed."""
+    def _owner_quota(
+        self, candidate: Candidate, lock: StudyLock, *, counted: bool = False
+    ) -> Iterator[None]:
+        """Inside the study's lock: stamp the study served (``fairshare.served``), and refuse
+        the claim if the owner is at ``max_running_trials_per_owner`` (counted under the
+        owner's lock, held until claimed) or, ``counted``, if the study's trial budget is
+        taken. One statement stamps and counts, on the lock's connection while PostgreSQL
+        holds it; a refusal rolls the stamp back."""
         limit = self.settings.max_running_trials_per_owner
-        if limit is None:
-            yield
-            return
         owner = candidate.record.owner
-        with OwnerLock(self.engine, owner, lock.connection) as held:
+        quota = OwnerLock(self.engine, owner, lock.connection) if limit is not None else None
+        with quota or nullcontext():
             with (
-                nullcontext(held.connection) if held.connection else self.engine.connect() as conn
+                nullcontext(lock.connection) if lock.connection else self.engine.connect() as conn
             ):
-                running = owners.running_trials(conn, owner=owner)
-            if running >= limit:
-                self._owners_at_quota.add(owner)
-                raise OwnerAtQuota(owner)
+                served = fairshare.served(
+                    conn,
+                    candidate.record.id,
+                    optuna_id=study_id(candidate.study) if counted else None,
+                    owner=owner if limit is not None else None,
+                )
+                refusal: BudgetSpent | None = None
+                if limit is not None and (served.owner_running or 0) >= limit:
+                    self._owners_at_quota.add(owner)
+                    refusal = OwnerAtQuota(owner)
+                elif served.taken is not None and served.taken >= budget.max_trials(
+                    candidate.spec.search
+                ):
+                    refusal = BudgetSpent(candidate.spec.name)
+                if refusal is not None:
+                    conn.rollback()
+                    raise refusal
+                conn.commit()
             yield
-
-    def _served(self, candidate: Candidate, lock: StudyLock) -> None:
-        """Note, as a trial is claimed, that the study and its owner were served now."""
-        with nullcontext(lock.connection) if lock.connection else self.engine.connect() as conn:
-            fairshare.served(conn, candidate.record.id)
-            conn.commit()
 
     def _decide(self, candidate: Candidate, trials: list[FrozenTrial]) -> Decision:
         """The scheduler's say on a scheduled study's next work: once per claim."""
@@ -390,13 +394,8 @@ class Worker:
         claimed trial."""
         with (
             StudyLock(self.engine, candidate.record.id) as lock,
-            self._owner_quota(candidate, lock),
+            self._owner_quota(candidate, lock, counted=True),
         ):
-            # On the lock's connection: another would be opened while the lock is held.
-            counts = trial_counts(lock.connection or self.storage, study_id(candidate.study))
-            if counts.finished + counts.running >= budget.max_trials(candidate.spec.search):
-                raise BudgetSpent(candidate.spec.name)
-            self._served(candidate, lock)
             yield {}
 
     @contextmanager
@@ -410,7 +409,6 @@ class Worker:
         search = candidate.spec.search
         try:
             with self._owner_quota(candidate, lock):
-                self._served(candidate, lock)
                 if queued is not None and not dispatch.starts_configuration(
                     self.storage.get_trial(queued)
                 ):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import aliased
 
+from hpo.core import owners
 from hpo.core.db import OwnerRecord, StudyRecord, StudyStatus
 from hpo.core.optuna_tables import studies as optuna_studies
 from hpo.core.optuna_tables import trial_heartbeats as beats
@@ -47,6 +48,9 @@ from hpo.core.optuna_tables import trials
 from hpo.core.owners import DEFAULT_WEIGHT
 from hpo.core.progress import is_a_record
 
+# The study record's columns the scan returns with each study, so a claim reads no more.
+_RECORD = tuple(column.key for column in StudyRecord.__table__.columns)
+_LOAD = {"name", "owner", "status", "served_at", "trial_cap"}  # in the scan's row already
 # A worker's first look; it reads further (``Worker._run_next``) only when these have no work.
 FIRST_PAGE = 8
 
@@ -62,6 +66,7 @@ class StudyLoad:
     owner: str
     status: str
     optuna_id: int
+    record: StudyRecord = field(compare=False, repr=False)  # as read, detached
     running: int = 0
     finished: int = 0
     waiting: int = 0
@@ -125,6 +130,7 @@ def scan(
             owner=row.owner,
             status=row.status,
             optuna_id=row.optuna_id,
+            record=StudyRecord(**{key: getattr(row, key) for key in _RECORD}),
             running=row.running,
             finished=row.finished,
             waiting=row.waiting,
@@ -153,13 +159,32 @@ def owner_loads(connection: Connection) -> list[OwnerLoad]:
     ]
 
 
-def served(connection: Connection, record_id: int) -> None:
-    """Stamp a study (and so its owner) served now, by the database's clock."""
+@dataclass(frozen=True)
+class Served:
+    """What ``served`` counted as it stamped: None where not asked."""
+
+    taken: int | None  # the study's finished and running trials: its budget's count
+    owner_running: int | None  # the owner's running trials: a quota's count
+
+
+def served(
+    connection: Connection,
+    record_id: int,
+    *,
+    optuna_id: int | None = None,
+    owner: str | None = None,
+) -> Served:
+    """Stamp a study (and so its owner) served now, by the database's clock. The same
+    statement counts, with ``optuna_id``, the study's finished and running trials (infeasible
+    records left out), and with ``owner``, that owner's running trials: a claim's checks
+    under its locks, which roll the stamp back to refuse."""
     # A light table: the ORM's ``updated_at`` says when the study itself last changed.
     hpo_studies = table("hpo_studies", column("id"), column("served_at"))
-    connection.execute(
-        update(hpo_studies).where(hpo_studies.c.id == record_id).values(served_at=func.now())
-    )
+    stamp = update(hpo_studies).where(hpo_studies.c.id == record_id).values(served_at=func.now())
+    taken = null() if optuna_id is None else _count(literal(optuna_id), *_TAKEN)
+    running = null() if owner is None else owners.running_trials(owner)
+    row = connection.execute(stamp.returning(taken, running)).one()
+    return Served(taken=row[0], owner_running=row[1])
 
 
 def _stale_before(dialect: str, grace_period: float) -> ColumnElement[Any]:
@@ -200,6 +225,9 @@ def _busy(stale_before: ColumnElement[Any]) -> CTE:
         .group_by(StudyRecord.id, trials.c.study_id)
         .cte("busy")
     )
+
+
+_TAKEN = ("COMPLETE", "PRUNED", "RUNNING")  # what a count budget counts (paused are PRUNED)
 
 
 def _count(optuna_id: ColumnElement[int], *states: str) -> ScalarSelect[int]:
@@ -319,6 +347,7 @@ def _scan_query(
             _count(optuna_id, "COMPLETE", "PRUNED").label("finished"),
             _count(optuna_id, "WAITING").label("waiting"),
             (func.coalesce(busy.c.stale, 0) > 0).label("stale"),
+            *(getattr(StudyRecord, key) for key in _RECORD if key not in _LOAD),
             StudyRecord.served_at,
             StudyRecord.trial_cap,
             _weight(),
