@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -58,17 +57,14 @@ class HeartbeatStorage(RDBStorage):
     The user attributes the gate yields are set on the claimed trial before the gate closes,
     so the next claimant already sees them. ``swept``: the caller swept the study's stale
     trials just before (the workers' scan), so Optuna's own sweep before each trial is
-    skipped. Optuna reads a new trial back right after creating it: the trial as created
-    is that read's answer, not six more statements.
+    skipped. Optuna's ask reads a new trial back right after creating it: in a claim, the
+    trial as created is that read's answer, not six more statements.
     A heartbeat is one upsert (PostgreSQL, SQLite), where Optuna reads the row, then writes.
     """
 
     _gate: ClaimGate | None = None
     _swept = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._created = threading.local()  # the trial this thread just created
+    _created: FrozenTrial | None = None  # the trial a claim just created (its thread only)
 
     @contextmanager
     def claiming(self, gate: ClaimGate, *, swept: bool = False) -> Iterator[None]:
@@ -105,12 +101,12 @@ class HeartbeatStorage(RDBStorage):
                 self.set_trial_user_attr(optuna_tables.trial_id(trial), key, value)
                 trial.user_attrs[key] = value
         self.record_heartbeat(optuna_tables.trial_id(trial))
-        self._created.trial = copy.deepcopy(trial)
+        if self._gate is not None:  # a worker's claim: Optuna's ask reads the trial next
+            self._created = copy.deepcopy(trial)
         return trial
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        created: FrozenTrial | None = getattr(self._created, "trial", None)
-        self._created.trial = None
+        created, self._created = self._created, None
         if created is not None and optuna_tables.trial_id(created) == trial_id:
             return created
         return super().get_trial(trial_id)
