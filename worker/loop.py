@@ -213,8 +213,8 @@ class Worker:
         self.engine.dispose()
 
     def _run_next(self) -> bool:
-        """Try the studies in fair order, reading further down it only when the first ones
-        have no work for this worker (each read returns the order's head, 8 times longer)."""
+        """Try the studies in fair order, reading further down it (8 times more each time)
+        only when the first have no work for this worker."""
         self._owners_at_quota = set()
         tried: set[int] = set()
         limit = fairshare.FIRST_PAGE
@@ -233,17 +233,15 @@ class Worker:
                     return True
             if len(order) < limit:
                 return False
-            limit *= 8
+            limit *= 8  # the first had no work for this worker: read further
 
     # --- choosing a study -------------------------------------------------------------------
 
     def _scan(self, limit: int = fairshare.FIRST_PAGE) -> list[StudyLoad]:
-        """The first ``limit`` running studies in fair order (``hpo.core.fairshare``): one
-        statement, plus a sweep and a second statement only when the first flagged studies
-        whose trials lost their heartbeat (a dead worker's)."""
+        """The first ``limit`` studies in fair order (``hpo.core.fairshare``): one statement,
+        plus a sweep and one more only where it flags trials of a dead worker."""
         found = self._fair_share(limit)
-        stale = found.swept()
-        for load in stale:
+        for load in found.swept():
             try:
                 _, study = self._study(load, load.record)
             except StudyGone:
@@ -251,7 +249,7 @@ class Worker:
             with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 fail_stale_trials(study)  # trials of dead workers free their budget slot
-        return self._fair_share(limit).order if stale else found.order
+        return self._fair_share(limit).order if found.swept() else found.order
 
     def _fair_share(self, limit: int) -> fairshare.Scan:
         with self.engine.connect() as conn:
@@ -286,8 +284,7 @@ class Worker:
         if record.status != StudyStatus.RUNNING:
             return None
         spec, study = self._study(load, record)
-        # The scan's counts: the claim counts again under the study's lock (_budget_gate).
-        # It counts complete, pruned and paused trials as one number, all a budget reads.
+        # The scan's (finished: complete, pruned and paused); a claim recounts under its lock.
         counts = TrialCounts(complete=load.finished, running=load.running, waiting=load.waiting)
         # A scheduled study's one decision per claim is taken under its lock (_claim_gate).
         if budget.spent_reason(self.storage, record, spec, counts, None) is not None:
@@ -306,11 +303,10 @@ class Worker:
     def _owner_quota(
         self, candidate: Candidate, lock: StudyLock, *, counted: bool = False
     ) -> Iterator[None]:
-        """Inside the study's lock: stamp the study served (``fairshare.served``), and refuse
-        the claim if the owner is at ``max_running_trials_per_owner`` (counted under the
-        owner's lock, held until claimed) or, ``counted``, if the study's trial budget is
-        taken. One statement stamps and counts, on the lock's connection while PostgreSQL
-        holds it; a refusal rolls the stamp back."""
+        """Inside the study's lock: stamp the study served (``fairshare.served``); refuse the
+        claim if the owner is at ``max_running_trials_per_owner`` (counted under the owner's
+        lock, held until claimed) or, ``counted``, if the study's budget is taken. One
+        statement stamps and counts; a refusal rolls the stamp back."""
         limit = self.settings.max_running_trials_per_owner
         owner = candidate.record.owner
         quota = OwnerLock(self.engine, owner, lock.connection) if limit is not None else None
@@ -428,7 +424,7 @@ class Worker:
         claim = _Claim()
         objective = self._objective(candidate, claim)
         try:
-            # The scan just swept the studies it found stale: no sweep of Optuna's per trial.
+            # swept: the scan just swept the studies it found stale, so Optuna need not.
             with self._claim_gate(candidate) as gate, self.storage.claiming(gate, swept=True):
                 candidate.study.optimize(objective, n_trials=1, catch=(Exception,))
         except BudgetSpent:
