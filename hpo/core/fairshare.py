@@ -13,6 +13,7 @@ also names the studies whose running trials lost their heartbeat, wherever they 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,9 +118,12 @@ def scan(
         names: Only these studies (a worker pinned with ``--study``); owners' loads still
             count all their studies.
     """
-    busy = _busy(_stale_before(connection.dialect.name, grace_period))
     query = _scan_query(
-        busy, limit=limit, max_running_per_owner=max_running_per_owner, names=names
+        connection.dialect.name,
+        grace_period,
+        limit=limit,
+        max_running_per_owner=max_running_per_owner,
+        names=None if names is None else frozenset(names),
     )
     order: list[StudyLoad] = []
     stale: list[StudyLoad] = []
@@ -322,9 +326,17 @@ def _placed(
     return select(ranked.c.id, place).order_by(*key).limit(limit).subquery("placed")
 
 
+@functools.lru_cache(maxsize=64)
 def _scan_query(
-    busy: CTE, *, limit: int, max_running_per_owner: int | None, names: Collection[str] | None
+    dialect: str,
+    grace_period: float,
+    *,
+    limit: int,
+    max_running_per_owner: int | None,
+    names: frozenset[str] | None,
 ) -> Select[Any]:
+    """Built once per worker and page size: building it costs more than running it."""
+    busy = _busy(_stale_before(dialect, grace_period))
     placed = _placed(
         busy,
         _candidates(busy, limit=limit, names=names),
