@@ -4,13 +4,16 @@
 
 For each size, its own PostgreSQL cluster: one owner registers ``size`` running studies, 10
 other owners one each; ``--running`` of the crowd's studies have a trial running (the busy
-part of the fleet, fresh heartbeats) and 200 have three finished trials. Then, alternately,
-a real worker claims (from its look at the fair order to its trial running in the
+part of the fleet, fresh heartbeats) and 200 have three finished trials. Then, round by
+round over the sizes side by side (the shared machine's load weighs on each alike), a real
+worker claims (from its look at the fair order to its trial running in the
 objective; a cheap objective, no training, and the trial finishes before the next claim)
 and a plain Optuna ``ask`` (with ``tell``) runs on one of the crowd's studies, ``--claims``
 times each: medians, and the SQL statements of each, counted in the claiming thread with a
 ``before_cursor_execute`` event (not Optuna's heartbeat thread). Rows go in through Optuna's
-storage API and our ORM, not the HTTP API. Writes bench/results/fair-share-scan.{md,json}.
+storage API and our ORM, not the HTTP API. Claims mostly find studies new to the worker
+(Optuna loads each); the ask reuses one loaded study. Writes
+bench/results/fair-share-scan.{md,json}.
 """
 
 from __future__ import annotations
@@ -161,46 +164,66 @@ def _asks(url: str, name: str) -> Callable[[], tuple[float, int]]:
     return ask
 
 
-def run_size(size: int, *, claims: int, running: int) -> dict[str, Any]:
+@dataclass
+class Fleet:
+    """One size's database, its claiming worker and a plain Optuna ``ask`` beside it."""
+
+    size: int
+    cluster: PostgresCluster
+    worker: ClaimingWorker
+    ask: Callable[[], tuple[float, int]]
+    asks: list[tuple[float, int]]
+
+
+def setup(size: int, *, running: int) -> Fleet:
     cluster = PostgresCluster()
-    try:
-        url = cluster.url()
-        upgrade(url)
-        storage = RDBStorage(url)
-        with Database(url) as db:
-            crowd: list[int] = []
-            for start in range(0, size, 500):
-                batch = [("crowd", f"crowd-{i}") for i in range(start, min(size, start + 500))]
-                crowd += _register(db, storage, batch)
-            owners = [(f"owner-{k}", f"study-{k}") for k in range(OTHER_OWNERS)]
-            _register(db, storage, owners)
-        for study_id in crowd[:WITH_HISTORY]:
-            _history(storage, study_id)
-        for study_id in crowd[-running:]:
-            storage.record_heartbeat(storage.create_new_trial(study_id))
-        storage.engine.dispose()
-        settings = Settings(
-            database_url=url, cache_dir=Path(tempfile.mkdtemp()), grace_period=3600
-        )
-        worker = ClaimingWorker(settings)
-        ask = _asks(url, "crowd-0")
-        asks = []
-        for _ in range(claims):
-            assert worker._run_next()  # noqa: SLF001 - one claim, as the loop makes it
-            asks.append(ask())
-        worker.close()
-    finally:
-        cluster.stop()
-    claim_ms, claim_sql = _median(worker.claims)
-    ask_ms, ask_sql = _median(asks)
+    url = cluster.url()
+    upgrade(url)
+    storage = RDBStorage(url)
+    with Database(url) as db:
+        crowd: list[int] = []
+        for start in range(0, size, 500):
+            batch = [("crowd", f"crowd-{i}") for i in range(start, min(size, start + 500))]
+            crowd += _register(db, storage, batch)
+        _register(db, storage, [(f"owner-{k}", f"study-{k}") for k in range(OTHER_OWNERS)])
+    for study_id in crowd[:WITH_HISTORY]:
+        _history(storage, study_id)
+    for study_id in crowd[-running:]:
+        storage.record_heartbeat(storage.create_new_trial(study_id))
+    storage.engine.dispose()
+    settings = Settings(database_url=url, cache_dir=Path(tempfile.mkdtemp()), grace_period=3600)
+    return Fleet(size, cluster, ClaimingWorker(settings), _asks(url, "crowd-0"), [])
+
+
+def figures(fleet: Fleet) -> dict[str, Any]:
+    claim_ms, claim_sql = _median(fleet.worker.claims)
+    ask_ms, ask_sql = _median(fleet.asks)
     return {
-        "running_studies": size + OTHER_OWNERS,
+        "running_studies": fleet.size + OTHER_OWNERS,
         "claim_ms": claim_ms,
         "claim_statements": claim_sql,
-        "claim_statements_max": max(n for _, n in worker.claims),
+        "claim_statements_max": max(n for _, n in fleet.worker.claims),
         "ask_ms": ask_ms,
         "ask_statements": ask_sql,
     }
+
+
+def run(sizes: list[int], *, claims: int, running: int) -> list[dict[str, Any]]:
+    """Every size's fleet side by side, claims and asks interleaved round by round, so the
+    shared machine's load weighs on each size alike."""
+    fleets: list[Fleet] = []
+    try:
+        for size in sizes:
+            fleets.append(setup(size, running=running))
+        for _ in range(claims):
+            for fleet in fleets:
+                assert fleet.worker._run_next()  # noqa: SLF001 - one claim, as the loop makes it
+                fleet.asks.append(fleet.ask())
+        return [figures(fleet) for fleet in fleets]
+    finally:
+        for fleet in fleets:
+            fleet.worker.close()
+            fleet.cluster.stop()
 
 
 def main() -> None:
@@ -210,7 +233,7 @@ def main() -> None:
     parser.add_argument("--running", type=int, default=20)
     args = parser.parse_args()
     load_before = os.getloadavg()
-    rows = [run_size(n, claims=args.claims, running=args.running) for n in args.sizes]
+    rows = run(args.sizes, claims=args.claims, running=args.running)
     load_after = os.getloadavg()
     result = {
         "commit": commit(),
@@ -229,7 +252,8 @@ def main() -> None:
         f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after). One owner holds "
         f"all but {OTHER_OWNERS} of the running studies, {OTHER_OWNERS} other owners one "
         f"each; {args.running} trials run meanwhile. Medians of {args.claims} claims and "
-        f"{args.claims} plain Optuna asks on the same database, interleaved.",
+        f"{args.claims} plain Optuna asks on the same database, interleaved, the sizes "
+        "side by side (each round claims and asks once on every size).",
         "",
         "| running studies | claim ms | statements per claim (median / max) | Optuna ask ms "
         "| statements per ask | claim / ask |",
