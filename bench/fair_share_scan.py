@@ -1,21 +1,32 @@
-"""What a worker's study choice costs with many studies registered: the fair-share scan.
+"""What a worker's claim costs as running studies grow, beside a plain Optuna ``ask``.
 
-    python -m bench.fair_share_scan [--studies 10000] [--owners 10] [--with-trials 200]
+    python -m bench.fair_share_scan [--sizes 10 1000 10000] [--claims 15] [--running 20]
 
-Starts its own PostgreSQL cluster; one owner registers ``--studies`` studies, ``--owners``
-other owners one each; ``--with-trials`` of the crowd's studies get three finished trials and
-one running trial. Then times ``fairshare.scan`` + ``fair_order`` (median of 7) and counts
-their SQL statements. Rows go in through Optuna's storage API and our ORM, not the HTTP API
-(whose registration cost is ``bench.noisy_neighbour``'s). Writes
+For each size, its own PostgreSQL cluster: one owner registers ``size`` running studies, 10
+other owners one each; ``--running`` of the crowd's studies have a trial running (the busy
+part of the fleet, fresh heartbeats) and 200 have three finished trials. Then, round by
+round over the sizes side by side (the shared machine's load weighs on each alike), a real
+worker claims (from its look at the fair order to its trial running in the
+objective; a cheap objective, no training, and the trial finishes before the next claim)
+and a plain Optuna ``ask`` (with ``tell``) runs on one of the crowd's studies, ``--claims``
+times each: medians, and the SQL statements of each, counted in the claiming thread with a
+``before_cursor_execute`` event (not Optuna's heartbeat thread). Rows go in through Optuna's
+storage API and our ORM, not the HTTP API. Claims mostly find studies new to the worker
+(Optuna loads each); the ask reuses one loaded study. Writes
 bench/results/fair-share-scan.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,7 +34,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 
 from bench import commit, machine, save
 from hpo.core import fairshare
@@ -31,11 +42,16 @@ from hpo.core.budget import trial_cap
 from hpo.core.db import Database, StudyRecord, StudyStatus
 from hpo.core.fairshare import StudyLoad
 from hpo.core.migrate import upgrade
+from hpo.core.settings import Settings
 from hpo.core.spec import StudySpec
 from tests.pg import PostgresCluster
 from tests.specs import minimal_spec
+from tests.worker_process import cheap_objective
+from worker.loop import Worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+OTHER_OWNERS = 10
+WITH_HISTORY = 200
 
 
 def _register(db: Database, storage: RDBStorage, names: list[tuple[str, str]]) -> list[int]:
@@ -44,7 +60,7 @@ def _register(db: Database, storage: RDBStorage, names: list[tuple[str, str]]) -
     with db.sessions() as session:
         for owner, name in names:
             ids.append(storage.create_new_study([StudyDirection.MINIMIZE], name))
-            spec = StudySpec.model_validate(minimal_spec(name=name))
+            spec = StudySpec.model_validate(minimal_spec(name, budget={"max_trials": 1000}))
             session.add(
                 StudyRecord(
                     name=name,
@@ -58,114 +74,200 @@ def _register(db: Database, storage: RDBStorage, names: list[tuple[str, str]]) -
     return ids
 
 
-def _add_trials(storage: RDBStorage, study_id: int) -> None:
+def _history(storage: RDBStorage, study_id: int) -> None:
     dist: dict[str, BaseDistribution] = {"learning_rate": FloatDistribution(1e-5, 1e-2, log=True)}
     for value in (1.0, 0.9, 0.8):
-        storage.create_new_trial(
-            study_id,
-            template_trial=create_trial(
-                state=TrialState.COMPLETE,
-                value=value,
-                params={"learning_rate": 1e-3},
-                distributions=dist,
-            ),
+        done = create_trial(
+            state=TrialState.COMPLETE,
+            value=value,
+            params={"learning_rate": 1e-3},
+            distributions=dist,
         )
-    trial_id = storage.create_new_trial(study_id)
-    storage.record_heartbeat(trial_id)
+        storage.create_new_trial(study_id, template_trial=done)
+
+
+class Counter:
+    """The statements an engine runs in the thread that made the counter."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.thread = threading.get_ident()
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._note)
+
+    def _note(self, *_: Any) -> None:
+        self.count += threading.get_ident() == self.thread
+
+
+class ClaimingWorker(Worker):
+    """A worker that notes each claim's latency and statements, up to its trial's start."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, cpu_threads=1, objective_factory=self._noted)
+        self.counter = Counter(self.engine)
+        self.claims: list[tuple[float, int]] = []
+        self._began = (0.0, 0)
+
+    def _run_next(self) -> bool:
+        self._began = (time.perf_counter(), self.counter.count)
+        return super()._run_next()
+
+    def _noted(self, ctx: Any, spec: StudySpec, *, record: StudyRecord, on_start: Any) -> Any:
+        def started(trial: optuna.Trial) -> None:
+            began, count = self._began
+            self.claims.append((time.perf_counter() - began, self.counter.count - count))
+            on_start(trial)
+
+        return cheap_objective(ctx, spec, record=record, on_start=started)
 
 
 @dataclass(frozen=True)
 class StudyChoice:
-    """What ``repeats`` study choices (scan + fair order) cost, and the last order."""
+    """What ``repeats`` looks at the fair order's head cost, and the last head."""
 
     order: list[StudyLoad]
-    rows: int
     statements: int
     times: list[float]
 
 
 def time_study_choice(db: Database, *, grace_period: float, repeats: int) -> StudyChoice:
-    """Time a worker's study choice ``repeats`` times, counting one choice's SQL statements."""
-    statements: list[str] = []
-    event.listen(
-        db.engine, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql)
-    )
+    """Time a worker's look at the fair order ``repeats`` times, counting its statements."""
+    counter = Counter(db.engine)
     times: list[float] = []
     order: list[StudyLoad] = []
-    rows = 0
     for _ in range(repeats):
-        statements.clear()
-        began = time.perf_counter()
+        count, began = counter.count, time.perf_counter()
         with db.engine.connect() as conn:
-            loads = fairshare.scan(conn, grace_period=grace_period)
-        order = fairshare.fair_order(loads)
+            order = fairshare.scan(conn, grace_period=grace_period).order
         times.append(time.perf_counter() - began)
-        rows = len(loads)
-    return StudyChoice(order=order, rows=rows, statements=len(statements), times=times)
+    return StudyChoice(order=order, statements=counter.count - count, times=times)
 
 
-def run(*, crowd: int, owners: int, with_trials: int) -> dict[str, Any]:
+def _median(samples: list[tuple[float, int]]) -> tuple[float, int]:
+    return (
+        statistics.median(s for s, _ in samples) * 1000,
+        int(statistics.median(n for _, n in samples)),
+    )
+
+
+def _asks(url: str, name: str) -> Callable[[], tuple[float, int]]:
+    storage = RDBStorage(url)
+    counter = Counter(storage.engine)
+    study = optuna.load_study(study_name=name, storage=storage)
+
+    def ask() -> tuple[float, int]:
+        count, began = counter.count, time.perf_counter()
+        trial = study.ask()
+        took = time.perf_counter() - began, counter.count - count
+        study.tell(trial, 1.0)
+        return took
+
+    return ask
+
+
+@dataclass
+class Fleet:
+    """One size's database, its claiming worker and a plain Optuna ``ask`` beside it."""
+
+    size: int
+    cluster: PostgresCluster
+    worker: ClaimingWorker
+    ask: Callable[[], tuple[float, int]]
+    asks: list[tuple[float, int]]
+
+
+def setup(size: int, *, running: int) -> Fleet:
     cluster = PostgresCluster()
-    try:
-        url = cluster.url()
-        upgrade(url)
-        storage = RDBStorage(url, heartbeat_interval=60)
-        started = time.perf_counter()
-        with Database(url) as db:
-            crowd_ids: list[int] = []
-            for start in range(0, crowd, 500):
-                batch = [("crowd", f"crowd-{i}") for i in range(start, min(crowd, start + 500))]
-                crowd_ids += _register(db, storage, batch)
-            _register(db, storage, [(f"owner-{k}", f"study-{k}") for k in range(owners)])
-            for study_id in crowd_ids[:with_trials]:
-                _add_trials(storage, study_id)
-            setup_s = time.perf_counter() - started
-            choice = time_study_choice(db, grace_period=120, repeats=7)
-        storage.engine.dispose()
-    finally:
-        cluster.stop()
-    order = choice.order
-    first_other = next((i + 1 for i, s in enumerate(order) if s.owner != "crowd"), None)
+    url = cluster.url()
+    upgrade(url)
+    storage = RDBStorage(url)
+    with Database(url) as db:
+        crowd: list[int] = []
+        for start in range(0, size, 500):
+            batch = [("crowd", f"crowd-{i}") for i in range(start, min(size, start + 500))]
+            crowd += _register(db, storage, batch)
+        _register(db, storage, [(f"owner-{k}", f"study-{k}") for k in range(OTHER_OWNERS)])
+    for study_id in crowd[:WITH_HISTORY]:
+        _history(storage, study_id)
+    for study_id in crowd[-running:]:
+        storage.record_heartbeat(storage.create_new_trial(study_id))
+    storage.engine.dispose()
+    settings = Settings(database_url=url, cache_dir=Path(tempfile.mkdtemp()), grace_period=3600)
+    return Fleet(size, cluster, ClaimingWorker(settings), _asks(url, "crowd-0"), [])
+
+
+def figures(fleet: Fleet) -> dict[str, Any]:
+    claim_ms, claim_sql = _median(fleet.worker.claims)
+    ask_ms, ask_sql = _median(fleet.asks)
     return {
-        "studies": crowd + owners,
-        "crowd": crowd,
-        "owners": owners + 1,
-        "with_trials": with_trials,
-        "setup_s": setup_s,
-        "statements": choice.statements,
-        "rows": choice.rows,
-        "median_ms": statistics.median(choice.times) * 1000,
-        "max_ms": max(choice.times) * 1000,
-        "last_other_owner_place": max(
-            (i + 1 for i, s in enumerate(order) if s.owner != "crowd"), default=None
-        ),
-        "first_other_owner_place": first_other,
+        "running_studies": fleet.size + OTHER_OWNERS,
+        "claim_ms": claim_ms,
+        "claim_statements": claim_sql,
+        "claim_statements_max": max(n for _, n in fleet.worker.claims),
+        "ask_ms": ask_ms,
+        "ask_statements": ask_sql,
     }
+
+
+def run(sizes: list[int], *, claims: int, running: int) -> list[dict[str, Any]]:
+    """Every size's fleet side by side, claims and asks interleaved round by round, so the
+    shared machine's load weighs on each size alike."""
+    fleets: list[Fleet] = []
+    try:
+        for size in sizes:
+            fleets.append(setup(size, running=running))
+        for _ in range(claims):
+            for fleet in fleets:
+                assert fleet.worker._run_next()  # noqa: SLF001 - one claim, as the loop makes it
+                fleet.asks.append(fleet.ask())
+        return [figures(fleet) for fleet in fleets]
+    finally:
+        for fleet in fleets:
+            fleet.worker.close()
+            fleet.cluster.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--studies", type=int, default=10_000)
-    parser.add_argument("--owners", type=int, default=10)
-    parser.add_argument("--with-trials", type=int, default=200)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 1000, 10_000])
+    parser.add_argument("--claims", type=int, default=15)
+    parser.add_argument("--running", type=int, default=20)
     args = parser.parse_args()
-    result = run(crowd=args.studies, owners=args.owners, with_trials=args.with_trials)
-    result["commit"] = commit()
-    result["machine"] = machine("loopback", "PostgreSQL 15")
+    load_before = os.getloadavg()
+    rows = run(args.sizes, claims=args.claims, running=args.running)
+    load_after = os.getloadavg()
+    result = {
+        "commit": commit(),
+        "machine": machine("loopback", "PostgreSQL 15"),
+        "load_before": load_before,
+        "load_after": load_after,
+        "claims": args.claims,
+        "running_trials": args.running,
+        "rows": rows,
+    }
+    first, last = rows[0], rows[-1]
     lines = [
-        "# Fair-share scan",
+        "# A claim's cost as running studies grow",
         "",
-        f"Commit `{result['commit']}`, {result['machine']}. One owner holds {result['crowd']} "
-        f"running studies ({result['with_trials']} of them with 3 finished trials and one "
-        f"running), {args.owners} other owners one study each.",
+        f"Commit `{result['commit']}`, {result['machine']}, shared (`nice -n 10`; load "
+        f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after). One owner holds "
+        f"all but {OTHER_OWNERS} of the running studies, {OTHER_OWNERS} other owners one "
+        f"each; {args.running} trials run meanwhile. Medians of {args.claims} claims and "
+        f"{args.claims} plain Optuna asks on the same database, interleaved, the sizes "
+        "side by side (each round claims and asks once on every size).",
         "",
-        "| studies | SQL statements | rows returned | median ms (of 7) | max ms |",
-        "|---|---|---|---|---|",
-        f"| {result['studies']} | {result['statements']} | {result['rows']} | "
-        f"{result['median_ms']:.0f} | {result['max_ms']:.0f} |",
+        "| running studies | claim ms | statements per claim (median / max) | Optuna ask ms "
+        "| statements per ask | claim / ask |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {r['running_studies']:,} | {r['claim_ms']:.1f} | {r['claim_statements']} / "
+            f"{r['claim_statements_max']} | {r['ask_ms']:.1f} | {r['ask_statements']} | "
+            f"{r['claim_ms'] / r['ask_ms']:.2f}x |"
+            for r in rows
+        ),
         "",
-        f"The other owners' studies sit at places {result['first_other_owner_place']} to "
-        f"{result['last_other_owner_place']} of the workers' order.",
+        f"From {first['running_studies']:,} to {last['running_studies']:,} running studies a "
+        f"claim goes from {first['claim_ms']:.1f} to {last['claim_ms']:.1f} ms "
+        f"({last['claim_ms'] / first['claim_ms']:.2f}x).",
     ]
     save("fair-share-scan", result, "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -23,13 +23,13 @@ from optuna.trial import FrozenTrial
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from hpo.core import budget, fairshare, fleet, owners, records
-from hpo.core.db import Database, StudyRecord, StudyStatus, session_scope
+from hpo.core import budget, fairshare, fleet, records
+from hpo.core.db import Database, StudyRecord, StudyStatus
 from hpo.core.errors import StorageUnavailable
 from hpo.core.factory import load_study
 from hpo.core.fairshare import StudyLoad
 from hpo.core.optuna_tables import study_id, trial_id
-from hpo.core.progress import TrialCounts, trial_counts
+from hpo.core.progress import TrialCounts
 from hpo.core.schedulers import Decision, Idle, Start, dispatch
 from hpo.core.schedulers.dispatch import scheduled
 from hpo.core.settings import Settings
@@ -80,7 +80,6 @@ class Candidate:
     record: StudyRecord
     spec: StudySpec
     study: optuna.Study
-    counts: TrialCounts
 
 
 @dataclass
@@ -238,53 +237,59 @@ class Worker:
             self._idle_row = True
 
     def _run_next(self) -> bool:
+        """Try the studies in fair order, reading further down it (8 times more each time)
+        only when the first have no work for this worker."""
         self._owners_at_quota = set()
-        for load in self._scan():
-            if load.owner in self._owners_at_quota:
-                continue
-            try:
-                candidate = self._candidate(load)
-            except StudyGone:
-                self._forget_load(load)
-                continue
-            if candidate is not None and self._run_one(candidate):
-                return True
-        return False
+        tried: set[int] = set()
+        limit = fairshare.FIRST_PAGE
+        while True:
+            order = self._scan(limit)
+            for load in order:
+                if load.record_id in tried or load.owner in self._owners_at_quota:
+                    continue
+                tried.add(load.record_id)
+                try:
+                    candidate = self._candidate(load)
+                except StudyGone:
+                    self._forget_load(load)
+                    continue
+                if candidate is not None and self._run_one(candidate):
+                    return True
+            if len(order) < limit:
+                return False
+            limit *= 8  # the first had no work for this worker: read further
 
     # --- choosing a study -------------------------------------------------------------------
 
-    def _scan(self) -> list[StudyLoad]:
-        """Running studies in fair order (``hpo.core.fairshare``): one statement, plus a sweep
-        and a second statement only when a dead worker left stale trials behind."""
-        with self.engine.connect() as conn:
-            loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
-            cap = self.settings.max_running_trials_per_owner or self._fleet_cap(conn)
-        stale = [load for load in loads if load.stale]
-        for load in stale:
+    def _scan(self, limit: int = fairshare.FIRST_PAGE) -> list[StudyLoad]:
+        """The first ``limit`` studies in fair order (``hpo.core.fairshare``): one statement,
+        plus a sweep and one more only where it flags trials of a dead worker."""
+        found = self._fair_share(limit)
+        for load in found.swept():
             try:
-                _, study = self._study(load, self._record(load))
+                _, study = self._study(load, load.record)
             except StudyGone:
                 continue
             with warnings.catch_warnings():  # experimental in Optuna; we rely on it on purpose
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 fail_stale_trials(study)  # trials of dead workers free their budget slot
-        if stale:
-            with self.engine.connect() as conn:
-                loads = fairshare.scan(conn, grace_period=self.settings.grace_period)
-        return fairshare.fair_order(loads, max_running_per_owner=cap, names=self.study_names)
+        return self._fair_share(limit).order if found.swept() else found.order
 
     def _fleet_cap(self, conn: Connection) -> int:
         """An owner's share of the live fleet, this worker (free: it is looking) included."""
         live = fleet.live(conn, besides=self.ctx.worker_id)
-        workers = live.running + live.free + 1
-        return fleet.owner_cap(workers, share=self.settings.max_fleet_share)
+        return fleet.owner_cap(live.running + live.free + 1, share=self.settings.max_fleet_share)
 
-    def _record(self, load: StudyLoad) -> StudyRecord:
-        with session_scope(self.sessions) as session:
-            record = session.get(StudyRecord, load.record_id)
-        if record is None or record.name != load.name:
-            raise StudyGone(load.name)
-        return record
+    def _fair_share(self, limit: int) -> fairshare.Scan:
+        with self.engine.connect() as conn:
+            return fairshare.scan(
+                conn,
+                grace_period=self.settings.grace_period,
+                limit=limit,
+                max_running_per_owner=self.settings.max_running_trials_per_owner
+                or self._fleet_cap(conn),
+                names=self.study_names,
+            )
 
     def _study(self, load: StudyLoad, record: StudyRecord) -> tuple[StudySpec, optuna.Study]:
         """The spec and the worker's Study of a scanned study, both kept for its life."""
@@ -305,18 +310,19 @@ class Worker:
     def _candidate(self, load: StudyLoad) -> Candidate | None:
         """A closer look at a scanned study: its budget (a scheduled study's next work is
         decided once, as a worker claims: ``_claim_gate``)."""
-        record = self._record(load)
+        record = load.record  # as the scan read it just now
         if record.status != StudyStatus.RUNNING:
             return None
         spec, study = self._study(load, record)
-        counts = trial_counts(self.storage, study_id(study))
+        # The scan's (finished: complete, pruned and paused); a claim recounts under its lock.
+        counts = TrialCounts(complete=load.finished, running=load.running, waiting=load.waiting)
         # A scheduled study's one decision per claim is taken under its lock (_claim_gate).
         if budget.spent_reason(self.storage, record, spec, counts, None) is not None:
             outcomes.finish_if_spent(self.ctx, record, study)
             return None
         limit = budget.max_trials(spec.search)
         has_work = scheduled(spec.search) or counts.finished + counts.running < limit
-        return Candidate(record, spec, study, counts) if has_work else None
+        return Candidate(record, spec, study) if has_work else None
 
     def _forget_load(self, load: StudyLoad) -> None:
         self._specs.pop((load.record_id, load.name), None)
@@ -324,22 +330,38 @@ class Worker:
         self._event("study_gone", study=load.name, abandoned_trial=None, reason=GONE_REASON)
 
     @contextmanager
-    def _owner_quota(self, candidate: Candidate, lock: StudyLock) -> Iterator[None]:
-        """Inside the study's lock: refuse the claim if the owner is at
-        ``max_running_trials_per_owner``, counted under the owner's lock held until claimed."""
+    def _owner_quota(
+        self, candidate: Candidate, lock: StudyLock, *, counted: bool = False
+    ) -> Iterator[None]:
+        """Inside the study's lock: stamp the study served (``fairshare.served``); refuse the
+        claim if the owner is at ``max_running_trials_per_owner`` (counted under the owner's
+        lock, held until claimed) or, ``counted``, if the study's budget is taken. One
+        statement stamps and counts; a refusal rolls the stamp back."""
         limit = self.settings.max_running_trials_per_owner
-        if limit is None:
-            yield
-            return
         owner = candidate.record.owner
-        with OwnerLock(self.engine, owner, lock.connection) as held:
+        quota = OwnerLock(self.engine, owner, lock.connection) if limit is not None else None
+        with quota or nullcontext():
             with (
-                nullcontext(held.connection) if held.connection else self.engine.connect() as conn
+                nullcontext(lock.connection) if lock.connection else self.engine.connect() as conn
             ):
-                running = owners.running_trials(conn, owner=owner)
-            if running >= limit:
-                self._owners_at_quota.add(owner)
-                raise OwnerAtQuota(owner)
+                served = fairshare.served(
+                    conn,
+                    candidate.record.id,
+                    optuna_id=study_id(candidate.study) if counted else None,
+                    owner=owner if limit is not None else None,
+                )
+                refusal: BudgetSpent | None = None
+                if limit is not None and (served.owner_running or 0) >= limit:
+                    self._owners_at_quota.add(owner)
+                    refusal = OwnerAtQuota(owner)
+                elif served.taken is not None and served.taken >= budget.max_trials(
+                    candidate.spec.search
+                ):
+                    refusal = BudgetSpent(candidate.spec.name)
+                if refusal is not None:
+                    conn.rollback()
+                    raise refusal
+                conn.commit()
             yield
 
     def _decide(self, candidate: Candidate, trials: list[FrozenTrial]) -> Decision:
@@ -404,12 +426,8 @@ class Worker:
         claimed trial."""
         with (
             StudyLock(self.engine, candidate.record.id) as lock,
-            self._owner_quota(candidate, lock),
+            self._owner_quota(candidate, lock, counted=True),
         ):
-            # On the lock's connection: another would be opened while the lock is held.
-            counts = trial_counts(lock.connection or self.storage, study_id(candidate.study))
-            if counts.finished + counts.running >= budget.max_trials(candidate.spec.search):
-                raise BudgetSpent(candidate.spec.name)
             yield {}
 
     @contextmanager
@@ -442,7 +460,8 @@ class Worker:
         claim = _Claim()
         objective = self._objective(candidate, claim)
         try:
-            with self._claim_gate(candidate) as gate, self.storage.claiming(gate):
+            # swept: the scan just swept the studies it found stale, so Optuna need not.
+            with self._claim_gate(candidate) as gate, self.storage.claiming(gate, swept=True):
                 candidate.study.optimize(objective, n_trials=1, catch=(Exception,))
         except BudgetSpent:
             return False

@@ -9,7 +9,6 @@ over theirs. One query on its study's row per report; the fleet's only once the 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 from sqlalchemy import Connection, Engine, select
 
@@ -55,15 +54,11 @@ def _demand(
     conn: Connection, settings: Settings
 ) -> tuple[StudyLoad | None, dict[str, tuple[int, float]]]:
     """The study a free worker would serve next, and every owner's running trials and weight."""
-    loads = fairshare.scan(conn, grace_period=settings.grace_period)
-    running: defaultdict[str, int] = defaultdict(int)
-    weight: dict[str, float] = {}
-    for load in loads:
-        running[load.owner] += load.running
-        weight[load.owner] = load.weight
+    running = {o.owner: (o.running, o.weight) for o in fairshare.owner_loads(conn)}
     cap = settings.max_running_trials_per_owner or fleet.owner_cap(
-        sum(running.values()), share=settings.max_fleet_share
+        sum(n for n, _ in running.values()), share=settings.max_fleet_share
     )
-    order = fairshare.fair_order(loads, max_running_per_owner=cap)
-    waiting = next((load for load in order if fleet.has_work(load)), None)
-    return waiting, {owner: (n, weight[owner]) for owner, n in running.items()}
+    order = fairshare.scan(
+        conn, grace_period=settings.grace_period, max_running_per_owner=cap
+    ).order
+    return next((load for load in order if fleet.has_work(load)), None), running

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -39,6 +40,10 @@ class Base(DeclarativeBase):
     pass
 
 
+NEVER_SERVED_SQL = "1970-01-01 00:00:00+00"
+NEVER_SERVED = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 class StudyStatus(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
@@ -51,8 +56,13 @@ class StudyRecord(Base):
     """A registered study: its spec, owner and lifecycle status."""
 
     __tablename__ = "hpo_studies"
-    # An owner's studies newest first (warm start's ``auto``) as a walk down one index.
-    __table_args__ = (Index("ix_hpo_studies_owner_id", "owner", "id"),)
+    # An owner's studies newest first (warm start's ``auto``) as a walk down one index; the
+    # workers' queues (``hpo.core.fairshare``) and owners' last service down two more.
+    __table_args__ = (
+        Index("ix_hpo_studies_owner_id", "owner", "id"),
+        Index("ix_hpo_studies_queue", "status", "owner", "served_at", "id"),
+        Index("ix_hpo_studies_owner_served", "owner", "served_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
@@ -69,6 +79,11 @@ class StudyRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    # When a worker last claimed one of its trials (by the database's clock; NEVER_SERVED
+    # before the first): the fair order's "served longest ago", read down an index.
+    served_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), default=NEVER_SERVED, server_default=text(f"'{NEVER_SERVED_SQL}'")
     )
 
 

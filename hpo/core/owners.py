@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, ScalarSelect, func, select
 from sqlalchemy.orm import Session
 
 from hpo.core.db import OwnerRecord, StudyRecord, StudyStatus
@@ -82,16 +82,16 @@ def check_study_quota(session: Session, *, owner: str, settings: Settings) -> No
         )
 
 
-def running_trials(connection: Connection, *, owner: str) -> int:
-    """The owner's RUNNING trials over all their studies, whatever each study's status."""
-    query = (
+def running_trials(owner: str) -> ScalarSelect[int]:
+    """SQL: the owner's RUNNING trials over all their studies, whatever each study's status."""
+    return (
         select(func.count())
         .select_from(trials)
         .join(optuna_studies, optuna_studies.c.study_id == trials.c.study_id)
         .join(StudyRecord, StudyRecord.name == optuna_studies.c.study_name)
         .where(StudyRecord.owner == owner, trials.c.state == "RUNNING")
+        .scalar_subquery()
     )
-    return connection.execute(query).scalar_one()
 
 
 def queued_trials(connection: Connection, *, owner: str, study: str) -> tuple[int, int]:

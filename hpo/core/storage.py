@@ -14,7 +14,8 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.samplers import RandomSampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import exists, func, insert, select
+from sqlalchemy import Executable, exists, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from hpo.core import optuna_tables, records
@@ -54,18 +55,24 @@ class HeartbeatStorage(RDBStorage):
     new RUNNING trial (``None``) or a WAITING one popped (its id). A worker holds its study's
     budget lock only around the claim itself, not around Optuna's cache sync or the sampler.
     The user attributes the gate yields are set on the claimed trial before the gate closes,
-    so the next claimant already sees them.
+    so the next claimant already sees them. ``swept``: the caller swept the study's stale
+    trials just before (the workers' scan), so Optuna's own sweep before each trial is
+    skipped. Optuna's ask reads a new trial back right after creating it: in a claim, the
+    trial as created is that read's answer, not six more statements.
+    A heartbeat is one upsert (PostgreSQL, SQLite), where Optuna reads the row, then writes.
     """
 
     _gate: ClaimGate | None = None
+    _swept = False
+    _created: FrozenTrial | None = None  # the trial a claim just created (its thread only)
 
     @contextmanager
-    def claiming(self, gate: ClaimGate) -> Iterator[None]:
-        self._gate = gate
+    def claiming(self, gate: ClaimGate, *, swept: bool = False) -> Iterator[None]:
+        self._gate, self._swept = gate, swept
         try:
             yield
         finally:
-            self._gate = None
+            self._gate, self._swept = None, False
 
     @contextmanager
     def _claim(self, trial_id: int | None) -> Iterator[dict[str, Any]]:
@@ -93,8 +100,24 @@ class HeartbeatStorage(RDBStorage):
             for key, value in attrs.items():
                 self.set_trial_user_attr(optuna_tables.trial_id(trial), key, value)
                 trial.user_attrs[key] = value
-        self._first_beat(optuna_tables.trial_id(trial))
+        self.record_heartbeat(optuna_tables.trial_id(trial))
+        if self._gate is not None:  # a worker's claim: Optuna's ask reads the trial next
+            self._created = copy.deepcopy(trial)
         return trial
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        created, self._created = self._created, None
+        if created is not None and optuna_tables.trial_id(created) == trial_id:
+            return created
+        return super().get_trial(trial_id)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        beat = _beat(self.engine.dialect.name, trial_id)
+        if beat is None:
+            super().record_heartbeat(trial_id)
+            return
+        with self.engine.begin() as conn:
+            conn.execute(beat)
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -106,10 +129,12 @@ class HeartbeatStorage(RDBStorage):
             for key, value in attrs.items() if changed else ():
                 self.set_trial_user_attr(trial_id, key, value)
         if changed:
-            self._first_beat(trial_id)
+            self.record_heartbeat(trial_id)
         return changed
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self._swept:
+            return []
         self._adopt_orphans(study_id)
         stale = super()._get_stale_trial_ids(study_id)
         for trial_id in stale:
@@ -159,11 +184,19 @@ class HeartbeatStorage(RDBStorage):
         with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
             conn.execute(adopt)
 
-    def _first_beat(self, trial_id: int) -> None:
-        try:
-            self.record_heartbeat(trial_id)
-        except IntegrityError:  # a sweeper adopted the trial a moment ago: beat on its row
-            self.record_heartbeat(trial_id)
+
+def _beat(dialect: str, trial_id: int) -> Executable | None:
+    """A heartbeat as one statement: insert the row, or move its time (None: a dialect
+    without ``ON CONFLICT``)."""
+    now = func.current_timestamp()
+    values = {"trial_id": trial_id, "heartbeat": now}
+    if dialect == "postgresql":
+        pg = postgresql.insert(trial_heartbeats).values(values)
+        return pg.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": now})
+    if dialect == "sqlite":
+        lite = sqlite.insert(trial_heartbeats).values(values)
+        return lite.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": now})
+    return None
 
 
 def make_storage(

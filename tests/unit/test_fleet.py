@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from hpo.core.db import StudyRecord
 from hpo.core.fairshare import StudyLoad
 from hpo.core.fleet import has_work, owner_cap, yielding_owner
 
 
 def study(owner: str, **fields: Any) -> StudyLoad:
     defaults: dict[str, Any] = {"status": "running", "optuna_id": 1, "max_trials": 10}
-    return StudyLoad(record_id=1, name=f"{owner}-study", owner=owner, **{**defaults, **fields})
+    fields = {**defaults, **fields}
+    name = f"{owner}-study"
+    record = StudyRecord(id=1, name=name, owner=owner, status=fields["status"], spec={})
+    return StudyLoad(record_id=1, name=name, owner=owner, record=record, **fields)
 
 
 def test_the_owner_holding_the_fleet_gives_a_worker_to_a_waiting_owner() -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import optuna
+import pytest
 from sqlalchemy import event
 
 from hpo.core import fairshare
@@ -29,6 +31,11 @@ from tests.workers import worker_env
 from worker.loop import Worker
 
 CROWD = 100  # the owner's studies; the scan's statements do not depend on it
+# A claim's SQL: the scan, the study's record, Optuna's load of the study (a worker's first
+# claim of it: 3) and ask (cache sync: 2; trial row: 4), the study's lock (2), the count
+# under it, the served stamp (with the owner's running trials under a quota, whose lock
+# adds 2) and the first heartbeat. Optuna's own ask is 17.
+MAX_CLAIM_STATEMENTS = 18
 SPACE = {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
 
 
@@ -87,12 +94,61 @@ def test_a_crowd_of_studies_neither_starves_another_owner_nor_slows_the_scan(
     order = worker._scan()  # noqa: SLF001 - the study choice itself
     event.remove(worker.engine, "before_cursor_execute", listener)
     assert 1 <= len(statements) <= 2, statements
-    assert len(order) == CROWD + 1
+    assert len(order) == fairshare.FIRST_PAGE  # the order's head, not every study
     assert "zoes-study" in [load.name for load in order[:2]]
 
     assert worker.run(handle_signals=False) == 4
     owners = [owner for owner, _ in owners_by_start(settings)]
     assert owners == ["adversary", "zoe", "adversary", "zoe"]
+
+
+class CountingWorker(Worker):
+    """A worker that counts each claim's statements: from its look at the fair order to its
+    trial running in the objective, in the thread that claims (not Optuna's heartbeat
+    thread, which beats on its own clock)."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, objective_factory=self._counted, cpu_threads=1, **kwargs)
+        self.statements: list[str] = []
+        self.claims: list[list[str]] = []
+        self.thread = threading.get_ident()
+        event.listen(self.engine, "before_cursor_execute", self._note)
+
+    def _note(self, _conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if threading.get_ident() == self.thread:
+            self.statements.append(sql)
+
+    def _run_next(self) -> bool:
+        self.statements.clear()
+        return super()._run_next()
+
+    def _counted(self, ctx: Any, spec: StudySpec, *, record: StudyRecord, on_start: Any) -> Any:
+        def started(trial: optuna.Trial) -> None:
+            self.claims.append(list(self.statements))
+            on_start(trial)
+
+        return cheap_objective(ctx, spec, record=record, on_start=started)
+
+
+@pytest.mark.parametrize("quota", [None, 2])
+def test_a_claim_costs_a_few_statements_whatever_the_number_of_studies(
+    pg_settings: Settings, quota: int | None
+) -> None:
+    """Each claim, the first of its study by this worker included, costs at most
+    ``MAX_CLAIM_STATEMENTS``, with or without a running-trial quota; one of them reads the
+    fair order, and no claim sweeps for stale trials when none are."""
+    settings = pg_settings.model_copy(
+        update={"max_active_studies_per_owner": CROWD, "max_running_trials_per_owner": quota}
+    )
+    register(settings, "adversary", [f"crowd-{i}" for i in range(CROWD)])
+    register(settings, "zoe", ["zoes-study"])
+    worker = CountingWorker(settings, max_trials=4)
+    assert worker.run(handle_signals=False) == 4
+    assert len(worker.claims) == 4
+    for claim in worker.claims:
+        assert len(claim) <= MAX_CLAIM_STATEMENTS, "\n".join(claim)
+        assert sum("WITH busy AS" in sql for sql in claim) == 1, claim  # the scan, once
+        assert not any("SELECT now()" in sql for sql in claim), claim  # Optuna's sweep
 
 
 def test_running_trial_quota_holds_across_workers(pg_settings: Settings) -> None:
@@ -112,7 +168,7 @@ def test_running_trial_quota_holds_across_workers(pg_settings: Settings) -> None
                 seen["b_order"] = [load.owner for load in b._scan()]  # noqa: SLF001
                 seen["b_ran"] = b._run_next()  # noqa: SLF001
                 with b.engine.connect() as conn:
-                    loads = fairshare.scan(conn, grace_period=settings.grace_period)
+                    loads = fairshare.scan(conn, grace_period=settings.grace_period).order
                 other = next(s for s in loads if s.owner == record.owner and s.name != record.name)
                 seen["other"] = other.name
                 candidate = b._candidate(other)  # noqa: SLF001
@@ -165,5 +221,5 @@ def test_an_owner_weight_set_from_the_cli_reaches_the_scan(pg_settings: Settings
     listed = subprocess.run([*hpo, "list"], env=env, capture_output=True, text=True).stdout
     assert listed.split() == ["zoe", "2.5"]
     with Database(pg_settings.database_url) as db, db.engine.connect() as conn:
-        [load] = fairshare.scan(conn, grace_period=pg_settings.grace_period)
+        [load] = fairshare.scan(conn, grace_period=pg_settings.grace_period).order
     assert (load.owner, load.weight) == ("zoe", 2.5)
