@@ -280,6 +280,35 @@ SIDES = {"ours": "finetune-hpo worker", "hf": "HF hyperparameter_search + model_
 KEYS = ("setup_first_s", "setup_rest_median_s", "total_s", "wall_s")
 
 
+def _markdown(result: dict[str, Any], trials: int, repetitions: int, load: list[float]) -> str:
+    medians, model = result["medians"], result["model"]
+    size = SIZES[model]
+    lines = [
+        f"# Per-trial overhead ({model} Llama, {size.label} params): finetune-hpo vs HF",
+        "",
+        f"Commit `{result['commit']}`, {result['machine']}. {trials} configurations, "
+        f"{size.train} training examples each, CPU; each side in its own process, "
+        f"{repetitions} runs each, alternated; medians over the runs. Setup = trial start "
+        f"to first training step. Load average (1 min) over the runs: {min(load):.1f} to "
+        f"{max(load):.1f} on a shared machine.",
+        "",
+        "| | setup, trial 1 (s) | setup, trials 2..N median (s) | sum of trials (s) | wall (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for side, name in SIDES.items():
+        r = medians[side]
+        lines.append(
+            f"| {name} | {r['setup_first_s']:.3f} | {r['setup_rest_median_s']:.3f} | "
+            f"{r['total_s']:.2f} | {r['wall_s']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Setup after the first trial: ours / HF = {result['setup_ratio_rest']:.3f}; "
+        f"sum of trials: ours / HF = {result['total_ratio']:.3f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
@@ -319,32 +348,9 @@ def main() -> None:
         "commit": commit(),
         "machine": machine(f"torch {torch.__version__}", f"{args.threads} threads"),
     }
-    size = SIZES[args.model]
-    lines = [
-        f"# Per-trial overhead ({args.model} Llama, {size.label} params): finetune-hpo vs HF",
-        "",
-        f"Commit `{result['commit']}`, {result['machine']}. {args.trials} configurations, "
-        f"{size.train} training examples each, CPU; each side in its own process, "
-        f"{args.repetitions} runs each, alternated; medians over the runs. Setup = trial start "
-        f"to first training step. Load average (1 min) over the runs: {min(load):.1f} to "
-        f"{max(load):.1f} on a shared machine.",
-        "",
-        "| | setup, trial 1 (s) | setup, trials 2..N median (s) | sum of trials (s) | wall (s) |",
-        "|---|---|---|---|---|",
-    ]
-    for side, name in SIDES.items():
-        r = medians[side]
-        lines.append(
-            f"| {name} | {r['setup_first_s']:.3f} | {r['setup_rest_median_s']:.3f} | "
-            f"{r['total_s']:.2f} | {r['wall_s']:.2f} |"
-        )
-    lines += [
-        "",
-        f"Setup after the first trial: ours / HF = {result['setup_ratio_rest']:.3f}; "
-        f"sum of trials: ours / HF = {result['total_ratio']:.3f}.",
-    ]
-    save(f"overhead-{args.model}", result, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = _markdown(result, args.trials, args.repetitions, load)
+    save(f"overhead-{args.model}", result, text)
+    print(text)
 
 
 if __name__ == "__main__":
