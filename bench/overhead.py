@@ -1,6 +1,7 @@
 """Per-trial overhead: our worker vs HF ``Trainer.hyperparameter_search(backend="optuna")``.
 
-    python -m bench.overhead [--trials 10] [--model tiny|small|medium]
+    python -m bench.overhead [--trials 10] [--model tiny|small|medium] [--repetitions 3]
+        [--threads 1]
 
 Same Llama (79K, 26M or 0.3B parameters, the larger built from a config), same tokenized
 data, the same configurations (learning rate, batch size, LoRA rank), CPU. HF re-creates the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -248,7 +250,7 @@ def _summary(records: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def _side(side: str, workdir: Path, trials: int, size: str) -> dict[str, float]:
+def _side(side: str, workdir: Path, trials: int, size: str, threads: int) -> dict[str, float]:
     """One side in a fresh process: neither may inherit the other's warm caches or GC state."""
     out = subprocess.run(
         [
@@ -261,8 +263,10 @@ def _side(side: str, workdir: Path, trials: int, size: str) -> dict[str, float]:
             str(trials),
             "--model",
             size,
+            "--threads",
+            str(threads),
             "--workdir",
-            str(workdir),
+            str(workdir / f"{side}-{time.monotonic_ns()}"),
         ],
         capture_output=True,
         text=True,
@@ -272,53 +276,92 @@ def _side(side: str, workdir: Path, trials: int, size: str) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--model", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--only", choices=("ours", "hf"))
-    parser.add_argument("--workdir", type=Path)
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if args.only:
-        path = build_model(args.model, args.workdir / "models")
-        started = time.perf_counter()
-        run = ours if args.only == "ours" else hf
-        records = run(args.workdir / args.only, args.trials, path, SIZES[args.model])
-        print(json.dumps({**_summary(records), "wall_s": time.perf_counter() - started}))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        build_model(args.model, workdir / "models")  # outside the timing
-        result: dict[str, Any] = {
-            "ours": _side("ours", workdir, args.trials, args.model),
-            "hf_hyperparameter_search": _side("hf", workdir, args.trials, args.model),
-        }
-    result["model"] = args.model
-    result["commit"] = commit()
-    result["machine"] = machine(f"torch {torch.__version__}", f"{torch.get_num_threads()} threads")
-    o, h = result["ours"], result["hf_hyperparameter_search"]
-    result["setup_ratio_rest"] = o["setup_rest_median_s"] / h["setup_rest_median_s"]
-    stem = f"overhead-{args.model}"
-    size = SIZES[args.model]
+SIDES = {"ours": "finetune-hpo worker", "hf": "HF hyperparameter_search + model_init"}
+KEYS = ("setup_first_s", "setup_rest_median_s", "total_s", "wall_s")
+
+
+def _markdown(result: dict[str, Any], trials: int, repetitions: int, load: list[float]) -> str:
+    medians, model, pairs = result["medians"], result["model"], result["pair_ratios"]
+    size = SIZES[model]
     lines = [
-        f"# Per-trial overhead ({args.model} Llama, {size.label} params): finetune-hpo vs HF",
+        f"# Per-trial overhead ({model} Llama, {size.label} params): finetune-hpo vs HF",
         "",
-        f"Commit `{result['commit']}`, {result['machine']}. {args.trials} configurations, "
-        f"{size.train} training examples each, CPU; each side in its own process. "
-        "Setup = trial start to first training step.",
+        f"Commit `{result['commit']}`, {result['machine']}. {trials} configurations, "
+        f"{size.train} training examples each, CPU; each side in its own process, "
+        f"{repetitions} runs each, alternated; medians over the runs. Setup = trial start "
+        f"to first training step. Load average (1 min) over the runs: {min(load):.1f} to "
+        f"{max(load):.1f} on a shared machine.",
         "",
         "| | setup, trial 1 (s) | setup, trials 2..N median (s) | sum of trials (s) | wall (s) |",
         "|---|---|---|---|---|",
     ]
-    for name, r in (("finetune-hpo worker", o), ("HF hyperparameter_search + model_init", h)):
+    for side, name in SIDES.items():
+        r = medians[side]
         lines.append(
             f"| {name} | {r['setup_first_s']:.3f} | {r['setup_rest_median_s']:.3f} | "
             f"{r['total_s']:.2f} | {r['wall_s']:.2f} |"
         )
-    lines += ["", f"Setup after the first trial: ours / HF = {result['setup_ratio_rest']:.3f}."]
-    save(stem, result, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += [
+        "",
+        f"Setup after the first trial: ours / HF = {result['setup_ratio_rest']:.3f}; "
+        f"sum of trials: ours / HF = {result['total_ratio']:.3f}.",
+        "",
+        "Each repetition's pair (ours, then HF, back to back), ours / HF: setup "
+        + ", ".join(f"{r:.2f}" for r in pairs["setup_rest_median_s"])
+        + f" (median {median(pairs['setup_rest_median_s']):.2f}); sum of trials "
+        + ", ".join(f"{r:.2f}" for r in pairs["total_s"])
+        + f" (median {median(pairs['total_s']):.2f}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--model", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--repetitions", type=int, default=3, help="runs of each side, alternated")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side")
+    parser.add_argument("--only", choices=("ours", "hf"))
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(args.threads)
+    if args.only:
+        path = build_model(args.model, args.workdir.parent / "models")
+        started = time.perf_counter()
+        run = ours if args.only == "ours" else hf
+        records = run(args.workdir, args.trials, path, SIZES[args.model])
+        print(json.dumps({**_summary(records), "wall_s": time.perf_counter() - started}))
+        return
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    load = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        build_model(args.model, workdir / "models")  # outside the timing
+        for _ in range(args.repetitions):
+            for side in runs:
+                runs[side].append(_side(side, workdir, args.trials, args.model, args.threads))
+                load.append(os.getloadavg()[0])
+    medians = {side: {k: median(r[k] for r in rs) for k in KEYS} for side, rs in runs.items()}
+    o, h = medians["ours"], medians["hf"]
+    result: dict[str, Any] = {
+        "model": args.model,
+        "runs": runs,
+        "medians": medians,
+        "setup_ratio_rest": o["setup_rest_median_s"] / h["setup_rest_median_s"],
+        "total_ratio": o["total_s"] / h["total_s"],
+        # each repetition's pair ran back to back: its ratio is less exposed to the load's drift
+        "pair_ratios": {
+            key: [a[key] / b[key] for a, b in zip(runs["ours"], runs["hf"], strict=True)]
+            for key in ("setup_rest_median_s", "total_s")
+        },
+        "loadavg_1min": load,
+        "commit": commit(),
+        "machine": machine(f"torch {torch.__version__}", f"{args.threads} threads"),
+    }
+    text = _markdown(result, args.trials, args.repetitions, load)
+    save(f"overhead-{args.model}", result, text)
+    print(text)
 
 
 if __name__ == "__main__":

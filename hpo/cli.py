@@ -59,22 +59,36 @@ def serve(
     port: int = 8000,
     migrate: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
     database_url: DatabaseUrl = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Server processes; each takes its share of the limits (HPO_API_PROCESSES)."
+        ),
+    ] = None,
 ) -> None:
     """Run migrations (unless --no-migrate) and serve the REST API.
 
     The database must exist: a missing SQLite file is an error, not created.
     """
+    import os
+
     import uvicorn
 
     from hpo.core.migrate import check_database, upgrade
     from service.app import create_app
-    from service.server import uvicorn_config
+    from service.server import serve_processes, uvicorn_config
 
     settings = settings_for(database_url)
     with one_line_errors():
         if migrate:
             upgrade(settings.database_url, create=False)
         check_database(settings.database_url)
+    processes = workers or settings.api_processes
+    if processes > 1:
+        os.environ["HPO_DATABASE_URL"] = settings.database_url  # the processes read the env
+        serve_processes(processes, host=host, port=port)
+        return
+    settings = settings.model_copy(update={"api_processes": 1})
     uvicorn.Server(uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
 
 

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from hpo.core.db import Database, make_engine
-from hpo.core.settings import Settings, get_settings
+from hpo.core.settings import Settings, get_settings, per_process
 from hpo.core.storage import make_storage
 from hpo.core.tokens import owner_of
 from service import dashboard
@@ -99,8 +99,11 @@ def _admission(app: FastAPI, settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the database is opened at startup, not at import."""
-    settings = settings or get_settings()
+    """Build the app; the database is opened at startup, not at import.
+
+    Under ``hpo serve --workers N`` each process builds its own, with its share of the limits.
+    """
+    settings = per_process(settings or get_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session
@@ -17,11 +18,12 @@ from hpo.core.tokens import owner_of
 from service.admission import checked_owner
 from service.file_checks import FileChecks
 
+T = TypeVar("T")
 LOCAL_OWNER = "local"
 _bearer = HTTPBearer(auto_error=False, description="A token from `hpo token create NAME`.")
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -30,11 +32,11 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_storage(request: Request) -> RDBStorage:
+async def get_storage(request: Request) -> RDBStorage:
     return request.app.state.storage
 
 
-def get_file_checks(request: Request) -> FileChecks:
+async def get_file_checks(request: Request) -> FileChecks:
     return request.app.state.file_checks
 
 
@@ -77,11 +79,28 @@ def authenticate(request: Request, session: Session, token: str | None) -> str:
     raise HTTPException(401, "invalid bearer token (unknown, revoked or expired)", challenge)
 
 
-def get_owner(
-    request: Request,
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def read_as_owner(
+    request: Request, credentials: Credentials, read: Callable[[Session, str], T]
+) -> T:
+    """``read(session, owner)`` after the token check, both in one threadpool hop.
+
+    A read route is ``async`` and its other dependencies too, so a request crosses to a thread
+    once, not once per dependency, and its answer is serialised on the loop. Reads never write:
+    the session's commit is an empty one.
+    """
+    token = credentials.credentials if credentials else None
+
+    def run() -> T:
+        with session_scope(request.app.state.sessions) as session:
+            return read(session, authenticate(request, session, token))
+
+    return await run_in_threadpool(run)
+
+
+def get_owner(request: Request, session: SessionDep, credentials: Credentials) -> str:
     # The request's session: the token was checked at admission (``service.admission``), so
     # the route's first query takes its connection: a read costs one checkout there (and one
     # ping). A route that does slow work before its first query (registration's file checks)

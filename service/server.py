@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from hpo.core.settings import Settings
+from hpo.core.settings import Settings, get_settings
 
 
 class HeaderTimeoutH11(H11Protocol):
@@ -66,18 +66,45 @@ class HeaderTimeoutH11(H11Protocol):
             self.transport.close()
 
 
-def uvicorn_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
-    """The uvicorn configuration ``hpo serve`` runs ``app`` with."""
+class EnvHeaderTimeoutH11(HeaderTimeoutH11):
+    """``HeaderTimeoutH11`` with the environment's header timeout: worker processes import it
+    by name (a class built at run time does not cross to a spawned process)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = get_settings().api_header_timeout_s
+
+
+def _options(host: str, port: int) -> dict[str, Any]:
     trusted = os.environ.get("FORWARDED_ALLOW_IPS", "")
-    protocol = type(
-        "H11", (HeaderTimeoutH11,), {"header_timeout_s": settings.api_header_timeout_s}
-    )
-    options: dict[str, Any] = {
+    return {
         "host": host,
         "port": port,
-        "http": protocol,
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or None,
         "timeout_keep_alive": 5,
     }
-    return uvicorn.Config(app, **options)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """The uvicorn configuration ``hpo serve`` runs ``app`` with in one process."""
+    protocol = type(
+        "H11", (HeaderTimeoutH11,), {"header_timeout_s": settings.api_header_timeout_s}
+    )
+    return uvicorn.Config(app, http=protocol, **_options(host, port))
+
+
+def serve_processes(processes: int, *, host: str, port: int) -> None:
+    """Serve with ``processes`` uvicorn worker processes on one socket.
+
+    Each builds its app from the environment (``HPO_*``; the caller sets what its flags
+    changed) and takes its share of the in-memory limits (``settings.per_process``).
+    """
+    os.environ["HPO_API_PROCESSES"] = str(processes)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        workers=processes,
+        http=EnvHeaderTimeoutH11,
+        **_options(host, port),
+    )

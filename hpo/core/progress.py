@@ -9,6 +9,7 @@ from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Exists,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Select,
     String,
     and_,
+    bindparam,
     case,
     cast,
     exists,
@@ -79,6 +81,16 @@ def trial_counts(source: RDBStorage | Connection, study_id: int) -> TrialCounts:
 
     ``source``: a storage (a connection from its pool) or a connection already held.
     """
+    if isinstance(source, Connection):
+        rows = source.execute(_COUNTS, {"study_id": study_id}).all()
+    else:
+        with source.engine.connect() as conn:
+            rows = conn.execute(_COUNTS, {"study_id": study_id}).all()
+    counts = {status.lower(): n for status, n in rows}
+    return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
+
+
+def _counts_query() -> Select[str, int]:
     each = (
         # Optuna's state is an enum on PostgreSQL: compared as text with our own "PAUSED"
         select(
@@ -88,17 +100,14 @@ def trial_counts(source: RDBStorage | Connection, study_id: int) -> TrialCounts:
                 else_=cast(trials.c.state, String),
             ).label("status")
         )
-        .where(trials.c.study_id == study_id, ~is_a_record())
+        .where(trials.c.study_id == bindparam("study_id"), ~is_a_record())
         .subquery()
     )
-    query = select(each.c.status, func.count()).group_by(each.c.status)
-    if isinstance(source, Connection):
-        rows = source.execute(query).all()
-    else:
-        with source.engine.connect() as conn:
-            rows = conn.execute(query).all()
-    counts = {status.lower(): n for status, n in rows}
-    return TrialCounts(**{k: counts.get(k, 0) for k in TrialCounts.__dataclass_fields__})
+    return select(each.c.status, func.count()).group_by(each.c.status)
+
+
+# Built once: building a statement and its cache key costs more than a small query's run.
+_COUNTS = _counts_query()
 
 
 def user_attr_sum(storage: RDBStorage, study_id: int, key: str) -> float:
@@ -160,7 +169,9 @@ def best_ties(storage: RDBStorage, study_id: int) -> int:
     return 0 if row is None else int(row.ties)
 
 
-def best_query(study_id: int, direction: StudyDirection) -> Select[tuple[int, int, float, int]]:
+def best_query(
+    study_id: int | BindParameter[int], direction: StudyDirection
+) -> Select[tuple[int, int, float, int]]:
     """The best COMPLETE trial's id, number and value, in ``best_trial``'s order, and ``ties``:
     how many COMPLETE trials have its value (over 1: the metric saturated, the tie-break
     chose)."""
@@ -181,7 +192,7 @@ def best_query(study_id: int, direction: StudyDirection) -> Select[tuple[int, in
     )
 
 
-def _complete_and_finite(study_id: int) -> ColumnElement[bool]:
+def _complete_and_finite(study_id: int | BindParameter[int]) -> ColumnElement[bool]:
     return and_(
         trials.c.study_id == study_id,
         trials.c.state == TrialState.COMPLETE.name,

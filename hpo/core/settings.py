@@ -52,9 +52,11 @@ class Settings(BaseSettings):
     model_roots: list[Path] = Field(default_factory=lambda: [Path(".")])
     # Failed token checks one client address may make per minute before it gets 429s.
     auth_failures_per_minute: int = Field(default=30, ge=1)
-    # API load shedding, per `hpo serve` process: requests served at once (sized to the database
-    # pool, which gets as many connections), requests that may wait for a turn, and how long
-    # they wait before a 503 with Retry-After.
+    # API load shedding: requests served at once (sized to the database pool, which gets as
+    # many connections), requests that may wait for a turn, and how long they wait before a 503
+    # with Retry-After. These counts, the failed-token limit and the file checks' are the whole
+    # server's: `hpo serve --workers N` (api_processes) gives each process an Nth of each.
+    api_processes: int = Field(default=1, ge=1)
     api_concurrency: int = Field(default=15, ge=1)
     api_queue: int = Field(default=200, ge=0)
     api_queue_timeout_s: float = Field(default=10.0, gt=0)
@@ -150,3 +152,25 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+# Counts one `hpo serve` process enforces on its own, in memory: with api_processes of them,
+# each gets its share, so the server's totals (and its database connections) stay the settings'.
+PER_PROCESS = (
+    "api_concurrency",
+    "api_queue",
+    "auth_failures_per_minute",
+    "preflight_per_owner",
+    "preflight_threads",
+)
+
+
+def per_process(settings: Settings) -> Settings:
+    """``settings`` with each in-memory limit divided among ``api_processes`` (at least 1)."""
+    n = settings.api_processes
+    if n == 1:
+        return settings
+    floor = {"api_queue": 0}
+    return settings.model_copy(
+        update={k: max(floor.get(k, 1), getattr(settings, k) // n) for k in PER_PROCESS}
+    )

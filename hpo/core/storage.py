@@ -14,11 +14,12 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.samplers import RandomSampler
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Executable, exists, func, insert, select
+from sqlalchemy import Executable, event, exists, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from hpo.core import optuna_tables, records
+from hpo.core.db import sqlite_pragmas
 from hpo.core.optuna_tables import trial_heartbeats, trials
 from hpo.core.settings import Settings
 
@@ -221,10 +222,15 @@ def make_storage(
     with warnings.catch_warnings():
         # Heartbeats and the retry callback are marked experimental; we rely on them on purpose.
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return HeartbeatStorage(
+        storage = HeartbeatStorage(
             settings.database_url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=settings.heartbeat_interval,
             grace_period=settings.grace_period,
             heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=settings.max_retries),
         )
+    if settings.database_url.startswith("sqlite"):
+        # Optuna opens its engine itself: the pragmas apply from its next connection on.
+        event.listen(storage.engine, "connect", sqlite_pragmas)
+        storage.engine.dispose()
+    return storage

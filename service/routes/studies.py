@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from hpo.core import artifacts, owners, records, studies
@@ -32,9 +33,18 @@ from hpo.core.schemas import (
     TrialPublic,
     ValidationErrorPublic,
 )
+from hpo.core.settings import Settings
 from hpo.core.spec import NAME_PATTERN, StudySpec
-from hpo.core.summary import study_summary
-from service.deps import CurrentOwner, FileChecksDep, SessionDep, SettingsDep, StorageDep
+from hpo.core.summary import Summary, stored_spec, study_summary
+from service.deps import (
+    Credentials,
+    CurrentOwner,
+    FileChecksDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    read_as_owner,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorPublic, "description": "Missing, invalid, revoked or expired token."},
@@ -61,12 +71,11 @@ Offset = Annotated[int, Query(ge=0, le=10**7)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
-def _public(record: StudyRecord, session: Session) -> StudyPublic:
-    summary = study_summary(session.connection(), record.name)
+def _public(record: Row[Any] | StudyRecord, summary: Summary) -> StudyPublic:
     counts, best = summary.counts, summary.best
     return StudyPublic(
-        **StudySummary.model_validate(record, from_attributes=True).model_dump(),
-        spec=StudySpec.model_validate(record.spec),
+        **{field: getattr(record, field) for field in StudySummary.model_fields},
+        spec=stored_spec(record),  # validated once per process: not again in the answer
         trials=TrialCountsPublic(**counts.__dict__, finished=counts.finished),
         best_value=best.value if best else None,
         best_params=best.params if best else None,
@@ -104,31 +113,40 @@ def create_study(
     session.commit()
     file_checks.run(owner, lambda: studies.check_spec(spec, settings))
     record = studies.register_study(session, storage, spec=spec, owner=owner, settings=settings)
-    return _public(record, session)
+    return _public(record, study_summary(session.connection(), name=record.name, owner=owner)[1])
+
+
+# The reads below are async with async dependencies, and do their work in one threadpool hop
+# (``read_as_owner``): the token check and the route's queries on one session.
 
 
 @router.get("", response_model=Page[StudySummary])
-def list_studies(
-    owner: CurrentOwner, session: SessionDep, offset: Offset = 0, limit: Limit = 50
+async def list_studies(
+    request: Request, credentials: Credentials, offset: Offset = 0, limit: Limit = 50
 ) -> Page[StudySummary]:
-    rows, count = studies.list_studies(session, owner=owner, offset=offset, limit=limit)
-    return Page[StudySummary](
-        data=[StudySummary.model_validate(r, from_attributes=True) for r in rows], count=count
-    )
+    def read(session: Session, owner: str) -> Page[StudySummary]:
+        rows, count = studies.list_studies(session, owner=owner, offset=offset, limit=limit)
+        return Page[StudySummary](
+            data=[StudySummary.model_validate(r, from_attributes=True) for r in rows],
+            count=count,
+        )
+
+    return await read_as_owner(request, credentials, read)
 
 
 @router.get("/{name}", response_model=StudyPublic)
-def get_study(
-    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
-) -> StudyPublic:
-    return _public(studies.get_study(session, name=name, owner=owner), session)
+async def get_study(name: Name, request: Request, credentials: Credentials) -> StudyPublic:
+    def read(session: Session, owner: str) -> StudyPublic:
+        return _public(*study_summary(session.connection(), name=name, owner=owner))
+
+    return await read_as_owner(request, credentials, read)
 
 
 @router.get("/{name}/trials", response_model=Page[TrialPublic])
-def list_trials(
+async def list_trials(
     name: Name,
-    owner: CurrentOwner,
-    session: SessionDep,
+    request: Request,
+    credentials: Credentials,
     storage: StorageDep,
     offset: Offset = 0,
     limit: Limit = 50,
@@ -136,27 +154,33 @@ def list_trials(
         str | None, Query(pattern="^(complete|pruned|paused|fail|running|waiting)$")
     ] = None,
 ) -> Page[TrialPublic]:
-    record = studies.get_study(session, name=name, owner=owner)
-    page, count = trial_page(
-        storage,
-        studies.optuna_study_id(storage, record),
-        offset=offset,
-        limit=limit,
-        state="paused" if state == "paused" else TrialState[state.upper()] if state else None,
-    )
-    return Page[TrialPublic](data=[TrialPublic.of(t) for t in page], count=count)
+    def read(session: Session, owner: str) -> Page[TrialPublic]:
+        record = studies.get_study(session, name=name, owner=owner)
+        page, count = trial_page(
+            storage,
+            studies.optuna_study_id(storage, record),
+            offset=offset,
+            limit=limit,
+            state="paused" if state == "paused" else TrialState[state.upper()] if state else None,
+        )
+        return Page[TrialPublic](data=[TrialPublic.of(t) for t in page], count=count)
+
+    return await read_as_owner(request, credentials, read)
 
 
 @router.get("/{name}/best", response_model=TrialPublic)
-def get_best(
-    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+async def get_best(
+    name: Name, request: Request, credentials: Credentials, storage: StorageDep
 ) -> TrialPublic:
-    return TrialPublic.of(_best(studies.get_study(session, name=name, owner=owner), storage))
+    def read(session: Session, owner: str) -> TrialPublic:
+        return TrialPublic.of(_best(studies.get_study(session, name=name, owner=owner), storage))
+
+    return await read_as_owner(request, credentials, read)
 
 
 def _zip(
-    session: SessionDep,
-    settings: SettingsDep,
+    session: Session,
+    settings: Settings,
     record: StudyRecord,
     trial: FrozenTrial,
     kind: str,
@@ -185,44 +209,56 @@ ZIP: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/{name}/best/adapter", response_class=StreamingResponse, responses=ZIP)
-def get_best_adapter(
+async def get_best_adapter(
     name: Name,
-    owner: CurrentOwner,
-    session: SessionDep,
+    request: Request,
+    credentials: Credentials,
     storage: StorageDep,
     settings: SettingsDep,
 ) -> StreamingResponse:
     """The best trial's LoRA adapter, for ``PeftModel.from_pretrained``."""
-    record = studies.get_study(session, name=name, owner=owner)
-    return _zip(session, settings, record, _best(record, storage), artifacts.ADAPTER)
+
+    def read(session: Session, owner: str) -> StreamingResponse:
+        record = studies.get_study(session, name=name, owner=owner)
+        return _zip(session, settings, record, _best(record, storage), artifacts.ADAPTER)
+
+    return await read_as_owner(request, credentials, read)
 
 
 @router.get("/{name}/best/config", response_model=BestConfigPublic)
-def get_best_config(
-    name: Name, owner: CurrentOwner, session: SessionDep, storage: StorageDep
+async def get_best_config(
+    name: Name, request: Request, credentials: Credentials, storage: StorageDep
 ) -> BestConfigPublic:
     """The best configuration as plain transformers / PEFT / TRL arguments."""
-    record = studies.get_study(session, name=name, owner=owner)
-    spec = StudySpec.model_validate(record.spec)
-    return BestConfigPublic.model_validate(best_configuration(spec, _best(record, storage)))
+
+    def read(session: Session, owner: str) -> BestConfigPublic:
+        record = studies.get_study(session, name=name, owner=owner)
+        config = best_configuration(stored_spec(record), _best(record, storage))
+        return BestConfigPublic.model_validate(config)
+
+    return await read_as_owner(request, credentials, read)
 
 
 @router.get("/{name}/trials/{number}/tensorboard", response_class=StreamingResponse, responses=ZIP)
-def get_trial_logs(
+async def get_trial_logs(
     name: Name,
     number: Annotated[int, Path(ge=0, le=10**9)],
-    owner: CurrentOwner,
-    session: SessionDep,
+    request: Request,
+    credentials: Credentials,
     storage: StorageDep,
     settings: SettingsDep,
 ) -> StreamingResponse:
     """A trial's training curves (train loss, learning rate, grad norm) as TensorBoard logs."""
-    record = studies.get_study(session, name=name, owner=owner)
-    study_id = studies.optuna_study_id(storage, record)
-    page, _ = trial_page(storage, study_id, offset=number, limit=1)
-    if not page or page[0].number != number:
-        raise StudyNotFound(f"study {name!r} has no trial {number}")
-    return _zip(session, settings, record, page[0], artifacts.TENSORBOARD)
+
+    def read(session: Session, owner: str) -> StreamingResponse:
+        record = studies.get_study(session, name=name, owner=owner)
+        study_id = studies.optuna_study_id(storage, record)
+        page, _ = trial_page(storage, study_id, offset=number, limit=1)
+        if not page or page[0].number != number:
+            raise StudyNotFound(f"study {name!r} has no trial {number}")
+        return _zip(session, settings, record, page[0], artifacts.TENSORBOARD)
+
+    return await read_as_owner(request, credentials, read)
 
 
 @router.post("/{name}/trials", status_code=201, response_model=EnqueuePublic)
@@ -237,7 +273,7 @@ def enqueue_trial(
     record = studies.get_study(session, name=name, owner=owner)
     if record.status not in (StudyStatus.RUNNING, StudyStatus.PAUSED):
         raise StudyConflict(f"study {name!r} is {record.status}; it takes no new trials")
-    spec = StudySpec.model_validate(record.spec)
+    spec = stored_spec(record)
     refusal = build_scheduler(spec.search).enqueue_refusal
     if refusal is not None:
         raise StudyConflict(f"study {name!r} {refusal}; it takes no enqueued trials")
