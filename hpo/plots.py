@@ -37,12 +37,7 @@ def importances(spec: StudySpec, trials: list[TrialPublic]) -> dict[str, float]:
     if len(complete) < 2:
         return {}
     distributions = optuna_distributions(spec.search)
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
-    try:
-        study = optuna.create_study(direction=spec.search.objective.direction)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    study = in_memory_study(spec)
     for t in complete:
         study.add_trial(
             create_trial(
@@ -76,3 +71,13 @@ def plot_study(
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     return out
+
+
+def in_memory_study(spec: StudySpec) -> optuna.Study:
+    """An empty in-memory study in ``spec``'s direction, created without Optuna's log line."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
+    try:
+        return optuna.create_study(direction=spec.search.objective.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)

@@ -23,6 +23,7 @@ from hpo.core import records
 from hpo.core.factory import optuna_distributions
 from hpo.core.schemas import TrialPublic
 from hpo.core.spec import StudySpec
+from hpo.plots import in_memory_study
 
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
 
@@ -30,12 +31,7 @@ STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}
 def _study(spec: StudySpec, trials: Sequence[TrialPublic]) -> optuna.Study:
     """An in-memory study of the trials that ended with a result, with their curves."""
     distributions = optuna_distributions(spec.search)
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
-    try:
-        study = optuna.create_study(direction=spec.search.objective.direction)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
+    study = in_memory_study(spec)
     for t in trials:
         state = STATES.get(t.state)
         if state is None or records.is_infeasible_record(t):
