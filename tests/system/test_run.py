@@ -296,9 +296,11 @@ def test_run_reads_data_anywhere_shows_steps_and_is_read_back_without_a_server(
     work.mkdir()
     spec = _spec("anywhere", trials=1)
     spec["train"]["dataset"]["path"] = str(data)  # type: ignore[index]
-    # a report every other step: the live view has a value from the first progress report on
-    spec["train"]["training"] = {"max_seq_length": 32, "max_steps": 60}  # type: ignore[index]
-    spec["train"]["evaluation"] = {"every_examples": 16}  # type: ignore[index]
+    # Workers send their progress at most once a second: 600 steps run several seconds even
+    # on a fast CPU (60 ran in one, and the view never saw a step), a report every 20 steps
+    # gives the rows a value from the first one on.
+    spec["train"]["training"] = {"max_seq_length": 32, "max_steps": 600}  # type: ignore[index]
+    spec["train"]["evaluation"] = {"every_examples": 160}  # type: ignore[index]
     spec_file = work / "anywhere.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
 
@@ -307,8 +309,8 @@ def test_run_reads_data_anywhere_shows_steps_and_is_read_back_without_a_server(
     lines = out.replace("\r", "\n").splitlines()
     rows = [m for m in map(ROW.match, lines) if m is not None]
     assert rows, out[-4000:]
-    assert {m["total"] for m in rows} == {"60"}
-    assert all(0 < int(m["step"]) <= 60 for m in rows)
+    assert {m["total"] for m in rows} == {"600"}
+    assert all(0 < int(m["step"]) <= 600 for m in rows)
     assert "finished trials 1/1: 1 complete, 0 pruned, 0 failed" in lines
     report = Path(re.search(r"report \(open it in a browser\): (\S+)", out)[1])  # type: ignore[index]
     assert report.read_text().count("plotly.js v") == 1  # one page, plotly.js inlined once
