@@ -344,7 +344,9 @@ def run_saturated(*, workers: int, timeout: float, workdir: Path) -> dict[str, A
         )
         result["holder_registration"] = _post(base, holder, hold)
         _start_workers(workers, env, procs, workdir)
+        # The steady state of a full fleet: the holder's trials are past their minimum slice.
         _poll(lambda: _reporting(url, "hold", reports=2) >= workers, timeout)
+        time.sleep(SATURATED_SLICE_S)
         registered = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # Optuna's naive UTC
         result["later_registration"] = _post(base, later, normal_study("quick", 1))
         _poll(lambda: _study(base, later, "quick").get("status") == "completed", timeout)
@@ -354,7 +356,7 @@ def run_saturated(*, workers: int, timeout: float, workdir: Path) -> dict[str, A
 
 
 SATURATED_SLICE_S = 5
-SATURATED_EVERY = 64
+SATURATED_EVERY = 512  # a report every 64 steps: a second or two on the tiny model
 
 
 def _poll(done: Any, timeout: float) -> None:
@@ -502,7 +504,8 @@ def saturated(workers: int, timeout: float) -> None:
         "",
         f"Commit `{result['commit']}`, {result['machine']}. Owner `holder` fills all "
         f"{workers} workers with trials of 100,000 steps (reports every {SATURATED_EVERY} "
-        f"examples); once each has reported twice, owner `later` registers a 1-trial study. "
+        f"examples); once each has reported twice and run its minimum slice, owner `later` "
+        "registers a 1-trial study. "
         f"HPO_MIN_SLICE_S={SATURATED_SLICE_S}.",
         "",
         "| figure | value | target |",
