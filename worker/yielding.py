@@ -21,7 +21,7 @@ PREEMPTED = "preempted: the fleet is full and another owner below their fair sha
 
 
 class YieldCheck:
-    """``check()`` is the reason the segment yields now, or None."""
+    """Called, it is the reason the segment yields now, or None."""
 
     def __init__(
         self, engine: Engine, settings: Settings, *, record: StudyRecord, trial_id: int
@@ -41,9 +41,10 @@ class YieldCheck:
                 return f"its study was {status}"
             if time.monotonic() - self.started < self.settings.min_slice_s:
                 return None
-            if fleet.live(conn).free > 0:
+            live = fleet.live(conn)
+            if live.free > 0:
                 return None  # a free worker serves whoever waits
-            waiting, running = _demand(conn, self.settings)
+            waiting, running = _demand(conn, self.settings, workers=live.running)
             if fleet.yielding_owner(waiting, running) != self.owner:
                 return None
             chosen = fleet.victim(conn, owner=self.owner, min_slice_s=self.settings.min_slice_s)
@@ -51,12 +52,13 @@ class YieldCheck:
 
 
 def _demand(
-    conn: Connection, settings: Settings
+    conn: Connection, settings: Settings, *, workers: int
 ) -> tuple[StudyLoad | None, dict[str, tuple[int, float]]]:
-    """The study a free worker would serve next, and every owner's running trials and weight."""
+    """The study a free worker would serve next, and every owner's running trials and weight
+    (``workers``: the fleet, every worker busy)."""
     running = {o.owner: (o.running, o.weight) for o in fairshare.owner_loads(conn)}
     cap = settings.max_running_trials_per_owner or fleet.owner_cap(
-        sum(n for n, _ in running.values()), share=settings.max_fleet_share
+        workers, share=settings.max_fleet_share
     )
     order = fairshare.scan(
         conn, grace_period=settings.grace_period, max_running_per_owner=cap
